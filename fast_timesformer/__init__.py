@@ -1,0 +1,22 @@
+"""fast_timesformer: pluggable attention backends and the five space-time schemes for video transformers."""
+from .backends import (
+    AttentionCore,
+    Backend,
+    BackendUnavailable,
+    get_backend,
+    list_backends,
+    reference_attention,
+    register_backend,
+    resolve_backend,
+    unregister_backend,
+)
+from .attention import DividedAttention, set_backend, use_backend
+from .groups import TokenGroups
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionCore", "Backend", "BackendUnavailable", "DividedAttention", "TokenGroups", "get_backend",
+    "list_backends", "reference_attention", "register_backend", "resolve_backend", "set_backend",
+    "unregister_backend", "use_backend",
+]

@@ -1,0 +1,285 @@
+"""``DividedAttention``: multi-head attention over groups of video tokens, through a backend registry.
+
+The layer owns the projections (``qkv``, ``proj``: the official TimeSformer names) and hands the attention
+itself to a backend core (see :mod:`fast_timesformer.backends`). The backend can be switched on a built
+layer or model without rebuilding and without losing weights (:meth:`DividedAttention.set_backend`,
+:func:`use_backend`).
+
+What the CLS token does (``cls=``), with x = [CLS, patch tokens] and attention split into groups:
+
+========== ==================================================== =======================================
+mode       CLS as a key/value                                   CLS as a query (its output row)
+========== ==================================================== =======================================
+global     every group attends to it (a shared prefix)          attends to every token (itself + all)
+per_group  every group attends to it (a shared prefix)          attends within each group to
+                                                                [CLS; group]; outputs averaged over groups
+exclude    nobody attends to it                                 its output row is 0 (left unchanged by a
+                                                                residual)
+official   ``exclude`` for attention along time, else ``per_group`` (facebookresearch/TimeSformer)
+none       x has no CLS token                                   -
+========== ==================================================== =======================================
+
+``global`` is lucidrains' / FastTimeSformer's convention and the layer's default; the models use
+``official``.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from .backends import AttentionCore, get_backend, resolve_backend
+from .backends.registry import AUTO, BackendUnavailable
+from .groups import TokenGroups
+
+__all__ = ["DividedAttention", "use_backend", "set_backend", "CLS_MODES", "attention_groups_from_patterns"]
+
+CLS_MODES = ("global", "per_group", "exclude", "official", "none")
+TIME_AXES = ("f", "t", "frames", "time")
+
+BackendSpec = Union[str, Mapping[str, str]]
+
+
+def _parse_pattern(pattern: str):
+    tokens = re.findall(r"\([^)]*\)|\S+", pattern.strip())
+    return [t[1:-1].split() if t.startswith("(") else t for t in tokens]
+
+
+def attention_groups_from_patterns(from_pattern: str, to_pattern: str, m: int, sizes: dict) -> TokenGroups:
+    """Turn seed 001's call form into :class:`TokenGroups`.
+
+    ``from_pattern`` is ``'b (A B) d'`` (tokens stored A-major) and ``to_pattern`` is ``'(b G) S d'`` with
+    {G, S} = {A, B}: attention runs along S within each G. One of A/B is given in ``sizes``.
+    """
+    src, dst = _parse_pattern(from_pattern), _parse_pattern(to_pattern)
+    bad = ValueError(
+        f"unsupported patterns {from_pattern!r} -> {to_pattern!r}: expected 'b (A B) d' -> '(b A) B d' or "
+        "'(b B) A d', e.g. 'b (f n) d' -> '(b n) f d' (time) or '(b f) n d' (space)")
+    if len(src) != 3 or len(dst) != 3 or not isinstance(src[1], list) or len(src[1]) != 2:
+        raise bad
+    b, (a_name, b_name), d = src
+    if not isinstance(dst[0], list) or len(dst[0]) != 2 or dst[0][0] != b or dst[2] != d or isinstance(dst[1], list):
+        raise bad
+    g_name, s_name = dst[0][1], dst[1]
+    if {g_name, s_name} != {a_name, b_name}:
+        raise bad
+    unknown = set(sizes) - {a_name, b_name}
+    if unknown:
+        raise ValueError(f"size(s) {sorted(unknown)} do not appear in {from_pattern!r}")
+    if a_name in sizes and b_name in sizes:
+        na, nb = sizes[a_name], sizes[b_name]
+    elif a_name in sizes:
+        na = sizes[a_name]
+        nb = m // na if na else 0
+    elif b_name in sizes:
+        nb = sizes[b_name]
+        na = m // nb if nb else 0
+    else:
+        raise ValueError(f"give the size of {a_name!r} or {b_name!r} as a keyword, e.g. {b_name}=...")
+    if na * nb != m or na < 1 or nb < 1:
+        raise ValueError(f"{a_name}={na} x {b_name}={nb} does not equal the {m} patch tokens of x "
+                         f"(x has {m + 1} tokens with the CLS token first)")
+    axes = {a_name: (na, nb), b_name: (nb, 1)}
+    kind = "time" if s_name in TIME_AXES else ("space" if g_name in TIME_AXES else "custom")
+    return TokenGroups(group=(axes[g_name],), seq=(axes[s_name],), kind=kind)
+
+
+class DividedAttention(nn.Module):
+    """Multi-head self-attention within groups of tokens, with a pluggable backend.
+
+    Args:
+        dim: model width.
+        heads, dim_head: attention heads and their width (inner width ``heads * dim_head``).
+        dropout: dropout on the output projection (seed 001's ``dropout``); works with every backend.
+        attn_dropout: dropout on attention probabilities (only backends that support it).
+        backend: a registered backend name or ``"auto"`` (fastest exact backend accepting the inputs).
+        cls: default CLS convention (see the module docstring).
+        qkv_bias: bias in the fused q/k/v projection.
+        **backend_options: passed to the backend (e.g. ``nb_features=256`` for performer).
+
+    Call forms (x: (b, 1 + f*n, dim), CLS first, patches frame-major)::
+
+        attn(x, 'b (f n) d', '(b n) f d', n=n)   # across frames (time)
+        attn(x, 'b (f n) d', '(b f) n d', f=f)   # across patches of a frame (space)
+        attn(x, groups=TokenGroups.joint(f, n))  # any TokenGroups
+        attn(x)                                  # all tokens together
+    """
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0, *,
+                 attn_dropout: float = 0.0, backend: str = "regular", cls: str = "global",
+                 qkv_bias: bool = True, scale: Optional[float] = None, step: str = "attn",
+                 **backend_options):
+        super().__init__()
+        if cls not in CLS_MODES:
+            raise ValueError(f"unknown cls mode {cls!r}; choose from {', '.join(CLS_MODES)}")
+        if heads < 1 or dim_head < 1 or dim < 1:
+            raise ValueError(f"dim, heads and dim_head must be positive, got {dim}, {heads}, {dim_head}")
+        self.dim, self.heads, self.dim_head = dim, heads, dim_head
+        inner = heads * dim_head
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(dropout)
+        self.attn_dropout = attn_dropout
+        self.scale = dim_head ** -0.5 if scale is None else scale
+        self.cls_mode = cls
+        self.step = step  # the model's name for this attention step ("time", "space", ...)
+        self.cores = nn.ModuleDict()
+        self.backend_name = ""
+        self.backend_options: dict = {}
+        self.set_backend(backend, **backend_options)
+
+    # ---- backend selection ---------------------------------------------------------------------
+    def set_backend(self, backend: str, **options) -> "DividedAttention":
+        """Switch how attention is computed. Projection weights are kept; a backend's own state
+        (fastformer's parameters, performer's features) is kept per backend name and reused when
+        switching back, unless new ``options`` are given."""
+        if backend != AUTO:
+            be = get_backend(backend)
+            if backend not in self.cores or options:
+                self.cores[backend] = self._build(be, options)
+        elif options:
+            raise ValueError("backend options cannot be combined with 'auto'")
+        self.backend_name = backend
+        self.backend_options = dict(options)
+        return self
+
+    def _build(self, be, options) -> AttentionCore:
+        try:
+            core = be.build(self.dim_head, self.heads, **options)
+        except TypeError as e:
+            raise TypeError(f"backend {be.name!r} rejected options {sorted(options)}: {e}") from None
+        w = self.qkv.weight
+        return core.to(device=w.device, dtype=w.dtype if w.is_floating_point() else None)
+
+    @property
+    def backend(self) -> str:
+        return self.backend_name
+
+    def core_for(self, q, k=None, v=None, prefix_k=None, prefix_v=None) -> AttentionCore:
+        """The core that will run these inputs; raises with reasons if the backend refuses them."""
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if self.backend_name == AUTO:
+            be = resolve_backend(AUTO, q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
+            if be.name not in self.cores:
+                self.cores[be.name] = self._build(be, {})
+            return self.cores[be.name]
+        core = self.cores[self.backend_name]
+        return core
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, from_pattern: Optional[str] = None, to_pattern: Optional[str] = None, *,
+                groups: Optional[TokenGroups] = None, cls: Optional[str] = None, **sizes) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            raise ValueError(f"x must be (batch, tokens, dim), got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x has width {x.shape[-1]}, the layer expects dim={self.dim}")
+        if x.dtype != self.qkv.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x is {x.dtype} but the layer's weights are {self.qkv.weight.dtype}")
+        if x.device != self.qkv.weight.device:
+            raise ValueError(f"x is on {x.device} but the layer is on {self.qkv.weight.device}")
+        cls = self.cls_mode if cls is None else cls
+        if cls not in CLS_MODES:
+            raise ValueError(f"unknown cls mode {cls!r}; choose from {', '.join(CLS_MODES)}")
+        has_cls = cls != "none"
+        m = x.shape[1] - int(has_cls)
+        if m < 1:
+            raise ValueError(f"x has no patch tokens (shape {tuple(x.shape)})")
+        if from_pattern is not None or to_pattern is not None:
+            if groups is not None:
+                raise ValueError("give either patterns or groups=, not both")
+            if from_pattern is None or to_pattern is None:
+                raise ValueError("give both from_pattern and to_pattern")
+            groups = attention_groups_from_patterns(from_pattern, to_pattern, m, sizes)
+        elif sizes:
+            raise ValueError(f"sizes {sorted(sizes)} given without patterns")
+        if groups is None:
+            groups = TokenGroups.joint(1, m)
+        groups.check_tokens(m)
+        if cls == "official":
+            cls = "exclude" if groups.is_time else "per_group"
+        return self._attend(x, groups, cls)
+
+    def _attend(self, x, groups: TokenGroups, cls: str):
+        b, length, _ = x.shape
+        h, d = self.heads, self.dim_head
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if cls == "none":
+            cls_tok, patches = None, x
+        else:
+            cls_tok, patches = x[:, :1], x[:, 1:]
+        qkv = self.qkv(patches).unflatten(-1, (3, h, d))  # (b, M, 3, h, d)
+        q, k, v = qkv.unbind(2)  # (b, M, h, d) strided views
+        out = x.new_empty(b, length, h, d, dtype=q.dtype)
+        out_patches = out if cls_tok is None else out[:, 1:]
+
+        cq = ck = cv = None
+        if cls_tok is not None and cls != "exclude":
+            cq, ck, cv = self.qkv(cls_tok).unflatten(-1, (3, h, d)).unbind(2)  # (b, 1, h, d)
+
+        core = self.core_for(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                             None if ck is None else ck.transpose(1, 2), None if cv is None else cv.transpose(1, 2))
+        cls_out = core.attend_groups(q, k, v, groups, prefix_k=ck, prefix_v=cv, prefix_q=cq,
+                                     want_prefix_out=cls == "per_group", scale=self.scale, dropout_p=dropout_p,
+                                     out=out_patches)
+        if cls_tok is not None:
+            if cls == "exclude":
+                out[:, :1] = 0
+            elif cls == "per_group":
+                out[:, :1] = cls_out
+            else:  # global: CLS attends to itself and every patch token
+                out[:, :1] = core.attend_global_prefix(cq, ck, cv, q, k, v, scale=self.scale, dropout_p=dropout_p)
+        y = self.proj(out.flatten(2))
+        return self.proj_drop(y)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, backend={self.backend_name!r}, "
+                f"cls={self.cls_mode!r}, step={self.step!r}")
+
+
+# ---- switching backends on built models -------------------------------------------------------
+def _layers(module: nn.Module):
+    return [m for m in module.modules() if isinstance(m, DividedAttention)]
+
+
+def set_backend(module: nn.Module, backend: BackendSpec, **options) -> nn.Module:
+    """Set the backend of every ``DividedAttention`` in ``module``.
+
+    ``backend`` is a name, or a mapping from attention step (``layer.step``: "time", "space", ...) to a
+    name; steps missing from the mapping keep their backend. Unknown step names raise.
+    """
+    layers = _layers(module)
+    if not layers:
+        raise ValueError(f"{type(module).__name__} contains no DividedAttention layer")
+    if isinstance(backend, Mapping):
+        steps = {layer.step for layer in layers}
+        unknown = set(backend) - steps
+        if unknown:
+            raise ValueError(f"unknown attention step(s) {sorted(unknown)}; this model has {sorted(steps)}")
+        for layer in layers:
+            if layer.step in backend:
+                layer.set_backend(backend[layer.step], **options)
+    else:
+        for layer in layers:
+            layer.set_backend(backend, **options)
+    return module
+
+
+@contextlib.contextmanager
+def use_backend(module: nn.Module, backend: BackendSpec, **options):
+    """Temporarily switch the backend of every ``DividedAttention`` in ``module``; restores on exit."""
+    layers = _layers(module)
+    saved = [(layer, layer.backend_name, layer.backend_options, dict(layer.cores)) for layer in layers]
+    try:
+        set_backend(module, backend, **options)
+        yield module
+    finally:
+        for layer, name, opts, cores in saved:
+            layer.backend_name, layer.backend_options = name, opts
+            for key in list(layer.cores):
+                if key not in cores:
+                    del layer.cores[key]
+            layer.cores.update(cores)

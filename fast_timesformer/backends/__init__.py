@@ -1,0 +1,32 @@
+"""Attention backends: how attention is computed. See :mod:`.registry` for the contract."""
+from .common import reference_attention
+from .registry import (
+    AttentionCore,
+    Backend,
+    BackendUnavailable,
+    check_inputs,
+    get_backend,
+    list_backends,
+    register_backend,
+    resolve_backend,
+    unregister_backend,
+)
+from . import fastformer as _fastformer
+from . import performer as _performer
+from . import regular as _regular
+from . import xformers_backend as _xformers
+
+for _mod in (_regular, _performer, _fastformer, _xformers):
+    register_backend(_mod.BACKEND)
+
+import importlib.util as _util
+
+if _util.find_spec(f"{__name__}.triton_backend") is not None:  # the fused Triton kernel's backend
+    from . import triton_backend as _triton
+
+    register_backend(_triton.BACKEND)
+
+__all__ = [
+    "AttentionCore", "Backend", "BackendUnavailable", "check_inputs", "get_backend", "list_backends",
+    "register_backend", "resolve_backend", "unregister_backend", "reference_attention",
+]

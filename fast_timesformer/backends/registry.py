@@ -1,0 +1,340 @@
+"""The attention-backend registry.
+
+A backend says *how* attention is computed; which tokens meet (the scheme) is decided by the caller.
+Every backend declares what it can do as data (:class:`Backend`) and explains in words why it refuses
+given inputs (:meth:`Backend.why_not`). One source of reasons feeds the errors, the test skips, the
+benchmark skips and ``fast-timesformer backends``.
+
+The computational contract shared by all backends (see :class:`AttentionCore`)::
+
+    q:        (B, heads, Sq, dim)        B = batch * groups, groups batch-major ("(b g)")
+    k, v:     (B, heads, Sk, dim)
+    prefix_k: (batch, heads, P, dim)     optional keys/values shared by all groups of one batch item
+    prefix_v: (batch, heads, P, dim)     (the CLS token); every query attends to them too
+    returns   (B, heads, Sq, dim)
+
+Equivalent PyTorch code (softmax backends)::
+
+    g = B // batch
+    k = torch.cat([prefix_k.repeat_interleave(g, 0), k], 2)
+    v = torch.cat([prefix_v.repeat_interleave(g, 0), v], 2)
+    out = torch.softmax(q @ k.transpose(-1, -2) * scale, -1) @ v
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AttentionCore",
+    "Backend",
+    "BackendUnavailable",
+    "register_backend",
+    "unregister_backend",
+    "get_backend",
+    "list_backends",
+    "resolve_backend",
+    "check_inputs",
+]
+
+
+class BackendUnavailable(RuntimeError):
+    """A named backend refused the inputs (or cannot run on this machine). The message lists why."""
+
+    def __init__(self, name: str, reasons: Sequence[str], context: str = ""):
+        self.name = name
+        self.reasons = list(reasons)
+        where = f" for {context}" if context else ""
+        lines = "\n".join(f"  - {r}" for r in self.reasons)
+        super().__init__(f"attention backend {name!r} cannot run{where}:\n{lines}")
+
+
+class AttentionCore(nn.Module):
+    """Per-layer attention computation of one backend.
+
+    Stateless backends (regular, xformers, triton) have no parameters; stateful ones keep theirs here
+    (performer's random features, fastformer's pooling vectors and output transform).
+    Subclasses implement :meth:`attend`; :meth:`forward` validates the inputs first.
+    """
+
+    backend: "Backend"
+
+    def __init__(self, backend: "Backend", dim_head: int, heads: int):
+        super().__init__()
+        self.backend = backend
+        self.dim_head = dim_head
+        self.heads = heads
+
+    def forward(self, q, k, v, prefix_k=None, prefix_v=None, *, scale=None, dropout_p: float = 0.0):
+        reasons = check_inputs(q, k, v, prefix_k, prefix_v, dim_head=self.dim_head, heads=self.heads)
+        reasons += self.backend.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
+        if reasons:
+            raise BackendUnavailable(self.backend.name, reasons, _describe(q, k, prefix_k))
+        if scale is None:
+            scale = q.shape[-1] ** -0.5
+        return self.attend(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p)
+
+    def attend(self, q, k, v, prefix_k, prefix_v, *, scale: float, dropout_p: float):  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} must implement attend()")
+
+    # ---- token-layout entry points used by DividedAttention ----------------------------------
+    # Backends with a fused kernel (triton) override these to read and write token layout directly;
+    # the defaults split tokens into (batch*groups, heads, seq, dim) and call forward().
+    def attend_groups(self, q, k, v, groups, *, prefix_k=None, prefix_v=None, prefix_q=None,
+                      want_prefix_out=False, scale, dropout_p, out=None):
+        """Attention within ``groups`` of patch tokens.
+
+        q, k, v: (b, M, h, d) token layout (strided views are fine). prefix_k/v/q: (b, P, h, d), the
+        CLS token's key/value (attended by every group) and query. ``out``: optional (b, M, h, d) buffer
+        to write into. Returns the prefix queries' outputs (b, P, h, d), each the mean over the groups of
+        attention within [prefix; group], when ``want_prefix_out``; else None.
+        """
+        b, m, h, d = q.shape
+        ng = groups.num_groups
+        qg, kg, vg = groups.split(q), groups.split(k), groups.split(v)
+        prefix_out = None
+        if prefix_k is None:
+            y = self(qg, kg, vg, scale=scale, dropout_p=dropout_p)
+        else:
+            pk, pv, pq = (None if t is None else t.transpose(1, 2) for t in (prefix_k, prefix_v, prefix_q))
+            n_p = pk.shape[2]
+            if self.backend.supports_prefix and self.backend.supports_cross:
+                y = self(qg, kg, vg, pk, pv, scale=scale, dropout_p=dropout_p)
+                if want_prefix_out:
+                    yp = self(_expand(pq, ng), kg, vg, pk, pv, scale=scale, dropout_p=dropout_p)
+            else:  # self-attention only: materialise [prefix; group] for q, k and v
+                if pq is None:
+                    raise BackendUnavailable(self.backend.name, ["needs the prefix's query to attend [prefix; group]"])
+                cat = [torch.cat([_expand(p_, ng), g_], 2) for p_, g_ in ((pq, qg), (pk, kg), (pv, vg))]
+                y_all = self(*cat, scale=scale, dropout_p=dropout_p)
+                yp, y = y_all[:, :, :n_p], y_all[:, :, n_p:]
+            if want_prefix_out:
+                prefix_out = yp.reshape(b, ng, h, n_p, d).mean(1).transpose(1, 2)
+        if out is None:
+            out = q.new_empty(b, m, h, d)
+        groups.merge_into(y, out)
+        return prefix_out
+
+    def attend_global_prefix(self, prefix_q, prefix_k, prefix_v, q, k, v, *, scale, dropout_p):
+        """The prefix queries (b, P, h, d) attending to [prefix; all tokens]; returns (b, P, h, d)."""
+        t = lambda x: x.transpose(1, 2)  # noqa: E731  (token layout -> (b, h, S, d) view)
+        if self.backend.supports_prefix and self.backend.supports_cross:
+            y = self(t(prefix_q), t(k), t(v), t(prefix_k), t(prefix_v), scale=scale, dropout_p=dropout_p)
+            return t(y)
+        n_p = prefix_q.shape[1]
+        y = self(*(t(torch.cat([p_, x_], 1)) for p_, x_ in ((prefix_q, q), (prefix_k, k), (prefix_v, v))),
+                 scale=scale, dropout_p=dropout_p)
+        return t(y[:, :, :n_p])
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend.name!r}, heads={self.heads}, dim_head={self.dim_head}"
+
+
+def _expand(p, groups):
+    """(b, h, P, d) -> (b*groups, h, P, d), batch-major."""
+    if groups == 1:
+        return p
+    return p.unsqueeze(1).expand(p.shape[0], groups, *p.shape[1:]).reshape(p.shape[0] * groups, *p.shape[1:])
+
+
+def _describe(q, k, prefix_k) -> str:
+    p = "" if prefix_k is None else f", prefix {tuple(prefix_k.shape)}"
+    return f"q {tuple(q.shape)} {q.dtype} on {q.device.type}, k {tuple(k.shape)}{p}"
+
+
+def check_inputs(q, k, v, prefix_k=None, prefix_v=None, *, dim_head=None, heads=None) -> list[str]:
+    """Backend-independent shape/dtype/device checks; returns the problems in words."""
+    out = []
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            return [f"{name} must be a torch.Tensor, got {type(t).__name__}"]
+        if t.dim() != 4:
+            out.append(f"{name} must be 4-D (batch, heads, seq, dim), got shape {tuple(t.shape)}")
+    if out:
+        return out
+    if not (q.dtype == k.dtype == v.dtype):
+        out.append(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        out.append(f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
+    if not q.is_floating_point():
+        out.append(f"q, k, v must be floating point, got {q.dtype}")
+    if k.shape != v.shape:
+        out.append(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
+        out.append(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree on batch, heads and dim")
+    if heads is not None and q.shape[1] != heads:
+        out.append(f"expected {heads} heads (axis 1), got {q.shape[1]}")
+    if dim_head is not None and q.shape[3] != dim_head:
+        out.append(f"expected head dim {dim_head} (axis 3), got {q.shape[3]}")
+    if (prefix_k is None) != (prefix_v is None):
+        out.append("prefix_k and prefix_v must be given together")
+    elif prefix_k is not None:
+        if prefix_k.dim() != 4 or prefix_k.shape != prefix_v.shape:
+            out.append(f"prefix_k/prefix_v must be 4-D and equal in shape, got {tuple(prefix_k.shape)}"
+                       f" and {tuple(prefix_v.shape)}")
+        elif prefix_k.shape[1] != q.shape[1] or prefix_k.shape[3] != q.shape[3]:
+            out.append(f"prefix {tuple(prefix_k.shape)} must match q {tuple(q.shape)} in heads and dim")
+        elif prefix_k.shape[0] == 0 or q.shape[0] % prefix_k.shape[0]:
+            out.append(f"q batch {q.shape[0]} is not a multiple of the prefix batch {prefix_k.shape[0]}"
+                       " (q's batch must be (batch groups), batch-major)")
+        if prefix_k.dtype != q.dtype or prefix_k.device != q.device:
+            out.append(f"prefix is {prefix_k.dtype} on {prefix_k.device}, q is {q.dtype} on {q.device}")
+    return out
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What a backend can do, as data, plus a factory for its per-layer :class:`AttentionCore`.
+
+    ``priority`` orders the exact backends for ``auto`` (lower = tried first = expected faster).
+    ``checks`` adds backend-specific reasons: ``checks(q, k, v, prefix_k, prefix_v, dropout_p)``.
+    """
+
+    name: str
+    factory: Callable[..., AttentionCore]
+    exact: bool
+    devices: tuple = ("cpu", "cuda")
+    dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    supports_backward: bool = True
+    supports_dropout: bool = False
+    supports_prefix: bool = True  # natively takes prefix_k/prefix_v
+    supports_cross: bool = True  # Sq may differ from Sk (e.g. one CLS query over all tokens)
+    max_head_dim: Optional[int] = None
+    requires: tuple = ()  # importable module names
+    priority: int = 100
+    description: str = ""
+    checks: Optional[Callable[..., list]] = None
+    availability: Optional[Callable[[], list]] = None  # machine-level reasons (ops not loaded, ...)
+
+    def build(self, dim_head: int, heads: int, **options) -> AttentionCore:
+        """A fresh per-layer core. Unknown ``options`` raise ``TypeError`` naming them."""
+        missing = self.unavailable_reasons()
+        if missing:
+            raise BackendUnavailable(self.name, missing, "this machine")
+        return self.factory(self, dim_head=dim_head, heads=heads, **options)
+
+    def unavailable_reasons(self) -> list[str]:
+        """Why this backend cannot run on this machine at all (independent of the inputs)."""
+        out = [f"python package {mod!r} is not installed (pip install {_PIP_NAMES.get(mod, mod)})"
+               for mod in self.requires if importlib.util.find_spec(mod) is None]
+        if not out and self.availability is not None:
+            out += list(self.availability())
+        return out
+
+    def why_not(self, q, k=None, v=None, prefix_k=None, prefix_v=None, *, dropout_p: float = 0.0,
+                needs_grad: Optional[bool] = None) -> list[str]:
+        """Reasons, in words, why this backend refuses these inputs ([] means it accepts them)."""
+        k = q if k is None else k
+        v = k if v is None else v
+        out = self.unavailable_reasons()
+        dev = q.device.type
+        if dev not in self.devices:
+            out.append(f"device {dev!r} not supported (supports {', '.join(self.devices)})")
+        if q.dtype not in self.dtypes:
+            out.append(f"dtype {q.dtype} not supported (supports "
+                       f"{', '.join(str(d).replace('torch.', '') for d in self.dtypes)})")
+        if self.max_head_dim is not None and q.shape[-1] > self.max_head_dim:
+            out.append(f"head dim {q.shape[-1]} > {self.max_head_dim}")
+        if dropout_p > 0 and not self.supports_dropout:
+            out.append(f"attention dropout ({dropout_p}) is not supported")
+        if needs_grad is None:
+            needs_grad = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (q, k, v, prefix_k, prefix_v))
+        if needs_grad and not self.supports_backward:
+            out.append("backward is not supported (inputs require grad)")
+        if not self.supports_cross and q.shape[-2] != k.shape[-2]:
+            out.append(f"only self-attention (query i uses value i): got {q.shape[-2]} queries "
+                       f"and {k.shape[-2]} keys")
+        if prefix_k is not None and not self.supports_prefix:
+            out.append("a shared prefix (CLS key/value) is not supported natively")
+        if self.checks is not None and not out:
+            out += list(self.checks(q, k, v, prefix_k, prefix_v, dropout_p))
+        return out
+
+    def supports(self, *args, **kwargs) -> bool:
+        return not self.why_not(*args, **kwargs)
+
+    def describe(self) -> dict:
+        """A row for tables: capabilities and availability on this machine."""
+        reasons = self.unavailable_reasons()
+        return {
+            "name": self.name,
+            "kind": "exact" if self.exact else "approximate",
+            "devices": ", ".join(self.devices),
+            "dtypes": ", ".join(str(d).replace("torch.", "") for d in self.dtypes),
+            "backward": "yes" if self.supports_backward else "no",
+            "dropout": "yes" if self.supports_dropout else "no",
+            "status": "available" if not reasons else "; ".join(reasons),
+            "description": self.description,
+        }
+
+
+_PIP_NAMES = {"performer_pytorch": "performer-pytorch", "xformers": "xformers", "triton": "triton"}
+_REGISTRY: dict[str, Backend] = {}
+AUTO = "auto"
+
+
+def register_backend(backend: Backend, *, overwrite: bool = False) -> Backend:
+    """Add a backend. It is then usable everywhere the built-in ones are (layers, models, CLI, tests)."""
+    if not isinstance(backend, Backend):
+        raise TypeError(f"register_backend expects a Backend, got {type(backend).__name__}")
+    if backend.name == AUTO:
+        raise ValueError(f"{AUTO!r} is reserved for automatic selection")
+    if backend.name in _REGISTRY and not overwrite:
+        raise ValueError(f"a backend named {backend.name!r} is already registered "
+                         "(pass overwrite=True to replace it)")
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def unregister_backend(name: str) -> None:
+    get_backend(name)
+    del _REGISTRY[name]
+
+
+def list_backends() -> list[str]:
+    """Names of the registered backends (available on this machine or not)."""
+    return list(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend registered under ``name``; unknown names raise ``ValueError`` listing the known ones."""
+    if isinstance(name, Backend):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a name (str), got {type(name).__name__}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = list_backends() + [AUTO]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown attention backend {name!r}; known: {', '.join(known)}.{hint}") from None
+
+
+def resolve_backend(name: str, q, k=None, v=None, prefix_k=None, prefix_v=None, *,
+                    dropout_p: float = 0.0) -> Backend:
+    """Map ``name`` to a backend that accepts the inputs. ``auto`` picks the highest-priority exact one.
+
+    Never falls back silently: a named backend that refuses raises :class:`BackendUnavailable`, and
+    ``auto`` with no taker raises with every exact backend's reasons.
+    """
+    if name != AUTO:
+        be = get_backend(name)
+        reasons = be.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
+        if reasons:
+            raise BackendUnavailable(be.name, reasons, _describe(q, q if k is None else k, prefix_k))
+        return be
+    refusals = {}
+    for be in sorted((b for b in _REGISTRY.values() if b.exact), key=lambda b: b.priority):
+        reasons = be.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
+        if not reasons:
+            return be
+        refusals[be.name] = reasons
+    lines = [f"{n}: {'; '.join(r)}" for n, r in refusals.items()]
+    raise BackendUnavailable(AUTO, lines or ["no exact backend is registered"], _describe(q, q if k is None else k, prefix_k))

@@ -1,0 +1,133 @@
+"""Which patch tokens meet: attention groups described by strides over the token axis.
+
+Patch tokens of a clip are stored frame-major, ``index = t * n + p`` (einops ``'b (f n) d'``), after an
+optional CLS token. A :class:`TokenGroups` splits those ``M = f * n`` tokens into groups of equal length:
+``group`` lists the axes (size, stride) that enumerate the groups, ``seq`` the axes inside one group. The
+axes must together factorise the token index exactly (a mixed-radix decomposition), so every token is in
+exactly one group and the split is a pure reshape/permute, never a gather.
+
+Examples (f frames, n = h * w patches)::
+
+    time(f, n)   group ((n, 1),)          seq ((f, n),)           # same patch in every frame
+    space(f, n)  group ((f, n),)          seq ((n, 1),)           # all patches of one frame
+    joint(f, n)  group ()                 seq ((f * n, 1),)       # every patch with every patch
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+__all__ = ["TokenGroups"]
+
+Axis = tuple  # (size, stride) in tokens
+
+
+@dataclass(frozen=True)
+class TokenGroups:
+    group: tuple  # axes enumerating groups, outermost first
+    seq: tuple  # axes inside a group, outermost first
+    kind: str = "custom"  # "time" marks attention along the time axis (official CLS rule excludes CLS)
+
+    def __post_init__(self):
+        object.__setattr__(self, "group", tuple(tuple(int(v) for v in a) for a in self.group))
+        object.__setattr__(self, "seq", tuple(tuple(int(v) for v in a) for a in self.seq))
+        axes = self.group + self.seq
+        if not self.seq:
+            raise ValueError("TokenGroups needs at least one sequence axis")
+        for size, stride in axes:
+            if size < 1 or stride < 0:
+                raise ValueError(f"bad axis (size={size}, stride={stride}) in {self}")
+        # mixed-radix check: sorted by stride (descending), each stride equals the product of the
+        # sizes of the axes below it, and the smallest stride is 1.
+        nontrivial = sorted((a for a in axes if a[0] > 1), key=lambda a: -a[1])
+        expected = 1
+        for size, stride in reversed(nontrivial):
+            if stride != expected:
+                raise ValueError(
+                    f"TokenGroups axes {axes} do not partition the tokens: axes sorted by stride must "
+                    f"have stride = product of the sizes below them (expected stride {expected}, got {stride})")
+            expected *= size
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def num_groups(self) -> int:
+        return math.prod(s for s, _ in self.group)
+
+    @property
+    def seq_len(self) -> int:
+        return math.prod(s for s, _ in self.seq)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_groups * self.seq_len
+
+    @property
+    def is_time(self) -> bool:
+        return self.kind == "time"
+
+    # ---- the canonical schemes' groups -------------------------------------------------------
+    @classmethod
+    def time(cls, f: int, n: int) -> "TokenGroups":
+        return cls(group=((n, 1),), seq=((f, n),), kind="time")
+
+    @classmethod
+    def space(cls, f: int, n: int) -> "TokenGroups":
+        return cls(group=((f, n),), seq=((n, 1),), kind="space")
+
+    @classmethod
+    def joint(cls, f: int, n: int) -> "TokenGroups":
+        return cls(group=(), seq=((f * n, 1),), kind="joint")
+
+    # ---- the split as tensor ops -------------------------------------------------------------
+    @cached_property
+    def _plan(self):
+        """(sizes sorted by stride desc, permutation putting group axes first then seq axes)."""
+        axes = list(self.group) + list(self.seq)
+        order = sorted(range(len(axes)), key=lambda i: (-axes[i][1], i))
+        sizes = [axes[i][0] for i in order]
+        pos = {ax: j for j, ax in enumerate(order)}  # axis index -> position in the viewed tensor
+        perm_g = [pos[i] for i in range(len(self.group))]
+        perm_s = [pos[i] for i in range(len(self.group), len(axes))]
+        return sizes, perm_g, perm_s
+
+    def check_tokens(self, m: int) -> None:
+        if m != self.num_tokens:
+            raise ValueError(f"{self.kind} groups cover {self.num_groups} x {self.seq_len} = {self.num_tokens} "
+                             f"patch tokens, but the input has {m}")
+
+    def split(self, t: torch.Tensor) -> torch.Tensor:
+        """(b, M, h, d) tokens -> (b * groups, h, seq, d). A view where strides allow, else one copy."""
+        b, m, h, d = t.shape
+        self.check_tokens(m)
+        sizes, pg, ps = self._plan
+        x = t.view(b, *sizes, h, d)
+        k = len(sizes)
+        x = x.permute(0, *[1 + i for i in pg], k + 1, *[1 + i for i in ps], k + 2)
+        return x.reshape(b * self.num_groups, h, self.seq_len, d)
+
+    def merge_into(self, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Write (b * groups, h, seq, d) back into ``out`` (b, M, h, d) token layout (one copy)."""
+        b, m, h, d = out.shape
+        sizes, pg, ps = self._plan
+        gsz = [s for s, _ in self.group]
+        ssz = [s for s, _ in self.seq]
+        k = len(sizes)
+        view = out.view(b, *sizes, h, d).permute(0, *[1 + i for i in pg], k + 1, *[1 + i for i in ps], k + 2)
+        view.copy_(y.reshape(b, *gsz, h, *ssz, d))
+        return out
+
+    def merge(self, y: torch.Tensor, b: int) -> torch.Tensor:
+        """(b * groups, h, seq, d) -> a new (b, M, h, d) tensor in token layout."""
+        h, d = y.shape[1], y.shape[3]
+        out = y.new_empty(b, self.num_tokens, h, d)
+        return self.merge_into(y, out)
+
+    def index(self) -> torch.Tensor:
+        """(groups, seq) token indices: which token sits where. For tests and plain references."""
+        idx = torch.zeros((), dtype=torch.long)
+        for size, stride in self.group + self.seq:
+            idx = idx.unsqueeze(-1) + torch.arange(size) * stride
+        return idx.reshape(self.num_groups, self.seq_len)
