@@ -5,19 +5,32 @@ import argparse
 import sys
 
 
-def _table(rows, columns):
+import importlib
+import importlib.util
+
+# Modules that add their own subcommands: each defines ``add_subcommands(subparsers)``; a subcommand's
+# handler is set with ``parser.set_defaults(func=...)`` and returns an exit code.
+SUBCOMMAND_MODULES = (
+    "fast_timesformer.models.cli",
+    "fast_timesformer.bench.cli",
+    "fast_timesformer.train.cli",
+)
+
+
+def format_table(rows, columns):
+    """Plain text table (list of dicts -> aligned columns)."""
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     line = "  ".join(c.ljust(widths[c]) for c in columns)
     out = [line, "  ".join("-" * widths[c] for c in columns)]
     out += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(out)
+    return "\n".join(x.rstrip() for x in out)
 
 
 def cmd_backends(args) -> int:
     from . import get_backend, list_backends
 
     rows = [get_backend(n).describe() for n in list_backends()]
-    print(_table(rows, ["name", "kind", "devices", "dtypes", "backward", "dropout", "status"]))
+    print(format_table(rows, ["name", "kind", "devices", "dtypes", "backward", "dropout", "status"]))
     return 0
 
 
@@ -26,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("backends", help="list the attention backends and whether they run on this machine")
     b.set_defaults(func=cmd_backends)
+    for name in SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).add_subcommands(sub)
     return p
 
 

@@ -1,0 +1,1 @@
+"""Video models: TimeSformer (five space-time schemes, checkpoint loading) and GenerativeTimeSformer."""

@@ -1,0 +1,1 @@
+"""Training: synthetic and real video data, the train/predict loop, experiments."""
