@@ -40,15 +40,16 @@ class FastformerCore(AttentionCore):
 
     def attend(self, q, k, v, prefix_k, prefix_v, *, scale, dropout_p):
         dtype = q.dtype
-        qf, kf, vf = q.float(), k.float(), v.float()
+        acc = torch.promote_types(dtype, torch.float32)  # float32 accumulation for half types
+        qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
         d = q.shape[-1]
-        alpha = torch.softmax(torch.einsum("bhsd,hd->bhs", qf, self.w_q.float()) * scale, dim=-1)
+        alpha = torch.softmax(torch.einsum("bhsd,hd->bhs", qf, self.w_q.to(acc)) * scale, dim=-1)
         g_q = torch.einsum("bhs,bhsd->bhd", alpha, qf)
         p = g_q.unsqueeze(2) * kf
-        beta = torch.softmax(torch.einsum("bhsd,hd->bhs", p, self.w_k.float()) * scale, dim=-1)
+        beta = torch.softmax(torch.einsum("bhsd,hd->bhs", p, self.w_k.to(acc)) * scale, dim=-1)
         g_k = torch.einsum("bhs,bhsd->bhd", beta, p)
         u = g_k.unsqueeze(2) * vf
-        r = torch.einsum("bhsi,hoi->bhso", u, self.out_weight.float()) + self.out_bias.float()[:, None] + qf
+        r = torch.einsum("bhsi,hoi->bhso", u, self.out_weight.to(acc)) + self.out_bias.to(acc)[:, None] + qf
         return r.to(dtype)
 
 

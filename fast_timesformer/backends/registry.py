@@ -49,7 +49,7 @@ class BackendUnavailable(RuntimeError):
     def __init__(self, name: str, reasons: Sequence[str], context: str = ""):
         self.name = name
         self.reasons = list(reasons)
-        where = f" for {context}" if context else ""
+        where = f" ({context})" if context else ""
         lines = "\n".join(f"  - {r}" for r in self.reasons)
         super().__init__(f"attention backend {name!r} cannot run{where}:\n{lines}")
 
@@ -215,7 +215,7 @@ class Backend:
         """A fresh per-layer core. Unknown ``options`` raise ``TypeError`` naming them."""
         missing = self.unavailable_reasons()
         if missing:
-            raise BackendUnavailable(self.name, missing, "this machine")
+            raise BackendUnavailable(self.name, missing, "on this machine")
         return self.factory(self, dim_head=dim_head, heads=heads, **options)
 
     def unavailable_reasons(self) -> list[str]:
