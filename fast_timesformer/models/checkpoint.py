@@ -1,0 +1,509 @@
+"""Loading pretrained TimeSformer weights: official ``.pyth``/``.pth`` files and Hugging Face folders.
+
+``TimeSformer.from_pretrained(path, strict=True, **overrides)`` delegates to :func:`load_pretrained`:
+
+1. **Read** the tensors without running foreign code: ``*.safetensors`` with the safetensors package,
+   everything else with ``torch.load(weights_only=True)``. A file that only arbitrary unpickling could
+   read (a pickled config object, an ``argparse.Namespace``...) is refused with
+   :class:`UnsafeCheckpointError`, which says how to extract the weights from a trusted copy.
+2. **Rename** to the official names (this package's module names, REFERENCE.md §2): Hugging Face keys
+   (``timesformer.encoder.layer.i.attention.attention.qkv`` ...) are mapped, the official ``model.``
+   prefix (and a DDP ``module.`` prefix) is stripped.
+3. **Configure**: a Hugging Face ``config.json`` gives the architecture; for an official file it is read
+   from the tensor shapes (width, depth, patch, frames, classes, scheme) and from keyword arguments for
+   what shapes cannot say (``heads``, default ``dim // 64`` as in every ViT size). Keyword arguments
+   override either (e.g. ``num_frames=16`` or ``image_size=448``).
+4. **Load**: position and time embeddings of another grid or frame count are resampled (2-D bicubic and
+   linear, see :mod:`.resample`); every key that is missing, unexpected or of the wrong shape goes into
+   a :class:`LoadReport` (``model.load_report``). ``strict=True`` raises :class:`CheckpointMismatchError`
+   listing them; ``strict=False`` loads what fits and warns (:class:`CheckpointWarning`). Never silent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .resample import resample_pos_embed, resample_time_embed, to_hw
+
+__all__ = [
+    "LoadReport", "CheckpointMismatchError", "CheckpointWarning", "UnsafeCheckpointError",
+    "from_pretrained", "load_pretrained", "load_state_dict_into", "read_checkpoint", "safe_torch_load", "unwrap_state_dict",
+    "convert_hf_state_dict", "official_to_hf_key", "hf_to_official_key", "config_from_hf",
+    "infer_config_from_state_dict", "HF_SCHEMES",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+#: Hugging Face ``attention_type`` -> this package's ``scheme``.
+HF_SCHEMES = {
+    "divided_space_time": "divided_space_time",
+    "space_only": "space_only",
+    "joint_space_time": "joint_space_time",
+}
+
+# Hugging Face name -> official name, for the tensors outside the blocks and inside block i.
+_HF_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.time_embeddings": "time_embed",
+    "embeddings.patch_embeddings.projection": "patch_embed.proj",
+    "layernorm": "norm",
+    "classifier": "head",
+}
+_HF_BLOCK = {
+    "layernorm_before": "norm1",
+    "attention.attention.qkv": "attn.qkv",
+    "attention.output.dense": "attn.proj",
+    "temporal_layernorm": "temporal_norm1",
+    "temporal_attention.attention.qkv": "temporal_attn.qkv",
+    "temporal_attention.output.dense": "temporal_attn.proj",
+    "temporal_dense": "temporal_fc",
+    "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_OFFICIAL_TOP = {v: k for k, v in _HF_TOP.items()}
+_OFFICIAL_BLOCK = {v: k for k, v in _HF_BLOCK.items()}
+_PARAM_SUFFIXES = ("weight", "bias")
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A strict load found missing, unexpected or mis-shaped keys; ``.report`` holds them all."""
+
+    def __init__(self, report: "LoadReport"):
+        self.report = report
+        super().__init__(f"checkpoint does not fit the model (strict=True):\n{report.describe()}\n"
+                         "Pass strict=False to load what fits (the report is then attached to the model as "
+                         "model.load_report and a CheckpointWarning is issued).")
+
+
+class CheckpointWarning(UserWarning):
+    """A non-strict load left keys out; the message lists them."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file holds pickled Python objects that only arbitrary (code-running) unpickling would rebuild."""
+
+
+@dataclass
+class LoadReport:
+    """What a load did. ``ok`` is True when every model tensor was filled and every checkpoint tensor used.
+
+    ``resampled``/``mismatched`` hold ``(key, checkpoint_shape, model_shape)``; ``backend_state`` holds
+    backend buffers (e.g. Performer's random features) that no softmax checkpoint carries: they keep
+    their initial values and do not make the load incomplete.
+    """
+
+    source: str = ""
+    format: str = ""
+    config: Dict[str, Any] = field(default_factory=dict)
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    resampled: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    backend_state: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 20) -> str:
+        def listing(name, items):
+            shown = [" ".join(str(p) for p in it) if isinstance(it, tuple) else it for it in items[:limit]]
+            more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+            return f"  {name} ({len(items)}): {', '.join(shown)}{more}"
+
+        lines = [f"{self.format or 'checkpoint'} {self.source}: {len(self.loaded)} tensors loaded"]
+        for name in ("missing", "unexpected", "mismatched", "resampled", "backend_state"):
+            items = getattr(self, name)
+            if items:
+                lines.append(listing(name.replace("_", " "), items))
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    __str__ = describe
+
+
+# ---- reading files ---------------------------------------------------------------------------------
+
+def safe_torch_load(path: PathLike) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``; refuses files that need more.
+
+    Raises :class:`UnsafeCheckpointError` naming the Python object the file would have to rebuild and
+    how to extract the weights from a copy you trust. Nothing from the file is ever executed.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.findall(r"GLOBAL ([\w.]+)", str(e))
+        what = f"a pickled Python object ({found[0]})" if found else "pickled Python objects"
+        raise UnsafeCheckpointError(
+            f"{path} holds {what} besides tensors. Rebuilding it would need arbitrary unpickling, which "
+            "runs whatever code the file names, so fast_timesformer refuses it (it loads with "
+            "torch.load(weights_only=True)). Official TimeSformer files keep cfg as a YAML string and "
+            "load fine; this one stores an object, e.g. a config or argparse.Namespace. If you trust the "
+            "file, extract the weights once and load the result:\n"
+            "    import torch\n"
+            f"    ck = torch.load({str(path)!r}, map_location='cpu', weights_only=False)  # runs the file's code\n"
+            "    torch.save({'model_state': ck['model_state']}, 'weights_only.pth')\n"
+            "(or torch.serialization.add_safe_globals([...]) for a class you have checked).") from None
+
+
+def _read_tensor_file(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    return safe_torch_load(path)
+
+
+def _read_hf_weights(folder: Path) -> Dict[str, torch.Tensor]:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return _read_tensor_file(folder / name)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            weight_map = json.loads((folder / index).read_text())["weight_map"]
+            state: Dict[str, torch.Tensor] = {}
+            for shard in sorted(set(weight_map.values())):
+                state.update(_read_tensor_file(folder / shard))
+            return state
+    raise FileNotFoundError(f"{folder} has a config.json but no weights: expected model.safetensors, "
+                            "pytorch_model.bin or a sharded *.index.json")
+
+
+def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """The tensor dict inside a loaded checkpoint: ``model_state`` (official), ``state_dict``, ``model``,
+    or the object itself; then the ``model.``/``module.`` prefix is stripped when every key has it."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{source} holds a {type(obj).__name__}, expected a dict of tensors or a dict with "
+                         "'model_state'")
+    for key in ("model_state", "state_dict", "model", "module"):
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise ValueError(f"{source} holds no tensors (top-level keys: {sorted(map(str, obj))[:10]})")
+    for prefix in ("module.", "model."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[dict], str]:
+    """Read ``path`` -> ``(state_dict with official names, hf_config or None, format)``.
+
+    ``path``: a Hugging Face folder (``config.json`` + weights), or one ``.pyth``/``.pth``/``.pt``/
+    ``.bin``/``.safetensors`` file in official or Hugging Face naming.
+    """
+    path = Path(path)
+    hf_config = None
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{path} is a folder without config.json: not a Hugging Face model folder")
+        hf_config = json.loads(cfg_file.read_text())
+        raw = _read_hf_weights(path)
+    elif path.is_file():
+        raw = _read_tensor_file(path)
+        if path.with_name("config.json").is_file() and path.name in ("model.safetensors", "pytorch_model.bin"):
+            hf_config = json.loads(path.with_name("config.json").read_text())
+    else:
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = unwrap_state_dict(raw, str(path))
+    if any(_is_hf_key(k) for k in state):
+        return convert_hf_state_dict(state), hf_config, "huggingface"
+    return state, hf_config, "official"
+
+
+# ---- key names -------------------------------------------------------------------------------------
+
+def _is_hf_key(key: str) -> bool:
+    return key.startswith(("timesformer.", "embeddings.patch_embeddings", "encoder.layer.")) or key.startswith(
+        "classifier.")
+
+
+def _split_param(key: str) -> Tuple[str, str]:
+    stem, _, last = key.rpartition(".")
+    return (stem, last) if last in _PARAM_SUFFIXES else (key, "")
+
+
+def _join(stem: str, last: str) -> str:
+    return f"{stem}.{last}" if last else stem
+
+
+def hf_to_official_key(key: str) -> Optional[str]:
+    """``timesformer.encoder.layer.3.temporal_dense.weight`` -> ``blocks.3.temporal_fc.weight``; None if
+    the name is not a Timesformer tensor."""
+    if key.startswith("timesformer."):
+        key = key[len("timesformer."):]
+    stem, last = _split_param(key)
+    if stem in _HF_TOP:
+        return _join(_HF_TOP[stem], last)
+    m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", stem)
+    if m and m.group(2) in _HF_BLOCK:
+        return _join(f"blocks.{m.group(1)}.{_HF_BLOCK[m.group(2)]}", last)
+    return None
+
+
+def official_to_hf_key(key: str) -> Optional[str]:
+    """The inverse of :func:`hf_to_official_key` (names of ``TimesformerForVideoClassification``)."""
+    stem, last = _split_param(key)
+    if stem in _OFFICIAL_TOP:
+        top = _OFFICIAL_TOP[stem]
+        return _join(top if top == "classifier" else f"timesformer.{top}", last)
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", stem)
+    if m and m.group(2) in _OFFICIAL_BLOCK:
+        return _join(f"timesformer.encoder.layer.{m.group(1)}.{_OFFICIAL_BLOCK[m.group(2)]}", last)
+    return None
+
+
+def convert_hf_state_dict(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename a Hugging Face Timesformer state dict to official names; unknown keys are kept as they are
+    (and then show up as unexpected)."""
+    out = {}
+    for k, v in state.items():
+        new = hf_to_official_key(k)
+        out[new if new is not None else k] = v
+    return out
+
+
+# ---- configuration ---------------------------------------------------------------------------------
+
+def _square_or_pair(v):
+    if isinstance(v, (list, tuple)):
+        h, w = (int(x) for x in v)
+        return h if h == w else (h, w)
+    return int(v)
+
+
+def config_from_hf(cfg: Mapping[str, Any], state: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, Any]:
+    """Hugging Face ``TimesformerConfig`` (as a dict) -> TimeSformer keyword arguments."""
+    if cfg.get("model_type", "timesformer") != "timesformer":
+        raise ValueError(f"config.json describes a {cfg.get('model_type')!r} model, not a Timesformer")
+    act = cfg.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"hidden_act={act!r} is not supported: TimeSformer uses exact GELU ('gelu')")
+    attention_type = cfg.get("attention_type", "divided_space_time")
+    if attention_type not in HF_SCHEMES:
+        raise ValueError(f"unknown attention_type {attention_type!r}; expected one of {sorted(HF_SCHEMES)}")
+    dim = int(cfg.get("hidden_size", 768))
+    heads = int(cfg.get("num_attention_heads", 12))
+    if dim % heads:
+        raise ValueError(f"hidden_size={dim} is not divisible by num_attention_heads={heads}")
+    if state is not None and "head.weight" in state:
+        num_classes = int(state["head.weight"].shape[0])
+    elif state is not None:
+        num_classes = 0  # a TimesformerModel (no classifier)
+    elif cfg.get("id2label"):
+        num_classes = len(cfg["id2label"])
+    else:
+        num_classes = int(cfg.get("num_labels", 0))
+    return dict(
+        num_classes=num_classes,
+        num_frames=int(cfg.get("num_frames", 8)),
+        image_size=_square_or_pair(cfg.get("image_size", 224)),
+        patch_size=_square_or_pair(cfg.get("patch_size", 16)),
+        channels=int(cfg.get("num_channels", 3)),
+        dim=dim,
+        depth=int(cfg.get("num_hidden_layers", 12)),
+        heads=heads,
+        dim_head=dim // heads,
+        mlp_ratio=int(cfg.get("intermediate_size", 4 * dim)) / dim,
+        qkv_bias=bool(cfg.get("qkv_bias", True)),
+        attn_dropout=float(cfg.get("attention_probs_dropout_prob", 0.0)),
+        ff_dropout=float(cfg.get("hidden_dropout_prob", 0.0)),
+        drop_path=float(cfg.get("drop_path_rate", 0.0)),
+        scheme=HF_SCHEMES[attention_type],
+    )
+
+
+def infer_config_from_state_dict(state: Mapping[str, torch.Tensor], **given) -> Tuple[Dict[str, Any], List[str]]:
+    """Architecture of an official state dict from its tensor shapes, with ``given`` keyword arguments
+    taking precedence. Returns ``(config, notes)``; notes say what was assumed rather than read."""
+    notes: List[str] = []
+    for key in ("pos_embed", "patch_embed.proj.weight"):
+        if key not in state:
+            raise ValueError(f"not a TimeSformer state dict: {key!r} is missing (keys: {sorted(state)[:8]} ...)")
+    proj = state["patch_embed.proj.weight"]  # (dim, channels, p, p)
+    dim, channels = int(proj.shape[0]), int(proj.shape[1])
+    patch = _square_or_pair(tuple(proj.shape[-2:]))
+    blocks = {int(m.group(1)) for k in state for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
+    depth = max(blocks) + 1 if blocks else 0
+    cfg: Dict[str, Any] = dict(channels=channels, dim=dim, patch_size=patch, depth=depth)
+    n = state["pos_embed"].shape[1] - 1
+    side = math.isqrt(n)
+    if "image_size" not in given:
+        if side * side != n:
+            raise ValueError(f"pos_embed has {n} patch rows, not a square grid: pass image_size=(h, w)")
+        ph, pw = to_hw(patch)
+        cfg["image_size"] = side * ph if ph == pw else (side * ph, side * pw)
+    if "head.weight" in state:
+        cfg["num_classes"] = int(state["head.weight"].shape[0])
+    else:
+        cfg["num_classes"] = 0
+        notes.append("no head.weight: built without a classification head (num_classes=0)")
+    if "time_embed" in state:
+        cfg["num_frames"] = int(state["time_embed"].shape[1])
+    if "blocks.0.mlp.fc1.weight" in state:
+        cfg["mlp_ratio"] = state["blocks.0.mlp.fc1.weight"].shape[0] / dim
+    if "blocks.0.attn.qkv.weight" in state:
+        cfg["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
+        inner = state["blocks.0.attn.qkv.weight"].shape[0] // 3
+    else:
+        inner = dim
+    if any(".temporal_attn." in k for k in state):
+        cfg["scheme"] = "divided_space_time"
+    elif "time_embed" in state:
+        cfg["scheme"] = "joint_space_time"
+    else:
+        cfg["scheme"] = "space_only"
+    if "scheme" not in given and cfg["scheme"] != "divided_space_time":
+        notes.append(f"scheme={cfg['scheme']!r} inferred from the keys (no temporal_attn"
+                     f"{'' if cfg['scheme'] == 'joint_space_time' else ', no time_embed'})")
+    if "heads" not in given:
+        if inner % 64:
+            raise ValueError(f"the number of heads cannot be read from a state dict: the attention width "
+                             f"{inner} is not a multiple of 64, so pass heads=...")
+        cfg["heads"] = inner // 64
+        notes.append(f"heads={cfg['heads']} assumed (attention width {inner} / 64, as in every ViT size); "
+                     "pass heads=... if the checkpoint used another head width")
+    cfg.update(given)
+    if "dim_head" not in given and "heads" in cfg and inner % cfg["heads"] == 0:
+        cfg["dim_head"] = inner // cfg["heads"]
+    return cfg, notes
+
+
+# ---- loading into a model --------------------------------------------------------------------------
+
+def _model_config(model: nn.Module) -> Dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return {}
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    return dict(vars(cfg))
+
+
+def _grid_of(config: Mapping[str, Any], num_patches: int) -> Tuple[int, int]:
+    if "image_size" in config and "patch_size" in config:
+        (ih, iw), (ph, pw) = to_hw(config["image_size"], "image_size"), to_hw(config["patch_size"], "patch_size")
+        if (ih // ph) * (iw // pw) == num_patches:
+            return ih // ph, iw // pw
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"cannot tell the patch grid of {num_patches} positions: give image_size and patch_size")
+    return side, side
+
+
+def _is_backend_buffer(key: str, buffers: set) -> bool:
+    return ".cores." in f".{key}" and key in buffers
+
+
+def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True,
+                         source: str = "", fmt: str = "state_dict",
+                         checkpoint_config: Optional[Mapping[str, Any]] = None) -> LoadReport:
+    """Load an official-named state dict into ``model``, resampling ``pos_embed``/``time_embed`` to the
+    model's grid and frame count. Returns a :class:`LoadReport` (also set as ``model.load_report``).
+
+    ``checkpoint_config``: the checkpoint's ``image_size``/``patch_size`` when its grid is not square.
+    ``strict=True`` raises :class:`CheckpointMismatchError` before changing the model if anything does not
+    fit; ``strict=False`` loads what fits and warns with the list of what did not.
+    """
+    report = LoadReport(source=str(source), format=fmt, config=_model_config(model))
+    own = model.state_dict()
+    buffers = {name for name, _ in model.named_buffers()}
+    to_load: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+            continue
+        target = own[key]
+        if key == "pos_embed" and value.shape != target.shape and value.ndim == 3 and value.shape[-1] == target.shape[-1]:
+            old = _grid_of(checkpoint_config or {}, value.shape[1] - 1)
+            new = _grid_of(report.config, target.shape[1] - 1)
+            value = resample_pos_embed(value, new, old_hw=old, num_prefix_tokens=1)
+            report.resampled.append((key, tuple(state[key].shape), tuple(value.shape)))
+        elif key == "time_embed" and value.shape != target.shape and value.ndim == 3 and value.shape[-1] == target.shape[-1]:
+            value = resample_time_embed(value, target.shape[1])
+            report.resampled.append((key, tuple(state[key].shape), tuple(value.shape)))
+        if value.shape != target.shape:
+            report.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
+            continue
+        to_load[key] = value
+        report.loaded.append(key)
+    for key in own:
+        if key not in to_load and key not in state:
+            (report.backend_state if _is_backend_buffer(key, buffers) else report.missing).append(key)
+    for key, old, new in report.resampled:
+        logger.info("resampled %s from %s to %s", key, old, new)
+    if strict and not report.ok:
+        raise CheckpointMismatchError(report)
+    with torch.no_grad():
+        for key, value in to_load.items():
+            own[key].copy_(value.to(dtype=own[key].dtype))
+    if report.backend_state:
+        report.notes.append(f"{len(report.backend_state)} backend buffers (e.g. random features) keep their "
+                            "initial values: a softmax checkpoint has none")
+    if not report.ok:
+        warnings.warn(f"checkpoint loaded with strict=False, incompletely:\n{report.describe()}",
+                      CheckpointWarning, stacklevel=3)
+    model.load_report = report
+    return report
+
+
+def load_pretrained(path: PathLike, *, strict: bool = True, model_cls=None, **overrides) -> nn.Module:
+    """Build a TimeSformer from a checkpoint (see the module docstring); ``overrides`` are constructor
+    arguments that replace what the checkpoint says (``num_frames``, ``image_size``, ``backend``, ...).
+    The model is returned in eval mode with ``model.load_report`` set."""
+    if model_cls is None:
+        from .timesformer import TimeSformer as model_cls
+    state, hf_config, fmt = read_checkpoint(path)
+    notes: List[str] = []
+    if hf_config is not None:
+        config = config_from_hf(hf_config, state)
+        ckpt_config = dict(config)
+        eps = float(hf_config.get("layer_norm_eps", 1e-6))
+        config.update(overrides)
+    else:
+        config, notes = infer_config_from_state_dict(state, **overrides)
+        ckpt_config = None  # the grid is read from pos_embed (square)
+        eps = None
+    model = model_cls(**config)
+    if eps is not None and eps != 1e-6:
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = eps
+        notes.append(f"LayerNorm eps set to {eps} from config.json")
+    report = load_state_dict_into(model, state, strict=strict, source=str(path), fmt=fmt,
+                                  checkpoint_config=ckpt_config)
+    report.notes[:0] = notes
+    if hf_config is not None and hf_config.get("id2label"):
+        report.meta["id2label"] = {int(k): v for k, v in hf_config["id2label"].items()}
+    model.eval()
+    return model
+
+
+def from_pretrained(cls, path: PathLike, *, strict: bool = True, **overrides) -> nn.Module:
+    """``cls.from_pretrained(path, strict=True, **overrides)``: :func:`load_pretrained` building ``cls``."""
+    return load_pretrained(path, strict=strict, model_cls=cls, **overrides)
