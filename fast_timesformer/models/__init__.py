@@ -1,3 +1,4 @@
 """Video models: TimeSformer (five space-time schemes, checkpoint loading) and GenerativeTimeSformer."""
 from .timesformer import TimeSformer  # noqa: F401
 from .schemes import get_scheme, list_schemes, register_scheme  # noqa: F401
+from .generative import GenerativeTimeSformer  # noqa: F401

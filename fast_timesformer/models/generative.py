@@ -1,0 +1,331 @@
+"""``GenerativeTimeSformer``: future-frame prediction with divided space-time attention (seed 000).
+
+Input: ``f`` context frames ``(b, f, c, h, w)``. Output: ``num_target_frames`` predicted frames
+``(b, f', out_channels, h, w)``.
+
+Design (n = (h/p)(w/p) patches per frame, tokens frame-major ``t*n + p``)::
+
+    context tokens  x[t, p] = patch_embed(patch(t, p)) + pos_embed[p] + time_embed[t]          t < f
+    target queries  y[t',p] = target_query[t', p]      + pos_embed[p] + time_embed[f + t']      t' < f'
+
+    for each of the `depth` layers:
+        # context block (divided space-time, no CLS token)
+        x = x + time_attn(norm(x))         within each patch position: the f tokens of p      (step "time")
+        x = x + space_attn(norm(x))        within each frame: its n patches                   (step "space")
+        x = x + mlp(norm(x))
+        # target block: the targets read this layer's context
+        y = y + cross_attn(norm(y), norm(x))  target (t', p) attends to the f context tokens at p (step "cross")
+        y = y + space_attn(norm(y))        within each target frame: its n target patches     (step "space")
+        y = y + mlp(norm(y))
+
+    pixels = to_pixels(norm(y))            (b, f', n, p*p*out_channels)
+    video  = rearrange(pixels, 'b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)')
+
+Cost of the targets per layer (attention scores): ``f' * n * f`` (cross) + ``f' * n * n`` (space), i.e.
+linear in the number of target frames; the targets never attend to each other across frames, and the
+context never attends to the targets, so the context's cost does not depend on ``f'`` at all. (The
+generative fork this replaces made every query attend to every token, quadratic in all tokens; it also
+ran only its first layer and ``.view``-ed the tokens into frames without un-patchifying them.)
+
+Every attention goes through the backend registry (:class:`~fast_timesformer.attention.DividedAttention`
+layers, so :func:`~fast_timesformer.attention.set_backend` / ``use_backend`` with the steps "time",
+"space" and "cross" switch them). Cross-attention needs a backend that takes more keys than queries
+(``Backend.supports_cross``: regular, performer, ...). For a self-attention-only backend (fastformer,
+whose output row i is built from token i's own value) the cross step instead runs that backend's
+self-attention over the joined sequence ``[context tokens at p; target tokens at p]`` (f + f' tokens)
+and keeps the target rows: context still reaches the targets through the backend's global query/key,
+and the cost stays linear in ``f'`` because such backends are linear in sequence length. An *exact*
+backend without cross-attention is refused (``BackendUnavailable`` with the reason): for softmax
+attention the joined sequence would be a different model (targets attending to targets).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..attention import DividedAttention, set_backend as _set_backend
+from ..backends import BackendUnavailable
+from ..groups import TokenGroups
+
+__all__ = ["GenerativeTimeSformer", "CrossAttention", "patchify", "unpatchify", "GENERATIVE_STEPS"]
+
+GENERATIVE_STEPS = ("time", "space", "cross")
+
+
+# ---- patches <-> pixels ------------------------------------------------------------------------------
+def patchify(video: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(b, t, c, H, W) -> (b, t, n, p*p*c), patches row-major over the grid, pixels ``(p1 p2 c)``."""
+    if video.dim() != 5:
+        raise ValueError(f"video must be (batch, frames, channels, height, width), got shape {tuple(video.shape)}")
+    h, w = video.shape[-2:]
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"frame size {h}x{w} is not divisible by patch_size={patch_size}")
+    return rearrange(video, "b t c (h p1) (w p2) -> b t (h w) (p1 p2 c)", p1=patch_size, p2=patch_size)
+
+
+def unpatchify(tokens: torch.Tensor, patch_size: int, grid_height: int) -> torch.Tensor:
+    """(b, t, n, p*p*c) -> (b, t, c, H, W): the inverse of :func:`patchify`.
+
+    ``grid_height`` is the number of patch rows (n = grid_height * grid_width).
+    """
+    if tokens.dim() != 4:
+        raise ValueError(f"tokens must be (batch, frames, patches, patch_pixels), got shape {tuple(tokens.shape)}")
+    n, pix = tokens.shape[-2:]
+    if grid_height < 1 or n % grid_height:
+        raise ValueError(f"{n} patches do not form a grid with {grid_height} rows")
+    if pix % (patch_size * patch_size):
+        raise ValueError(f"patch width {pix} is not a multiple of patch_size**2 = {patch_size ** 2}")
+    return rearrange(tokens, "b t (h w) (p1 p2 c) -> b t c (h p1) (w p2)", h=grid_height, p1=patch_size,
+                     p2=patch_size)
+
+
+# ---- layers ----------------------------------------------------------------------------------------
+class CrossAttention(DividedAttention):
+    """Queries from one token set attend, group by group, to keys and values of another.
+
+    It is a :class:`DividedAttention` (same ``qkv``/``proj`` weights, same backend switching); queries use
+    the q rows of ``qkv`` on ``x``, keys and values the k and v rows on ``context``. ``groups`` splits ``x``
+    and ``context_groups`` splits ``context`` into the same number of groups; group g of ``x`` attends to
+    group g of ``context``. See the module docstring for self-attention-only backends.
+    """
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0, *,
+                 attn_dropout: float = 0.0, backend: str = "regular", qkv_bias: bool = True,
+                 scale: Optional[float] = None, step: str = "cross", **backend_options):
+        super().__init__(dim, heads, dim_head, dropout, attn_dropout=attn_dropout, backend=backend, cls="none",
+                         qkv_bias=qkv_bias, scale=scale, step=step, **backend_options)
+
+    def _project(self, x, rows: slice):
+        inner = self.heads * self.dim_head
+        w = self.qkv.weight[rows]
+        b = None if self.qkv.bias is None else self.qkv.bias[rows]
+        return F.linear(x, w, b).unflatten(-1, (-1, self.heads, self.dim_head)).unbind(2)  # each (b, M, h, d)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, *, groups: TokenGroups,
+                context_groups: TokenGroups) -> torch.Tensor:
+        for name, t in (("x", x), ("context", context)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[-1] != self.dim:
+                raise ValueError(f"{name} must be (batch, tokens, {self.dim}), got "
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if x.shape[0] != context.shape[0]:
+            raise ValueError(f"x and context differ in batch size: {x.shape[0]} vs {context.shape[0]}")
+        if groups.num_groups != context_groups.num_groups:
+            raise ValueError(f"x has {groups.num_groups} groups but context has {context_groups.num_groups}: "
+                             "group g of x attends to group g of context, so the counts must agree")
+        groups.check_tokens(x.shape[1])
+        context_groups.check_tokens(context.shape[1])
+        inner = self.heads * self.dim_head
+        dropout_p = self.attn_dropout if self.training else 0.0
+        (q,) = self._project(x, slice(0, inner))
+        k, v = self._project(context, slice(inner, 3 * inner))
+        qg, kg, vg = groups.split(q), context_groups.split(k), context_groups.split(v)
+        core = self.core_for(qg, kg, vg)
+        if core.backend.supports_cross:
+            y = core(qg, kg, vg, scale=self.scale, dropout_p=dropout_p)
+        elif core.backend.exact:
+            # A softmax self-attention over [context; queries] would let the queries attend to each other:
+            # a different model, and quadratic in the queries. Refuse rather than change the meaning.
+            raise BackendUnavailable(core.backend.name, [
+                "cross-attention needs a backend that takes more keys than queries (supports_cross); "
+                "this exact backend does self-attention only"], f"step {self.step!r}")
+        else:  # self-attention-only model (fastformer): one sequence [context group; query group]
+            (qc,) = self._project(context, slice(0, inner))
+            kx, vx = self._project(x, slice(inner, 3 * inner))
+            s = kg.shape[2]
+            y = core(torch.cat([context_groups.split(qc), qg], 2), torch.cat([kg, groups.split(kx)], 2),
+                     torch.cat([vg, groups.split(vx)], 2), scale=self.scale, dropout_p=dropout_p)[:, :, s:]
+        out = groups.merge(y, x.shape[0])  # (b, M, h, d)
+        return self.proj_drop(self.proj(out.flatten(2)))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
+                         nn.Dropout(dropout))
+
+
+def _norm(dim):
+    return nn.LayerNorm(dim, eps=1e-6)
+
+
+class ContextBlock(nn.Module):
+    """Divided space-time block on the context tokens (b, f*n, dim): time, then space, then MLP."""
+
+    def __init__(self, dim, heads, dim_head, hidden, attn_dropout, ff_dropout, qkv_bias, backends, options):
+        super().__init__()
+        attn = dict(heads=heads, dim_head=dim_head, attn_dropout=attn_dropout, qkv_bias=qkv_bias, cls="none")
+        self.time_norm = _norm(dim)
+        self.time_attn = DividedAttention(dim, backend=backends["time"], step="time", **attn, **options)
+        self.space_norm = _norm(dim)
+        self.space_attn = DividedAttention(dim, backend=backends["space"], step="space", **attn, **options)
+        self.mlp_norm = _norm(dim)
+        self.mlp = FeedForward(dim, hidden, ff_dropout)
+
+    def forward(self, x, f: int, n: int):
+        x = x + self.time_attn(self.time_norm(x), groups=TokenGroups.time(f, n))
+        x = x + self.space_attn(self.space_norm(x), groups=TokenGroups.space(f, n))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TargetBlock(nn.Module):
+    """Target queries (b, f'*n, dim): cross-attention to the context at their patch position, then
+    spatial self-attention within their own target frame, then MLP."""
+
+    def __init__(self, dim, heads, dim_head, hidden, attn_dropout, ff_dropout, qkv_bias, backends, options):
+        super().__init__()
+        self.query_norm = _norm(dim)
+        self.context_norm = _norm(dim)
+        self.cross_attn = CrossAttention(dim, heads, dim_head, attn_dropout=attn_dropout, qkv_bias=qkv_bias,
+                                         backend=backends["cross"], **options)
+        self.space_norm = _norm(dim)
+        self.space_attn = DividedAttention(dim, heads, dim_head, attn_dropout=attn_dropout, qkv_bias=qkv_bias,
+                                           cls="none", backend=backends["space"], step="space", **options)
+        self.mlp_norm = _norm(dim)
+        self.mlp = FeedForward(dim, hidden, ff_dropout)
+
+    def forward(self, y, context, f: int, t: int, n: int):
+        y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), groups=TokenGroups.time(t, n),
+                                context_groups=TokenGroups.time(f, n))
+        y = y + self.space_attn(self.space_norm(y), groups=TokenGroups.space(t, n))
+        return y + self.mlp(self.mlp_norm(y))
+
+
+class GenerativeLayer(nn.Module):
+    def __init__(self, *args):
+        super().__init__()
+        self.context = ContextBlock(*args)
+        self.target = TargetBlock(*args)
+
+    def forward(self, x, y, f: int, t: int, n: int):
+        x = self.context(x, f, n)
+        return x, self.target(y, x, f, t, n)
+
+
+# ---- the model ---------------------------------------------------------------------------------------
+def _pair(v, name):
+    if isinstance(v, int):
+        return v, v
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(u, int) for u in v):
+        return tuple(v)
+    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+
+
+def _backends_per_step(backend) -> dict:
+    if isinstance(backend, str):
+        return {step: backend for step in GENERATIVE_STEPS}
+    if isinstance(backend, Mapping):
+        unknown = set(backend) - set(GENERATIVE_STEPS)
+        if unknown:
+            raise ValueError(f"unknown attention step(s) {sorted(unknown)}; GenerativeTimeSformer has "
+                             f"{', '.join(GENERATIVE_STEPS)}")
+        return {step: backend.get(step, "regular") for step in GENERATIVE_STEPS}
+    raise TypeError(f"backend must be a name or a mapping step -> name, got {type(backend).__name__}")
+
+
+class GenerativeTimeSformer(nn.Module):
+    """Predicts ``num_target_frames`` future frames from ``num_frames`` context frames.
+
+    Args (seed 000's names):
+        dim: token width. image_size: int or (height, width). patch_size: square patch side.
+        num_frames: context frames in the input. num_target_frames: frames to predict.
+        channels: input channels. out_channels: output channels (default: ``channels``).
+        depth: layers (each = one context block + one target block). heads, dim_head: attention heads.
+        attn_dropout: dropout on attention probabilities (backends that support it, e.g. regular).
+        ff_dropout: dropout in the MLPs. mlp_ratio: MLP hidden width / dim.
+        qkv_bias: bias in the q/k/v projections.
+        backend: a backend name, or a mapping step -> name over "time", "space", "cross" (missing steps:
+            "regular"). ``**backend_options`` go to every attention layer's backend.
+
+    ``forward(video)``: (b, num_frames, channels, H, W) -> (b, num_target_frames, out_channels, H, W).
+    """
+
+    def __init__(self, *, dim: int, image_size: Union[int, tuple], patch_size: int, num_frames: int,
+                 num_target_frames: int, channels: int = 3, out_channels: Optional[int] = None, depth: int,
+                 heads: int = 8, dim_head: int = 64, attn_dropout: float = 0.0, ff_dropout: float = 0.0,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 backend: Union[str, Mapping[str, str]] = "regular", **backend_options):
+        super().__init__()
+        out_channels = channels if out_channels is None else out_channels
+        ih, iw = _pair(image_size, "image_size")
+        for name, v in (("dim", dim), ("patch_size", patch_size), ("num_frames", num_frames),
+                        ("num_target_frames", num_target_frames), ("channels", channels),
+                        ("out_channels", out_channels), ("depth", depth), ("heads", heads),
+                        ("dim_head", dim_head), ("image height", ih), ("image width", iw)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if ih % patch_size or iw % patch_size:
+            raise ValueError(f"image_size {ih}x{iw} is not divisible by patch_size={patch_size}")
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
+        backends = _backends_per_step(backend)
+        self.config = dict(dim=dim, image_size=image_size, patch_size=patch_size, num_frames=num_frames,
+                           num_target_frames=num_target_frames, channels=channels, out_channels=out_channels,
+                           depth=depth, heads=heads, dim_head=dim_head, attn_dropout=attn_dropout,
+                           ff_dropout=ff_dropout, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, backend=backend,
+                           **backend_options)
+        self.image_size = (ih, iw)
+        self.patch_size = patch_size
+        self.grid = (ih // patch_size, iw // patch_size)
+        self.num_patches = n = self.grid[0] * self.grid[1]
+        self.num_frames, self.num_target_frames = num_frames, num_target_frames
+        self.channels, self.out_channels = channels, out_channels
+
+        self.patch_embed = nn.Linear(patch_size * patch_size * channels, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1, n, dim))  # shared by context and targets
+        self.time_embed = nn.Parameter(torch.zeros(1, num_frames + num_target_frames, 1, dim))  # context, then targets
+        self.target_query = nn.Parameter(torch.zeros(1, num_target_frames, n, dim))
+        hidden = int(dim * mlp_ratio)
+        self.layers = nn.ModuleList(
+            GenerativeLayer(dim, heads, dim_head, hidden, attn_dropout, ff_dropout, qkv_bias, backends,
+                            backend_options)
+            for _ in range(depth))
+        self.norm = _norm(dim)
+        self.to_pixels = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for p in (self.pos_embed, self.time_embed, self.target_query):
+            nn.init.trunc_normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def set_backend(self, backend: Union[str, Mapping[str, str]], **options) -> "GenerativeTimeSformer":
+        """Switch the backend of every attention layer (a name, or a mapping over "time"/"space"/"cross")."""
+        _set_backend(self, backend, **options)
+        return self
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        if not isinstance(video, torch.Tensor) or video.dim() != 5:
+            raise ValueError("video must be (batch, frames, channels, height, width), got "
+                             f"{tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__}")
+        b, f, c, h, w = video.shape
+        if f != self.num_frames:
+            raise ValueError(f"video has {f} frames, the model was built for num_frames={self.num_frames}")
+        if c != self.channels:
+            raise ValueError(f"video has {c} channels, the model was built for channels={self.channels}")
+        if (h, w) != self.image_size:
+            raise ValueError(f"frames are {h}x{w}, the model was built for image_size "
+                             f"{self.image_size[0]}x{self.image_size[1]}")
+        n, t = self.num_patches, self.num_target_frames
+        x = self.patch_embed(patchify(video, self.patch_size)) + self.pos_embed + self.time_embed[:, :f]
+        x = x.flatten(1, 2)  # (b, f*n, dim), frame-major
+        y = self.target_query + self.pos_embed + self.time_embed[:, f:]
+        y = y.expand(b, -1, -1, -1).flatten(1, 2)  # (b, t*n, dim)
+        for layer in self.layers:
+            x, y = layer(x, y, f, t, n)
+        pixels = self.to_pixels(self.norm(y)).unflatten(1, (t, n))  # (b, t, n, p*p*out_channels)
+        return unpatchify(pixels, self.patch_size, self.grid[0])
+
+    def extra_repr(self) -> str:
+        return (f"frames={self.num_frames} -> {self.num_target_frames}, image_size={self.image_size}, "
+                f"patch_size={self.patch_size}, channels={self.channels} -> {self.out_channels}")
