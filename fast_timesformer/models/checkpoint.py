@@ -125,8 +125,15 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def describe(self, limit: int = 20) -> str:
+        def show(name, item):
+            if name == "mismatched":
+                return f"{item[0]} {tuple(item[1])} in the checkpoint, {tuple(item[2])} in the model"
+            if name == "resampled":
+                return f"{item[0]} {tuple(item[1])} -> {tuple(item[2])}"
+            return item
+
         def listing(name, items):
-            shown = [" ".join(str(p) for p in it) if isinstance(it, tuple) else it for it in items[:limit]]
+            shown = [show(name, it) for it in items[:limit]]
             more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
             return f"  {name} ({len(items)}): {', '.join(shown)}{more}"
 
