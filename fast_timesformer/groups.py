@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
@@ -54,11 +53,11 @@ class TokenGroups:
     # ---- sizes -------------------------------------------------------------------------------
     @property
     def num_groups(self) -> int:
-        return math.prod(s for s, _ in self.group)
+        return math.prod([s for s, _ in self.group])
 
     @property
     def seq_len(self) -> int:
-        return math.prod(s for s, _ in self.seq)
+        return math.prod([s for s, _ in self.seq])
 
     @property
     def num_tokens(self) -> int:
@@ -82,7 +81,7 @@ class TokenGroups:
         return cls(group=(), seq=((f * n, 1),), kind="joint")
 
     # ---- the split as tensor ops -------------------------------------------------------------
-    @cached_property
+    @property
     def _plan(self):
         """(sizes sorted by stride desc, permutation putting group axes first then seq axes)."""
         axes = list(self.group) + list(self.seq)
