@@ -83,6 +83,21 @@ def test_hf_folder_safetensors_same_logits(tmp_path, attention_type):
         torch.testing.assert_close(model(x), hf(pixel_values=x).logits, atol=1e-4, rtol=0)
 
 
+def test_hf_layer_norm_eps_is_honoured(tmp_path):
+    hf = make_hf(layer_norm_eps=0.5)
+    hf.save_pretrained(tmp_path)
+    model = TimeSformer.from_pretrained(tmp_path)
+    assert any("eps set to 0.5" in n for n in model.load_report.notes)
+    x = video()
+    with torch.no_grad():
+        want = hf(pixel_values=x).logits
+        torch.testing.assert_close(model(x), want, atol=1e-4, rtol=0)
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.eps = 1e-6
+        assert (model(x) - want).abs().max() > 1e-3  # the eps matters at this size: the test can fail
+
+
 def test_hf_folder_bin_same_logits(tmp_path, hf_divided):
     hf, _ = hf_divided
     hf.save_pretrained(tmp_path)
@@ -216,6 +231,32 @@ def test_shape_mismatch_is_reported(tmp_path, hf_divided):
         model = TimeSformer.from_pretrained(folder, num_classes=3, strict=False)
     assert sorted(k for k, *_ in model.load_report.mismatched) == ["head.bias", "head.weight"]
     assert len(model.load_report.loaded) == len(TimeSformer.from_pretrained(folder).state_dict()) - 2
+
+
+def test_backend_state_is_reported_backend_weights_are_missing(hf_divided):
+    hf, folder = hf_divided
+    model = TimeSformer.from_pretrained(folder, backend="performer")  # random features: not an error
+    report = model.load_report
+    assert report.ok and len(report.backend_state) == 4  # 2 blocks x (time, space)
+    assert all(".cores.performer." in k for k in report.backend_state)
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)cores\.fastformer\.w_q.*model\.set_backend"):
+        TimeSformer.from_pretrained(folder, backend="fastformer")  # its own parameters: a different model
+
+
+def test_hf_base_model_without_classifier(tmp_path):
+    from transformers import TimesformerModel
+
+    torch.manual_seed(0)
+    base = TimesformerModel(TimesformerConfig(**{k: v for k, v in TINY.items() if k != "num_labels"})).eval()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    base.save_pretrained(tmp_path)
+    model = TimeSformer.from_pretrained(tmp_path)
+    assert model.config["num_classes"] == 0 and model.load_report.ok
+    x = video()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base(pixel_values=x).last_hidden_state[:, 0], atol=1e-4, rtol=0)
 
 
 def test_not_a_checkpoint(tmp_path):

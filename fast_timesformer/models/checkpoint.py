@@ -39,7 +39,8 @@ from .resample import resample_pos_embed, resample_time_embed, to_hw
 
 __all__ = [
     "LoadReport", "CheckpointMismatchError", "CheckpointWarning", "UnsafeCheckpointError",
-    "from_pretrained", "load_pretrained", "load_state_dict_into", "read_checkpoint", "safe_torch_load", "unwrap_state_dict",
+    "from_pretrained", "load_pretrained", "load_state_dict_into", "read_checkpoint", "safe_torch_load",
+    "unwrap_state_dict",
     "convert_hf_state_dict", "official_to_hf_key", "hf_to_official_key", "config_from_hf",
     "infer_config_from_state_dict", "HF_SCHEMES",
 ]
@@ -414,7 +415,8 @@ def _model_config(model: nn.Module) -> Dict[str, Any]:
 
 def _grid_of(config: Mapping[str, Any], num_patches: int) -> Tuple[int, int]:
     if "image_size" in config and "patch_size" in config:
-        (ih, iw), (ph, pw) = to_hw(config["image_size"], "image_size"), to_hw(config["patch_size"], "patch_size")
+        ih, iw = to_hw(config["image_size"], "image_size")
+        ph, pw = to_hw(config["patch_size"], "patch_size")
         if (ih // ph) * (iw // pw) == num_patches:
             return ih // ph, iw // pw
     side = math.isqrt(num_patches)
@@ -446,12 +448,13 @@ def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], *,
             report.unexpected.append(key)
             continue
         target = own[key]
-        if key == "pos_embed" and value.shape != target.shape and value.ndim == 3 and value.shape[-1] == target.shape[-1]:
+        resizable = value.shape != target.shape and value.ndim == 3 and value.shape[-1] == target.shape[-1]
+        if key == "pos_embed" and resizable:
             old = _grid_of(checkpoint_config or {}, value.shape[1] - 1)
             new = _grid_of(report.config, target.shape[1] - 1)
             value = resample_pos_embed(value, new, old_hw=old, num_prefix_tokens=1)
             report.resampled.append((key, tuple(state[key].shape), tuple(value.shape)))
-        elif key == "time_embed" and value.shape != target.shape and value.ndim == 3 and value.shape[-1] == target.shape[-1]:
+        elif key == "time_embed" and resizable:
             value = resample_time_embed(value, target.shape[1])
             report.resampled.append((key, tuple(state[key].shape), tuple(value.shape)))
         if value.shape != target.shape:
@@ -464,6 +467,10 @@ def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], *,
             (report.backend_state if _is_backend_buffer(key, buffers) else report.missing).append(key)
     for key, old, new in report.resampled:
         logger.info("resampled %s from %s to %s", key, old, new)
+    if any(".cores." in f".{k}" for k in report.missing):
+        report.notes.append("the missing backend parameters belong to an attention backend with weights of its "
+                            "own (e.g. fastformer), which no softmax checkpoint has: load with the default "
+                            "backend and call model.set_backend(...), or pass strict=False")
     if strict and not report.ok:
         raise CheckpointMismatchError(report)
     with torch.no_grad():
