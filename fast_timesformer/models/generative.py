@@ -157,7 +157,8 @@ class ContextBlock(nn.Module):
 
     def __init__(self, dim, heads, dim_head, hidden, attn_dropout, ff_dropout, qkv_bias, backends, options):
         super().__init__()
-        attn = dict(heads=heads, dim_head=dim_head, attn_dropout=attn_dropout, qkv_bias=qkv_bias, cls="none")
+        attn = dict(heads=heads, dim_head=dim_head, dropout=ff_dropout, attn_dropout=attn_dropout, qkv_bias=qkv_bias,
+                    cls="none")
         self.time_norm = _norm(dim)
         self.time_attn = DividedAttention(dim, backend=backends["time"], step="time", **attn, **options)
         self.space_norm = _norm(dim)
@@ -179,11 +180,12 @@ class TargetBlock(nn.Module):
         super().__init__()
         self.query_norm = _norm(dim)
         self.context_norm = _norm(dim)
-        self.cross_attn = CrossAttention(dim, heads, dim_head, attn_dropout=attn_dropout, qkv_bias=qkv_bias,
-                                         backend=backends["cross"], **options)
+        self.cross_attn = CrossAttention(dim, heads, dim_head, ff_dropout, attn_dropout=attn_dropout,
+                                         qkv_bias=qkv_bias, backend=backends["cross"], **options)
         self.space_norm = _norm(dim)
-        self.space_attn = DividedAttention(dim, heads, dim_head, attn_dropout=attn_dropout, qkv_bias=qkv_bias,
-                                           cls="none", backend=backends["space"], step="space", **options)
+        self.space_attn = DividedAttention(dim, heads, dim_head, ff_dropout, attn_dropout=attn_dropout,
+                                           qkv_bias=qkv_bias, cls="none", backend=backends["space"], step="space",
+                                           **options)
         self.mlp_norm = _norm(dim)
         self.mlp = FeedForward(dim, hidden, ff_dropout)
 
@@ -234,8 +236,9 @@ class GenerativeTimeSformer(nn.Module):
         num_frames: context frames in the input. num_target_frames: frames to predict.
         channels: input channels. out_channels: output channels (default: ``channels``).
         depth: layers (each = one context block + one target block). heads, dim_head: attention heads.
-        attn_dropout: dropout on attention probabilities (backends that support it, e.g. regular).
-        ff_dropout: dropout in the MLPs. mlp_ratio: MLP hidden width / dim.
+        attn_dropout: dropout on attention probabilities (backends that support it, e.g. regular; others
+            refuse it in training mode with the reason). ff_dropout: dropout in the MLPs and on the
+            attention output projections (as in TimeSformer). mlp_ratio: MLP hidden width / dim.
         qkv_bias: bias in the q/k/v projections.
         backend: a backend name, or a mapping step -> name over "time", "space", "cross" (missing steps:
             "regular"). ``**backend_options`` go to every attention layer's backend.
