@@ -1,1 +1,8 @@
-"""Benchmark harness: sweeps over scheme x backend x frames x resolution, results, plots."""
+"""Benchmark harness: workloads, suites, the sweep runner (JSONL results with resume), plots, summary.
+
+Command line: ``fast-timesformer bench --suite cpu|gpu|models|tiny|kernels`` and
+``fast-timesformer plot --results DIR``. See ``docs/bench.md``.
+"""
+from .runner import load_results, measure_point, run_sweep  # noqa: F401
+from .suites import filter_points, get_suite, list_suites  # noqa: F401
+from .workloads import SCHEMES, Skip, Workload, build  # noqa: F401

@@ -1,0 +1,137 @@
+"""``fast-timesformer bench`` (run a suite, save results, draw plots) and ``fast-timesformer plot``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _csv(text):
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_subcommands(sub) -> None:
+    from .suites import list_suites
+
+    b = sub.add_parser("bench", help="run a benchmark suite; results, plots and summary.md go to --out",
+                       description="Run a benchmark suite. Each point is appended to OUT/results.jsonl as soon "
+                                   "as it is measured (--resume skips finished points); then the plots and "
+                                   "OUT/summary.md are drawn from the saved results.")
+    b.add_argument("--suite", default="cpu", choices=list_suites(),
+                   help="cpu (default, ~5 min on 2 cores), gpu (paper Figure 3 range, needs CUDA), models "
+                        "(ours vs Hugging Face / lucidrains), tiny (seconds), kernels (benchmarks/bench_kernels.py)")
+    b.add_argument("--out", default=None, help="output folder (default: bench_out/<suite>)")
+    b.add_argument("--resume", action="store_true", help="keep OUT/results.jsonl and skip the points already in it")
+    b.add_argument("--schemes", type=_csv, default=None, help="comma list, e.g. divided_space_time,joint_space_time")
+    b.add_argument("--backends", type=_csv, default=None, help="comma list, e.g. regular,performer")
+    b.add_argument("--impls", type=_csv, default=None, help="comma list of attention,ours,hf,lucidrains")
+    b.add_argument("--modes", type=_csv, default=None, help="fwd and/or fwd+bwd")
+    b.add_argument("--groups", type=_csv, default=None, help="sweep, approx, target")
+    b.add_argument("--max-tokens", type=int, default=None, help="drop points with more patch tokens per clip")
+    b.add_argument("--limit", type=int, default=None, help="only the first N points (after filters)")
+    b.add_argument("--device", default=None, help="override the suite's device (e.g. cuda:1)")
+    b.add_argument("--list", action="store_true", help="print the points and exit")
+    b.add_argument("--no-plots", action="store_true", help="skip the plots and summary.md")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("plot", help="draw the plots and summary.md from saved benchmark results")
+    p.add_argument("--results", required=True, help="folder holding results.jsonl and meta.json")
+    p.add_argument("--out", default=None, help="where to write the PNGs and summary.md (default: --results)")
+    p.set_defaults(func=cmd_plot)
+
+
+def _run_kernels(args) -> int:
+    from .suites import load_kernels_module
+
+    try:
+        mod = load_kernels_module()
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out or "bench_out/kernels")
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(mod, "main"):
+        import inspect
+
+        params = inspect.signature(mod.main).parameters
+        argv = ["--out", str(out)] if _accepts_out(mod) else []
+        rc = mod.main(argv) if params else mod.main()
+        return int(rc or 0)
+    print("error: benchmarks/bench_kernels.py defines no main()", file=sys.stderr)
+    return 2
+
+
+def _accepts_out(mod) -> bool:
+    parser = getattr(mod, "build_parser", None)
+    if parser is None:
+        return False
+    try:
+        return any("--out" in a.option_strings for a in parser()._actions)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def cmd_bench(args) -> int:
+    if args.suite == "kernels":
+        return _run_kernels(args)
+    from .runner import format_summary, peer_ratios, run_sweep
+    from .suites import filter_points, get_suite
+
+    kw = {"device": args.device} if args.device else {}
+    points, settings = get_suite(args.suite, **kw)
+    points = filter_points(points, schemes=args.schemes, backends=args.backends, impls=args.impls, modes=args.modes,
+                           groups=args.groups, max_tokens=args.max_tokens, limit=args.limit)
+    if not points:
+        print("error: no points left after the filters", file=sys.stderr)
+        return 2
+    if args.list:
+        for p in points:
+            print(p.label)
+        print(f"{len(points)} points")
+        return 0
+    out = Path(args.out or f"bench_out/{args.suite}")
+    settings = dict(settings, suite=args.suite, filters={k: getattr(args, k) for k in
+                                                          ("schemes", "backends", "impls", "modes", "groups",
+                                                           "max_tokens", "limit", "device")})
+    print(f"suite {args.suite}: {len(points)} points -> {out}/results.jsonl", flush=True)
+    records = run_sweep(points, out, resume=args.resume, progress=not args.no_progress, settings=settings)
+    print(format_summary(records))
+    for r in peer_ratios(records):
+        mem = "" if r["mem_ratio"] is None else f", peak memory ours/{r['peer']} = {r['mem_ratio']:.2f}"
+        print(f"{r['config']} {r['mode']}: ours/{r['ours']} {r['ours_s']:.3f} s vs {r['peer']} {r['peer_s']:.3f} s "
+              f"-> {r['speedup']:.2f}x{mem}")
+    if not args.no_plots:
+        _draw(out, out)
+    errors = sum(r["status"] == "error" for r in records)
+    if errors:
+        print(f"{errors} point(s) failed with an error (see 'reason' in {out}/results.jsonl)", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _draw(results, out) -> None:
+    from .plots import plot_all
+    from .summary import write_summary
+
+    paths = plot_all(results, out)
+    summary = write_summary(results, paths, out)
+    for p in paths:
+        print(f"plot: {p}")
+    print(f"summary: {summary}")
+
+
+def cmd_plot(args) -> int:
+    results = Path(args.results)
+    if not (results / "results.jsonl").exists():
+        print(f"error: no results.jsonl in {results}", file=sys.stderr)
+        return 2
+    _draw(results, Path(args.out) if args.out else results)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    p = argparse.ArgumentParser()
+    add_subcommands(p.add_subparsers(dest="command", required=True))
+    a = p.parse_args()
+    sys.exit(a.func(a))

@@ -1,0 +1,378 @@
+"""Plots drawn from saved results (``results.jsonl`` + ``meta.json``), never from a live run.
+
+``plot_all(results_dir)`` writes PNGs next to the results (matplotlib, Agg backend) and returns their
+paths; every figure is skipped, not faked, when the results hold no points for it.
+
+- ``latency_vs_frames.png`` / ``latency_vs_resolution.png``: rows = fwd / fwd+bwd, columns = backends,
+  one line per scheme; OOM points are marked with an x at the top of the panel.
+- ``memory_vs_tokens.png``: peak memory of the training step vs patch tokens, per scheme (backend
+  ``regular``) and per backend (divided and joint schemes).
+- ``backend_bars.png``: latency of every scheme x backend at the sweep's base workload.
+- ``error_vs_speed.png``: output error against backend ``regular`` at equal weights vs speed-up over
+  ``regular``. Performer is an approximation of softmax attention (error shrinks with more features);
+  fastformer is a different model with its own parameters, so its point is a deviation, drawn with
+  another marker and labelled so.
+- ``flops_vs_frames_resolution.png``: FLOPs per clip (forward) vs frames and vs resolution, like the
+  paper's Figure 3, with OOM points marked.
+- ``peers.png``: the target comparison (ours vs Hugging Face vs lucidrains) when present.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .runner import latest_by_key, load_meta, load_results
+from .workloads import SCHEME_SHORT, SCHEMES
+
+SCHEME_COLORS = {"space_only": "#1f77b4", "joint_space_time": "#d62728", "divided_space_time": "#2ca02c",
+                 "sparse_local_global": "#9467bd", "axial": "#ff7f0e"}
+BACKEND_STYLES = {"regular": "-", "triton": "--", "xformers": "-.", "performer": ":", "fastformer": (0, (5, 2, 1, 2))}
+BACKEND_COLORS = {"regular": "#333333", "triton": "#17becf", "xformers": "#8c564b", "performer": "#e377c2",
+                  "fastformer": "#bcbd22"}
+MODES = ("fwd", "fwd+bwd")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def NullLocator():
+    from matplotlib.ticker import NullLocator as _NullLocator
+
+    return _NullLocator()
+
+
+def _records(results_dir):
+    recs = list(latest_by_key(load_results(results_dir)).values())
+    meta = load_meta(results_dir)
+    return recs, meta
+
+
+def _sweep_base(recs, meta):
+    for run in reversed(meta.get("runs", [])):
+        base = run.get("settings", {}).get("sweep_base")
+        if base:
+            return base["frames"], base["image_size"]
+    sweep = [r["workload"] for r in recs if r["workload"]["group"] == "sweep"]
+    if not sweep:
+        return None, None
+    from collections import Counter
+
+    f = Counter(w["frames"] for w in sweep).most_common(1)[0][0]
+    s = Counter(w["image_size"] for w in sweep).most_common(1)[0][0]
+    return f, s
+
+
+def _device_title(meta):
+    runs = meta.get("runs") or [{}]
+    return runs[-1].get("device", "")
+
+
+def _backends_in(recs):
+    seen = {r["workload"]["backend"] for r in recs if r["status"] == "ok"}
+    order = list(BACKEND_STYLES)
+    return sorted(seen, key=lambda b: (order.index(b) if b in order else 99, b))
+
+
+def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title, path):
+    pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"][fixed_field] == fixed_value
+           and r["status"] in ("ok", "oom")]
+    backends = _backends_in(pts)
+    if not backends:
+        return None
+    fig, axes = plt.subplots(2, len(backends), figsize=(3.6 * len(backends) + 1, 6.4), squeeze=False,
+                             sharex=True)
+    for i, mode in enumerate(MODES):
+        for j, be in enumerate(backends):
+            ax = axes[i][j]
+            for scheme in SCHEMES:
+                sel = sorted((r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be
+                              and r["workload"]["mode"] == mode and not r["workload"]["backend_options"]),
+                             key=lambda r: r["workload"][x_field])
+                ok = [r for r in sel if r["status"] == "ok"]
+                if ok:
+                    ax.plot([r["workload"][x_field] for r in ok], [r["median_s"] * 1e3 for r in ok], "o-",
+                            color=SCHEME_COLORS[scheme], label=SCHEME_SHORT[scheme], ms=4)
+                    ax.errorbar([r["workload"][x_field] for r in ok], [r["median_s"] * 1e3 for r in ok],
+                                yerr=[r.get("iqr_s", 0) * 1e3 / 2 for r in ok], fmt="none",
+                                ecolor=SCHEME_COLORS[scheme], alpha=0.5)
+                _mark_oom(ax, [r for r in sel if r["status"] == "oom"], x_field, SCHEME_COLORS[scheme])
+            ax.set_yscale("log")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{be} - {mode}", fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("median latency (ms)")
+            if i == 1:
+                ax.set_xlabel(xlabel)
+            xs = sorted({r["workload"][x_field] for r in pts})
+            ax.set_xticks(xs)
+            ax.set_xticklabels([str(x) for x in xs])
+            ax.xaxis.set_minor_locator(NullLocator())
+    axes[0][0].legend(fontsize=8, title="scheme", title_fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _mark_oom(ax, ooms, x_field, color):
+    if not ooms:
+        return
+    xs = [r["workload"][x_field] if x_field != "tokens" else r["tokens"] for r in ooms]
+    ax.scatter(xs, [0.97] * len(xs), marker="x", s=60, color=color, transform=ax.get_xaxis_transform(),
+               zorder=5, label=None)
+    for x in xs:
+        ax.annotate("OOM", (x, 0.97), xycoords=("data", "axes fraction"), textcoords="offset points",
+                    xytext=(0, -12), ha="center", fontsize=7, color=color)
+
+
+def plot_latency_vs_frames(plt, recs, meta, out):
+    f, s = _sweep_base(recs, meta)
+    if s is None:
+        return None
+    return _latency_figure(plt, recs, "frames", "image_size", s, "frames",
+                           f"Latency vs frames at {s}x{s} px - {_device_title(meta)}", out / "latency_vs_frames.png")
+
+
+def plot_latency_vs_resolution(plt, recs, meta, out):
+    f, s = _sweep_base(recs, meta)
+    if f is None:
+        return None
+    return _latency_figure(plt, recs, "image_size", "frames", f, "resolution (px)",
+                           f"Latency vs resolution at {f} frames - {_device_title(meta)}",
+                           out / "latency_vs_resolution.png")
+
+
+def plot_memory_vs_tokens(plt, recs, meta, out):
+    pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["status"] in ("ok", "oom")
+           and not r["workload"]["backend_options"]]
+    mode = "fwd+bwd" if any(r["workload"]["mode"] == "fwd+bwd" for r in pts) else "fwd"
+    pts = [r for r in pts if r["workload"]["mode"] == mode]
+    if not any(r["status"] == "ok" for r in pts):
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+
+    def line(ax, sel, color, style, label):
+        sel = sorted(sel, key=lambda r: (r["tokens"], r["workload"]["frames"]))
+        ok = [r for r in sel if r["status"] == "ok"]
+        if ok:
+            ax.plot([r["tokens"] for r in ok], [r["peak_mem_bytes"] / 2 ** 20 for r in ok], marker="o", ms=3,
+                    color=color, linestyle=style, label=label)
+        _mark_oom(ax, [r for r in sel if r["status"] == "oom"], "tokens", color)
+
+    ax = axes[0]
+    for scheme in SCHEMES:
+        line(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == "regular"],
+             SCHEME_COLORS[scheme], "-", SCHEME_SHORT[scheme])
+    ax.set_title(f"per scheme (backend regular, {mode})", fontsize=10)
+    for ax, scheme in zip(axes[1:], ("divided_space_time", "joint_space_time")):
+        for be in _backends_in(pts):
+            line(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be],
+                 BACKEND_COLORS.get(be, "k"), BACKEND_STYLES.get(be, "-"), be)
+        ax.set_title(f"per backend ({SCHEME_SHORT[scheme]}, {mode})", fontsize=10)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("patch tokens per clip (frames x patches)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("peak memory above start (MiB)")
+    method = next((r.get("mem_method") for r in pts if r.get("mem_method")), "")
+    fig.suptitle(f"Peak memory vs tokens - {_device_title(meta)}\n({method})", fontsize=10)
+    fig.tight_layout()
+    path = out / "memory_vs_tokens.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_backend_bars(plt, recs, meta, out):
+    f, s = _sweep_base(recs, meta)
+    pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["frames"] == f
+           and r["workload"]["image_size"] == s and not r["workload"]["backend_options"]]
+    if not any(r["status"] == "ok" for r in pts):
+        return None
+    backends = sorted({r["workload"]["backend"] for r in pts},
+                      key=lambda b: (list(BACKEND_STYLES).index(b) if b in BACKEND_STYLES else 99, b))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    width = 0.8 / max(len(backends), 1)
+    notes = {}
+    for ax, mode in zip(axes, MODES):
+        for j, be in enumerate(backends):
+            xs, ys = [], []
+            for i, scheme in enumerate(SCHEMES):
+                r = next((r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be
+                          and r["workload"]["mode"] == mode), None)
+                if r is None:
+                    continue
+                if r["status"] == "ok":
+                    xs.append(i + (j - (len(backends) - 1) / 2) * width)
+                    ys.append(r["median_s"] * 1e3)
+                elif r["status"] in ("skipped", "error", "oom"):
+                    notes.setdefault(be, f"{r['status']}: {r['reason'][:110]}")
+                    ax.text(i + (j - (len(backends) - 1) / 2) * width, 0.02, r["status"][:4], rotation=90,
+                            fontsize=6, ha="center", va="bottom", transform=ax.get_xaxis_transform(),
+                            color=BACKEND_COLORS.get(be, "k"))
+            ax.bar(xs, ys, width=width, color=BACKEND_COLORS.get(be, "k"), label=be)
+        ax.set_xticks(range(len(SCHEMES)))
+        ax.set_xticklabels([SCHEME_SHORT[s_] for s_ in SCHEMES])
+        ax.set_yscale("log")
+        ax.set_ylabel("median latency (ms)")
+        ax.set_title(mode, fontsize=10)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    axes[0].legend(fontsize=8, title="backend", title_fontsize=8)
+    note = "\n".join(f"{be}: {t}" for be, t in notes.items())
+    fig.suptitle(f"Backends at {f} frames x {s} px - {_device_title(meta)}", fontsize=11)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, va="bottom", wrap=True)
+        fig.tight_layout(rect=(0, 0.06 * (1 + note.count("\n")), 1, 1))
+    else:
+        fig.tight_layout()
+    path = out / "backend_bars.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _regular_twin(recs, w):
+    for r in recs:
+        v = r["workload"]
+        if r["status"] == "ok" and v["backend"] == "regular" and v["impl"] == w["impl"] and all(
+                v[k] == w[k] for k in ("scheme", "mode", "batch", "frames", "image_size", "dim", "depth", "heads",
+                                       "dtype", "device")):
+            return r
+    return None
+
+
+def plot_error_vs_speed(plt, recs, meta, out):
+    pts = [r for r in recs if r["status"] == "ok" and r.get("rel_error") is not None]
+    rows = []
+    for r in pts:
+        twin = _regular_twin(recs, r["workload"])
+        if twin is not None:
+            rows.append((r, twin["median_s"] / r["median_s"]))
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(8.5, 5.4))
+    seen = set()
+    for r, speedup in rows:
+        w = r["workload"]
+        be = w["backend"]
+        marker = "o" if be == "performer" else ("s" if be == "fastformer" else "^")
+        label_be = ("fastformer (different model: deviation, not approximation)" if be == "fastformer"
+                    else f"{be} (approximation)")
+        label = f"{label_be}, {SCHEME_SHORT[w['scheme']]}"
+        ax.scatter([speedup], [r["rel_error"]], marker=marker, color=SCHEME_COLORS[w["scheme"]],
+                   edgecolors="k" if be == "fastformer" else "none", s=40 if w["group"] == "approx" else 22,
+                   alpha=0.9 if w["group"] == "approx" else 0.55, label=None if label in seen else label)
+        seen.add(label)
+        if w["backend_options"].get("nb_features"):
+            ax.annotate(f"m={w['backend_options']['nb_features']}", (speedup, r["rel_error"]), fontsize=7,
+                        xytext=(4, 2), textcoords="offset points")
+    ax.axvline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("speed-up over backend 'regular' at the same workload (x)")
+    ax.set_ylabel("relative error of the output vs 'regular', same weights")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"Approximation error vs speed (forward) - {_device_title(meta)}\n"
+                 "large markers: feature sweep at the base workload; small: the frames/resolution sweep",
+                 fontsize=9)
+    fig.tight_layout()
+    path = out / "error_vs_speed.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_flops(plt, recs, meta, out):
+    f, s = _sweep_base(recs, meta)
+    pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["backend"] == "regular"
+           and r["workload"]["mode"] == "fwd" and r["status"] in ("ok", "oom")]
+    if not any(r["status"] == "ok" for r in pts):
+        return None
+    big = max((r.get("flops") or 0) for r in pts)
+    unit, scale = ("TFLOPs", 1e-12) if big >= 1e12 else ("GFLOPs", 1e-9)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax, (x_field, fixed_field, fixed, xlabel) in zip(axes, (("frames", "image_size", s, "frames"),
+                                                                ("image_size", "frames", f, "resolution (px)"))):
+        sel_all = [r for r in pts if r["workload"][fixed_field] == fixed]
+        for scheme in SCHEMES:
+            sel = sorted((r for r in sel_all if r["workload"]["scheme"] == scheme), key=lambda r: r["workload"][x_field])
+            ok = [r for r in sel if r["status"] == "ok"]
+            if ok:
+                ax.plot([r["workload"][x_field] for r in ok], [r["flops"] * scale for r in ok], "o-",
+                        color=SCHEME_COLORS[scheme], label=SCHEME_SHORT[scheme], ms=4)
+            _mark_oom(ax, [r for r in sel if r["status"] == "oom"], x_field, SCHEME_COLORS[scheme])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{unit} per clip (forward)")
+        ax.set_title(f"vs {xlabel} ({'at %d px' % s if x_field == 'frames' else 'at %d frames' % f})", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        xs = sorted({r["workload"][x_field] for r in sel_all})
+        ax.set_xticks(xs)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Compute cost per clip (torch.utils.flop_counter), like the paper's Figure 3 - "
+                 f"{_device_title(meta)}", fontsize=10)
+    fig.tight_layout()
+    path = out / "flops_vs_frames_resolution.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_peers(plt, recs, meta, out):
+    pts = [r for r in recs if r["workload"]["group"] == "target" and r["status"] == "ok"]
+    if len(pts) < 2:
+        return None
+    labels = [("ours/" + r["workload"]["backend"]) if r["workload"]["impl"] == "ours" else
+              {"hf": "Hugging Face", "lucidrains": "lucidrains"}.get(r["workload"]["impl"], r["workload"]["impl"])
+              for r in pts]
+    labels = [f"{lab}\n{r['workload']['mode']}" for lab, r in zip(labels, pts)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = ["#2ca02c" if r["workload"]["impl"] == "ours" else "#7f7f7f" for r in pts]
+    axes[0].bar(range(len(pts)), [r["median_s"] * 1e3 for r in pts], color=colors,
+                yerr=[r.get("iqr_s", 0) * 1e3 / 2 for r in pts])
+    axes[0].set_ylabel("median latency (ms)")
+    axes[1].bar(range(len(pts)), [r["peak_mem_bytes"] / 2 ** 20 for r in pts], color=colors)
+    axes[1].set_ylabel("peak memory above start (MiB)")
+    for ax in axes:
+        ax.set_xticks(range(len(pts)))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    w = pts[0]["workload"]
+    fig.suptitle(f"Target: B={w['batch']}, {w['frames']}x{w['image_size']}, depth {w['depth']}, "
+                 f"{w['dtype']} - {_device_title(meta)}", fontsize=10)
+    fig.tight_layout()
+    path = out / "peers.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+PLOTS = (plot_latency_vs_frames, plot_latency_vs_resolution, plot_memory_vs_tokens, plot_backend_bars,
+         plot_error_vs_speed, plot_flops, plot_peers)
+
+
+def plot_all(results_dir, out_dir=None) -> list:
+    """Draw every plot that the saved results support; returns the written paths."""
+    results_dir = Path(results_dir)
+    if not (results_dir / "results.jsonl").exists():
+        raise FileNotFoundError(f"no results.jsonl in {results_dir} (run `fast-timesformer bench --out "
+                                f"{results_dir}` first)")
+    out = Path(out_dir) if out_dir else results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    recs, meta = _records(results_dir)
+    paths = []
+    for fn in PLOTS:
+        p = fn(plt, recs, meta, out)
+        if p is not None:
+            paths.append(Path(p))
+    return paths

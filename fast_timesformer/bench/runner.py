@@ -1,0 +1,285 @@
+"""The sweep runner: measure points one by one, append each to ``results.jsonl`` as soon as it is done.
+
+Files in the output folder:
+
+- ``results.jsonl``: one JSON object per measured point (``key``, ``workload``, ``status`` in
+  ok / oom / skipped / error, ``reason``, the metrics, ``run_id``). Written and flushed per point, so
+  an interrupted run loses nothing; ``resume=True`` skips every point whose key is already there
+  with status ok, oom or skipped (errors are retried).
+- ``meta.json``: ``{"runs": [...]}``, one entry per run: device, library versions, git commit, suite,
+  filters, settings, start and end time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from . import measure
+from .workloads import Skip, Workload, build
+
+RESULTS = "results.jsonl"
+META = "meta.json"
+DONE = ("ok", "oom", "skipped")
+
+
+# ---- metadata --------------------------------------------------------------------------------
+def _version(module: str) -> Optional[str]:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> dict:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return {"commit": sha or None, "dirty": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def run_metadata(settings: Optional[dict] = None) -> dict:
+    cuda = torch.cuda.is_available()
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": torch.cuda.get_device_name(0) if cuda else f"cpu: {_cpu_name()}",
+        "cpu": _cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if cuda else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {m: _version(m) for m in ("torch", "triton", "xformers", "transformers",
+                                              "timesformer-pytorch", "performer-pytorch", "fast_timesformer")},
+        "git": _git_commit(),
+        "argv": sys.argv,
+        "settings": settings or {},
+    }
+
+
+# ---- one point -------------------------------------------------------------------------------
+def measure_point(w: Workload, *, builder: Callable[[Workload], object] = None) -> dict:
+    """Measure one workload; never raises for OOM, refusals or errors (they become the status)."""
+    from ..backends.registry import BackendUnavailable
+
+    builder = builder or build
+    rec = {"key": w.key, "workload": w.to_dict(), "label": w.label, "tokens": w.tokens,
+           "status": "ok", "reason": "", "notes": []}
+    built = None
+    t0 = time.perf_counter()
+    try:
+        built = builder(w)
+        rec["notes"] = list(built.notes)
+        rec["params"] = sum(p.numel() for p in built.model.parameters())
+        rec["flops"] = measure.count_flops(built.step)  # first call: also the warm-up and the refusal check
+        measure.sync(w.device)
+        rec.update(measure.peak_memory(built.step, w.device))
+        rec.update(measure.time_step(built.step, w.device, min_run_time=w.min_run_time))
+        rec["throughput_clips_s"] = w.batch / rec["median_s"]
+        rec["tflops_s"] = rec["flops"] / rec["median_s"] / 1e12
+        if built.reference_output is not None:
+            rec["rel_error"] = measure.relative_error(built.output(), built.reference_output())
+            rec["error_kind"] = ("deviation (different model)" if w.backend == "fastformer"
+                                 else "approximation error")
+    except Skip as e:
+        rec.update(status="skipped", reason=str(e))
+    except BackendUnavailable as e:
+        rec.update(status="skipped", reason=str(e))
+    except Exception as e:  # noqa: BLE001 - a sweep records failures and goes on
+        if measure.is_oom(e):
+            rec.update(status="oom", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        else:
+            rec.update(status="error", reason=f"{type(e).__name__}: {e}"[:2000],
+                       traceback=traceback.format_exc(limit=6)[-4000:])
+    finally:
+        del built
+        measure.free_memory(w.device)
+    rec["wall_s"] = time.perf_counter() - t0
+    return rec
+
+
+# ---- results files ---------------------------------------------------------------------------
+def load_results(out_dir) -> list:
+    """Every record in ``out_dir/results.jsonl`` (a truncated last line, from a kill, is ignored)."""
+    path = Path(out_dir) / RESULTS
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def latest_by_key(records: Iterable[dict]) -> dict:
+    """The last record written for each key (a resumed run may retry an errored point)."""
+    out = {}
+    for r in records:
+        out[r["key"]] = r
+    return out
+
+
+def load_meta(out_dir) -> dict:
+    path = Path(out_dir) / META
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"runs": []}
+
+
+def _write_meta(out_dir: Path, meta: dict) -> None:
+    tmp = out_dir / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(tmp, out_dir / META)
+
+
+def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, progress: bool = True,
+              settings: Optional[dict] = None, builder: Callable[[Workload], object] = None,
+              log: Callable[[str], None] = print) -> list:
+    """Measure ``points`` in order, appending each record to ``out_dir/results.jsonl`` at once.
+
+    Returns the records of this call (resumed points: their stored record). Without ``resume`` an
+    existing results file is replaced.
+    """
+    points = list(points)
+    keys = [p.key for p in points]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the sweep has duplicate points")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / RESULTS
+    done = {}
+    if resume:
+        done = {k: r for k, r in latest_by_key(load_results(out_dir)).items() if r.get("status") in DONE}
+    else:
+        results_path.write_text("")
+        if (out_dir / META).exists():
+            (out_dir / META).unlink()
+    meta = load_meta(out_dir)
+    run = run_metadata(settings)
+    run["run_id"] = len(meta["runs"])
+    run["points"] = len(points)
+    run["resumed"] = sum(k in done for k in keys)
+    meta["runs"].append(run)
+    _write_meta(out_dir, meta)
+
+    todo = [p for p in points if p.key not in done]
+    if resume and done:
+        log(f"resume: {len(points) - len(todo)} of {len(points)} points already in {results_path}")
+    bar = None
+    if progress and todo:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), unit="pt", dynamic_ncols=True, file=sys.stderr)
+        except ImportError:
+            bar = None
+    fresh = {}
+    with results_path.open("a") as fh:
+        for i, w in enumerate(todo):
+            if bar is not None:
+                bar.set_description(w.label[:60])
+            elif progress:
+                log(f"[{i + 1}/{len(todo)}] {w.label}")
+            rec = measure_point(w, builder=builder)
+            rec["run_id"] = run["run_id"]
+            rec["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            fh.write(json.dumps(rec, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            fresh[w.key] = rec
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run["counts"] = {s: sum(r["status"] == s for r in fresh.values()) for s in ("ok", "oom", "skipped", "error")}
+    _write_meta(out_dir, meta)
+    return [fresh.get(k) or done[k] for k in keys]
+
+
+# ---- the table at the end --------------------------------------------------------------------
+def _fmt(v, scale=1.0, digits=3):
+    if v is None:
+        return "-"
+    return f"{v * scale:.{digits}g}"
+
+
+def summary_rows(records: Iterable[dict]) -> list:
+    rows = []
+    for r in records:
+        w = r["workload"]
+        ok = r["status"] == "ok"
+        rows.append({
+            "group": w["group"], "point": r["label"], "status": r["status"],
+            "median ms": _fmt(r.get("median_s"), 1e3) if ok else "-",
+            "iqr ms": _fmt(r.get("iqr_s"), 1e3, 2) if ok else "-",
+            "peak MB": _fmt(r.get("peak_mem_bytes"), 1e-6) if ok else "-",
+            "GFLOP": _fmt(r.get("flops"), 1e-9) if ok else "-",
+            "clips/s": _fmt(r.get("throughput_clips_s")) if ok else "-",
+            "rel err": _fmt(r.get("rel_error"), 1, 2) if ok else "-",
+            "reason": (r.get("reason") or "")[:70],
+        })
+    return rows
+
+
+TABLE_COLUMNS = ["group", "point", "status", "median ms", "iqr ms", "peak MB", "GFLOP", "clips/s", "rel err",
+                 "reason"]
+
+
+def format_summary(records: Iterable[dict]) -> str:
+    from ..cli import format_table
+
+    rows = summary_rows(records)
+    return format_table(rows, TABLE_COLUMNS) if rows else "(no points)"
+
+
+def peer_ratios(records: Iterable[dict]) -> list:
+    """Speed ratios peer/ours for points that differ only in ``impl`` (same run file)."""
+    out = []
+    # match ours (any backend) to peers at the same config
+    ours_recs = [r for r in records if r.get("status") == "ok" and r["workload"]["impl"] == "ours"]
+    for peer in [r for r in records if r.get("status") == "ok" and r["workload"]["impl"] in ("hf", "lucidrains")]:
+        pw = peer["workload"]
+        for o in ours_recs:
+            ow = o["workload"]
+            same = all(ow[f] == pw[f] for f in ("scheme", "mode", "batch", "frames", "image_size", "patch_size",
+                                                 "dim", "depth", "heads", "dtype", "device", "group"))
+            if same:
+                out.append({"group": pw["group"], "ours": f"{ow['backend']}", "peer": pw["impl"],
+                            "ours_s": o["median_s"], "peer_s": peer["median_s"],
+                            "speedup": peer["median_s"] / o["median_s"],
+                            "ours_mem": o.get("peak_mem_bytes"), "peer_mem": peer.get("peak_mem_bytes"),
+                            "mem_ratio": (o["peak_mem_bytes"] / peer["peak_mem_bytes"]
+                                          if o.get("peak_mem_bytes") and peer.get("peak_mem_bytes") else None),
+                            "mode": ow["mode"], "config": f"b{ow['batch']} {ow['frames']}x{ow['image_size']} "
+                                                          f"d{ow['dim']}x{ow['depth']} {ow['dtype']}"})
+    return out

@@ -1,0 +1,192 @@
+"""The suites: named lists of :class:`~fast_timesformer.bench.workloads.Workload`.
+
+Each suite is a function returning the points in run order plus ``settings`` (stored in the run's
+metadata; the plots read ``sweep_base`` from it). Registering a function with :func:`suite` puts it
+on the command line (``fast-timesformer bench --suite NAME``). Backends come from the registry, so a
+newly registered backend joins the sweeps (and shows as skipped, with its reason, where it cannot run).
+
+- ``cpu`` (default of ``make bench``, ~5 min on 2 cores): ViT-Tiny width (dim 192, 3 heads, depth 2),
+  float32, frames 2..16 at 128 px and 64..224 px at 8 frames, five schemes x every registered backend,
+  forward and forward+backward; performer feature counts vs error; then the CPU target: B=1, 8x224,
+  ViT-Base depth 12, divided, forward, ours vs Hugging Face vs lucidrains.
+- ``gpu``: ViT-Base (768, 12 heads, depth 12), bfloat16, the paper's Figure 3 range (frames 8..96 at
+  224 px, 224..448 px at 8 frames), five schemes x backends, both modes; then the GPU target (B=8,
+  8x224, training step: ours vs our ``regular`` vs Hugging Face).
+- ``models``: only the target comparison against the peers (CPU or GPU form by device).
+- ``tiny``: seconds; what the tests and CI run.
+- ``kernels``: the Triton kernel suite, ``benchmarks/bench_kernels.py`` (not a Workload list).
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import torch
+
+from .workloads import SCHEMES, Workload
+
+SUITES: dict = {}
+
+
+def suite(name: str):
+    def deco(fn: Callable):
+        SUITES[name] = fn
+        return fn
+    return deco
+
+
+def list_suites() -> list:
+    return list(SUITES) + ["kernels"]
+
+
+def get_suite(name: str, **kw):
+    """(points, settings) of a registered suite."""
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose from {', '.join(list_suites())}")
+    return SUITES[name](**kw)
+
+
+def sweep_backends() -> list:
+    """Every registered backend except ``auto`` (those that cannot run here are recorded as skipped)."""
+    from ..backends import list_backends
+
+    order = ["regular", "triton", "xformers", "performer", "fastformer"]
+    names = list_backends()
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
+def models_available() -> bool:
+    try:
+        from ..models import TimeSformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _sweep(base: Workload, frames_list, res_list, base_frames, base_res, backends, modes, schemes=SCHEMES):
+    """frames sweep at ``base_res`` + resolution sweep at ``base_frames``, all schemes x backends x modes."""
+    configs = [(f, base_res) for f in frames_list]
+    configs += [(base_frames, r) for r in res_list if (base_frames, r) not in configs]
+    points = []
+    for f, r in configs:
+        for scheme in schemes:
+            for be in backends:
+                for mode in modes:
+                    points.append(base.replace(scheme=scheme, backend=be, mode=mode, frames=f, image_size=r,
+                                               group="sweep", reference=(mode == "fwd" and be != "regular")))
+    return points
+
+
+def _approx(base: Workload, nb_features=(16, 64, 256), schemes=("divided_space_time", "joint_space_time")):
+    pts = []
+    for scheme in schemes:
+        for m in nb_features:
+            pts.append(base.replace(scheme=scheme, backend="performer", backend_options={"nb_features": m},
+                                    mode="fwd", group="approx", reference=True))
+    return pts
+
+
+def _target(device: str, dtype: str, batch: int, mode: str, backends, min_run_time: float, peers=("hf", "lucidrains")):
+    base = Workload(impl="ours", scheme="divided_space_time", batch=batch, frames=8, image_size=224, dim=768,
+                    depth=12, heads=12, num_classes=400, dtype=dtype, device=device, mode=mode, group="target",
+                    min_run_time=min_run_time)
+    pts = [base.replace(backend=b) for b in backends]
+    pts += [base.replace(impl=p, backend="regular") for p in peers]
+    return pts
+
+
+@suite("cpu")
+def cpu_suite(device: str = "cpu", impl: str = None, target: bool = True):
+    impl = impl or ("ours" if models_available() else "attention")
+    base = Workload(impl=impl, dim=192, heads=3, depth=2, num_classes=10, device=device, dtype="float32",
+                    min_run_time=0.15)
+    points = _sweep(base, frames_list=(2, 4, 8, 16), res_list=(64, 128, 192, 224), base_frames=8, base_res=128,
+                    backends=sweep_backends(), modes=("fwd", "fwd+bwd"))
+    points += _approx(base.replace(frames=8, image_size=128))
+    if target:
+        # one warm-up (the FLOP count) + one memory pass + ~2 timed runs of ~3-6 s each per implementation
+        points += _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0)
+    return points, {"sweep_base": {"frames": 8, "image_size": 128}, "level": impl,
+                    "width": "dim 192, 3 heads, depth 2, patch 16, batch 1, float32"}
+
+
+@suite("gpu")
+def gpu_suite(device: str = "cuda", impl: str = "ours", target: bool = True):
+    base = Workload(impl=impl, dim=768, heads=12, depth=12, num_classes=400, device=device, dtype="bfloat16",
+                    min_run_time=0.2)
+    points = _sweep(base, frames_list=(8, 16, 32, 64, 96), res_list=(224, 256, 320, 384, 448), base_frames=8,
+                    base_res=224, backends=sweep_backends(), modes=("fwd", "fwd+bwd"))
+    points += _approx(base.replace(frames=8, image_size=224), nb_features=(64, 128, 256, 512))
+    if target:
+        points += _target(device, "bfloat16", 8, "fwd+bwd", [b for b in sweep_backends()
+                                                             if b in ("regular", "triton", "xformers")],
+                          min_run_time=0.5, peers=("hf",))
+        points += _target(device, "bfloat16", 8, "fwd", ["regular", "triton"], min_run_time=0.5, peers=("hf",))
+    return points, {"sweep_base": {"frames": 8, "image_size": 224}, "level": impl,
+                    "width": "ViT-Base: dim 768, 12 heads, depth 12, patch 16, batch 1, bfloat16"}
+
+
+@suite("models")
+def models_suite(device: str = None):
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        pts = _target(device, "bfloat16", 8, "fwd+bwd", ["regular", "triton"], min_run_time=0.5, peers=("hf",))
+        pts += _target(device, "bfloat16", 8, "fwd", ["regular", "triton"], min_run_time=0.5)
+    else:
+        pts = _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0)
+    return pts, {"target": "CPU: B=1 8x224 depth 12 fwd float32; GPU: B=8 8x224 bf16 training step"}
+
+
+@suite("tiny")
+def tiny_suite(device: str = "cpu", impl: str = "attention", peers: bool = False):
+    base = Workload(impl=impl, dim=32, heads=2, depth=1, num_classes=5, device=device, patch_size=16,
+                    min_run_time=0.01)
+    points = _sweep(base, frames_list=(2, 4), res_list=(32, 64), base_frames=2, base_res=32,
+                    backends=[b for b in ("regular", "performer", "fastformer") if b in sweep_backends()],
+                    modes=("fwd", "fwd+bwd"))
+    points += _approx(base.replace(frames=2, image_size=32), nb_features=(8, 32))
+    if peers:
+        t = Workload(impl="ours", dim=32, heads=2, depth=1, frames=2, image_size=32, num_classes=5, device=device,
+                     group="target", min_run_time=0.01)
+        points += [t, t.replace(impl="hf"), t.replace(impl="lucidrains")]
+    return points, {"sweep_base": {"frames": 2, "image_size": 32}, "level": impl}
+
+
+def filter_points(points, *, schemes=None, backends=None, impls=None, modes=None, groups=None, max_tokens=None,
+                  limit=None):
+    """Keep the points matching every given filter (each a collection of allowed values)."""
+    out = []
+    for p in points:
+        if schemes and p.scheme not in schemes:
+            continue
+        if backends and p.backend not in backends and p.impl in ("ours", "attention"):
+            continue
+        if impls and p.impl not in impls:
+            continue
+        if modes and p.mode not in modes:
+            continue
+        if groups and p.group not in groups:
+            continue
+        if max_tokens and p.tokens > max_tokens:
+            continue
+        out.append(p)
+    return out[:limit] if limit else out
+
+
+def kernels_suite_path():
+    """``benchmarks/bench_kernels.py`` of the source tree (the Triton helper's kernel suite)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
+    return path if path.exists() else None
+
+
+def load_kernels_module():
+    path = kernels_suite_path()
+    if path is None:
+        raise FileNotFoundError("benchmarks/bench_kernels.py is not in this source tree (the kernel suite "
+                                "ships with the repository, not with the installed package)")
+    spec = importlib.util.spec_from_file_location("fast_timesformer_bench_kernels", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

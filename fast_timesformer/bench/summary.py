@@ -1,0 +1,122 @@
+"""``summary.md`` next to the results: run metadata, the peer comparison, tables, the plots embedded."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from .plots import _sweep_base
+from .runner import latest_by_key, load_meta, load_results, peer_ratios
+from .workloads import SCHEME_SHORT, SCHEMES
+
+PLOT_TITLES = {
+    "peers.png": "Target workload: ours vs the peers (same run)",
+    "latency_vs_frames.png": "Latency vs frames",
+    "latency_vs_resolution.png": "Latency vs resolution",
+    "memory_vs_tokens.png": "Peak memory vs tokens",
+    "backend_bars.png": "Backends at the base workload",
+    "error_vs_speed.png": "Approximation error vs speed",
+    "flops_vs_frames_resolution.png": "FLOPs vs frames and resolution (paper Figure 3 style)",
+}
+
+
+def _md_table(rows, columns):
+    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    out += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _ms(v):
+    return "-" if v is None else (f"{v * 1e3:.1f}" if v * 1e3 >= 10 else f"{v * 1e3:.3g}")
+
+
+def _mb(v):
+    return "-" if v is None else f"{v / 2 ** 20:.1f}"
+
+
+def write_summary(results_dir, plots=None, out_dir=None) -> Path:
+    """Write ``summary.md`` into ``out_dir`` (default: ``results_dir``, beside the PNGs)."""
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir else results_dir
+    recs = list(latest_by_key(load_results(results_dir)).values())
+    meta = load_meta(results_dir)
+    runs = meta.get("runs", [])
+    last = runs[-1] if runs else {}
+    lines = [f"# Benchmark results: {last.get('device', '?')}", ""]
+    cmd = " ".join(["fast-timesformer"] + [a for a in last.get("argv", [])[1:]]) if last.get("argv") else "?"
+    counts = Counter(r["status"] for r in recs)
+    lines += [f"- command (last run): `{cmd}`",
+              f"- points: {len(recs)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+              f"{len(runs)} run(s), last started {last.get('started', '?')}, finished {last.get('finished', '?')}",
+              f"- device: {last.get('device', '?')}, {last.get('cpu_threads', '?')} CPU threads; "
+              f"platform {last.get('platform', '?')}, python {last.get('python', '?')}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in (last.get("versions") or {}).items() if v),
+              f"- git commit: {(last.get('git') or {}).get('commit')}"
+              + (" (with local changes)" if (last.get("git") or {}).get("dirty") else ""),
+              f"- settings: {last.get('settings', {})}",
+              ""]
+    mem = sorted({r.get("mem_method") for r in recs if r.get("mem_method")})
+    tm = sorted({r.get("time_method") for r in recs if r.get("time_method")})
+    lines += ["Methods: latency = median of the timed runs (" + "; ".join(tm) + "), spread = IQR; "
+              "peak memory = " + "; ".join(mem) + " (bytes the step allocates above what was live before it: "
+              "activations, gradients, workspace; not the weights); FLOPs = torch.utils.flop_counter."
+              "FlopCounterMode (matmul/conv/SDPA, counted as 2 per multiply-add); throughput = batch / median. "
+              "`fwd` runs in `torch.inference_mode()` in eval mode; `fwd+bwd` is forward, mean of the output, "
+              "backward (no optimizer step). Raw points: `results.jsonl`, run metadata: `meta.json`.", ""]
+
+    ratios = peer_ratios(recs)
+    if ratios:
+        lines += ["## Ours vs the peers (same run)", "",
+                  _md_table([{"config": r["config"], "mode": r["mode"], "ours": f"ours/{r['ours']}",
+                              "ours ms": _ms(r["ours_s"]), "peer": r["peer"], "peer ms": _ms(r["peer_s"]),
+                              "speed-up (peer/ours)": f"{r['speedup']:.2f}x",
+                              "peak MiB ours/peer": f"{_mb(r['ours_mem'])} / {_mb(r['peer_mem'])}",
+                              "memory ratio": "-" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}"}
+                             for r in ratios],
+                            ["config", "mode", "ours", "ours ms", "peer", "peer ms", "speed-up (peer/ours)",
+                             "peak MiB ours/peer", "memory ratio"]), ""]
+        notes = sorted({n for r in recs if r["workload"]["group"] == "target" for n in r.get("notes", [])})
+        lines += [f"- {n}" for n in notes] + [""]
+
+    plots = [Path(p).name for p in (plots or [])] or [p for p in PLOT_TITLES if (out_dir / p).exists()]
+    for name in PLOT_TITLES:
+        if name in plots:
+            lines += [f"## {PLOT_TITLES[name]}", "", f"![{PLOT_TITLES[name]}]({name})", ""]
+            if name == "error_vs_speed.png":
+                lines += ["Performer is an approximation of softmax attention: its error is measured against "
+                          "backend `regular` with the same projection weights. Fastformer is a different model "
+                          "(its own parameters, additive attention): its point is the output *deviation* from "
+                          "softmax attention at equal projection weights, not an approximation error.", ""]
+
+    f, s = _sweep_base(recs, meta)
+    base = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["frames"] == f
+            and r["workload"]["image_size"] == s]
+    if base:
+        rows = []
+        for scheme in SCHEMES:
+            for r in sorted((r for r in base if r["workload"]["scheme"] == scheme),
+                            key=lambda r: (r["workload"]["backend"], r["workload"]["mode"])):
+                ok = r["status"] == "ok"
+                rows.append({"scheme": SCHEME_SHORT[scheme], "backend": r["workload"]["backend"],
+                             "mode": r["workload"]["mode"], "status": r["status"],
+                             "median ms": _ms(r.get("median_s")) if ok else "-",
+                             "IQR ms": _ms(r.get("iqr_s")) if ok else "-",
+                             "peak MiB": _mb(r.get("peak_mem_bytes")) if ok else "-",
+                             "GFLOP": f"{r['flops'] / 1e9:.2f}" if ok else "-",
+                             "clips/s": f"{r['throughput_clips_s']:.3g}" if ok else "-",
+                             "rel. error": f"{r['rel_error']:.3f}" if ok and r.get("rel_error") is not None else "-"})
+        w = base[0]["workload"]
+        lines += [f"## All schemes x backends at the base workload ({w['impl']}, dim {w['dim']}, depth {w['depth']}, "
+                  f"{f} frames x {s} px, batch {w['batch']}, {w['dtype']})", "",
+                  _md_table(rows, ["scheme", "backend", "mode", "status", "median ms", "IQR ms", "peak MiB",
+                                   "GFLOP", "clips/s", "rel. error"]), ""]
+
+    odd = Counter((r["status"], r["workload"]["backend"], r["reason"][:160]) for r in recs
+                  if r["status"] in ("skipped", "oom", "error"))
+    if odd:
+        lines += ["## Points not measured", "",
+                  _md_table([{"status": s_, "backend": b, "points": n, "reason": reason.replace("|", "/")}
+                             for (s_, b, reason), n in sorted(odd.items())], ["status", "backend", "points", "reason"]),
+                  ""]
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
