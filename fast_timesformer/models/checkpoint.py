@@ -431,15 +431,17 @@ def _is_backend_buffer(key: str, buffers: set) -> bool:
 
 def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True,
                          source: str = "", fmt: str = "state_dict",
-                         checkpoint_config: Optional[Mapping[str, Any]] = None) -> LoadReport:
+                         checkpoint_config: Optional[Mapping[str, Any]] = None,
+                         notes: Optional[List[str]] = None) -> LoadReport:
     """Load an official-named state dict into ``model``, resampling ``pos_embed``/``time_embed`` to the
     model's grid and frame count. Returns a :class:`LoadReport` (also set as ``model.load_report``).
 
-    ``checkpoint_config``: the checkpoint's ``image_size``/``patch_size`` when its grid is not square.
+    ``checkpoint_config``: the checkpoint's ``image_size``/``patch_size`` when its grid is not square;
+    ``notes``: lines for the report (what the caller assumed).
     ``strict=True`` raises :class:`CheckpointMismatchError` before changing the model if anything does not
     fit; ``strict=False`` loads what fits and warns with the list of what did not.
     """
-    report = LoadReport(source=str(source), format=fmt, config=_model_config(model))
+    report = LoadReport(source=str(source), format=fmt, config=_model_config(model), notes=list(notes or []))
     own = model.state_dict()
     buffers = {name for name, _ in model.named_buffers()}
     to_load: Dict[str, torch.Tensor] = {}
@@ -510,8 +512,7 @@ def load_pretrained(path: PathLike, *, strict: bool = True, model_cls=None, **ov
                 module.eps = eps
         notes.append(f"LayerNorm eps set to {eps} from config.json")
     report = load_state_dict_into(model, state, strict=strict, source=str(path), fmt=fmt,
-                                  checkpoint_config=ckpt_config)
-    report.notes[:0] = notes
+                                  checkpoint_config=ckpt_config, notes=notes)
     if hf_config is not None and hf_config.get("id2label"):
         report.meta["id2label"] = {int(k): v for k, v in hf_config["id2label"].items()}
     model.eval()
