@@ -142,3 +142,20 @@ def test_errors_name_the_problem():
         resample_time_embed(torch.randn(1, 4, 4), 0)
     with pytest.raises(ValueError, match="time_embed must be a tensor"):
         resample_time_embed(torch.randn(4, 4), 8)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(oh=st.integers(1, 9), ow=st.integers(1, 9), nh=st.integers(1, 12), nw=st.integers(1, 12),
+       prefix=st.integers(0, 2))
+def test_any_grid_keeps_prefix_and_constants(oh, ow, nh, nw, prefix):
+    """Any sizes: the prefix rows pass unchanged and a field constant over the grid stays that constant."""
+    const = torch.randn(1, 1, 3).expand(1, oh * ow, 3)
+    pe = torch.cat([torch.randn(1, prefix, 3), const], dim=1)
+    out = resample_pos_embed(pe, (nh, nw), old_hw=(oh, ow), num_prefix_tokens=prefix)
+    assert out.shape == (1, prefix + nh * nw, 3)
+    assert torch.equal(out[:, :prefix], pe[:, :prefix])
+    torch.testing.assert_close(out[:, prefix:], const[:, :1].expand(1, nh * nw, 3), atol=1e-5, rtol=1e-5)
