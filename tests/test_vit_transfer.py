@@ -164,6 +164,27 @@ def test_deit_distillation_token_is_dropped():
     assert "dist_token" in dict(report.skipped)
 
 
+def test_vit_without_class_position_and_non_square_grid():
+    """timm ``no_embed_class=True``: pos_embed holds the patches only, the class token gets no position;
+    a 2x8 grid is given by ``patch_embed.grid_size`` (as timm does) or ``vit_grid``."""
+    vit = TinyViT()
+    state = dict(vit.state_dict())
+    state["pos_embed"] = state["pos_embed"][:, 1:]  # 16 patch rows, no class row
+    model = timesformer()
+    report = load_vit_weights_into_timesformer(model, state)
+    assert torch.equal(model.pos_embed[:, 0], torch.zeros(1, DIM))
+    assert torch.equal(model.pos_embed[:, 1:], vit.pos_embed[:, 1:])
+    assert any("no position to its class token" in n for n in report.notes) and not report.resampled
+    # the same 16 rows read as a 2x8 grid resize differently from a 4x4 one
+    wide = timesformer()
+    report = load_vit_weights_into_timesformer(wide, state, vit_grid=(2, 8))
+    assert report.resampled == [("pos_embed", (1, 16, DIM), (1, 17, DIM))]
+    expected = resample_pos_embed(state["pos_embed"], (4, 4), old_hw=(2, 8), num_prefix_tokens=0)
+    torch.testing.assert_close(wide.pos_embed[:, 1:], expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="does not fit a 3x3 grid"):
+        load_vit_weights_into_timesformer(timesformer(), state, vit_grid=3)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="width is 32, the model's dim is 64"):
         load_vit_weights_into_timesformer(timesformer(dim=64, heads=2), TinyViT())

@@ -44,6 +44,7 @@ class TransferReport:
     resampled: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     left_at_init: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
     temporal_init: str = "copy"
 
     def describe(self, limit: int = 12) -> str:
@@ -64,6 +65,7 @@ class TransferReport:
             lines.append(listing("skipped", [f"{k} ({why})" for k, why in self.skipped]))
         if self.left_at_init:
             lines.append(listing("left at init", self.left_at_init))
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     __str__ = describe
@@ -91,17 +93,25 @@ def _vit_state(vit: Any) -> Dict[str, torch.Tensor]:
     return state
 
 
-def _source_grid(vit: Any, pos_rows: int, prefix: int, vit_grid) -> Tuple[int, int]:
-    if vit_grid is not None:
-        return to_hw(vit_grid, "vit_grid")
-    grid = getattr(getattr(vit, "patch_embed", None), "grid_size", None)
+def _source_layout(vit: Any, state: Mapping[str, torch.Tensor], vit_grid) -> Tuple[int, Tuple[int, int]]:
+    """(position rows before the patches, patch grid) of the ViT's ``pos_embed``.
+
+    timm: [CLS] + patches; DeiT: [CLS, DIST] + patches; ``no_embed_class=True``: patches only."""
+    rows = state["pos_embed"].shape[1]
+    grid = vit_grid if vit_grid is not None else getattr(getattr(vit, "patch_embed", None), "grid_size", None)
     if grid is not None:
-        return to_hw(tuple(grid), "vit.patch_embed.grid_size")
-    n = pos_rows - prefix
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"the ViT's pos_embed has {n} patch rows, not a square grid: pass vit_grid=(h, w)")
-    return side, side
+        h, w = to_hw(tuple(grid) if not isinstance(grid, int) else grid, "vit_grid")
+        prefix = rows - h * w
+        if prefix not in (0, 1, 2):
+            raise ValueError(f"the ViT's pos_embed has {rows} rows, which does not fit a {h}x{w} grid")
+        return prefix, (h, w)
+    tokens = int("cls_token" in state) + int("dist_token" in state)
+    for prefix in (tokens, 0):
+        side = math.isqrt(rows - prefix)
+        if side * side == rows - prefix:
+            return prefix, (side, side)
+    raise ValueError(f"the ViT's pos_embed has {rows} rows: not a square grid after {tokens} prefix tokens; "
+                     "pass vit_grid=(h, w)")
 
 
 def load_vit_weights_into_timesformer(model: nn.Module, vit: Any, *, temporal_init: str = "copy",
@@ -134,21 +144,18 @@ def load_vit_weights_into_timesformer(model: nn.Module, vit: Any, *, temporal_in
     plan: Dict[str, Tuple[str, torch.Tensor]] = {}  # model key -> (ViT key, tensor)
 
     # embeddings
-    prefix = 1 + int("dist_token" in state)
     pos = state["pos_embed"]
-    if "cls_token" not in state:
-        prefix = 0
-    old = _source_grid(vit, pos.shape[1], prefix, vit_grid)
-    new_rows = own["pos_embed"].shape[1] - 1
-    new = tuple(getattr(model, "grid", None) or _source_grid(None, new_rows + 1, 1, None))
+    prefix, old = _source_layout(vit, state, vit_grid)
+    new = tuple(model.grid) if hasattr(model, "grid") else (math.isqrt(own["pos_embed"].shape[1] - 1),) * 2
     resized = resample_pos_embed(pos, new, old_hw=old, num_prefix_tokens=prefix)
     if prefix == 2:  # DeiT: [CLS, DIST, patches]; the distillation token has no place here
         resized = torch.cat([resized[:, :1], resized[:, 2:]], dim=1)
         report.skipped.append(("dist_token", "a distillation token has no place in TimeSformer"))
-    if prefix == 0:
-        report.skipped.append(("pos_embed[CLS]", "the ViT has no class-token position: the model's row is kept"))
-        resized = torch.cat([own["pos_embed"][:, :1], resized], dim=1)
-    if resized.shape != pos.shape:
+    if prefix == 0:  # timm no_embed_class: the class token gets no position, i.e. a zero row
+        resized = torch.cat([torch.zeros_like(resized[:, :1]), resized], dim=1)
+        report.notes.append("the ViT adds no position to its class token: the model's CLS position row is "
+                            "set to zero")
+    if new != old:
         report.resampled.append(("pos_embed", tuple(pos.shape), tuple(resized.shape)))
     plan["pos_embed"] = ("pos_embed", resized)
     for key in ("cls_token", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"):
