@@ -13,6 +13,8 @@ from .backends import (
 from .attention import DividedAttention, set_backend, use_backend
 from .groups import TokenGroups
 from .models.generative import GenerativeTimeSformer  # noqa: F401
+from .models.timesformer import TimeSformer  # noqa: F401
+from .models.registry import create_model, list_models  # noqa: F401
 from .models.vit import load_vit_weights_into_timesformer  # noqa: F401
 
 __version__ = "0.1.0"

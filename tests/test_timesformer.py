@@ -205,10 +205,19 @@ def test_bf16_autocast_on_cpu():
 
 
 def test_torch_compile_regular_backend():
-    model = randomise(tiny(depth=1, dim=16)).eval()
-    x = video(b=1)
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
-    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    """The whole model is one graph (fullgraph=True: no graph breaks), forward and backward. The
+    aot_eager backend traces exactly what inductor would get; inductor itself (gcc) takes ~60 s here."""
+    model = randomise(tiny(depth=1, dim=16, num_frames=2))
+    x = video(b=1, f=2)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model(x).square().sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-6, msg=n)
 
 
 # ---- backends per step --------------------------------------------------------------------------
@@ -253,3 +262,30 @@ def test_bad_config_raises():
         tiny(scheme="sparse_local_global", num_frames=3)
     with pytest.raises(ValueError, match="odd"):
         tiny(scheme="sparse_local_global")(video(f=3))
+
+
+# ---- the registry --------------------------------------------------------------------------------
+from fast_timesformer.models import create_model, list_models  # noqa: E402
+from fast_timesformer.models.registry import model_config  # noqa: E402
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registered_models_build_with_overrides(name):
+    cfg = model_config(name)
+    with torch.device("meta"):
+        model = create_model(name, scheme="space_only", backend="regular", num_classes=7)
+    assert model.num_frames == cfg["num_frames"] and model.image_size == (cfg["image_size"],) * 2
+    assert model.scheme.name == "space_only" and model.head.out_features == 7
+    assert model.config["dim"] == cfg["dim"] and len(model.blocks) == cfg["depth"]
+
+
+def test_registry_names_and_errors():
+    assert {"timesformer_base_patch16_224", "timesformer_hr_patch16_448",
+            "timesformer_large_patch16_224"} <= set(list_models())
+    assert list_models("*hr*") == ["timesformer_hr_patch16_448"]
+    with torch.device("meta"):
+        assert count_parameters(create_model("timesformer_base_patch16_224")) == 121_566_352
+        hr = create_model("timesformer_hr_patch16_448")
+    assert (hr.num_frames, hr.grid, hr.time_embed.shape[1], hr.pos_embed.shape[1]) == (16, (28, 28), 16, 785)
+    with pytest.raises(ValueError, match="Did you mean 'timesformer_base_patch16_224'"):
+        create_model("timesformer_base_patch16_244")
