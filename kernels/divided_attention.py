@@ -357,12 +357,12 @@ def _pow2(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(x)))
 
 
-def _plan(G: int, SQ: int, SK: int, P: int, D: int, pack_limit: int = PACK_LIMIT) -> _Plan:
+def _plan(G: int, SQ: int, SK: int, P: int, D: int, pack_limit: Optional[int] = None) -> _Plan:
     """Tile sizes. Packed rows target 64 (a 64x64 fp32 score tile in registers); flash tiles are 64x64
     (128 query rows for d <= 64 on long sequences). Untuned on real GPUs: see docs/triton.md."""
     block_d = _pow2(D)
     block_p = _pow2(max(P, 1))
-    if max(SQ, SK) <= pack_limit:
+    if max(SQ, SK) <= (PACK_LIMIT if pack_limit is None else pack_limit):
         rows = 64 if block_d <= 64 else 32
         gpb = max(1, min(rows // SQ, rows // SK, G))
         bm, bn = _pow2(gpb * SQ), _pow2(gpb * SK)
@@ -394,7 +394,7 @@ def _strides(t: Optional[torch.Tensor], n: int):
 
 
 def _forward(q, k, v, prefix_k, prefix_v, scale: float, seq_major: bool, out=None, store_lse: bool = True,
-             pack_limit: int = PACK_LIMIT):
+             pack_limit: Optional[int] = None):
     b, G, SQ, H, D = q.shape
     SK = k.shape[2]
     P = 0 if prefix_k is None else prefix_k.shape[1]
@@ -415,7 +415,7 @@ def _forward(q, k, v, prefix_k, prefix_v, scale: float, seq_major: bool, out=Non
 
 
 def _backward(do, q, k, v, prefix_k, prefix_v, o, lse, scale: float, seq_major: bool,
-              pack_limit: int = PACK_LIMIT):
+              pack_limit: Optional[int] = None):
     b, G, SQ, H, D = q.shape
     SK = k.shape[2]
     has_p = prefix_k is not None

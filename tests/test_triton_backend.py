@@ -1,0 +1,89 @@
+"""The ``triton`` backend inside DividedAttention, against ``regular``, on CPU under Triton's interpreter."""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported (see test_triton_kernel)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton")
+
+from fast_timesformer import BackendUnavailable, DividedAttention, TokenGroups, get_backend  # noqa: E402
+from fast_timesformer.backends import resolve_backend, triton_backend  # noqa: E402
+
+if get_backend("triton").unavailable_reasons():  # pragma: no cover
+    pytest.skip("triton: " + "; ".join(get_backend("triton").unavailable_reasons()), allow_module_level=True)
+
+MODES = ["global", "per_group", "exclude", "official", "none"]
+
+
+def _compare(layer, x, call, atol=2e-5):
+    """Output and grads (x and every parameter) with backend triton vs regular on the same weights."""
+    results = []
+    for name in ("regular", "triton"):
+        layer.set_backend(name)
+        xi = x.detach().clone().requires_grad_()
+        y = call(layer, xi)
+        w = torch.randn_like(y, generator=torch.Generator().manual_seed(1))
+        grads = torch.autograd.grad((y * w).sum(), [xi] + list(layer.parameters()))
+        results.append((y, grads))
+    (yr, gr), (yt, gt) = results
+    torch.testing.assert_close(yt, yr, atol=atol, rtol=atol)
+    for a, r in zip(gt, gr):
+        torch.testing.assert_close(a, r, atol=atol * 10, rtol=atol * 10)
+    with torch.no_grad():  # inference writes straight into the layer's buffer
+        layer.set_backend("triton")
+        torch.testing.assert_close(call(layer, x), yr, atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["time", "space"])
+def test_layer_matches_regular_for_every_cls_mode(kind, mode):
+    b, f, n, h, d, dim = 2, 3, 5, 2, 16, 24
+    layer = DividedAttention(dim, heads=h, dim_head=d, cls=mode)
+    x = torch.randn(b, (mode != "none") + f * n, dim)
+    if kind == "time":
+        call = lambda m, x: m(x, "b (f n) d", "(b n) f d", n=n)  # noqa: E731
+    else:
+        call = lambda m, x: m(x, "b (f n) d", "(b f) n d", f=f)  # noqa: E731
+    _compare(layer, x, call)
+
+
+def test_layer_fp16_and_joint_and_multi_axis_groups():
+    f, n, dim = 2, 6, 32
+    x = torch.randn(1, 1 + f * n, dim)
+    layer = DividedAttention(dim, heads=2, dim_head=16, cls="per_group")
+    _compare(layer, x, lambda m, x: m(x, groups=TokenGroups.joint(f, n)))
+    # axial-style: two group axes (frame, column) and one seq axis (row) -> the split path
+    axial = TokenGroups(group=((f, n), (3, 1)), seq=((2, 3),))
+    _compare(layer, x, lambda m, x: m(x, groups=axial))
+    half = DividedAttention(dim, heads=2, dim_head=16, cls="official").half()
+    xh = x.half()
+    call = lambda m, x: m(x, "b (f n) d", "(b n) f d", n=n)  # noqa: E731
+    _compare(half, xh, call, atol=3e-3)
+
+
+def test_refusals_are_reasons():
+    be = get_backend("triton")
+    q = torch.randn(2, 2, 5, 16)
+    assert any("dropout" in r for r in be.why_not(q, dropout_p=0.1))
+    assert any("not supported" in r for r in be.why_not(q.double()))
+    assert any("head dim 160 > 128" in r for r in be.why_not(torch.randn(1, 1, 3, 160)))
+    assert any("bfloat16" in r for r in be.why_not(q.bfloat16()))
+    layer = DividedAttention(32, heads=2, dim_head=16, backend="triton", attn_dropout=0.5)
+    with pytest.raises(BackendUnavailable, match="dropout"):
+        layer(torch.randn(1, 7, 32), "b (f n) d", "(b n) f d", n=3)
+
+
+def test_cpu_without_interpreter_says_how(monkeypatch):
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    be = get_backend("triton")
+    assert triton_backend.NEED_GPU in be.unavailable_reasons()
+    assert any("TRITON_INTERPRET=1" in r for r in be.why_not(torch.randn(1, 1, 3, 16)))
+
+
+def test_auto_does_not_pick_the_interpreter_on_cpu():
+    q = torch.randn(2, 2, 5, 16)
+    if not torch.cuda.is_available():
+        assert resolve_backend("auto", q).name != "triton"
