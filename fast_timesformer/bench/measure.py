@@ -115,10 +115,30 @@ def cpu_peak_bytes(step: Callable[[], object]) -> int:
     return int(peak)
 
 
+def _cpu_sdpa_formulas() -> dict:
+    """FLOP formulas for the CPU flash SDPA ops, which FlopCounterMode does not count by itself."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    out = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        def fwd(q, k, v, *args, out_shape=None, **kwargs):
+            return sdpa_flop_count(q, k, v)
+
+        def bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+            return sdpa_backward_flop_count(grad_out, q, k, v)
+
+        out[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
+        if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+            out[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd
+    return out
+
+
 def count_flops(step: Callable[[], object]) -> int:
+    """FLOPs of one call (matmuls, convolutions and attention; 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_formulas()) as counter:
         step()
     return int(counter.get_total_flops())
 

@@ -148,6 +148,15 @@ def latest_by_key(records: Iterable[dict]) -> dict:
     return out
 
 
+def _drop_partial_line(path: Path) -> None:
+    """A run killed mid-write leaves a last line without newline: cut it so appends start clean."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[:data.rfind(b"\n") + 1])
+
+
 def load_meta(out_dir) -> dict:
     path = Path(out_dir) / META
     if path.exists():
@@ -178,6 +187,7 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
     results_path = out_dir / RESULTS
     done = {}
     if resume:
+        _drop_partial_line(results_path)
         done = {k: r for k, r in latest_by_key(load_results(out_dir)).items() if r.get("status") in DONE}
     else:
         results_path.write_text("")

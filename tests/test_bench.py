@@ -1,0 +1,221 @@
+"""The benchmark harness at tiny sizes: valid JSON and PNGs, OOM recorded, resume skips done points."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fast_timesformer.bench import measure, runner, workloads
+from fast_timesformer.bench.runner import load_results, run_sweep
+from fast_timesformer.bench.suites import filter_points, get_suite
+from fast_timesformer.bench.workloads import Workload
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def tiny(**kw):
+    base = dict(impl="attention", dim=16, heads=2, depth=1, frames=2, image_size=32, num_classes=3,
+                min_run_time=0.001)
+    base.update(kw)
+    return Workload(**base)
+
+
+def quiet(_msg):
+    pass
+
+
+def test_workload_key_roundtrip_and_validation():
+    w = tiny(backend="performer", backend_options={"nb_features": 8})
+    assert Workload.from_dict(json.loads(w.key)) == w
+    assert w.replace(frames=4).key != w.key
+    with pytest.raises(ValueError, match="scheme"):
+        tiny(scheme="diagonal")
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        tiny(image_size=30)
+
+
+@pytest.mark.parametrize("scheme", workloads.SCHEMES)
+def test_scheme_steps_partition_every_token(scheme):
+    steps = workloads.scheme_steps(scheme, 4, 4)
+    for _name, groups in steps:
+        idx = groups.index().flatten().sort().values
+        assert torch.equal(idx, torch.arange(4 * 16))
+
+
+def test_sweep_writes_json_and_plots(tmp_path):
+    pts = [tiny(scheme=s, backend=b, mode=m, group="sweep", reference=(b != "regular" and m == "fwd"))
+           for s in ("divided_space_time", "joint_space_time") for b in ("regular", "performer")
+           for m in ("fwd", "fwd+bwd")]
+    pts += [tiny(scheme="joint_space_time", frames=4, group="sweep"),
+            tiny(scheme="joint_space_time", image_size=64, group="sweep")]
+    pts.append(tiny(backend="no_such_backend", group="sweep"))
+    recs = run_sweep(pts, tmp_path, progress=False, settings={"sweep_base": {"frames": 2, "image_size": 32}},
+                     log=quiet)
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(pts) == len(recs)
+    parsed = [json.loads(line) for line in lines]
+    ok = [r for r in parsed if r["status"] == "ok"]
+    assert len(ok) == len(pts) - 1, [r["reason"] for r in parsed if r["status"] != "ok"]
+    for r in ok:
+        assert r["median_s"] > 0 and r["flops"] > 0 and r["peak_mem_bytes"] > 0 and r["throughput_clips_s"] > 0
+        assert r["min_s"] <= r["median_s"] <= r["max_s"]
+    skipped = [r for r in parsed if r["status"] == "skipped"]
+    assert len(skipped) == 1 and "no_such_backend" in skipped[0]["reason"]
+    perf = [r for r in ok if r["workload"]["backend"] == "performer" and r["workload"]["mode"] == "fwd"]
+    assert perf and all(0 < r["rel_error"] < 2 for r in perf)
+    # training costs more FLOPs than inference at the same point
+    by = {(r["workload"]["scheme"], r["workload"]["backend"], r["workload"]["frames"], r["workload"]["image_size"],
+           r["workload"]["mode"]): r for r in ok}
+    fwd, train = by[("joint_space_time", "regular", 2, 32, "fwd")], by[("joint_space_time", "regular", 2, 32, "fwd+bwd")]
+    assert train["flops"] > 2 * fwd["flops"]
+    # attention FLOPs are counted on CPU too (SDPA's CPU kernel): 2 frames x 4 patches + CLS = 9 tokens;
+    # qkv and output projections (dim 16), plus the two attention matmuls (9 x 9, dim_head 8, 2 heads)
+    projections = 2 * 9 * 16 * (3 * 16) + 2 * 9 * 16 * 16
+    assert fwd["flops"] == projections + 2 * 2 * 9 * 9 * 8 * 2
+
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    run = meta["runs"][0]
+    for field in ("device", "versions", "git", "settings", "started", "finished"):
+        assert field in run
+    assert run["versions"]["torch"] == torch.__version__.split("+")[0] or run["versions"]["torch"]
+    assert run["counts"]["ok"] == len(ok)
+
+    from fast_timesformer.bench.plots import plot_all
+    from fast_timesformer.bench.summary import write_summary
+
+    paths = plot_all(tmp_path)
+    names = {p.name for p in paths}
+    assert {"latency_vs_frames.png", "memory_vs_tokens.png", "backend_bars.png", "error_vs_speed.png",
+            "flops_vs_frames_resolution.png"} <= names
+    import matplotlib.image as mpimg
+
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(p)
+        assert img.shape[0] > 200 and img.shape[1] > 200
+    summary = write_summary(tmp_path, paths).read_text()
+    assert "![Latency vs frames](latency_vs_frames.png)" in summary
+    assert "no_such_backend" in summary
+
+
+def test_injected_oom_is_recorded_and_sweep_continues(tmp_path, monkeypatch):
+    pts = [tiny(frames=f) for f in (2, 4, 6)]
+    real_build = workloads.build
+
+    def build(w, **kw):
+        if w.frames == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        return real_build(w, **kw)
+
+    monkeypatch.setattr(runner, "build", build)
+    recs = run_sweep(pts, tmp_path, progress=False, log=quiet)
+    assert [r["status"] for r in recs] == ["ok", "oom", "ok"]
+    assert "OutOfMemoryError" in recs[1]["reason"]
+    on_disk = load_results(tmp_path)
+    assert [r["status"] for r in on_disk] == ["ok", "oom", "ok"]
+
+
+def test_oom_during_the_step_and_cpu_allocator_message(tmp_path, monkeypatch):
+    real_build = workloads.build
+
+    def build(w, **kw):
+        b = real_build(w, **kw)
+        if w.frames == 2:
+            def step():
+                raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+                                   "memory: you tried to allocate 1000000000000 bytes.")
+            b.step = step
+        return b
+
+    monkeypatch.setattr(runner, "build", build)
+    recs = run_sweep([tiny(frames=2), tiny(frames=4)], tmp_path, progress=False, log=quiet)
+    assert [r["status"] for r in recs] == ["oom", "ok"]
+    assert not measure.is_oom(RuntimeError("shape mismatch"))
+
+
+def test_errors_are_recorded_not_raised(tmp_path, monkeypatch):
+    def build(w, **kw):
+        raise ValueError("broken model")
+
+    monkeypatch.setattr(runner, "build", build)
+    (rec,) = run_sweep([tiny()], tmp_path, progress=False, log=quiet)
+    assert rec["status"] == "error" and "broken model" in rec["reason"]
+
+
+def test_resume_skips_done_points(tmp_path, monkeypatch):
+    pts = [tiny(frames=f) for f in (2, 4, 6)]
+    run_sweep(pts[:2], tmp_path, progress=False, log=quiet)
+    # a killed run leaves a truncated last line: it must be ignored
+    with (tmp_path / "results.jsonl").open("a") as fh:
+        fh.write('{"key": "trunc')
+    calls = []
+    real_build = workloads.build
+
+    def build(w, **kw):
+        calls.append(w.frames)
+        return real_build(w, **kw)
+
+    monkeypatch.setattr(runner, "build", build)
+    recs = run_sweep(pts, tmp_path, resume=True, progress=False, log=quiet)
+    assert calls == [6]
+    assert [r["workload"]["frames"] for r in recs] == [2, 4, 6]
+    keys = [r["key"] for r in load_results(tmp_path)]
+    assert len(keys) == len(set(keys)) == 3
+    assert len(json.loads((tmp_path / "meta.json").read_text())["runs"]) == 2
+    calls.clear()
+    run_sweep(pts, tmp_path, resume=True, progress=False, log=quiet)
+    assert calls == []
+    # without --resume the file starts over
+    run_sweep(pts[:1], tmp_path, progress=False, log=quiet)
+    assert calls == [2] and len(load_results(tmp_path)) == 1
+
+
+def test_cpu_peak_memory_grows_with_the_workload():
+    def step_of(n):
+        def step():
+            x = torch.ones(n, n)
+            y = x * 2
+            return (y + x).sum()
+        return step
+
+    small, big = measure.cpu_peak_bytes(step_of(256)), measure.cpu_peak_bytes(step_of(1024))
+    assert small >= 3 * 256 * 256 * 4 * 0.9
+    assert big >= 3 * 1024 * 1024 * 4 * 0.9
+    assert big > 10 * small
+
+
+def test_suites_define_the_required_ranges():
+    cpu, settings = get_suite("cpu")
+    assert settings["sweep_base"]
+    sweep = [p for p in cpu if p.group == "sweep"]
+    assert {p.scheme for p in sweep} == set(workloads.SCHEMES)
+    assert {"regular", "performer", "fastformer"} <= {p.backend for p in sweep}
+    assert {p.mode for p in sweep} == {"fwd", "fwd+bwd"}
+    assert {p.frames for p in sweep} >= {2, 16} and {p.image_size for p in sweep} >= {64, 224}
+    target = [p for p in cpu if p.group == "target"]
+    assert {p.impl for p in target} == {"ours", "hf", "lucidrains"}
+    assert all(p.batch == 1 and p.frames == 8 and p.image_size == 224 and p.depth == 12 and p.mode == "fwd"
+               and p.dtype == "float32" for p in target)
+    gpu, _ = get_suite("gpu")
+    gs = [p for p in gpu if p.group == "sweep"]
+    assert {p.frames for p in gs if p.image_size == 224} == {8, 16, 32, 64, 96}
+    assert {p.image_size for p in gs if p.frames == 8} >= {224, 448}
+    assert all(p.dtype == "bfloat16" and p.device == "cuda" for p in gpu)
+    assert {p.scheme for p in gs} == set(workloads.SCHEMES)
+    assert len(filter_points(cpu, schemes=["axial"], modes=["fwd"])) < len(cpu)
+
+
+def test_cli_bench_and_plot(tmp_path, capsys):
+    from fast_timesformer.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["bench", "--suite", "tiny", "--out", str(out), "--schemes", "divided_space_time",
+               "--backends", "regular", "--groups", "sweep", "--limit", "2", "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "median ms" in text and "summary:" in text
+    assert len(load_results(out)) == 2
+    rc = main(["plot", "--results", str(out), "--out", str(tmp_path / "plots")])
+    assert rc == 0 and (tmp_path / "plots" / "summary.md").exists()
+    assert main(["plot", "--results", str(tmp_path / "nothing")]) == 2
