@@ -190,16 +190,17 @@ def test_gradient_checkpointing_gives_equal_grads(scheme):
         torch.testing.assert_close(ckpt[name], plain[name], msg=name)
 
 
-def test_bf16_autocast_on_cpu():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_on_cpu(dtype):
     model = randomise(tiny()).eval()
     x = video()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         out = model(x)
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert out.dtype == dtype and torch.isfinite(out).all()
     ref32 = model(x)
     assert (out.float() - ref32).abs().max() < 0.1 * ref32.abs().max()
     model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         model(x).float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
@@ -289,3 +290,13 @@ def test_registry_names_and_errors():
     assert (hr.num_frames, hr.grid, hr.time_embed.shape[1], hr.pos_embed.shape[1]) == (16, (28, 28), 16, 785)
     with pytest.raises(ValueError, match="Did you mean 'timesformer_base_patch16_224'"):
         create_model("timesformer_base_patch16_244")
+
+
+def test_models_cli(capsys):
+    from fast_timesformer.cli import main
+
+    assert main(["models", "*base*", "--scheme", "divided_space_time"]) == 0
+    out = capsys.readouterr().out
+    assert "timesformer_base_patch16_224" in out and "121.6M" in out and "hr" not in out
+    assert main(["models", "--scheme", "divdied"]) == 2
+    assert "unknown scheme" in capsys.readouterr().err
