@@ -10,6 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,bench,xformers
 SUITE ?= cpu
+BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install test bench plots backends clean
@@ -26,7 +27,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 tests $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
-	$(PY) -m fast_timesformer.cli bench --suite $(SUITE)
+	$(PY) -m fast_timesformer.cli bench --suite $(SUITE) $(BENCH_ARGS)
 
 backends: $(VENV)/.installed
 	$(PY) -m fast_timesformer.cli backends

@@ -1,0 +1,51 @@
+"""pytest-benchmark suites: ``pytest benchmarks --benchmark-only`` (not part of ``make test``).
+
+Every case builds a :class:`~fast_timesformer.bench.workloads.Workload` (the same builder as
+``fast-timesformer bench``), is grouped by scheme and backend (``benchmark.group``), synchronises the
+GPU after each call, and is skipped with the builder's reason where it cannot run here (a backend that
+refuses the device, a missing peer package). Results are saved as JSON under ``.benchmarks/`` (``--benchmark-save=fast_timesformer``)
+unless ``--benchmark-json``/``--benchmark-save`` is given: compare runs with ``--benchmark-compare``.
+CI runs the single ``tiny`` case: ``pytest benchmarks -k tiny --benchmark-only``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fast_timesformer.backends.registry import BackendUnavailable
+from fast_timesformer.bench.workloads import SCHEME_SHORT, Skip, build
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = "bfloat16" if DEVICE == "cuda" else "float32"
+
+
+def pytest_configure(config):
+    opt = config.option
+    if getattr(opt, "benchmark_json", None) is None and not getattr(opt, "benchmark_save", None) \
+            and hasattr(opt, "benchmark_save") and not getattr(opt, "benchmark_autosave", False):
+        opt.benchmark_save = "fast_timesformer"
+
+
+@pytest.fixture
+def run_workload(benchmark):
+    """``run_workload(w)``: build ``w``, check it runs, then benchmark one step (GPU-synchronised)."""
+
+    def run(w):
+        try:
+            built = build(w)
+            built.step()  # warm-up, and backends refuse here with their reasons
+        except (Skip, BackendUnavailable) as e:
+            pytest.skip(str(e))
+        benchmark.group = f"{SCHEME_SHORT[w.scheme]} / {w.backend if w.impl in ('ours', 'attention') else w.impl}"
+        benchmark.extra_info.update(w.to_dict())
+        benchmark.extra_info["tokens"] = w.tokens
+        if w.device.startswith("cuda"):
+            def step():
+                built.step()
+                torch.cuda.synchronize()
+        else:
+            step = built.step
+        benchmark.pedantic(step, rounds=3 if w.device == "cpu" else 20, iterations=1, warmup_rounds=1)
+        return built
+
+    return run
