@@ -7,7 +7,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fast_timesformer import (AttentionCore, Backend, BackendUnavailable, get_backend, list_backends,
                               reference_attention, register_backend, unregister_backend)
-from fast_timesformer.models.generative import GenerativeTimeSformer, patchify, unpatchify
+from fast_timesformer import TokenGroups
+from fast_timesformer.models.generative import CrossAttention, GenerativeTimeSformer, patchify, unpatchify
 
 TINY = dict(dim=32, image_size=16, patch_size=4, num_frames=3, num_target_frames=2, channels=3, depth=2,
             heads=2, dim_head=8)
@@ -133,6 +134,30 @@ def test_output_pixels_follow_the_input_layout_end_to_end():
     torch.testing.assert_close(out, unpatchify(norm, P, 2), rtol=1e-5, atol=1e-5)
     # and that is the frame's own picture, normalised per patch: same arrangement as the input
     torch.testing.assert_close(unpatchify(patchify(video[:, -1:], P), P, 2), video[:, -1:], rtol=0, atol=0)
+
+
+# ---- cross-attention -----------------------------------------------------------------------------------
+def test_cross_attention_target_reads_the_context_at_its_own_position():
+    # written out: target (t', p) attends to the f context tokens at position p, per head
+    b, f, t, n, dim, heads, d = 2, 3, 2, 5, 12, 3, 4
+    layer = CrossAttention(dim, heads, d).eval()
+    y, x = torch.randn(b, t * n, dim), torch.randn(b, f * n, dim)
+    out = layer(y, x, groups=TokenGroups.time(t, n), context_groups=TokenGroups.time(f, n))
+    w, bias = layer.qkv.weight, layer.qkv.bias
+    q = (y @ w[:heads * d].T + bias[:heads * d]).view(b, t, n, heads, d)
+    k = (x @ w[heads * d:2 * heads * d].T + bias[heads * d:2 * heads * d]).view(b, f, n, heads, d)
+    v = (x @ w[2 * heads * d:].T + bias[2 * heads * d:]).view(b, f, n, heads, d)
+    expected = torch.empty(b, t, n, heads, d)
+    for i in range(b):
+        for tt in range(t):
+            for p in range(n):
+                for h in range(heads):
+                    weights = torch.softmax(k[i, :, p, h] @ q[i, tt, p, h] * d ** -0.5, 0)  # over the f frames
+                    expected[i, tt, p, h] = weights @ v[i, :, p, h]
+    expected = layer.proj(expected.reshape(b, t * n, heads * d))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="groups"):
+        layer(y, x, groups=TokenGroups.time(t, n), context_groups=TokenGroups.space(f, n))
 
 
 # ---- attention cost of the targets ------------------------------------------------------------------
