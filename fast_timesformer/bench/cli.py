@@ -43,6 +43,7 @@ def add_subcommands(sub) -> None:
 
 
 def _run_kernels(args) -> int:
+    """The kernel suite is the Triton helper's ``benchmarks/bench_kernels.py``: run its ``main``."""
     from .suites import load_kernels_module
 
     try:
@@ -50,27 +51,16 @@ def _run_kernels(args) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    argv = []
+    if args.device:
+        argv += ["--device", args.device.split(":")[0]]
+    if args.backends:
+        argv += ["--backends", *args.backends]
     out = Path(args.out or "bench_out/kernels")
     out.mkdir(parents=True, exist_ok=True)
-    if hasattr(mod, "main"):
-        import inspect
-
-        params = inspect.signature(mod.main).parameters
-        argv = ["--out", str(out)] if _accepts_out(mod) else []
-        rc = mod.main(argv) if params else mod.main()
-        return int(rc or 0)
-    print("error: benchmarks/bench_kernels.py defines no main()", file=sys.stderr)
-    return 2
-
-
-def _accepts_out(mod) -> bool:
-    parser = getattr(mod, "build_parser", None)
-    if parser is None:
-        return False
-    try:
-        return any("--out" in a.option_strings for a in parser()._actions)
-    except Exception:  # noqa: BLE001
-        return False
+    argv += ["--out", str(out / "bench_kernels.json")]
+    print(f"suite kernels: python benchmarks/bench_kernels.py {' '.join(argv)}", flush=True)
+    return int(mod.main(argv) or 0)
 
 
 def cmd_bench(args) -> int:
