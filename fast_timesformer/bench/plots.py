@@ -29,6 +29,7 @@ BACKEND_STYLES = {"regular": "-", "triton": "--", "xformers": "-.", "performer":
 BACKEND_COLORS = {"regular": "#333333", "triton": "#17becf", "xformers": "#8c564b", "performer": "#e377c2",
                   "fastformer": "#bcbd22"}
 MODES = ("fwd", "fwd+bwd")
+ERROR_MARKERS = {"performer": "o", "fastformer": "s"}
 
 
 def _plt():
@@ -38,6 +39,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def NullFormatter():
+    from matplotlib.ticker import NullFormatter as _NullFormatter
+
+    return _NullFormatter()
 
 
 def NullLocator():
@@ -176,9 +183,14 @@ def plot_memory_vs_tokens(plt, recs, meta, out):
             line(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be],
                  BACKEND_COLORS.get(be, "k"), BACKEND_STYLES.get(be, "-"), be)
         ax.set_title(f"per backend ({SCHEME_SHORT[scheme]}, {mode})", fontsize=10)
+    from matplotlib.ticker import ScalarFormatter
+
     for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("patch tokens per clip (frames x patches)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -260,28 +272,33 @@ def plot_error_vs_speed(plt, recs, meta, out):
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8.5, 5.4))
-    seen = set()
+    from matplotlib.lines import Line2D
+
     for r, speedup in rows:
         w = r["workload"]
         be = w["backend"]
-        marker = "o" if be == "performer" else ("s" if be == "fastformer" else "^")
-        label_be = ("fastformer (different model: deviation, not approximation)" if be == "fastformer"
-                    else f"{be} (approximation)")
-        label = f"{label_be}, {SCHEME_SHORT[w['scheme']]}"
-        ax.scatter([speedup], [r["rel_error"]], marker=marker, color=SCHEME_COLORS[w["scheme"]],
-                   edgecolors="k" if be == "fastformer" else "none", s=40 if w["group"] == "approx" else 22,
-                   alpha=0.9 if w["group"] == "approx" else 0.55, label=None if label in seen else label)
-        seen.add(label)
+        ax.scatter([speedup], [r["rel_error"]], marker=ERROR_MARKERS.get(be, "^"), color=SCHEME_COLORS[w["scheme"]],
+                   edgecolors="k" if be == "fastformer" else "none", s=44 if w["group"] == "approx" else 22,
+                   alpha=0.9 if w["group"] == "approx" else 0.6)
         if w["backend_options"].get("nb_features"):
             ax.annotate(f"m={w['backend_options']['nb_features']}", (speedup, r["rel_error"]), fontsize=7,
                         xytext=(4, 2), textcoords="offset points")
+    backends = sorted({r["workload"]["backend"] for r, _ in rows})
+    kinds = [Line2D([], [], ls="", marker=ERROR_MARKERS.get(b, "^"), color="gray",
+                    markeredgecolor="k" if b == "fastformer" else "gray",
+                    label="fastformer: different model (deviation, not approximation)" if b == "fastformer"
+                    else f"{b}: approximation error") for b in backends]
+    schemes = [Line2D([], [], ls="", marker="o", color=SCHEME_COLORS[s_], label=SCHEME_SHORT[s_])
+               for s_ in SCHEMES if any(r["workload"]["scheme"] == s_ for r, _ in rows)]
+    leg = ax.legend(handles=kinds, fontsize=7, loc="upper left")
+    ax.add_artist(leg)
+    ax.legend(handles=schemes, fontsize=7, loc="lower right", title="scheme", title_fontsize=7)
     ax.axvline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("speed-up over backend 'regular' at the same workload (x)")
     ax.set_ylabel("relative error of the output vs 'regular', same weights")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
     ax.set_title(f"Approximation error vs speed (forward) - {_device_title(meta)}\n"
                  "large markers: feature sweep at the base workload; small: the frames/resolution sweep",
                  fontsize=9)
