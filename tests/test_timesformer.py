@@ -227,8 +227,7 @@ def test_backend_mapping_per_step():
     model = tiny(backend={"time": "regular", "space": ("performer", {"nb_features": 16})})
     assert model.blocks[0].temporal_attn.backend == "regular"
     assert model.blocks[0].attn.backend == "performer"
-    assert model.blocks[0].attn.cores["performer"].nb_features == 16 if hasattr(
-        model.blocks[0].attn.cores["performer"], "nb_features") else True
+    assert model.blocks[0].attn.cores["performer"].nb_features == 16
     assert model(video()).shape == (2, 5)
     model.set_backend({"space": "regular"})
     assert {m.backend for m in model.attention_modules()} == {"regular"}

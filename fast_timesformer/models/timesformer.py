@@ -112,11 +112,10 @@ class Block(nn.Module):
         super().__init__()
         self.steps = scheme.steps
         self.cls_mode = cls_mode
-        layer_cls = "official" if cls_mode == "official" else cls_mode
         for step in self.steps:
             name, opts = backends[step.name]
             attn = DividedAttention(dim, heads, dim_head, ff_dropout, attn_dropout=attn_dropout, backend=name,
-                                    cls=layer_cls, qkv_bias=qkv_bias, step=step.name, **opts)
+                                    cls=cls_mode, qkv_bias=qkv_bias, step=step.name, **opts)
             if step.prefix:
                 self.add_module(f"{step.prefix}_norm1", nn.LayerNorm(dim, eps=LN_EPS))
                 self.add_module(f"{step.prefix}_attn", attn)
