@@ -31,6 +31,8 @@ def add_subcommands(sub) -> None:
     b.add_argument("--max-tokens", type=int, default=None, help="drop points with more patch tokens per clip")
     b.add_argument("--limit", type=int, default=None, help="only the first N points (after filters)")
     b.add_argument("--device", default=None, help="override the suite's device (e.g. cuda:1)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice, one per core); recorded in meta.json")
     b.add_argument("--list", action="store_true", help="print the points and exit")
     b.add_argument("--no-plots", action="store_true", help="skip the plots and summary.md")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -81,10 +83,14 @@ def cmd_bench(args) -> int:
             print(p.label)
         print(f"{len(points)} points")
         return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out or f"bench_out/{args.suite}")
     settings = dict(settings, suite=args.suite, filters={k: getattr(args, k) for k in
                                                           ("schemes", "backends", "impls", "modes", "groups",
-                                                           "max_tokens", "limit", "device")})
+                                                           "max_tokens", "limit", "device", "threads")})
     print(f"suite {args.suite}: {len(points)} points -> {out}/results.jsonl", flush=True)
     records = run_sweep(points, out, resume=args.resume, progress=not args.no_progress, settings=settings)
     print(format_summary(records))

@@ -51,6 +51,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _loadavg():
+    """1/5/15-minute load average: other processes on the machine skew CPU timings (recorded per run)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _git_commit() -> dict:
     root = Path(__file__).resolve().parents[2]
     try:
@@ -70,6 +78,8 @@ def run_metadata(settings: Optional[dict] = None) -> dict:
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu: {_cpu_name()}",
         "cpu": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_start": _loadavg(),
         "cuda": torch.version.cuda if cuda else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -231,6 +241,7 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
     if bar is not None:
         bar.close()
     run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run["load_avg_end"] = _loadavg()
     run["counts"] = {s: sum(r["status"] == s for r in fresh.values()) for s in ("ok", "oom", "skipped", "error")}
     _write_meta(out_dir, meta)
     return [fresh.get(k) or done[k] for k in keys]

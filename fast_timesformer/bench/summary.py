@@ -47,7 +47,9 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
     lines += [f"- command (last run): `{cmd}`",
               f"- points: {len(recs)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
               f"{len(runs)} run(s), last started {last.get('started', '?')}, finished {last.get('finished', '?')}",
-              f"- device: {last.get('device', '?')}, {last.get('cpu_threads', '?')} CPU threads; "
+              f"- device: {last.get('device', '?')}, {last.get('cpu_threads', '?')} torch threads on "
+              f"{last.get('cpu_count', '?')} cores; load average (1/5/15 min) at start {last.get('load_avg_start')}, "
+              f"at end {last.get('load_avg_end')}; "
               f"platform {last.get('platform', '?')}, python {last.get('python', '?')}",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in (last.get("versions") or {}).items() if v),
               f"- git commit: {(last.get('git') or {}).get('commit')}"
