@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from fast_timesformer import BackendUnavailable, get_backend, list_backends
 from fast_timesformer.models import TimeSformer
@@ -51,6 +52,27 @@ def test_groups_hold_the_right_coordinates_fixed(scheme):
         for row in keys:
             assert len(set(row)) == 1, (step, row)  # fixed within a group
         assert len({row[0] for row in keys}) == idx.shape[0], step  # and distinct between groups
+
+
+def invariants(step, gh, gw):
+    return {"local": lambda t, y, x: (y // max(gh // 2, 1), x // max(gw // 2, 1)),
+            "global": lambda t, y, x: (t % 2, y % 2, x % 2)}.get(step, INVARIANTS[step])
+
+
+@settings(max_examples=25, deadline=None)
+@given(f=st.sampled_from([1, 2, 4, 6]), gh=st.sampled_from([1, 2, 4, 6]), gw=st.sampled_from([1, 2, 4, 8]),
+       scheme=st.sampled_from(list_schemes()))
+def test_groups_on_other_sizes(f, gh, gw, scheme):
+    """Any even (or 1) size: the groups partition the tokens and hold their coordinates fixed."""
+    s = get_scheme(scheme)
+    t, y, x = coords(f, gh, gw)
+    for step, g in zip(s.step_names, s.token_groups(f, gh, gw)):
+        idx = g.index()
+        assert sorted(idx.flatten().tolist()) == list(range(f * gh * gw))
+        key = invariants(step, gh, gw)
+        rows = [{tuple(int(v) for v in key(t[i], y[i], x[i])) for i in row.tolist()} for row in idx]
+        assert all(len(r) == 1 for r in rows), step
+        assert len({next(iter(r)) for r in rows}) == idx.shape[0], step
 
 
 def test_global_step_is_a_stride_2_lattice():

@@ -299,3 +299,13 @@ def test_models_cli(capsys):
     assert "timesformer_base_patch16_224" in out and "121.6M" in out and "hr" not in out
     assert main(["models", "--scheme", "divdied"]) == 2
     assert "unknown scheme" in capsys.readouterr().err
+
+
+def test_create_model_pretrained_official_file(tmp_path):
+    kw = dict(depth=1, image_size=32, num_frames=2, num_classes=5)
+    model = randomise(create_model("timesformer_tiny_patch16_224", **kw)).eval()
+    path = tmp_path / "tiny.pyth"
+    torch.save({"model_state": {"model." + k: v for k, v in model.state_dict().items()}}, path)
+    loaded = create_model("timesformer_tiny_patch16_224", pretrained=path, **kw).eval()
+    x = video(b=1, f=2)
+    torch.testing.assert_close(loaded(x), model(x))
