@@ -39,7 +39,7 @@ from ..attention import DividedAttention
 from ..groups import TokenGroups
 from .schemes import Scheme, get_scheme
 
-__all__ = ["TimeSformer", "Block", "Mlp", "PatchEmbed", "DropPath", "CLS_MODES"]
+__all__ = ["TimeSformer", "Block", "Mlp", "PatchEmbed", "DropPath", "CLS_MODES", "count_parameters"]
 
 CLS_MODES = ("official", "global", "per_group")
 LN_EPS = 1e-6
