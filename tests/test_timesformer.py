@@ -309,3 +309,11 @@ def test_create_model_pretrained_official_file(tmp_path):
     loaded = create_model("timesformer_tiny_patch16_224", pretrained=path, **kw).eval()
     x = video(b=1, f=2)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_no_weight_decay_names_exist():
+    for scheme in ("divided_space_time", "space_only"):
+        model = tiny(scheme=scheme)
+        names = dict(model.named_parameters())
+        assert model.no_weight_decay() <= set(names)
+        assert ("time_embed" in model.no_weight_decay()) == (scheme != "space_only")

@@ -312,6 +312,10 @@ class TimeSformer(nn.Module):
                 layer.set_backend(name, **opts)
         return self
 
+    def no_weight_decay(self) -> set:
+        """Parameter names the official recipe trains without weight decay (timm convention)."""
+        return {"pos_embed", "cls_token"} | ({"time_embed"} if self.time_embed is not None else set())
+
     def attention_modules(self) -> list:
         return [m for m in self.modules() if isinstance(m, DividedAttention)]
 
