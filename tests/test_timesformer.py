@@ -231,6 +231,12 @@ def test_backend_mapping_per_step():
     assert model(video()).shape == (2, 5)
     model.set_backend({"space": "regular"})
     assert {m.backend for m in model.attention_modules()} == {"regular"}
+    from fast_timesformer import use_backend
+
+    with use_backend(model, {"time": "fastformer"}):
+        assert [m.backend for m in model.attention_modules()][:2] == ["fastformer", "regular"]
+        assert model(video()).shape == (2, 5)
+    assert {m.backend for m in model.attention_modules()} == {"regular"}
     with pytest.raises(ValueError, match="unknown attention step"):
         tiny(backend={"spcae": "regular"})
     with pytest.raises(ValueError, match="unknown attention step"):
