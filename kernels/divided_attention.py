@@ -123,9 +123,9 @@ def _fwd_kernel(Q, K, V, PK, PV, O, LSE,
         p_mask = p_ok[:, None] & d_ok[None, :]
         pk = tl.load(PK + b * spkb + h * spkh + rp[:, None] * spkp + rd[None, :] * spkd, mask=p_mask, other=0.0)
         pv = tl.load(PV + b * spvb + h * spvh + rp[:, None] * spvp + rd[None, :] * spvd, mask=p_mask, other=0.0)
-        s = tl.dot(q, tl.trans(pk), input_precision=PREC) * qk_scale  # [BM, BP]
-        s = tl.where(p_ok[None, :], s, float("-inf"))
-        m_i, l_i, acc = _softmax_step(s, pv, m_i, l_i, acc, PREC)
+        sp = tl.dot(q, tl.trans(pk), input_precision=PREC) * qk_scale  # [BM, BP]
+        sp = tl.where(p_ok[None, :], sp, float("-inf"))
+        m_i, l_i, acc = _softmax_step(sp, pv, m_i, l_i, acc, PREC)
     if PACKED:
         n_end = BLOCK_N
     else:
@@ -374,6 +374,11 @@ def _plan(G: int, SQ: int, SK: int, P: int, D: int, pack_limit: Optional[int] = 
     return _Plan(False, bm, bn, block_p, block_d, 1, n_mb, n_nb, G * n_mb, 4 if bm * block_d <= 8192 else 8, 2)
 
 
+def _bwd_warps(pl: _Plan) -> int:
+    """Backward tiles hold several [BM, BN] fp32 blocks at once: more warps to keep them in registers."""
+    return 8 if pl.block_m * pl.block_n >= 64 * 64 or pl.block_d >= 128 else 4
+
+
 def _prec(dtype):
     """fp32 inputs use exact fp32 products (no TF32): the backend is declared exact."""
     return "ieee" if dtype == torch.float32 else None
@@ -432,7 +437,7 @@ def _backward(do, q, k, v, prefix_k, prefix_v, o, lse, scale: float, seq_major: 
     dpv_part = torch.empty(part_shape, dtype=torch.float32, device=q.device)
     pk, pv = (prefix_k, prefix_v) if has_p else (q, q)
     common = dict(HAS_PREFIX=has_p, BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_P=pl.block_p,
-                  BLOCK_D=pl.block_d, PREC=_prec(q.dtype), num_warps=pl.num_warps, num_stages=1)
+                  BLOCK_D=pl.block_d, PREC=_prec(q.dtype), num_warps=_bwd_warps(pl), num_stages=1)
     grid = (pl.n_tiles, H, b)
     if pl.packed:
         _bwd_packed_kernel[grid](
@@ -449,7 +454,7 @@ def _backward(do, q, k, v, prefix_k, prefix_v, o, lse, scale: float, seq_major: 
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
             G, SQ, SK, D, H, pl.n_nb, scale, scale * LOG2E,
             BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_D=pl.block_d, PREC=_prec(q.dtype),
-            num_warps=pl.num_warps, num_stages=1)
+            num_warps=_bwd_warps(pl), num_stages=1)
         _bwd_dq_kernel[grid](
             q, k, v, do, lse, delta, pk, pv, dq, dpk_part, dpv_part,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
