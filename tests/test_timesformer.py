@@ -71,7 +71,7 @@ def test_matches_reference(scheme):
 
 
 @pytest.mark.parametrize("cls_mode", ["global", "per_group"])
-@pytest.mark.parametrize("scheme", ["divided_space_time", "space_only"])
+@pytest.mark.parametrize("scheme", list_schemes())
 def test_other_cls_modes_match_reference(scheme, cls_mode):
     model = randomise(tiny(scheme=scheme, cls_mode=cls_mode)).double().eval()
     x = video(dtype=torch.float64)
