@@ -27,11 +27,9 @@ maps 1:1 after stripping ``model.``.
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
