@@ -103,10 +103,13 @@ class AttentionCore(nn.Module):
         else:
             pk, pv, pq = (None if t is None else t.transpose(1, 2) for t in (prefix_k, prefix_v, prefix_q))
             n_p = pk.shape[2]
-            if self.backend.supports_prefix and self.backend.supports_cross:
+            if self.backend.supports_prefix and self.backend.supports_cross and not want_prefix_out:
                 y = self(qg, kg, vg, pk, pv, scale=scale, dropout_p=dropout_p)
+            elif self.backend.supports_cross:  # materialise [prefix; group] keys/values once, for both calls
+                kc, vc = (torch.cat([_expand(p_, ng), g_], 2) for p_, g_ in ((pk, kg), (pv, vg)))
+                y = self(qg, kc, vc, scale=scale, dropout_p=dropout_p)
                 if want_prefix_out:
-                    yp = self(_expand(pq, ng), kg, vg, pk, pv, scale=scale, dropout_p=dropout_p)
+                    yp = self(_expand(pq, ng), kc, vc, scale=scale, dropout_p=dropout_p)
             else:  # self-attention only: materialise [prefix; group] for q, k and v
                 if pq is None:
                     raise BackendUnavailable(self.backend.name, ["needs the prefix's query to attend [prefix; group]"])

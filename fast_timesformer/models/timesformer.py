@@ -145,9 +145,8 @@ class Block(nn.Module):
                 continue
             y = fc(y)
             if self._cls_left_out(g):  # the CLS is no part of this step: only the patches change
-                x = torch.cat([x[:, :1], x[:, 1:] + y[:, 1:]], dim=1)
-            else:
-                x = x + y
+                y[:, :1] = 0  # in place on fc's fresh output (cheaper than re-concatenating x)
+            x = x + y
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def _cls_left_out(self, groups: TokenGroups) -> bool:
