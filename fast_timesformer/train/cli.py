@@ -1,0 +1,162 @@
+"""``fast-timesformer train | predict | experiment``."""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+
+__all__ = ["add_subcommands", "config_from_args"]
+
+
+def _key_value(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass  # a plain string
+    return key, value
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="tiny",
+                   help="preset (tiny, small, base), a registered model name, a JSON object of constructor "
+                        "arguments or a .json file (default: tiny)")
+    m.add_argument("--scheme", default="divided_space_time",
+                   help="space_only, joint_space_time, divided_space_time, sparse_local_global, axial")
+    m.add_argument("--backend", default="regular",
+                   help="attention backend for every step, or per step: 'time=regular,space=performer'")
+    m.add_argument("--backend-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="backend option, e.g. nb_features=64 (repeatable)")
+    m.add_argument("--attn-dropout", type=float, default=None)
+    m.add_argument("--ff-dropout", type=float, default=None)
+    m.add_argument("--drop-path", type=float, default=None)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="moving-shapes",
+                   help="moving-shapes (classification), bouncing (future-frame prediction) or a folder "
+                        "root/<class>/<video> (optionally with train/ and val/ sub-folders)")
+    d.add_argument("--frames", dest="num_frames", type=int, default=8)
+    d.add_argument("--image-size", type=int, default=32)
+    d.add_argument("--num-classes", type=int, default=4, help="moving-shapes: 2 or 4")
+    d.add_argument("--target-frames", dest="num_target_frames", type=int, default=2, help="bouncing: K")
+    d.add_argument("--train-samples", type=int, default=1024, help="size of a synthetic training set")
+    d.add_argument("--eval-samples", type=int, default=256, help="size of a synthetic evaluation set")
+    d.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    o = p.add_argument_group("optimisation")
+    length = o.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, default=None)
+    length.add_argument("--steps", type=int, default=None, help="optimizer steps (instead of --epochs)")
+    o.add_argument("--batch", type=int, default=16,
+                   help="global batch per optimizer step (split over processes and --accum micro-steps)")
+    o.add_argument("--accum", type=int, default=1, help="gradient accumulation micro-steps")
+    o.add_argument("--lr", type=float, default=1e-3)
+    o.add_argument("--weight-decay", type=float, default=0.05)
+    o.add_argument("--warmup", type=float, default=0.1, help="warmup: a fraction of the steps (<1) or steps")
+    o.add_argument("--min-lr-ratio", type=float, default=0.01)
+    o.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
+    o.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                   help="autocast dtype (bf16 on the CPU; fp16 with a grad scaler on CUDA)")
+    o.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    o.add_argument("--seed", type=int, default=0)
+    b = p.add_argument_group("bookkeeping")
+    b.add_argument("--out", dest="out_dir", default="runs/train", help="folder for checkpoints and metrics")
+    b.add_argument("--metrics", default=None, help="JSONL file the metrics are appended to "
+                                                   "(default OUT/metrics.jsonl)")
+    b.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: epoch ends only)")
+    b.add_argument("--log-every", type=int, default=10)
+    b.add_argument("--no-eval", dest="eval_each_epoch", action="store_false", help="skip per-epoch evaluation")
+    b.add_argument("--no-progress", dest="progress", action="store_false")
+    b.add_argument("--resume", default=None,
+                   help="checkpoint to continue from, or 'auto' (OUT/last.safetensors if present)")
+    b.add_argument("--stop-at", type=int, default=None,
+                   help="stop (with a checkpoint) at this step; a later --resume continues the same run")
+
+
+def config_from_args(args):
+    from .trainer import TrainConfig
+
+    fields = TrainConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["backend_options"] = dict(args.backend_option)
+    values["clip_grad"] = args.clip_grad or None
+    if values.get("epochs") is None and values.get("steps") is None:
+        values["epochs"] = 10
+    return TrainConfig(**values)
+
+
+def cmd_train(args) -> int:
+    from .distributed import cleanup_distributed
+    from .trainer import Trainer
+
+    cfg = config_from_args(args)
+    try:
+        trainer = Trainer(cfg)
+        result = trainer.fit(stop_at=args.stop_at)
+        if trainer.dist.is_main:
+            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+            print(json.dumps(shown))
+            print(f"checkpoints in {cfg.out_dir}, metrics in {trainer.metrics_path}")
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .trainer import predict_video
+
+    if args.top_k < 1:
+        raise SystemExit("--top-k must be >= 1")
+    top = predict_video(args.video, args.checkpoint, top_k=args.top_k, device=args.device)
+    if args.json:
+        print(json.dumps([{"label": name, "probability": p} for name, p in top]))
+    else:
+        width = max(len(n) for n, _ in top)
+        for rank, (name, p) in enumerate(top, 1):
+            print(f"{rank}. {name.ljust(width)}  {p:.4f}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from .experiment import run_experiment
+
+    run_experiment(preset=args.preset, out_dir=args.out, schemes=args.schemes, steps=args.steps,
+                   seed=args.seed, device=args.device, progress=args.progress)
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    t = sub.add_parser("train", help="train a model (classification or future-frame prediction)",
+                       description="Train TimeSformer on moving-shapes or a video folder, or "
+                                   "GenerativeTimeSformer on bouncing shapes. Runs under torchrun too.")
+    _add_train_args(t)
+    t.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="top-k labels for one video file")
+    p.add_argument("video")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by 'fast-timesformer train'")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    p.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("experiment", help="train every scheme on moving-shapes; table + plot of accuracy and "
+                                          "of backends swapped in after training")
+    e.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: minutes on 2 cores; gpu: a larger model, data and budget")
+    e.add_argument("--gpu", dest="preset", action="store_const", const="gpu", help="same as --preset gpu")
+    e.add_argument("--out", default="runs/experiment", help="folder for results.json, results.md, plot")
+    e.add_argument("--schemes", nargs="*", default=None, help="default: every registered scheme")
+    e.add_argument("--steps", type=int, default=None, help="override the preset's optimizer steps")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--no-progress", dest="progress", action="store_false")
+    e.set_defaults(func=cmd_experiment)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from ..cli import main
+
+    sys.exit(main())

@@ -1,0 +1,514 @@
+"""Training loop: classification (TimeSformer) and future-frame prediction (GenerativeTimeSformer).
+
+One :class:`TrainConfig` describes a run; :class:`Trainer` builds data, model and optimizer from it and
+runs ``fit()``. The same code runs as one process or under ``torchrun`` (DDP).
+
+Batches. ``batch`` is the *global* batch of one optimizer step: it is split over the processes and then
+over ``accum`` gradient-accumulation micro-steps, so ``batch`` must be divisible by
+``world_size * accum`` and the same command trains the same model on 1 or N processes. Each epoch's
+order is a permutation drawn from ``(seed, epoch)`` (``DistributedSampler``); optimizer step ``s`` of an
+epoch uses global positions ``[s*batch, (s+1)*batch)`` of it, whatever the number of processes.
+
+Exact resume. Everything that decides the next step is either a pure function of the step (learning
+rate, data order, synthetic samples, augmentation) or saved in the checkpoint (weights, AdamW moments,
+the grad scaler, torch's global RNG state - which drives dropout and drop-path). The DataLoader gets its
+own generator so that creating one does not consume the global RNG. ``tests/test_train.py`` checks that
+2 steps + resume + 2 steps equal 4 steps bit for bit.
+
+Learning rate: AdamW, linear warmup from 0 over ``warmup`` steps, then cosine decay to
+``min_lr_ratio * lr`` at the last step. Weight decay applies to matrices only (not to biases, norms,
+embeddings or the CLS token).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import checkpoint as ckpt
+from .data import BouncingShapes, ClipTransform, build_dataset
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+
+__all__ = ["TrainConfig", "Trainer", "MODEL_PRESETS", "parse_backend", "build_model", "model_spec",
+           "lr_at", "task_of", "load_trained_model", "predict_video"]
+
+# Small configurations for CPU runs and tests (any other name is looked up in the model registry).
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": dict(dim=64, depth=2, heads=4, dim_head=16, patch_size=8, mlp_ratio=2.0, drop_path=0.0),
+    "small": dict(dim=128, depth=4, heads=4, dim_head=32, patch_size=8, mlp_ratio=4.0, drop_path=0.0),
+    "base": dict(dim=768, depth=12, heads=12, patch_size=16, mlp_ratio=4.0, drop_path=0.1),
+}
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` for a dropout field keeps the model preset's value."""
+    # model
+    model: str = "tiny"                    # preset, registry name, JSON object or path to a .json
+    scheme: str = "divided_space_time"
+    backend: Any = "regular"               # name, mapping step -> name, or "time=a,space=b"
+    backend_options: dict = field(default_factory=dict)
+    attn_dropout: Optional[float] = None
+    ff_dropout: Optional[float] = None
+    drop_path: Optional[float] = None
+    # data
+    dataset: str = "moving-shapes"         # moving-shapes | bouncing | folder path
+    num_frames: int = 8
+    image_size: int = 32
+    num_classes: int = 4                   # moving-shapes: 2 or 4
+    num_target_frames: int = 2             # bouncing
+    train_samples: int = 1024              # synthetic datasets
+    eval_samples: int = 256
+    workers: int = 0
+    # optimisation
+    epochs: Optional[int] = None
+    steps: Optional[int] = None            # optimizer steps; overrides epochs
+    batch: int = 16                        # global batch per optimizer step
+    accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.1                    # < 1: fraction of the steps; >= 1: steps
+    min_lr_ratio: float = 0.01
+    clip_grad: Optional[float] = 1.0
+    amp: str = "off"                       # off | bf16 | fp16 (fp16: CUDA only)
+    device: str = "auto"
+    seed: int = 0
+    # bookkeeping
+    out_dir: str = "runs/train"
+    metrics: Optional[str] = None          # JSONL file; default <out_dir>/metrics.jsonl
+    eval_each_epoch: bool = True
+    save_every: int = 0                    # steps; 0: at epoch ends and at the end only
+    log_every: int = 10
+    progress: bool = True
+    resume: Optional[str] = None           # checkpoint path or "auto" (<out_dir>/last.safetensors)
+
+    # fields that may differ between a run and its resumption
+    RESUMABLE_CHANGES = ("resume", "workers", "progress", "out_dir", "metrics", "log_every", "save_every",
+                         "device", "eval_each_epoch")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def parse_backend(spec):
+    """"regular" -> "regular"; "time=triton,space=performer" -> {"time": "triton", "space": "performer"}."""
+    if not isinstance(spec, str) or "=" not in spec:
+        return spec
+    out = {}
+    for part in spec.split(","):
+        step, sep, name = part.partition("=")
+        if not sep or not step.strip() or not name.strip():
+            raise ValueError(f"bad backend spec {spec!r}: use a name or step=name pairs, e.g. "
+                             "'time=regular,space=performer'")
+        out[step.strip()] = name.strip()
+    return out
+
+
+def task_of(dataset: str) -> str:
+    return "predict" if dataset == "bouncing" else "classify"
+
+
+def lr_at(step: int, total: int, base_lr: float, warmup: int, min_ratio: float) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine to min_ratio*lr."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    span = max(total - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _model_base(name: str) -> tuple[Optional[str], dict]:
+    """(registry name or None, keyword arguments) from --model."""
+    if name in MODEL_PRESETS:
+        return None, dict(MODEL_PRESETS[name])
+    if name.lstrip().startswith("{"):
+        try:
+            return None, json.loads(name)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--model looks like JSON but does not parse: {e}") from None
+    if name.endswith(".json"):
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"model config {name} does not exist")
+        with open(name) as f:
+            return None, json.load(f)
+    try:
+        from ..models import list_models
+    except ImportError:
+        list_models = None
+    if list_models is not None and name in list_models():
+        return name, {}
+    known = sorted(MODEL_PRESETS) + (sorted(list_models()) if list_models is not None else [])
+    raise ValueError(f"unknown model {name!r}: use a preset or registered model ({', '.join(known)}), "
+                     "a JSON object of constructor arguments, or a .json file")
+
+
+def model_spec(cfg: TrainConfig, *, num_classes: int, channels: int = 3) -> dict:
+    """Everything needed to rebuild the model (stored in checkpoints)."""
+    registry, kwargs = _model_base(cfg.model)
+    kwargs.update(num_frames=cfg.num_frames, image_size=cfg.image_size, channels=channels,
+                  scheme=cfg.scheme, backend=parse_backend(cfg.backend), **cfg.backend_options)
+    for key in ("attn_dropout", "ff_dropout", "drop_path"):
+        if getattr(cfg, key) is not None:
+            kwargs[key] = getattr(cfg, key)
+    if task_of(cfg.dataset) == "predict":
+        kwargs.update(num_target_frames=cfg.num_target_frames, out_channels=channels)
+        return {"class": "GenerativeTimeSformer", "registry": registry, "kwargs": kwargs}
+    kwargs["num_classes"] = num_classes
+    return {"class": "TimeSformer", "registry": registry, "kwargs": kwargs}
+
+
+def build_model(spec: dict) -> nn.Module:
+    """Instantiate a model from :func:`model_spec`'s output."""
+    from .. import models
+
+    kwargs = dict(spec["kwargs"])
+    if spec.get("registry"):
+        return models.create_model(spec["registry"], **kwargs)
+    cls = getattr(models, spec["class"], None)
+    if cls is None:
+        raise ImportError(f"fast_timesformer.models has no {spec['class']}")
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        dropped = sorted(k for k in kwargs if k not in params)
+        # a preset field the class does not take (e.g. drop_path for the generative model) is left out
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+        if dropped:
+            spec.setdefault("dropped", dropped)
+    return cls(**kwargs)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or any(k in name for k in ("pos_embed", "time_embed", "cls_token", "norm"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _set_epoch(dataset, epoch: int) -> None:
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+
+
+# ---- the trainer ----------------------------------------------------------------------------------
+class Trainer:
+    """Builds everything from a :class:`TrainConfig`; ``fit()`` trains, evaluates and checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, dist_info: Optional[DistInfo] = None):
+        self.cfg = cfg
+        self.dist = dist_info or init_distributed(cfg.device)
+        self.device = self.dist.device
+        self.task = task_of(cfg.dataset)
+        self._check_config()
+
+        self.train_set = build_dataset(cfg.dataset, "train", num_samples=cfg.train_samples,
+                                       num_frames=cfg.num_frames, image_size=cfg.image_size, seed=cfg.seed,
+                                       num_classes=cfg.num_classes, num_target_frames=cfg.num_target_frames)
+        self.classes = list(getattr(self.train_set, "classes", []) or [])
+        self.eval_set = build_dataset(cfg.dataset, "eval", num_samples=cfg.eval_samples,
+                                      num_frames=cfg.num_frames, image_size=cfg.image_size, seed=cfg.seed,
+                                      num_classes=cfg.num_classes, num_target_frames=cfg.num_target_frames,
+                                      classes=self.classes or None)
+
+        world, accum = self.dist.world_size, cfg.accum
+        if cfg.batch % (world * accum):
+            raise ValueError(f"--batch {cfg.batch} (the global batch) must be divisible by processes x accum "
+                             f"= {world} x {accum}")
+        self.micro_batch = cfg.batch // (world * accum)
+        self.steps_per_epoch = len(self.train_set) // cfg.batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the training set has {len(self.train_set)} samples, fewer than one batch of "
+                             f"{cfg.batch}")
+        if cfg.steps is not None:
+            self.total_steps = cfg.steps
+        elif cfg.epochs is not None:
+            self.total_steps = cfg.epochs * self.steps_per_epoch
+        else:
+            raise ValueError("give the length of the run: epochs or steps")
+        if self.total_steps < 1:
+            raise ValueError(f"the run has {self.total_steps} steps; give epochs/steps >= 1")
+        self.warmup_steps = int(cfg.warmup * self.total_steps) if cfg.warmup < 1 else int(cfg.warmup)
+
+        torch.manual_seed(cfg.seed)  # same on every process: identical init, identical performer features
+        self.spec = model_spec(cfg, num_classes=len(self.classes), channels=self._channels())
+        self.model = build_model(self.spec).to(self.device)
+        self.module = self.model  # the bare model, also under DDP
+        if self.dist.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self.optimizer = torch.optim.AdamW(_param_groups(self.module, cfg.weight_decay), lr=cfg.lr,
+                                           betas=(0.9, 0.999))
+        amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        if amp_dtype is torch.float16 and self.device.type != "cuda":
+            raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+        self.amp_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype is torch.float16)
+        self.step = 0
+        self.best: Optional[float] = None
+        self.out_dir = cfg.out_dir
+        self.metrics_path = cfg.metrics or os.path.join(cfg.out_dir, "metrics.jsonl")
+        self._baseline: Optional[float] = None
+        if cfg.resume:
+            self._resume(cfg.resume)
+
+    # ---- set-up ---------------------------------------------------------------------------------
+    def _check_config(self) -> None:
+        cfg = self.cfg
+        if cfg.amp not in ("off", "bf16", "fp16"):
+            raise ValueError(f"--amp must be off, bf16 or fp16, got {cfg.amp!r}")
+        for name in ("batch", "accum", "num_frames", "image_size"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        if cfg.lr <= 0:
+            raise ValueError(f"lr must be positive, got {cfg.lr}")
+
+    def _channels(self) -> int:
+        x = self.train_set[0][0]
+        return int(x.shape[1])
+
+    def _resume(self, path: str) -> None:
+        if path == "auto":
+            path = os.path.join(self.out_dir, "last.safetensors")
+            if not os.path.isfile(path):
+                return  # nothing to resume: start fresh
+        meta = ckpt.read_metadata(path)
+        saved = meta.get("config", {})
+        mine = self.cfg.to_dict()
+        diff = sorted(k for k in mine if k not in TrainConfig.RESUMABLE_CHANGES and k in saved
+                      and json.dumps(saved[k], sort_keys=True) != json.dumps(mine[k], sort_keys=True))
+        if diff:
+            raise ValueError(f"cannot resume from {path}: the run's settings differ in {diff} "
+                             f"(checkpoint: {[saved[k] for k in diff]}, now: {[mine[k] for k in diff]})")
+        meta = ckpt.load_checkpoint(path, model=self.module, optimizer=self.optimizer, scaler=self.scaler,
+                                    restore_rng=True, map_location=self.device)
+        self.step = int(meta["step"])
+        self.best = meta.get("extra", {}).get("best")
+
+    # ---- data -----------------------------------------------------------------------------------
+    def _loader(self, dataset, batches: list[list[int]], seed: int) -> DataLoader:
+        g = torch.Generator()
+        g.manual_seed(seed)  # the loader's own generator: creating it leaves the global RNG alone
+        return DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.workers, generator=g,
+                          pin_memory=self.device.type == "cuda")
+
+    def train_batches(self, epoch: int, first_step: int = 0) -> list[list[int]]:
+        """This process's micro-batches (indices) for optimizer steps ``first_step..`` of ``epoch``."""
+        sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                     shuffle=True, seed=self.cfg.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        mine = list(iter(sampler))
+        per_step = self.cfg.batch // self.dist.world_size
+        out = []
+        for s in range(first_step, self.steps_per_epoch):
+            chunk = mine[s * per_step:(s + 1) * per_step]
+            out += [chunk[a * self.micro_batch:(a + 1) * self.micro_batch] for a in range(self.cfg.accum)]
+        return out
+
+    # ---- steps ----------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _loss(self, model, x, y):
+        with self._autocast():
+            out = model(x)
+        out = out.float()
+        if self.task == "classify":
+            return F.cross_entropy(out, y), out
+        return F.mse_loss(out, y.float()), out
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.cfg.lr, self.warmup_steps, self.cfg.min_lr_ratio)
+
+    def fit(self, stop_at: Optional[int] = None) -> dict:
+        """Train to the configured length (or to step ``stop_at``, checkpointing there); returns the last
+        evaluation metrics (or the last train metrics if no evaluation ran)."""
+        cfg = self.cfg
+        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        bar = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        last: dict = {}
+        window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+        self.model.train()
+        while self.step < end:
+            epoch, within = divmod(self.step, self.steps_per_epoch)
+            _set_epoch(self.train_set, epoch)
+            loader = self._loader(self.train_set, self.train_batches(epoch, within),
+                                  seed=cfg.seed * 100003 + epoch)
+            it = iter(loader)
+            while within < self.steps_per_epoch and self.step < end:
+                lr = self.lr(self.step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                step_loss = 0.0
+                for a in range(cfg.accum):
+                    x, y = next(it)
+                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    sync = a == cfg.accum - 1 or not self.dist.enabled
+                    ctx = contextlib.nullcontext() if sync else self.model.no_sync()
+                    with ctx:
+                        loss, _ = self._loss(self.model, x, y)
+                        self.scaler.scale(loss / cfg.accum).backward()
+                    step_loss += float(loss.detach()) / cfg.accum
+                if cfg.clip_grad:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                within += 1
+                window_loss, window_n = window_loss + step_loss, window_n + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+                if self.step % cfg.log_every == 0 or self.step == end:
+                    total, n = all_reduce_sum([window_loss, window_n], self.dist)
+                    dt = time.perf_counter() - t0
+                    last = {"split": "train", "step": self.step, "epoch": epoch, "loss": total / n, "lr": lr,
+                            "samples_per_s": window_n * cfg.batch / dt if dt > 0 else None}
+                    self._log(last)
+                    window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+                epoch_end = within == self.steps_per_epoch
+                if (epoch_end and cfg.eval_each_epoch) or self.step == self.total_steps:
+                    last = self.evaluate()
+                    last.update(step=self.step, epoch=epoch)
+                    self._log(last)
+                    self.model.train()
+                    key = "acc" if self.task == "classify" else "mse"
+                    better = self.best is None or (last[key] > self.best if key == "acc" else last[key] < self.best)
+                    if better:
+                        self.best = last[key]
+                        self.save(os.path.join(self.out_dir, "best.safetensors"))
+                if epoch_end or self.step == end or (cfg.save_every and self.step % cfg.save_every == 0):
+                    self.save(os.path.join(self.out_dir, "last.safetensors"))
+            del it, loader
+        if bar is not None:
+            bar.close()
+        return last
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: Optional[nn.Module] = None, dataset=None) -> dict:
+        """Metrics over the whole evaluation set (split over processes, summed)."""
+        model = self.module if model is None else model
+        dataset = self.eval_set if dataset is None else dataset
+        was_training = model.training
+        model.eval()
+        idx = list(range(self.dist.rank, len(dataset), self.dist.world_size))
+        per = max(self.micro_batch * self.cfg.accum, 1)
+        batches = [idx[i:i + per] for i in range(0, len(idx), per)]
+        loss_sum = correct = top5 = count = 0.0
+        for x, y in self._loader(dataset, batches, seed=0):
+            x, y = x.to(self.device), y.to(self.device)
+            loss, out = self._loss(model, x, y)
+            n = x.shape[0]
+            loss_sum += float(loss) * n
+            count += n
+            if self.task == "classify":
+                correct += float((out.argmax(-1) == y).sum())
+                k = min(5, out.shape[-1])
+                top5 += float((out.topk(k, -1).indices == y[:, None]).any(-1).sum())
+        loss_sum, correct, top5, count = all_reduce_sum([loss_sum, correct, top5, count], self.dist)
+        model.train(was_training)
+        out = {"split": "eval", "loss": loss_sum / count, "samples": int(count)}
+        if self.task == "classify":
+            out.update(acc=correct / count, top5=top5 / count, chance=1 / max(len(self.classes), 1))
+        else:
+            out["mse"] = out["loss"]
+            out["copy_last_mse"] = self.copy_last_baseline()
+        return out
+
+    def copy_last_baseline(self) -> float:
+        if self._baseline is None:
+            ds = self.eval_set
+            self._baseline = ds.copy_last_mse() if isinstance(ds, BouncingShapes) else float("nan")
+        return self._baseline
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({**record, "time": time.time()}) + "\n")
+
+    def inference_transform(self) -> dict:
+        """How ``predict`` turns a video file into model input, as a :class:`ClipTransform` dict."""
+        t = getattr(self.train_set, "transform", None)
+        if isinstance(t, ClipTransform):
+            t = dataclasses.replace(t, sampling="uniform", crop="center")
+        else:  # synthetic data lives in [0, 1]: scale pixels the same way, no mean/std
+            c = self._channels()
+            t = ClipTransform(num_frames=self.cfg.num_frames, image_size=self.cfg.image_size,
+                              resize=self.cfg.image_size, mean=(0.0,) * c, std=(1.0,) * c)
+        return dataclasses.asdict(t)
+
+    def checkpoint_config(self) -> dict:
+        """What a checkpoint records about the run (for resume and predict)."""
+        return self.cfg.to_dict()
+
+    def save(self, path: str) -> None:
+        """Checkpoint (rank 0 writes; every process waits for it)."""
+        if self.dist.is_main:
+            cfg = self.cfg
+            ckpt.save_checkpoint(
+                path, model=self.module, optimizer=self.optimizer, scaler=self.scaler, step=self.step,
+                epoch=self.step // self.steps_per_epoch, config=self.checkpoint_config(), classes=self.classes,
+                scheduler={"kind": "warmup_cosine", "lr": cfg.lr, "warmup_steps": self.warmup_steps,
+                           "total_steps": self.total_steps, "min_lr_ratio": cfg.min_lr_ratio},
+                extra={"model_spec": self.spec, "task": self.task, "best": self.best,
+                       "transform": self.inference_transform()})
+        barrier(self.dist)
+
+
+# ---- inference ------------------------------------------------------------------------------------
+def load_trained_model(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a model from a training checkpoint; returns (model in eval mode, metadata)."""
+    meta = ckpt.read_metadata(path)
+    spec = meta.get("extra", {}).get("model_spec")
+    if spec is None:
+        raise ValueError(f"{path} records no model_spec: it was not written by fast-timesformer train")
+    model = build_model(spec)
+    ckpt.load_checkpoint(path, model=model)
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def predict_video(video_path: str, checkpoint_path: str, top_k: int = 5,
+                  device: str | torch.device = "cpu") -> list[tuple[str, float]]:
+    """Top-k (class name, probability) for one video file, with the checkpoint's preprocessing."""
+    from .data import preprocess_clip, read_video
+
+    model, meta = load_trained_model(checkpoint_path, device)
+    if meta.get("extra", {}).get("task") != "classify":
+        raise ValueError(f"{checkpoint_path} is a {meta.get('extra', {}).get('task')!r} model; predict needs "
+                         "a classification checkpoint")
+    classes = meta.get("classes") or []
+    t = ClipTransform(**{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in meta["extra"]["transform"].items()})
+    clip = preprocess_clip(read_video(video_path, t.num_frames, "uniform"), t)
+    probs = model(clip.unsqueeze(0).to(device)).float().softmax(-1)[0]
+    k = min(top_k, probs.numel())
+    top = probs.topk(k)
+    names = [classes[i] if i < len(classes) else str(i) for i in top.indices.tolist()]
+    return list(zip(names, top.values.tolist()))

@@ -1,0 +1,217 @@
+"""Training: exact resume, checkpoints, accumulation, the CLI (train / predict), prediction task."""
+import json
+import os
+
+import pytest
+import torch
+
+from fast_timesformer.train import checkpoint as ckpt
+from fast_timesformer.train.trainer import TrainConfig, Trainer, _param_groups, lr_at, parse_backend
+
+
+def tiny(tmp_path, **kw) -> TrainConfig:
+    base = dict(model='{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}',
+                num_frames=4, image_size=16, train_samples=12, eval_samples=8, batch=4, steps=4,
+                lr=3e-3, warmup=1, out_dir=str(tmp_path), progress=False, log_every=1, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_equals_straight_run(tmp_path):
+    """2 steps, checkpoint, a new process-like Trainer resumes, 2 more steps == 4 steps straight: bit for
+    bit, with dropout and drop-path on (global RNG restored) and an epoch boundary crossed (3 steps per
+    epoch: new data order, evaluation in between)."""
+    drop = dict(attn_dropout=0.1, ff_dropout=0.2, drop_path=0.3)
+    straight = Trainer(tiny(tmp_path / "a", **drop))
+    straight.fit()
+    assert straight.step == 4
+
+    first = Trainer(tiny(tmp_path / "b", **drop))
+    first.fit(stop_at=2)
+    assert first.step == 2
+    last = tmp_path / "b" / "last.safetensors"
+    assert last.is_file()
+    torch.manual_seed(1234)  # whatever happened to the RNG meanwhile must not matter
+    resumed = Trainer(tiny(tmp_path / "b", resume=str(last), **drop))
+    assert resumed.step == 2
+    resumed.fit()
+    assert resumed.step == 4
+
+    a, b = params(straight.module), params(resumed.module)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for pid in sa:
+        for key in sa[pid]:
+            assert torch.equal(sa[pid][key], sb[pid][key]), (pid, key)
+    # and dropout did something: without it the result differs
+    nodrop = Trainer(tiny(tmp_path / "c"))
+    nodrop.fit()
+    assert any(not torch.equal(a[k], v) for k, v in params(nodrop.module).items())
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    t = Trainer(tiny(tmp_path))
+    t.fit(stop_at=1)
+    with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
+        Trainer(tiny(tmp_path, lr=1e-2, resume="auto"))
+    fresh = Trainer(tiny(tmp_path / "elsewhere", resume="auto"))  # no checkpoint there: a fresh start
+    assert fresh.step == 0
+
+
+def test_checkpoint_roundtrip_and_atomic_write(tmp_path):
+    t = Trainer(tiny(tmp_path))
+    t.fit(stop_at=2)
+    path = tmp_path / "last.safetensors"
+    meta = ckpt.read_metadata(str(path))
+    assert meta["step"] == 2 and meta["classes"] == t.classes and meta["config"]["lr"] == 3e-3
+    assert meta["extra"]["model_spec"]["class"] == "TimeSformer"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+    assert any(k.startswith("optim.") and k.endswith(".exp_avg") for k in keys)
+    assert "rng.torch" in keys and any(k.startswith("model.blocks.0.") for k in keys)
+    # the optimizer state survives a round trip exactly
+    opt2 = torch.optim.AdamW(_param_groups(t.module, 0.0), lr=1.0)
+    model2 = type(t.module)(**{**t.module.config})
+    ckpt.load_checkpoint(str(path), model=model2, optimizer=opt2)
+    for k, v in t.module.state_dict().items():
+        assert torch.equal(v, model2.state_dict()[k])
+    s1, s2 = t.optimizer.state_dict(), opt2.state_dict()
+    assert s1["param_groups"][0]["lr"] == s2["param_groups"][0]["lr"]
+    for pid in s1["state"]:
+        for key, v in s1["state"][pid].items():
+            assert torch.equal(v, s2["state"][pid][key])
+    # no temporary file is left behind, and a failing write leaves the old file intact
+    files = sorted(os.listdir(tmp_path))
+    assert files == ["last.safetensors", "metrics.jsonl"]  # no evaluation yet, so no best checkpoint
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        ckpt.atomic_save_file({"bad": torch.zeros(2)[None].expand(3, 2)[:, ::2].t()}, str(path),
+                              {"x": object()})  # metadata values must be strings: the write fails
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == files
+    # a strict load names the keys that do not fit
+    other = type(t.module)(**{**t.module.config, "depth": 2})
+    with pytest.raises(RuntimeError, match="unexpected"):
+        ckpt.load_checkpoint(str(path), model=other)
+    with pytest.raises(ValueError, match="not a fast_timesformer"):
+        from safetensors.torch import save_file
+
+        save_file({"a": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+        ckpt.read_metadata(str(tmp_path / "plain.safetensors"))
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+    full = Trainer(tiny(tmp_path / "a", steps=2))
+    full.fit()
+    acc = Trainer(tiny(tmp_path / "b", steps=2, accum=2))
+    assert acc.micro_batch == 2
+    acc.fit()
+    for k, v in params(full.module).items():
+        torch.testing.assert_close(params(acc.module)[k], v, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="divisible"):
+        Trainer(tiny(tmp_path / "c", accum=3))
+
+
+def test_lr_schedule_and_backend_spec():
+    lrs = [lr_at(s, 10, 1.0, 2, 0.1) for s in range(10)]
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[2] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + torch.cos(
+        torch.tensor(7 / 8 * torch.pi)).item()))
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # decays after warmup
+    assert parse_backend("regular") == "regular"
+    assert parse_backend("time=regular, space=performer") == {"time": "regular", "space": "performer"}
+    with pytest.raises(ValueError, match="step=name"):
+        parse_backend("time=,space=performer")
+
+
+def test_per_step_backend_and_bf16_autocast(tmp_path):
+    t = Trainer(tiny(tmp_path, backend="time=regular,space=performer", backend_options={"nb_features": 8},
+                     amp="bf16", steps=2))
+    names = {(m.step, m.backend) for m in t.module.attention_modules()}
+    assert names == {("time", "regular"), ("space", "performer")}
+    out = t.fit()
+    assert out["split"] == "eval" and 0 <= out["acc"] <= 1
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        Trainer(tiny(tmp_path / "x", amp="fp16"))
+
+
+def test_learns_the_motion_task_above_chance(tmp_path):
+    """A temporal model learns moving-shapes (2 classes: forward / backward) within a short run."""
+    cfg = tiny(tmp_path, num_classes=2, train_samples=256, eval_samples=64, batch=16, steps=48, lr=3e-3,
+               warmup=0.1, log_every=100, num_frames=4)
+    out = Trainer(cfg).fit()
+    assert out["acc"] >= 0.75, out
+
+
+# ---- command line ---------------------------------------------------------------------------------
+def test_cli_train_then_predict(tmp_path, capsys):
+    av = pytest.importorskip("av", reason="PyAV (the 'video' extra) is not installed")
+    from fast_timesformer.cli import main
+
+    root = tmp_path / "videos"
+    for cls, value in (("dark", 40), ("bright", 200)):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            with av.open(str(root / cls / f"{i}.mp4"), mode="w") as c:
+                s = c.add_stream("mpeg4", rate=4)
+                s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+                for t in range(6):
+                    img = torch.full((32, 32, 3), value + 3 * i + t, dtype=torch.uint8).numpy()
+                    for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                        c.mux(p)
+                for p in s.encode():
+                    c.mux(p)
+    out = tmp_path / "run"
+    rc = main(["train", "--dataset", str(root), "--model", "tiny", "--frames", "4", "--image-size", "16",
+               "--batch", "2", "--epochs", "2", "--lr", "3e-3", "--out", str(out), "--no-progress",
+               "--log-every", "1"])
+    assert rc == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {x["split"] for x in lines} == {"train", "eval"}
+    assert [x["step"] for x in lines if x["split"] == "eval"] == [2, 4]  # evaluation each epoch
+    capsys.readouterr()
+    rc = main(["predict", str(root / "bright" / "0.mp4"), "--checkpoint", str(out / "last.safetensors"),
+               "--top-k", "5", "--json"])
+    assert rc == 0
+    top = json.loads(capsys.readouterr().out)
+    assert sorted(x["label"] for x in top) == ["bright", "dark"]  # 2 classes: top-5 gives both
+    assert abs(sum(x["probability"] for x in top) - 1) < 1e-4
+    assert top[0]["probability"] >= top[1]["probability"]
+    with pytest.raises(FileNotFoundError):
+        main(["predict", str(root / "missing.mp4"), "--checkpoint", str(out / "last.safetensors")])
+
+
+def test_cli_rejects_bad_options(tmp_path):
+    from fast_timesformer.cli import main
+
+    with pytest.raises(ValueError, match="unknown model"):
+        main(["train", "--model", "no_such_model", "--steps", "1", "--out", str(tmp_path), "--no-progress"])
+    with pytest.raises(ValueError, match="unknown dataset"):
+        main(["train", "--dataset", "kinetics-9000", "--steps", "1", "--out", str(tmp_path), "--no-progress"])
+    with pytest.raises(SystemExit):
+        main(["train", "--epochs", "1", "--steps", "1"])  # one length only
+
+
+# ---- future-frame prediction ----------------------------------------------------------------------
+def test_future_frame_prediction_trains(tmp_path):
+    pytest.importorskip("fast_timesformer.models.generative")
+    cfg = tiny(tmp_path, dataset="bouncing", num_target_frames=2, steps=3, train_samples=8, eval_samples=4)
+    t = Trainer(cfg)
+    assert type(t.module).__name__ == "GenerativeTimeSformer"
+    out = t.fit()
+    assert out["split"] == "eval" and out["mse"] > 0 and out["copy_last_mse"] > 0
+    meta = ckpt.read_metadata(str(tmp_path / "last.safetensors"))
+    assert meta["extra"]["task"] == "predict"
+    from fast_timesformer.train.trainer import load_trained_model
+
+    model, _ = load_trained_model(str(tmp_path / "last.safetensors"))
+    x, _ = t.eval_set[0]
+    torch.testing.assert_close(model(x[None]), t.module.eval()(x[None]))
