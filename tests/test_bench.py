@@ -219,3 +219,27 @@ def test_cli_bench_and_plot(tmp_path, capsys):
     rc = main(["plot", "--results", str(out), "--out", str(tmp_path / "plots")])
     assert rc == 0 and (tmp_path / "plots" / "summary.md").exists()
     assert main(["plot", "--results", str(tmp_path / "nothing")]) == 2
+
+
+def test_interleaved_points_are_timed_round_robin(tmp_path, monkeypatch):
+    calls = []
+    real_build = workloads.build
+
+    def build(w, **kw):
+        b = real_build(w, **kw)
+        inner = b.step
+
+        def step():
+            calls.append(w.frames)
+            return inner()
+        b.step = step
+        return b
+
+    monkeypatch.setattr(runner, "build", build)
+    pts = [tiny(frames=f, group="target", interleave=3) for f in (2, 4)] + [tiny(frames=6)]
+    recs = run_sweep(pts, tmp_path, progress=False, log=quiet)
+    assert [r["status"] for r in recs] == ["ok", "ok", "ok"]
+    # FLOP count + memory pass per point, then three rounds A B A B A B; the plain point after
+    assert calls[:10] == [2, 2, 4, 4, 2, 4, 2, 4, 2, 4]
+    assert recs[0]["runs"] == 3 and "interleaved" in recs[0]["time_method"]
+    assert recs[0]["min_s"] <= recs[0]["median_s"] <= recs[0]["max_s"]

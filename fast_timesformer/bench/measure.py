@@ -13,8 +13,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import statistics
+import sys
 from typing import Callable
 
 import torch
@@ -99,12 +102,37 @@ def peak_memory(step: Callable[[], object], device: str) -> dict:
             "mem_method": "torch.profiler(profile_memory=True): max running total of CPU allocations"}
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (C-level prints) for the duration; Python errors still raise."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
 def cpu_peak_bytes(step: Callable[[], object]) -> int:
     """Replay the CPU allocations/frees the profiler records during ``step()``; return the peak."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():  # kineto prints a line to the C stderr at every start and stop
+        prof.__enter__()
+    try:
         step()
+    finally:
+        with _quiet_stderr():
+            prof.__exit__(None, None, None)
     events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
               if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
     events.sort(key=lambda t: t[0])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -92,44 +93,105 @@ def run_metadata(settings: Optional[dict] = None) -> dict:
 
 
 # ---- one point -------------------------------------------------------------------------------
-def measure_point(w: Workload, *, builder: Callable[[Workload], object] = None) -> dict:
-    """Measure one workload; never raises for OOM, refusals or errors (they become the status)."""
+def _new_record(w: Workload) -> dict:
+    return {"key": w.key, "workload": w.to_dict(), "label": w.label, "tokens": w.tokens,
+            "status": "ok", "reason": "", "notes": []}
+
+
+def _fail(rec: dict, e: BaseException) -> None:
+    """Turn an exception into the record's status: skipped (refusal), oom, or error."""
     from ..backends.registry import BackendUnavailable
 
-    builder = builder or build
-    rec = {"key": w.key, "workload": w.to_dict(), "label": w.label, "tokens": w.tokens,
-           "status": "ok", "reason": "", "notes": []}
-    built = None
-    t0 = time.perf_counter()
+    if isinstance(e, (Skip, BackendUnavailable)):
+        rec.update(status="skipped", reason=str(e))
+    elif measure.is_oom(e):
+        rec.update(status="oom", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+    else:
+        rec.update(status="error", reason=f"{type(e).__name__}: {e}"[:2000],
+                   traceback=traceback.format_exc(limit=6)[-4000:])
+
+
+def _prepare(w: Workload, builder) -> tuple:
+    """Build, count FLOPs (first call: also the warm-up and the refusal check), measure peak memory."""
+    rec, built = _new_record(w), None
     try:
         built = builder(w)
         rec["notes"] = list(built.notes)
         rec["params"] = sum(p.numel() for p in built.model.parameters())
-        rec["flops"] = measure.count_flops(built.step)  # first call: also the warm-up and the refusal check
+        rec["flops"] = measure.count_flops(built.step)
         measure.sync(w.device)
         rec.update(measure.peak_memory(built.step, w.device))
-        rec.update(measure.time_step(built.step, w.device, min_run_time=w.min_run_time))
+    except Exception as e:  # noqa: BLE001 - a sweep records failures and goes on
+        _fail(rec, e)
+        built = None
+    return rec, built
+
+
+def _finish(w: Workload, rec: dict, built) -> None:
+    try:
         rec["throughput_clips_s"] = w.batch / rec["median_s"]
         rec["tflops_s"] = rec["flops"] / rec["median_s"] / 1e12
         if built.reference_output is not None:
             rec["rel_error"] = measure.relative_error(built.output(), built.reference_output())
             rec["error_kind"] = ("deviation (different model)" if w.backend == "fastformer"
                                  else "approximation error")
-    except Skip as e:
-        rec.update(status="skipped", reason=str(e))
-    except BackendUnavailable as e:
-        rec.update(status="skipped", reason=str(e))
-    except Exception as e:  # noqa: BLE001 - a sweep records failures and goes on
-        if measure.is_oom(e):
-            rec.update(status="oom", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
-        else:
-            rec.update(status="error", reason=f"{type(e).__name__}: {e}"[:2000],
-                       traceback=traceback.format_exc(limit=6)[-4000:])
-    finally:
+    except Exception as e:  # noqa: BLE001
+        _fail(rec, e)
+
+
+def measure_point(w: Workload, *, builder: Callable[[Workload], object] = None) -> dict:
+    """Measure one workload; never raises for OOM, refusals or errors (they become the status)."""
+    t0 = time.perf_counter()
+    rec, built = _prepare(w, builder or build)
+    if built is not None:
+        try:
+            rec.update(measure.time_step(built.step, w.device, min_run_time=w.min_run_time))
+            _finish(w, rec, built)
+        except Exception as e:  # noqa: BLE001
+            _fail(rec, e)
+    if built is not None or rec["status"] != "skipped":
         del built
         measure.free_memory(w.device)
     rec["wall_s"] = time.perf_counter() - t0
     return rec
+
+
+def measure_interleaved(ws: list, *, builder: Callable[[Workload], object] = None, rounds: int = 3) -> list:
+    """Measure several workloads with their timed calls taken round-robin (A B C A B C ...).
+
+    For comparisons on a shared CPU: drifting load from other processes hits every implementation
+    alike. Latency = median over ``rounds`` single calls timed with ``time.perf_counter`` (a
+    ``torch.utils.benchmark`` timer would add its own warm-up calls, seconds each at this size).
+    """
+    t0 = time.perf_counter()
+    prepared = [(w, *_prepare(w, builder or build)) for w in ws]
+    times = {id(rec): [] for _, rec, _ in prepared}
+    for _ in range(rounds):
+        for w, rec, built in prepared:
+            if built is None or rec["status"] != "ok":
+                continue
+            try:
+                measure.sync(w.device)
+                start = time.perf_counter()
+                built.step()
+                measure.sync(w.device)
+                times[id(rec)].append(time.perf_counter() - start)
+            except Exception as e:  # noqa: BLE001
+                _fail(rec, e)
+    out = []
+    for w, rec, built in prepared:
+        ts = sorted(times[id(rec)])
+        if rec["status"] == "ok" and ts:
+            q = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else [ts[0]] * 3
+            rec.update(median_s=statistics.median(ts), iqr_s=q[2] - q[0], min_s=ts[0], max_s=ts[-1], runs=len(ts),
+                       times_s=ts, time_method=f"time.perf_counter per call, {rounds} rounds "
+                                               f"interleaved with {len(ws) - 1} other implementation(s)")
+            _finish(w, rec, built)
+        rec["wall_s"] = (time.perf_counter() - t0) / len(ws)
+        out.append(rec)
+    del prepared, built
+    measure.free_memory(ws[0].device)
+    return out
 
 
 # ---- results files ---------------------------------------------------------------------------
@@ -225,19 +287,26 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
     fresh = {}
     with results_path.open("a") as fh:
         for i, w in enumerate(todo):
+            if w.key in fresh:
+                continue
             if bar is not None:
                 bar.set_description(w.label[:60])
             elif progress:
                 log(f"[{i + 1}/{len(todo)}] {w.label}")
-            rec = measure_point(w, builder=builder)
-            rec["run_id"] = run["run_id"]
-            rec["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            fh.write(json.dumps(rec, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-            fresh[w.key] = rec
-            if bar is not None:
-                bar.update(1)
+            if w.interleave and w.device.startswith("cpu"):
+                batch = [v for v in todo if v.interleave and v.group == w.group and v.key not in fresh]
+                recs = measure_interleaved(batch, builder=builder, rounds=w.interleave)
+            else:
+                recs = [measure_point(w, builder=builder)]
+            for rec in recs:
+                rec["run_id"] = run["run_id"]
+                rec["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                fh.write(json.dumps(rec, default=str) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                fresh[rec["key"]] = rec
+                if bar is not None:
+                    bar.update(1)
     if bar is not None:
         bar.close()
     run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -86,10 +86,11 @@ def _approx(base: Workload, nb_features=(16, 64, 256), schemes=("divided_space_t
     return pts
 
 
-def _target(device: str, dtype: str, batch: int, mode: str, backends, min_run_time: float, peers=("hf", "lucidrains")):
+def _target(device: str, dtype: str, batch: int, mode: str, backends, min_run_time: float, peers=("hf", "lucidrains"),
+            interleave: int = 0):
     base = Workload(impl="ours", scheme="divided_space_time", batch=batch, frames=8, image_size=224, dim=768,
                     depth=12, heads=12, num_classes=400, dtype=dtype, device=device, mode=mode, group="target",
-                    min_run_time=min_run_time)
+                    min_run_time=min_run_time, interleave=interleave)
     pts = [base.replace(backend=b) for b in backends]
     pts += [base.replace(impl=p, backend="regular") for p in peers]
     return pts
@@ -104,8 +105,9 @@ def cpu_suite(device: str = "cpu", impl: str = None, target: bool = True):
                     backends=sweep_backends(), modes=("fwd", "fwd+bwd"))
     points += _approx(base.replace(frames=8, image_size=128))
     if target:
-        # one warm-up (the FLOP count) + one memory pass + ~2 timed runs of ~3-6 s each per implementation
-        points += _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0)
+        # per implementation: one warm-up (the FLOP count) + one memory pass, then 3 single timed calls
+        # taken round-robin with the peers (ours, HF, lucidrains, ours, ...), ~3-6 s each
+        points += _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0, interleave=3)
     return points, {"sweep_base": {"frames": 8, "image_size": 128}, "level": impl,
                     "width": "dim 192, 3 heads, depth 2, patch 16, batch 1, float32"}
 
@@ -133,7 +135,7 @@ def models_suite(device: str = None):
         pts = _target(device, "bfloat16", 8, "fwd+bwd", ["regular", "triton"], min_run_time=0.5, peers=("hf",))
         pts += _target(device, "bfloat16", 8, "fwd", ["regular", "triton"], min_run_time=0.5)
     else:
-        pts = _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0)
+        pts = _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0, interleave=3)
     return pts, {"target": "CPU: B=1 8x224 depth 12 fwd float32; GPU: B=8 8x224 bf16 training step"}
 
 
@@ -147,7 +149,7 @@ def tiny_suite(device: str = "cpu", impl: str = "attention", peers: bool = False
     points += _approx(base.replace(frames=2, image_size=32), nb_features=(8, 32))
     if peers:
         t = Workload(impl="ours", dim=32, heads=2, depth=1, frames=2, image_size=32, num_classes=5, device=device,
-                     group="target", min_run_time=0.01)
+                     group="target", min_run_time=0.01, interleave=3)
         points += [t, t.replace(impl="hf"), t.replace(impl="lucidrains")]
     return points, {"sweep_base": {"frames": 2, "image_size": 32}, "level": impl}
 

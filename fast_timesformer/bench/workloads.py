@@ -60,6 +60,7 @@ class Workload:
     backend_options: tuple = ()  # sorted (name, value) pairs, e.g. (("nb_features", 256),)
     group: str = "default"  # which sweep/plot the point belongs to ("frames", "resolution", ...)
     min_run_time: float = 0.25  # seconds of timed runs (CPU: torch.utils.benchmark blocked_autorange)
+    interleave: int = 0  # CPU: time this point round-robin with the other interleaved points of its group
     reference: bool = False  # also measure the output's relative error against backend "regular"
 
     def __post_init__(self):
