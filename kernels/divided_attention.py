@@ -32,7 +32,8 @@ only: the interpreter has no bfloat16 arithmetic).
 """
 from __future__ import annotations
 
-import math
+import os
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -48,8 +49,6 @@ try:  # triton >= 3.4 reads its settings through ``knobs``; older versions read 
 
     INTERPRETED = bool(_knobs.runtime.interpret)
 except (ImportError, AttributeError):  # pragma: no cover
-    import os
-
     INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 MAX_HEAD_DIM = 128
@@ -61,23 +60,24 @@ LOG2E = 1.4426950408889634
 # ---------------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------------
+# Addressing: the per-program part of every offset (batch, head, first group) is a 64-bit scalar; the
+# per-element part inside a tile is 32-bit, so the [BM, BD] pointer tiles cost one 64-bit add each.
 @triton.jit
 def _tile(r, start, g0, G, S, GPB, PACKED: tl.constexpr):
-    """Tile positions ``r`` -> (group, position in the group, valid).
+    """Tile positions ``r`` -> (group relative to g0, position in the group, valid).
 
     packed: position r is group g0 + r // S, element r % S (GPB groups per tile);
     flash:  position r is element start + r of group g0.
     """
     if PACKED:
         gl = r // S
-        g = g0 + gl
         s = r - gl * S
-        ok = (gl < GPB) & (g < G)
+        ok = (gl < GPB) & (g0 + gl < G)
     else:
-        g = g0 + r * 0
+        gl = r * 0
         s = start + r
         ok = s < S
-    return g, s, ok
+    return gl, s, ok
 
 
 @triton.jit
@@ -99,7 +99,7 @@ def _fwd_kernel(Q, K, V, PK, PV, O, LSE,
                 PACKED: tl.constexpr, HAS_PREFIX: tl.constexpr, STORE_LSE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
                 PREC: tl.constexpr):
-    tile = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     if PACKED:
@@ -108,11 +108,12 @@ def _fwd_kernel(Q, K, V, PK, PV, O, LSE,
     else:
         g0 = tile // N_MB
         m0 = (tile % N_MB) * BLOCK_M
+    gb = g0.to(tl.int64)
     rd = tl.arange(0, BLOCK_D)
     d_ok = rd < D
     qg, qs, q_ok = _tile(tl.arange(0, BLOCK_M), m0, g0, G, SQ, GPB, PACKED)
     q_mask = q_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + qg[:, None] * sqg + qs[:, None] * sqs + rd[None, :] * sqd,
+    q = tl.load(Q + b * sqb + h * sqh + gb * sqg + (qg[:, None] * sqg + qs[:, None] * sqs + rd[None, :] * sqd),
                 mask=q_mask, other=0.0)  # [BM, BD]
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -121,8 +122,8 @@ def _fwd_kernel(Q, K, V, PK, PV, O, LSE,
         rp = tl.arange(0, BLOCK_P)
         p_ok = rp < P
         p_mask = p_ok[:, None] & d_ok[None, :]
-        pk = tl.load(PK + b * spkb + h * spkh + rp[:, None] * spkp + rd[None, :] * spkd, mask=p_mask, other=0.0)
-        pv = tl.load(PV + b * spvb + h * spvh + rp[:, None] * spvp + rd[None, :] * spvd, mask=p_mask, other=0.0)
+        pk = tl.load(PK + b * spkb + h * spkh + (rp[:, None] * spkp + rd[None, :] * spkd), mask=p_mask, other=0.0)
+        pv = tl.load(PV + b * spvb + h * spvh + (rp[:, None] * spvp + rd[None, :] * spvd), mask=p_mask, other=0.0)
         sp = tl.dot(q, tl.trans(pk), input_precision=PREC) * qk_scale  # [BM, BP]
         sp = tl.where(p_ok[None, :], sp, float("-inf"))
         m_i, l_i, acc = _softmax_step(sp, pv, m_i, l_i, acc, PREC)
@@ -130,23 +131,23 @@ def _fwd_kernel(Q, K, V, PK, PV, O, LSE,
         n_end = BLOCK_N
     else:
         n_end = SK
+    Kb = K + b * skb + h * skh + gb * skg
+    Vb = V + b * svb + h * svh + gb * svg
     for n0 in range(0, n_end, BLOCK_N):
         kg, ks, k_ok = _tile(tl.arange(0, BLOCK_N), n0, g0, G, SK, GPB, PACKED)
         kv_mask = k_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + b * skb + h * skh + kg[:, None] * skg + ks[:, None] * sks + rd[None, :] * skd,
-                    mask=kv_mask, other=0.0)  # [BN, BD]
-        v = tl.load(V + b * svb + h * svh + kg[:, None] * svg + ks[:, None] * svs + rd[None, :] * svd,
-                    mask=kv_mask, other=0.0)  # [BN, BD]
+        k = tl.load(Kb + (kg[:, None] * skg + ks[:, None] * sks + rd[None, :] * skd), mask=kv_mask, other=0.0)
+        v = tl.load(Vb + (kg[:, None] * svg + ks[:, None] * svs + rd[None, :] * svd), mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [BM, BN]
         s = tl.where(k_ok[None, :] & (kg[None, :] == qg[:, None]), s, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc, PREC)
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     o = acc / l_safe[:, None]
-    tl.store(O + b * sob + h * soh + qg[:, None] * sog + qs[:, None] * sos + rd[None, :] * sod,
+    tl.store(O + b * sob + h * soh + gb * sog + (qg[:, None] * sog + qs[:, None] * sos + rd[None, :] * sod),
              o.to(O.dtype.element_ty), mask=q_mask)
     if STORE_LSE:  # natural-log LSE of the scaled scores, (batch, heads, groups, Sq) contiguous
         lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453
-        tl.store(LSE + ((b * H + h) * G + qg) * SQ + qs, lse, mask=q_ok)
+        tl.store(LSE + ((b * H + h) * G + gb) * SQ + (qg * SQ + qs), lse, mask=q_ok)
 
 
 @triton.jit
@@ -160,8 +161,8 @@ def _prefix_grads(q, do, lse2, delta, q_ok, PK, PV, DPK, DPV, b, h, tile, N_TILE
     rp = tl.arange(0, BLOCK_P)
     p_ok = rp < P
     p_mask = p_ok[:, None] & d_ok[None, :]
-    pk = tl.load(PK + b * spkb + h * spkh + rp[:, None] * spkp + rd[None, :] * spkd, mask=p_mask, other=0.0)
-    pv = tl.load(PV + b * spvb + h * spvh + rp[:, None] * spvp + rd[None, :] * spvd, mask=p_mask, other=0.0)
+    pk = tl.load(PK + b * spkb + h * spkh + (rp[:, None] * spkp + rd[None, :] * spkd), mask=p_mask, other=0.0)
+    pv = tl.load(PV + b * spvb + h * spvh + (rp[:, None] * spvp + rd[None, :] * spvd), mask=p_mask, other=0.0)
     s = tl.dot(q, tl.trans(pk), input_precision=PREC) * qk_scale  # [BM, BP]
     p = tl.where(q_ok[:, None] & p_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
     dpv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)  # [BP, BD]
@@ -169,9 +170,10 @@ def _prefix_grads(q, do, lse2, delta, q_ok, PK, PV, DPK, DPV, b, h, tile, N_TILE
     ds = p * (dp - delta[:, None])
     dq = tl.dot(ds.to(pk.dtype), pk, input_precision=PREC)  # [BM, BD]
     dpk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale  # [BP, BD]
-    off = (((b * H + h) * N_TILES + tile) * P + rp[:, None]) * D + rd[None, :]
-    tl.store(DPK + off, dpk, mask=p_mask)
-    tl.store(DPV + off, dpv, mask=p_mask)
+    base = ((b * H + h) * N_TILES + tile) * P * D
+    off = rp[:, None] * D + rd[None, :]
+    tl.store(DPK + base + off, dpk, mask=p_mask)
+    tl.store(DPV + base + off, dpv, mask=p_mask)
     return dq
 
 
@@ -185,27 +187,28 @@ def _bwd_packed_kernel(Q, K, V, O, DO, LSE, PK, PV, DQ, DK, DV, DPK, DPV,
                        HAS_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     """dq, dk, dv of GPB whole groups in one pass (every key belongs to exactly one program)."""
-    tile = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     g0 = tile * GPB
+    gb = g0.to(tl.int64)
     rd = tl.arange(0, BLOCK_D)
     d_ok = rd < D
     qg, qs, q_ok = _tile(tl.arange(0, BLOCK_M), 0, g0, G, SQ, GPB, True)
     kg, ks, k_ok = _tile(tl.arange(0, BLOCK_N), 0, g0, G, SK, GPB, True)
     q_mask = q_ok[:, None] & d_ok[None, :]
     k_mask = k_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + qg[:, None] * sqg + qs[:, None] * sqs + rd[None, :] * sqd,
+    q = tl.load(Q + b * sqb + h * sqh + gb * sqg + (qg[:, None] * sqg + qs[:, None] * sqs + rd[None, :] * sqd),
                 mask=q_mask, other=0.0)  # [BM, BD]
-    do = tl.load(DO + b * sdob + h * sdoh + qg[:, None] * sdog + qs[:, None] * sdos + rd[None, :] * sdod,
+    do = tl.load(DO + b * sdob + h * sdoh + gb * sdog + (qg[:, None] * sdog + qs[:, None] * sdos + rd[None, :] * sdod),
                  mask=q_mask, other=0.0)  # [BM, BD]
-    o = tl.load(O + b * sob + h * soh + qg[:, None] * sog + qs[:, None] * sos + rd[None, :] * sod,
+    o = tl.load(O + b * sob + h * soh + gb * sog + (qg[:, None] * sog + qs[:, None] * sos + rd[None, :] * sod),
                 mask=q_mask, other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # [BM]
-    lse2 = tl.load(LSE + ((b * H + h) * G + qg) * SQ + qs, mask=q_ok, other=0.0) * 1.4426950408889634
-    k = tl.load(K + b * skb + h * skh + kg[:, None] * skg + ks[:, None] * sks + rd[None, :] * skd,
+    lse2 = tl.load(LSE + ((b * H + h) * G + gb) * SQ + (qg * SQ + qs), mask=q_ok, other=0.0) * 1.4426950408889634
+    k = tl.load(K + b * skb + h * skh + gb * skg + (kg[:, None] * skg + ks[:, None] * sks + rd[None, :] * skd),
                 mask=k_mask, other=0.0)  # [BN, BD]
-    v = tl.load(V + b * svb + h * svh + kg[:, None] * svg + ks[:, None] * svs + rd[None, :] * svd,
+    v = tl.load(V + b * svb + h * svh + gb * svg + (kg[:, None] * svg + ks[:, None] * svs + rd[None, :] * svd),
                 mask=k_mask, other=0.0)  # [BN, BD]
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [BM, BN]
     valid = q_ok[:, None] & k_ok[None, :] & (qg[:, None] == kg[None, :])
@@ -219,11 +222,11 @@ def _bwd_packed_kernel(Q, K, V, O, DO, LSE, PK, PV, DQ, DK, DV, DPK, DPV,
         dq += _prefix_grads(q, do, lse2, delta, q_ok, PK, PV, DPK, DPV, b, h, tile, N_TILES,
                             spkb, spkp, spkh, spkd, spvb, spvp, spvh, spvd, P, D, H, sm_scale, qk_scale,
                             BLOCK_P, BLOCK_D, PREC)
-    tl.store(DQ + b * sdqb + h * sdqh + qg[:, None] * sdqg + qs[:, None] * sdqs + rd[None, :] * sdqd,
+    tl.store(DQ + b * sdqb + h * sdqh + gb * sdqg + (qg[:, None] * sdqg + qs[:, None] * sdqs + rd[None, :] * sdqd),
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
-    tl.store(DK + b * sdkb + h * sdkh + kg[:, None] * sdkg + ks[:, None] * sdks + rd[None, :] * sdkd,
+    tl.store(DK + b * sdkb + h * sdkh + gb * sdkg + (kg[:, None] * sdkg + ks[:, None] * sdks + rd[None, :] * sdkd),
              dk.to(DK.dtype.element_ty), mask=k_mask)
-    tl.store(DV + b * sdvb + h * sdvh + kg[:, None] * sdvg + ks[:, None] * sdvs + rd[None, :] * sdvd,
+    tl.store(DV + b * sdvb + h * sdvh + gb * sdvg + (kg[:, None] * sdvg + ks[:, None] * sdvs + rd[None, :] * sdvd),
              dv.to(DV.dtype.element_ty), mask=k_mask)
 
 
@@ -231,16 +234,16 @@ def _bwd_packed_kernel(Q, K, V, O, DO, LSE, PK, PV, DQ, DK, DV, DPK, DPV,
 def _bwd_delta_kernel(O, DO, DELTA, sob, sog, sos, soh, sod, sdob, sdog, sdos, sdoh, sdod,
                       G, SQ, D, H, N_MB, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """delta = rowsum(dO * O), (batch, heads, groups, Sq) fp32."""
-    tile = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    g = tile // N_MB
+    g = (tile // N_MB).to(tl.int64)
     qs = (tile % N_MB) * BLOCK_M + tl.arange(0, BLOCK_M)
     q_ok = qs < SQ
     rd = tl.arange(0, BLOCK_D)
     mask = q_ok[:, None] & (rd < D)[None, :]
-    o = tl.load(O + b * sob + h * soh + g * sog + qs[:, None] * sos + rd[None, :] * sod, mask=mask, other=0.0)
-    do = tl.load(DO + b * sdob + h * sdoh + g * sdog + qs[:, None] * sdos + rd[None, :] * sdod, mask=mask,
+    o = tl.load(O + b * sob + h * soh + g * sog + (qs[:, None] * sos + rd[None, :] * sod), mask=mask, other=0.0)
+    do = tl.load(DO + b * sdob + h * sdoh + g * sdog + (qs[:, None] * sdos + rd[None, :] * sdod), mask=mask,
                  other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + ((b * H + h) * G + g) * SQ + qs, delta, mask=q_ok)
@@ -253,39 +256,39 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                      G, SQ, SK, D, H, N_NB, sm_scale, qk_scale,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     """dk, dv of one key block of one group, looping over the group's query blocks."""
-    tile = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    g = tile // N_NB
+    g = (tile // N_NB).to(tl.int64)
     ks = (tile % N_NB) * BLOCK_N + tl.arange(0, BLOCK_N)
     k_ok = ks < SK
     rd = tl.arange(0, BLOCK_D)
     d_ok = rd < D
     k_mask = k_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + b * skb + h * skh + g * skg + ks[:, None] * sks + rd[None, :] * skd, mask=k_mask, other=0.0)
-    v = tl.load(V + b * svb + h * svh + g * svg + ks[:, None] * svs + rd[None, :] * svd, mask=k_mask, other=0.0)
+    k = tl.load(K + b * skb + h * skh + g * skg + (ks[:, None] * sks + rd[None, :] * skd), mask=k_mask, other=0.0)
+    v = tl.load(V + b * svb + h * svh + g * svg + (ks[:, None] * svs + rd[None, :] * svd), mask=k_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    Qb = Q + b * sqb + h * sqh + g * sqg
+    DOb = DO + b * sdob + h * sdoh + g * sdog
+    row0 = ((b * H + h) * G + g) * SQ
     for m0 in range(0, SQ, BLOCK_M):
         qs = m0 + tl.arange(0, BLOCK_M)
         q_ok = qs < SQ
         q_mask = q_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + b * sqb + h * sqh + g * sqg + qs[:, None] * sqs + rd[None, :] * sqd, mask=q_mask,
-                    other=0.0)  # [BM, BD]
-        do = tl.load(DO + b * sdob + h * sdoh + g * sdog + qs[:, None] * sdos + rd[None, :] * sdod,
-                     mask=q_mask, other=0.0)  # [BM, BD]
-        row = ((b * H + h) * G + g) * SQ + qs
-        lse2 = tl.load(LSE + row, mask=q_ok, other=0.0) * 1.4426950408889634
-        delta = tl.load(DELTA + row, mask=q_ok, other=0.0)
+        q = tl.load(Qb + (qs[:, None] * sqs + rd[None, :] * sqd), mask=q_mask, other=0.0)  # [BM, BD]
+        do = tl.load(DOb + (qs[:, None] * sdos + rd[None, :] * sdod), mask=q_mask, other=0.0)  # [BM, BD]
+        lse2 = tl.load(LSE + row0 + qs, mask=q_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTA + row0 + qs, mask=q_ok, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # [BM, BN]
         p = tl.where(q_ok[:, None] & k_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # [BM, BN]
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-    tl.store(DK + b * sdkb + h * sdkh + g * sdkg + ks[:, None] * sdks + rd[None, :] * sdkd,
+    tl.store(DK + b * sdkb + h * sdkh + g * sdkg + (ks[:, None] * sdks + rd[None, :] * sdkd),
              (dk * sm_scale).to(DK.dtype.element_ty), mask=k_mask)
-    tl.store(DV + b * sdvb + h * sdvh + g * sdvg + ks[:, None] * sdvs + rd[None, :] * sdvd,
+    tl.store(DV + b * sdvb + h * sdvh + g * sdvg + (ks[:, None] * sdvs + rd[None, :] * sdvd),
              dv.to(DV.dtype.element_ty), mask=k_mask)
 
 
@@ -298,30 +301,30 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, PK, PV, DQ, DPK, DPV,
                    HAS_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     """dq of one query block of one group (looping over the group's key blocks) and its prefix share."""
-    tile = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    g = tile // N_MB
+    g = (tile // N_MB).to(tl.int64)
     qs = (tile % N_MB) * BLOCK_M + tl.arange(0, BLOCK_M)
     q_ok = qs < SQ
     rd = tl.arange(0, BLOCK_D)
     d_ok = rd < D
     q_mask = q_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + g * sqg + qs[:, None] * sqs + rd[None, :] * sqd, mask=q_mask, other=0.0)
-    do = tl.load(DO + b * sdob + h * sdoh + g * sdog + qs[:, None] * sdos + rd[None, :] * sdod, mask=q_mask,
+    q = tl.load(Q + b * sqb + h * sqh + g * sqg + (qs[:, None] * sqs + rd[None, :] * sqd), mask=q_mask, other=0.0)
+    do = tl.load(DO + b * sdob + h * sdoh + g * sdog + (qs[:, None] * sdos + rd[None, :] * sdod), mask=q_mask,
                  other=0.0)
-    row = ((b * H + h) * G + g) * SQ + qs
-    lse2 = tl.load(LSE + row, mask=q_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(DELTA + row, mask=q_ok, other=0.0)
+    row0 = ((b * H + h) * G + g) * SQ
+    lse2 = tl.load(LSE + row0 + qs, mask=q_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + row0 + qs, mask=q_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    Kb = K + b * skb + h * skh + g * skg
+    Vb = V + b * svb + h * svh + g * svg
     for n0 in range(0, SK, BLOCK_N):
         ks = n0 + tl.arange(0, BLOCK_N)
         k_ok = ks < SK
         k_mask = k_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + b * skb + h * skh + g * skg + ks[:, None] * sks + rd[None, :] * skd, mask=k_mask,
-                    other=0.0)
-        v = tl.load(V + b * svb + h * svh + g * svg + ks[:, None] * svs + rd[None, :] * svd, mask=k_mask,
-                    other=0.0)
+        k = tl.load(Kb + (ks[:, None] * sks + rd[None, :] * skd), mask=k_mask, other=0.0)
+        v = tl.load(Vb + (ks[:, None] * svs + rd[None, :] * svd), mask=k_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         p = tl.where(q_ok[:, None] & k_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
@@ -331,7 +334,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, PK, PV, DQ, DPK, DPV,
         dq += _prefix_grads(q, do, lse2, delta, q_ok, PK, PV, DPK, DPV, b, h, tile, N_TILES,
                             spkb, spkp, spkh, spkd, spvb, spvp, spvh, spvd, P, D, H, sm_scale, qk_scale,
                             BLOCK_P, BLOCK_D, PREC)
-    tl.store(DQ + b * sdqb + h * sdqh + g * sdqg + qs[:, None] * sdqs + rd[None, :] * sdqd,
+    tl.store(DQ + b * sdqb + h * sdqh + g * sdqg + (qs[:, None] * sdqs + rd[None, :] * sdqd),
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
@@ -357,26 +360,88 @@ def _pow2(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(x)))
 
 
-def _plan(G: int, SQ: int, SK: int, P: int, D: int, pack_limit: Optional[int] = None) -> _Plan:
-    """Tile sizes. Packed rows target 64 (a 64x64 fp32 score tile in registers); flash tiles are 64x64
-    (128 query rows for d <= 64 on long sequences). Untuned on real GPUs: see docs/triton.md."""
-    block_d = _pow2(D)
-    block_p = _pow2(max(P, 1))
-    if max(SQ, SK) <= (PACK_LIMIT if pack_limit is None else pack_limit):
-        rows = 64 if block_d <= 64 else 32
-        gpb = max(1, min(rows // SQ, rows // SK, G))
-        bm, bn = _pow2(gpb * SQ), _pow2(gpb * SK)
-        warps = 4 if max(bm, bn) * block_d <= 64 * 64 else 8
-        return _Plan(True, bm, bn, block_p, block_d, gpb, 1, 1, triton.cdiv(G, gpb), warps, 1)
-    bm = 128 if (block_d <= 64 and SQ >= 512) else 64 if SQ > 16 else 16
-    bn = 64
+def _packed_plan(G, SQ, SK, P, D, rows: int, warps: Optional[int] = None) -> _Plan:
+    """GPB whole groups per program, about ``rows`` query rows."""
+    block_d, block_p = _pow2(D), _pow2(max(P, 1))
+    gpb = max(1, min(rows // SQ, rows // SK, G))
+    bm, bn = _pow2(gpb * SQ), _pow2(gpb * SK)
+    if warps is None:
+        warps = 4 if max(bm, bn) * block_d < 64 * 64 else 8
+    return _Plan(True, bm, bn, block_p, block_d, gpb, 1, 1, triton.cdiv(G, gpb), warps, 1)
+
+
+def _flash_plan(G, SQ, SK, P, D, bm: int, bn: int, warps: Optional[int] = None, stages: int = 2) -> _Plan:
+    """One query block of one group per program, looping over key blocks of ``bn``."""
+    block_d, block_p = _pow2(D), _pow2(max(P, 1))
+    bm = min(bm, _pow2(SQ))  # a single query (the CLS row) needs no 64-row tile
     n_mb, n_nb = triton.cdiv(SQ, bm), triton.cdiv(SK, bn)
-    return _Plan(False, bm, bn, block_p, block_d, 1, n_mb, n_nb, G * n_mb, 4 if bm * block_d <= 8192 else 8, 2)
+    if warps is None:
+        warps = 4 if bm * block_d <= 8192 else 8
+    return _Plan(False, bm, bn, block_p, block_d, 1, n_mb, n_nb, G * n_mb, warps, stages)
+
+
+def _plan(G: int, SQ: int, SK: int, P: int, D: int, pack_limit: Optional[int] = None) -> _Plan:
+    """Default tiles. Packed rows target 64 (a 64x64 fp32 score tile in registers; 32 for d > 64); flash
+    tiles are 64x64 (128 query rows for d <= 64 on long sequences). Not tuned on a GPU yet: set
+    FAST_TIMESFORMER_TRITON_AUTOTUNE=1 to time the candidates of :func:`_candidates` per shape."""
+    if max(SQ, SK) <= (PACK_LIMIT if pack_limit is None else pack_limit):
+        return _packed_plan(G, SQ, SK, P, D, 64 if _pow2(D) <= 64 else 32)
+    return _flash_plan(G, SQ, SK, P, D, 128 if (_pow2(D) <= 64 and SQ >= 512) else 64, 64)
+
+
+def _candidates(G, SQ, SK, P, D) -> list:
+    """Plans the autotuner times (the default first). Packed ones only where groups fit a tile."""
+    out = [_plan(G, SQ, SK, P, D)]
+    if max(SQ, SK) <= 128:
+        out += [_packed_plan(G, SQ, SK, P, D, rows, warps) for rows in (32, 64, 128) for warps in (4, 8)
+                if rows >= max(SQ, SK)]
+    out += [_flash_plan(G, SQ, SK, P, D, bm, bn, warps, stages)
+            for bm in (64, 128) for bn in (32, 64) for warps in (4, 8) for stages in (1, 2, 3)
+            if not (bm == 128 and _pow2(D) > 64)]
+    return list(dict.fromkeys(out))
 
 
 def _bwd_warps(pl: _Plan) -> int:
     """Backward tiles hold several [BM, BN] fp32 blocks at once: more warps to keep them in registers."""
     return 8 if pl.block_m * pl.block_n >= 64 * 64 or pl.block_d >= 128 else 4
+
+
+AUTOTUNE = os.environ.get("FAST_TIMESFORMER_TRITON_AUTOTUNE", "0").lower() in ("1", "true", "on", "yes")
+_TUNED: dict = {}  # (step, device name, shapes, dtype) -> the fastest plan
+
+
+def _time_ms(fn, device) -> float:
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median"))
+    fn()  # CPU (interpreter): tests of the mechanics only
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _choose(step: str, q, k, prefix_k, run, candidates=None) -> _Plan:
+    """The default plan, or with AUTOTUNE the fastest candidate for this shape (timed once, cached)."""
+    b, G, SQ, H, D = q.shape
+    SK, P = k.shape[2], 0 if prefix_k is None else prefix_k.shape[1]
+    if not AUTOTUNE:
+        return _plan(G, SQ, SK, P, D)
+    dev = torch.cuda.get_device_name(q.device) if q.device.type == "cuda" else "cpu"
+    key = (step, dev, b, G, SQ, SK, P, H, D, q.dtype)
+    if key not in _TUNED:
+        best, best_ms = None, float("inf")
+        for pl in candidates or _candidates(G, SQ, SK, P, D):
+            try:
+                ms = _time_ms(lambda: run(pl), q.device)
+            except Exception:  # e.g. out of shared memory for this tile on this GPU
+                continue
+            if ms < best_ms:
+                best, best_ms = pl, ms
+        if best is None:
+            raise RuntimeError(f"no kernel plan ran for {key}")
+        _TUNED[key] = best
+    return _TUNED[key]
 
 
 def _prec(dtype):
@@ -399,7 +464,7 @@ def _strides(t: Optional[torch.Tensor], n: int):
 
 
 def _forward(q, k, v, prefix_k, prefix_v, scale: float, seq_major: bool, out=None, store_lse: bool = True,
-             pack_limit: Optional[int] = None):
+             plan: Optional[_Plan] = None):
     b, G, SQ, H, D = q.shape
     SK = k.shape[2]
     P = 0 if prefix_k is None else prefix_k.shape[1]
@@ -407,7 +472,8 @@ def _forward(q, k, v, prefix_k, prefix_v, scale: float, seq_major: bool, out=Non
     lse = torch.empty((b, H, G, SQ) if store_lse else (1,), dtype=torch.float32, device=q.device)
     if o.numel() == 0:
         return o, lse
-    pl = _plan(G, SQ, SK, P, D, pack_limit)
+    pl = plan or _choose("fwd", q, k, prefix_k, lambda c: _forward(q, k, v, prefix_k, prefix_v, scale, seq_major,
+                                                                   o, store_lse, c))
     has_p = prefix_k is not None
     _fwd_kernel[(pl.n_tiles, H, b)](
         q, k, v, prefix_k if has_p else q, prefix_v if has_p else q, o, lse,
@@ -420,7 +486,7 @@ def _forward(q, k, v, prefix_k, prefix_v, scale: float, seq_major: bool, out=Non
 
 
 def _backward(do, q, k, v, prefix_k, prefix_v, o, lse, scale: float, seq_major: bool,
-              pack_limit: Optional[int] = None):
+              plan: Optional[_Plan] = None):
     b, G, SQ, H, D = q.shape
     SK = k.shape[2]
     has_p = prefix_k is not None
@@ -431,7 +497,8 @@ def _backward(do, q, k, v, prefix_k, prefix_v, o, lse, scale: float, seq_major: 
     if q.numel() == 0:
         z = torch.zeros(prefix_k.shape, dtype=q.dtype, device=q.device) if has_p else q.new_empty(0)
         return dq, dk.zero_(), dv.zero_(), z, z.clone()
-    pl = _plan(G, SQ, SK, P, D, pack_limit)
+    pl = plan or _choose("bwd", q, k, prefix_k,
+                         lambda c: _backward(do, q, k, v, prefix_k, prefix_v, o, lse, scale, seq_major, c))
     part_shape = (b, H, pl.n_tiles, P, D) if has_p else (1,)
     dpk_part = torch.empty(part_shape, dtype=torch.float32, device=q.device)
     dpv_part = torch.empty(part_shape, dtype=torch.float32, device=q.device)

@@ -241,3 +241,30 @@ def test_compiles_fullgraph_with_autograd_and_inplace_out():
         ref = f_out(qkv, pkv, torch.zeros(1, 13, 2, 16))
         torch.testing.assert_close(cfo(qkv, pkv, torch.zeros(1, 13, 2, 16)), ref)
     assert (ref[:, 0] == 0).all() and (ref[:, 1:] != 0).any()
+
+
+def test_autotune_times_candidates_and_caches_the_fastest(monkeypatch):
+    """The mechanics (on CPU the interpreter's timings mean nothing; on a GPU this picks tiles per shape)."""
+    monkeypatch.setattr(K, "AUTOTUNE", True)
+    monkeypatch.setattr(K, "_TUNED", {})
+    shape = (1, 3, 6, 1, 16)
+    cands = [K._packed_plan(3, 6, 6, 1, 16, 16), K._flash_plan(3, 6, 6, 1, 16, 16, 32)]
+    monkeypatch.setattr(K, "_candidates", lambda *a: cands)
+    q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
+    pk, pv = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+    out = K.divided_attention(q, k, v, pk, pv)
+    dq, = torch.autograd.grad(out.sum(), q)
+    ref = N.divided_attention(q, k, v, pk, pv)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dq, torch.autograd.grad(ref.sum(), q)[0], atol=1e-4, rtol=1e-4)
+    assert sorted(key[0] for key in K._TUNED) == ["bwd", "fwd"]
+    assert all(plan in cands for plan in K._TUNED.values())
+
+
+def test_candidate_plans_cover_both_tilings():
+    plans = K._candidates(196, 8, 8, 0, 64)
+    assert plans[0] == K._plan(196, 8, 8, 0, 64) and plans[0].packed
+    assert any(not p.packed for p in plans) and len(set(plans)) == len(plans)
+    for p in plans:  # every tile is legal for tl.dot on a GPU
+        assert min(p.block_m, p.block_n, p.block_d, p.block_p) >= 16
+        assert not p.packed or p.gpb * 8 <= min(p.block_m, p.block_n)
