@@ -92,7 +92,8 @@ def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title,
     if not backends:
         return None
     fig, axes = plt.subplots(2, len(backends), figsize=(3.6 * len(backends) + 1, 6.4), squeeze=False,
-                             sharex=True)
+                             sharex=True, sharey="row")
+    from matplotlib.ticker import LogLocator, ScalarFormatter
     for i, mode in enumerate(MODES):
         for j, be in enumerate(backends):
             ax = axes[i][j]
@@ -109,6 +110,9 @@ def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title,
                                 ecolor=SCHEME_COLORS[scheme], alpha=0.5)
                 _mark_oom(ax, [r for r in sel if r["status"] == "oom"], x_field, SCHEME_COLORS[scheme])
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_xscale("log", base=2)
             ax.set_title(f"{be} - {mode}", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
