@@ -64,6 +64,25 @@ def _run_kernels(args) -> int:
     return int(mod.main(argv) or 0)
 
 
+def _warn_if_busy(points) -> None:
+    """CPU timings with one thread per core collapse when other processes want the cores too."""
+    import os
+
+    import torch
+
+    if not any(p.device.startswith("cpu") for p in points):
+        return
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    cores, threads = os.cpu_count() or 1, torch.get_num_threads()
+    if load > 0.5 * cores and threads > 1:
+        print(f"warning: load average {load:.1f} on {cores} cores before the run: other processes compete for "
+              f"the CPU, and {threads}-thread timings then slow down erratically; --threads 1 is steadier "
+              "(the load is recorded in meta.json)", file=sys.stderr)
+
+
 def cmd_bench(args) -> int:
     if args.suite == "kernels":
         return _run_kernels(args)
@@ -86,6 +105,7 @@ def cmd_bench(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    _warn_if_busy(points)
     out = Path(args.out or f"bench_out/{args.suite}")
     settings = dict(settings, suite=args.suite, filters={k: getattr(args, k) for k in
                                                           ("schemes", "backends", "impls", "modes", "groups",

@@ -87,7 +87,9 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                 lines += ["Performer is an approximation of softmax attention: its error is measured against "
                           "backend `regular` with the same projection weights. Fastformer is a different model "
                           "(its own parameters, additive attention): its point is the output *deviation* from "
-                          "softmax attention at equal projection weights, not an approximation error.", ""]
+                          "softmax attention at equal projection weights, not an approximation error. The error is taken on "
+                          "the model's output features, after residual connections and the MLPs, so it is smaller "
+                          "than the error of the attention output alone.", ""]
 
     f, s = _sweep_base(recs, meta)
     base = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["frames"] == f
