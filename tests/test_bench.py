@@ -243,3 +243,15 @@ def test_interleaved_points_are_timed_round_robin(tmp_path, monkeypatch):
     assert calls[:10] == [2, 2, 4, 4, 2, 4, 2, 4, 2, 4]
     assert recs[0]["runs"] == 3 and "interleaved" in recs[0]["time_method"]
     assert recs[0]["min_s"] <= recs[0]["median_s"] <= recs[0]["max_s"]
+
+
+def test_hf_peer_runs_our_weights():
+    pytest.importorskip("transformers")
+    w = Workload(impl="ours", dim=32, heads=2, depth=1, frames=2, image_size=32, num_classes=5)
+    ours, hf = workloads.build(w), workloads.build(w.replace(impl="hf"))
+    assert any("ours copied into HF" in n for n in hf.notes)
+    with torch.no_grad():
+        for p in ours.model.parameters():  # temporal_fc starts at zero: give every path a say
+            p.add_(0.01 * torch.randn_like(p))
+    workloads.copy_ours_into_hf(ours.model, hf.model)
+    torch.testing.assert_close(hf.step(), ours.step(), atol=1e-5, rtol=1e-4)
