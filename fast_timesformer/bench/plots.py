@@ -231,14 +231,19 @@ def plot_backend_bars(plt, recs, meta, out):
                     xs.append(i + (j - (len(backends) - 1) / 2) * width)
                     ys.append(r["median_s"] * 1e3)
                 elif r["status"] in ("skipped", "error", "oom"):
-                    notes.setdefault(be, f"{r['status']}: {r['reason'][:110]}")
+                    notes.setdefault(be, f"{r['status']}: {r['reason'].split(';')[0][:120]}")
                     ax.text(i + (j - (len(backends) - 1) / 2) * width, 0.02, r["status"][:4], rotation=90,
                             fontsize=6, ha="center", va="bottom", transform=ax.get_xaxis_transform(),
                             color=BACKEND_COLORS.get(be, "k"))
-            ax.bar(xs, ys, width=width, color=BACKEND_COLORS.get(be, "k"), label=be)
+            ax.bar(xs, ys, width=width, color=BACKEND_COLORS.get(be, "k"), label=be if xs else None)
         ax.set_xticks(range(len(SCHEMES)))
         ax.set_xticklabels([SCHEME_SHORT[s_] for s_ in SCHEMES])
         ax.set_yscale("log")
+        from matplotlib.ticker import LogLocator, ScalarFormatter
+
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("median latency (ms)")
         ax.set_title(mode, fontsize=10)
         ax.grid(True, axis="y", which="both", alpha=0.3)
