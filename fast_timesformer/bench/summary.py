@@ -93,7 +93,7 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
 
     f, s = _sweep_base(recs, meta)
     base = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["frames"] == f
-            and r["workload"]["image_size"] == s]
+            and r["workload"]["image_size"] == s and r["status"] != "skipped"]  # skips: listed below
     if base:
         rows = []
         for scheme in SCHEMES:
