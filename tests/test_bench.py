@@ -255,3 +255,39 @@ def test_hf_peer_runs_our_weights():
             p.add_(0.01 * torch.randn_like(p))
     workloads.copy_ours_into_hf(ours.model, hf.model)
     torch.testing.assert_close(hf.step(), ours.step(), atol=1e-5, rtol=1e-4)
+
+
+def test_auto_threads_drop_to_one_on_a_busy_cpu(monkeypatch):
+    import os
+
+    from fast_timesformer.bench import cli
+
+    before = torch.get_num_threads()
+    pts = [tiny()]
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(os, "getloadavg", lambda: (8.0, 8.0, 8.0))
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+        assert cli._choose_threads("auto", pts).startswith("1 (auto") and torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        assert "idle" in cli._choose_threads("auto", pts) and torch.get_num_threads() == 2
+        assert cli._choose_threads(1, pts).startswith("1 (--threads)")
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        cli_main_quiet(["bench", "--threads", "0", "--list"])
+
+
+def cli_main_quiet(argv):
+    from fast_timesformer.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_kernels_suite_is_the_triton_helpers_script():
+    from fast_timesformer.bench.suites import kernels_suite_path, load_kernels_module
+
+    if kernels_suite_path() is None:
+        pytest.skip("benchmarks/bench_kernels.py is not in this checkout")
+    assert callable(load_kernels_module().main)
