@@ -63,13 +63,13 @@ def ptxas_info(ptx: str, arch: int) -> dict:
     return {"registers": int(regs.group(1)), "spill_bytes": int(spill.group(1)) if spill else 0}
 
 
-def cases():
+def cases(dtype: str):
     """(label, kernel, constexprs, plan) for the plans of typical shapes."""
     shapes = [("time T=8", 196, 8, 8, 0), ("space N=196", 8, 196, 196, 1), ("cls-query per frame", 8, 1, 196, 1),
               ("time T=32", 196, 32, 32, 0), ("space N=1024", 8, 1024, 1024, 1)]
     for d in (16, 40, 64, 128):
         for label, G, SQ, SK, P in shapes:
-            pl = K._plan(G, SQ, SK, P, d)
+            pl = K._plan(G, SQ, SK, P, d, fp32_gpu=dtype == "fp32")
             base = dict(BLOCK_M=pl.block_m, BLOCK_N=pl.block_n, BLOCK_P=pl.block_p, BLOCK_D=pl.block_d)
             name = f"{label} d={d}"
             yield name, K._fwd_kernel, dict(base, PACKED=pl.packed, HAS_PREFIX=P > 0, STORE_LSE=True), pl, pl.num_stages
@@ -90,7 +90,7 @@ def main(argv=None):
     rows, failures = [], 0
     for arch in args.arch:
         for dtype in args.dtypes:
-            for label, fn, consts, pl, stages in cases():
+            for label, fn, consts, pl, stages in cases(dtype):
                 consts = dict(consts, PREC="ieee" if dtype == "fp32" else None)
                 warps = K._bwd_warps(pl) if fn is not K._fwd_kernel else pl.num_warps
                 row = {"arch": arch, "dtype": dtype, "case": label, "kernel": fn.__name__, "warps": warps,

@@ -376,14 +376,19 @@ def _flash_plan(G, SQ, SK, P, D, bm: int, bn: int, warps: Optional[int] = None, 
     bm = min(bm, _pow2(SQ))  # a single query (the CLS row) needs no 64-row tile
     n_mb, n_nb = triton.cdiv(SQ, bm), triton.cdiv(SK, bn)
     if warps is None:
-        warps = 4 if bm * block_d <= 8192 else 8
+        warps = 4 if bm * block_d < 4096 else 8
     return _Plan(False, bm, bn, block_p, block_d, 1, n_mb, n_nb, G * n_mb, warps, stages)
 
 
-def _plan(G: int, SQ: int, SK: int, P: int, D: int, pack_limit: Optional[int] = None) -> _Plan:
+def _plan(G: int, SQ: int, SK: int, P: int, D: int, pack_limit: Optional[int] = None,
+          fp32_gpu: bool = False) -> _Plan:
     """Default tiles. Packed rows target 64 (a 64x64 fp32 score tile in registers; 32 for d > 64); flash
-    tiles are 64x64 (128 query rows for d <= 64 on long sequences). Not tuned on a GPU yet: set
-    FAST_TIMESFORMER_TRITON_AUTOTUNE=1 to time the candidates of :func:`_candidates` per shape."""
+    tiles are 64x64 (128 query rows for d <= 64 on long sequences). fp32 inputs on a GPU (exact fp32 dots,
+    no tensor cores) use 32x32 flash tiles with 8 warps: larger ones spill registers on sm_90 (ptxas, see
+    benchmarks/compile_check.py). Not tuned on a GPU yet: set FAST_TIMESFORMER_TRITON_AUTOTUNE=1 to time
+    the candidates of :func:`_candidates` per shape."""
+    if fp32_gpu:
+        return _flash_plan(G, SQ, SK, P, D, 32, 32, 8, 2)
     if max(SQ, SK) <= (PACK_LIMIT if pack_limit is None else pack_limit):
         return _packed_plan(G, SQ, SK, P, D, 64 if _pow2(D) <= 64 else 32)
     return _flash_plan(G, SQ, SK, P, D, 128 if (_pow2(D) <= 64 and SQ >= 512) else 64, 64)
@@ -426,7 +431,7 @@ def _choose(step: str, q, k, prefix_k, run, candidates=None) -> _Plan:
     b, G, SQ, H, D = q.shape
     SK, P = k.shape[2], 0 if prefix_k is None else prefix_k.shape[1]
     if not AUTOTUNE:
-        return _plan(G, SQ, SK, P, D)
+        return _plan(G, SQ, SK, P, D, fp32_gpu=q.dtype == torch.float32 and q.device.type == "cuda")
     dev = torch.cuda.get_device_name(q.device) if q.device.type == "cuda" else "cpu"
     key = (step, dev, b, G, SQ, SK, P, H, D, q.dtype)
     if key not in _TUNED:
