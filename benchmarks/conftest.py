@@ -20,6 +20,11 @@ DTYPE = "bfloat16" if DEVICE == "cuda" else "float32"
 
 
 def pytest_configure(config):
+    if DEVICE == "cpu":  # 1 thread when other processes already load the cores (see docs/bench.md)
+        from fast_timesformer.bench.cli import choose_threads
+        from fast_timesformer.bench.workloads import Workload
+
+        choose_threads("auto", [Workload()])
     opt = config.option
     if getattr(opt, "benchmark_json", None) is None and not getattr(opt, "benchmark_save", None) \
             and hasattr(opt, "benchmark_save") and not getattr(opt, "benchmark_autosave", False):
@@ -39,6 +44,7 @@ def run_workload(benchmark):
         benchmark.group = f"{SCHEME_SHORT[w.scheme]} / {w.backend if w.impl in ('ours', 'attention') else w.impl}"
         benchmark.extra_info.update(w.to_dict())
         benchmark.extra_info["tokens"] = w.tokens
+        benchmark.extra_info["threads"] = torch.get_num_threads()
         if w.device.startswith("cuda"):
             def step():
                 built.step()

@@ -268,11 +268,11 @@ def test_auto_threads_drop_to_one_on_a_busy_cpu(monkeypatch):
         torch.set_num_threads(2)
         monkeypatch.setattr(os, "getloadavg", lambda: (8.0, 8.0, 8.0))
         monkeypatch.setattr(os, "cpu_count", lambda: 2)
-        assert cli._choose_threads("auto", pts).startswith("1 (auto") and torch.get_num_threads() == 1
+        assert cli.choose_threads("auto", pts).startswith("1 (auto") and torch.get_num_threads() == 1
         torch.set_num_threads(2)
         monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
-        assert "idle" in cli._choose_threads("auto", pts) and torch.get_num_threads() == 2
-        assert cli._choose_threads(1, pts).startswith("1 (--threads)")
+        assert "idle" in cli.choose_threads("auto", pts) and torch.get_num_threads() == 2
+        assert cli.choose_threads(1, pts).startswith("1 (--threads)")
     finally:
         torch.set_num_threads(before)
     with pytest.raises(SystemExit):

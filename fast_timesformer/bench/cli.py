@@ -77,7 +77,7 @@ def _threads_arg(text):
     return n
 
 
-def _choose_threads(requested, points) -> str:
+def choose_threads(requested, points) -> str:
     """Set torch's CPU threads; returns how they were chosen (stored in meta.json).
 
     ``auto``: torch's default (one per core) on an idle machine; 1 thread when other processes already
@@ -126,7 +126,7 @@ def cmd_bench(args) -> int:
             print(p.label)
         print(f"{len(points)} points")
         return 0
-    threads = _choose_threads(args.threads, points)
+    threads = choose_threads(args.threads, points)
     out = Path(args.out or f"bench_out/{args.suite}")
     settings = dict(settings, suite=args.suite, filters={k: getattr(args, k) for k in
                                                           ("schemes", "backends", "impls", "modes", "groups",
