@@ -291,3 +291,15 @@ def test_kernels_suite_is_the_triton_helpers_script():
     if kernels_suite_path() is None:
         pytest.skip("benchmarks/bench_kernels.py is not in this checkout")
     assert callable(load_kernels_module().main)
+
+
+def test_peer_ratios_pair_equal_configs_only():
+    def rec(impl, backend, median, mem, frames=8):
+        w = Workload(impl=impl, backend=backend, frames=frames, group="target").to_dict()
+        return {"status": "ok", "workload": w, "median_s": median, "peak_mem_bytes": mem}
+
+    recs = [rec("ours", "regular", 2.0, 100), rec("ours", "triton", 1.0, 50), rec("hf", "regular", 3.0, 200),
+            rec("hf", "regular", 9.0, 900, frames=16)]
+    got = {(r["ours"], r["peer"]): (r["speedup"], r["mem_ratio"]) for r in runner.peer_ratios(recs)}
+    assert got == {("regular", "hf"): (1.5, 0.5), ("triton", "hf"): (3.0, 0.25),
+                   ("triton", "ours/regular"): (2.0, 0.5)}

@@ -352,24 +352,30 @@ def format_summary(records: Iterable[dict]) -> str:
     return format_table(rows, TABLE_COLUMNS) if rows else "(no points)"
 
 
+SAME_CONFIG = ("scheme", "mode", "batch", "frames", "image_size", "patch_size", "dim", "depth", "heads", "dtype",
+               "device", "group")
+
+
 def peer_ratios(records: Iterable[dict]) -> list:
-    """Speed ratios peer/ours for points that differ only in ``impl`` (same run file)."""
+    """Speed and memory ratios at equal configs in one results file, for the ``target`` group and peers:
+    every ``ours/<backend>`` against each peer (hf, lucidrains) and against ``ours/regular``."""
+    records = [r for r in records if r.get("status") == "ok"]
+    ours = [r for r in records if r["workload"]["impl"] == "ours"]
+    refs = [r for r in records if r["workload"]["impl"] in ("hf", "lucidrains")]
+    refs += [r for r in ours if r["workload"]["backend"] == "regular" and r["workload"]["group"] == "target"]
     out = []
-    # match ours (any backend) to peers at the same config
-    ours_recs = [r for r in records if r.get("status") == "ok" and r["workload"]["impl"] == "ours"]
-    for peer in [r for r in records if r.get("status") == "ok" and r["workload"]["impl"] in ("hf", "lucidrains")]:
-        pw = peer["workload"]
-        for o in ours_recs:
+    for ref in refs:
+        pw = ref["workload"]
+        peer = pw["impl"] if pw["impl"] != "ours" else "ours/regular"
+        for o in ours:
             ow = o["workload"]
-            same = all(ow[f] == pw[f] for f in ("scheme", "mode", "batch", "frames", "image_size", "patch_size",
-                                                 "dim", "depth", "heads", "dtype", "device", "group"))
-            if same:
-                out.append({"group": pw["group"], "ours": f"{ow['backend']}", "peer": pw["impl"],
-                            "ours_s": o["median_s"], "peer_s": peer["median_s"],
-                            "speedup": peer["median_s"] / o["median_s"],
-                            "ours_mem": o.get("peak_mem_bytes"), "peer_mem": peer.get("peak_mem_bytes"),
-                            "mem_ratio": (o["peak_mem_bytes"] / peer["peak_mem_bytes"]
-                                          if o.get("peak_mem_bytes") and peer.get("peak_mem_bytes") else None),
-                            "mode": ow["mode"], "config": f"b{ow['batch']} {ow['frames']}x{ow['image_size']} "
-                                                          f"d{ow['dim']}x{ow['depth']} {ow['dtype']}"})
+            if o is ref or not all(ow[f] == pw[f] for f in SAME_CONFIG):
+                continue
+            out.append({"group": pw["group"], "ours": ow["backend"], "peer": peer,
+                        "ours_s": o["median_s"], "peer_s": ref["median_s"], "speedup": ref["median_s"] / o["median_s"],
+                        "ours_mem": o.get("peak_mem_bytes"), "peer_mem": ref.get("peak_mem_bytes"),
+                        "mem_ratio": (o["peak_mem_bytes"] / ref["peak_mem_bytes"]
+                                      if o.get("peak_mem_bytes") and ref.get("peak_mem_bytes") else None),
+                        "mode": ow["mode"], "config": f"b{ow['batch']} {ow['frames']}x{ow['image_size']} "
+                                                      f"d{ow['dim']}x{ow['depth']} {ow['dtype']}"})
     return out
