@@ -303,3 +303,34 @@ def test_peer_ratios_pair_equal_configs_only():
     got = {(r["ours"], r["peer"]): (r["speedup"], r["mem_ratio"]) for r in runner.peer_ratios(recs)}
     assert got == {("regular", "hf"): (1.5, 0.5), ("triton", "hf"): (3.0, 0.25),
                    ("triton", "ours/regular"): (2.0, 0.5)}
+
+
+def test_plots_mark_oom_points(tmp_path):
+    """Synthetic GPU-like results (no measuring): joint attention runs out of memory at the largest sizes."""
+    from fast_timesformer.bench.plots import plot_all
+
+    lines = []
+    for scheme in workloads.SCHEMES:
+        for backend in ("regular", "performer"):
+            for mode in ("fwd", "fwd+bwd"):
+                for f, s in ((8, 224), (16, 224), (32, 224), (8, 336), (8, 448)):
+                    w = Workload(scheme=scheme, backend=backend, mode=mode, frames=f, image_size=s, group="sweep",
+                                 device="cuda", dtype="bfloat16", reference=backend != "regular" and mode == "fwd")
+                    tokens = w.tokens
+                    rec = {"key": w.key, "workload": w.to_dict(), "label": w.label, "tokens": tokens, "notes": [],
+                           "status": "ok", "reason": ""}
+                    if scheme == "joint_space_time" and tokens > 3000 and backend == "regular":
+                        rec.update(status="oom", reason="OutOfMemoryError: CUDA out of memory")
+                    else:
+                        t = 1e-3 * tokens * (tokens / 500 if scheme == "joint_space_time" else 1)
+                        rec.update(median_s=t, iqr_s=t / 20, flops=int(6e11 * tokens / 1568), peak_mem_bytes=tokens * 2e5,
+                                   throughput_clips_s=1 / t)
+                        if rec["workload"]["reference"]:
+                            rec["rel_error"] = 0.01
+                    lines.append(json.dumps(rec))
+    (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "meta.json").write_text(json.dumps({"runs": [{"device": "synthetic GPU", "settings": {
+        "sweep_base": {"frames": 8, "image_size": 224}}}]}))
+    names = {p.name for p in plot_all(tmp_path)}
+    assert {"latency_vs_frames.png", "latency_vs_resolution.png", "memory_vs_tokens.png",
+            "flops_vs_frames_resolution.png", "error_vs_speed.png", "backend_bars.png"} <= names
