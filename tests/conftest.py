@@ -1,6 +1,15 @@
 import os
 import sys
 
+# Triton kernels run under Triton's CPU interpreter in tests when no GPU is present. The variable must be
+# set before anything imports triton or our kernels (collection imports every test module first), so it
+# is decided here, once per process, not inside a test module.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 import pytest
 import torch
 
