@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["divided_attention", "attention_4d", "token_view", "INTERPRETED", "PACK_LIMIT", "MAX_HEAD_DIM",
+__all__ = ["divided_attention", "divided_attention_qkv", "fused_qkv_source", "attention_4d", "token_view", "INTERPRETED", "PACK_LIMIT", "MAX_HEAD_DIM",
            "SUPPORTED_DTYPES", "check_arguments"]
 
 try:  # triton >= 3.4 reads its settings through ``knobs``; older versions read the variable directly
@@ -491,19 +491,22 @@ def _forward(q, k, v, prefix_k, prefix_v, scale: float, seq_major: bool, out=Non
 
 
 def _backward(do, q, k, v, prefix_k, prefix_v, o, lse, scale: float, seq_major: bool,
-              plan: Optional[_Plan] = None):
+              plan: Optional[_Plan] = None, grads=None):
+    """dq, dk, dv (fresh, in token order, or written into the views ``grads``) and the prefix's dk, dv."""
     b, G, SQ, H, D = q.shape
     SK = k.shape[2]
     has_p = prefix_k is not None
     P = prefix_k.shape[1] if has_p else 0
-    dq = _alloc(q.shape, q, seq_major)
-    dk = _alloc(k.shape, k, seq_major)
-    dv = _alloc(v.shape, v, seq_major)
+    if grads is None:
+        dq, dk, dv = _alloc(q.shape, q, seq_major), _alloc(k.shape, k, seq_major), _alloc(v.shape, v, seq_major)
+    else:
+        dq, dk, dv = grads
     if q.numel() == 0:
         z = torch.zeros(prefix_k.shape, dtype=q.dtype, device=q.device) if has_p else q.new_empty(0)
         return dq, dk.zero_(), dv.zero_(), z, z.clone()
     pl = plan or _choose("bwd", q, k, prefix_k,
-                         lambda c: _backward(do, q, k, v, prefix_k, prefix_v, o, lse, scale, seq_major, c))
+                         lambda c: _backward(do, q, k, v, prefix_k, prefix_v, o, lse, scale, seq_major, c,
+                                             (dq, dk, dv)))
     part_shape = (b, H, pl.n_tiles, P, D) if has_p else (1,)
     dpk_part = torch.empty(part_shape, dtype=torch.float32, device=q.device)
     dpv_part = torch.empty(part_shape, dtype=torch.float32, device=q.device)
@@ -601,6 +604,64 @@ def _(q, k, v, prefix_k, prefix_v, out, scale):
     return None
 
 
+# The same on a whole fused projection output (b, M, 3*heads*d): the backward writes dq, dk, dv into
+# one (b, M, 3*heads*d) gradient, so autograd need not stack three gradients into the projection's.
+def _qkv_views(qkv: torch.Tensor, heads: int, group, seq):
+    d = qkv.shape[-1] // (3 * heads)
+    return tuple(token_view(t, tuple(group), tuple(seq)) for t in qkv.unflatten(-1, (3, heads, d)).unbind(2))
+
+
+@torch.library.custom_op("fast_timesformer::grouped_attention_qkv", mutates_args=())
+def _op_qkv_forward(qkv: torch.Tensor, prefix_k: Optional[torch.Tensor], prefix_v: Optional[torch.Tensor],
+                    heads: int, group: list[int], seq: list[int], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = _qkv_views(qkv, heads, group, seq)
+    return _forward(q, k, v, prefix_k, prefix_v, scale, _seq_major(q))
+
+
+@_op_qkv_forward.register_fake
+def _(qkv, prefix_k, prefix_v, heads, group, seq, scale):
+    q, _, _ = _qkv_views(qkv, heads, group, seq)
+    b, G, SQ, H, _ = q.shape
+    return _alloc(q.shape, q, _seq_major(q)), q.new_empty((b, H, G, SQ), dtype=torch.float32)
+
+
+@torch.library.custom_op("fast_timesformer::grouped_attention_qkv_backward", mutates_args=())
+def _op_qkv_backward(do: torch.Tensor, qkv: torch.Tensor, prefix_k: Optional[torch.Tensor],
+                     prefix_v: Optional[torch.Tensor], o: torch.Tensor, lse: torch.Tensor, heads: int,
+                     group: list[int], seq: list[int], scale: float
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v = _qkv_views(qkv, heads, group, seq)
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    _, _, _, dpk, dpv = _backward(do, q, k, v, prefix_k, prefix_v, o, lse, scale, _seq_major(q),
+                                  grads=_qkv_views(dqkv, heads, group, seq))
+    return dqkv, dpk, dpv
+
+
+@_op_qkv_backward.register_fake
+def _(do, qkv, prefix_k, prefix_v, o, lse, heads, group, seq, scale):
+    dp = (torch.empty_like(prefix_k, memory_format=torch.contiguous_format),
+          torch.empty_like(prefix_v, memory_format=torch.contiguous_format)) if prefix_k is not None \
+        else (qkv.new_empty(0), qkv.new_empty(0))
+    return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device), *dp
+
+
+def _setup_qkv(ctx, inputs, output):
+    qkv, prefix_k, prefix_v, heads, group, seq, scale = inputs
+    ctx.save_for_backward(qkv, prefix_k, prefix_v, *output)
+    ctx.args, ctx.has_prefix = (heads, group, seq, scale), prefix_k is not None
+
+
+def _op_qkv_forward_grad(ctx, do, _dlse):
+    qkv, prefix_k, prefix_v, o, lse = ctx.saved_tensors
+    dqkv, dpk, dpv = _op_qkv_backward(do, qkv, prefix_k, prefix_v, o, lse, *ctx.args)
+    if not ctx.has_prefix:
+        dpk = dpv = None
+    return dqkv, dpk, dpv, None, None, None, None
+
+
+_op_qkv_forward.register_autograd(_op_qkv_forward_grad, setup_context=_setup_qkv)
+
+
 # ---------------------------------------------------------------------------------------------------
 # public functions
 # ---------------------------------------------------------------------------------------------------
@@ -695,6 +756,50 @@ def divided_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         out.copy_(o)
         return out
     return o
+
+
+def divided_attention_qkv(qkv: torch.Tensor, heads: int, group: tuple, seq: tuple,
+                          prefix_k: Optional[torch.Tensor] = None, prefix_v: Optional[torch.Tensor] = None, *,
+                          scale: Optional[float] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`divided_attention` on a whole fused projection output ``qkv`` (b, M, 3 * heads * d), rows
+    q | k | v, head h = slice h*d inside each (the official layout), grouped by ``group``/``seq`` as in
+    :func:`token_view`. Same result; its gradient w.r.t. ``qkv`` is written by the kernels in one buffer."""
+    if not isinstance(qkv, torch.Tensor) or qkv.dim() != 3 or qkv.shape[-1] % (3 * heads):
+        raise ValueError(f"qkv must be (b, M, 3 * heads * d) with heads={heads}, got "
+                         f"{tuple(qkv.shape) if isinstance(qkv, torch.Tensor) else type(qkv).__name__}")
+    q, k, v = _qkv_views(qkv, heads, group, seq)
+    problems = check_arguments(q, k, v, prefix_k, prefix_v, out)
+    if problems:
+        raise ValueError("divided_attention_qkv: " + "; ".join(problems))
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if out is not None and not _needs_grad(qkv, prefix_k, prefix_v, out):
+        _op_forward_out(q, k, v, prefix_k, prefix_v, out, scale)
+        return out
+    o, _ = _op_qkv_forward(qkv, prefix_k, prefix_v, heads, [int(x) for x in group], [int(x) for x in seq], scale)
+    if out is not None:
+        out.copy_(o)
+        return out
+    return o
+
+
+def fused_qkv_source(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Optional[torch.Tensor]:
+    """The contiguous (b, M, 3 * h * d) projection output that q, k, v (b, M, h, d) are the three slices
+    of, or None. Lets a caller hand the whole buffer to :func:`divided_attention_qkv`."""
+    base = q._base  # the tensor q, k, v are views of (for nn.Linear: the (b*M, 3*h*d) matmul result)
+    if base is None or k._base is not base or v._base is not base or not base.is_contiguous():
+        return None
+    if not base.requires_grad or any(t.grad_fn is None for t in (q, k, v)):  # grads must flow through base
+        return None
+    b, m, h, d = q.shape
+    if base.numel() != b * m * 3 * h * d or k.shape != q.shape or v.shape != q.shape:
+        return None
+    want = (m * 3 * h * d, 3 * h * d, d, 1)
+    off = base.storage_offset()
+    if any(tuple(t.stride()) != want for t in (q, k, v)):
+        return None
+    if (q.storage_offset(), k.storage_offset(), v.storage_offset()) != (off, off + h * d, off + 2 * h * d):
+        return None
+    return base.view(b, m, 3 * h * d)
 
 
 def attention_4d(q, k, v, prefix_k=None, prefix_v=None, *, scale=None):

@@ -87,3 +87,29 @@ def test_auto_does_not_pick_the_interpreter_on_cpu():
     q = torch.randn(2, 2, 5, 16)
     if not torch.cuda.is_available():
         assert resolve_backend("auto", q).name != "triton"
+
+
+def test_training_hands_the_whole_projection_to_the_kernel(monkeypatch):
+    from fast_timesformer.kernels import divided_attention as K
+
+    calls = []
+    real = K.divided_attention_qkv
+    monkeypatch.setattr(K, "divided_attention_qkv", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    layer = DividedAttention(24, heads=2, dim_head=16, cls="official")
+    x = torch.randn(2, 1 + 3 * 5, 24)
+    _compare(layer, x, lambda m, x: m(x, "b (f n) d", "(b n) f d", n=5))
+    assert calls  # temporal, CLS excluded: the fused-projection entry ran (and matched regular)
+
+
+def test_layer_compiles_fullgraph():
+    """torch.compile(fullgraph=True) through DividedAttention (aot_eager; see test_triton_kernel)."""
+    torch._dynamo.reset()
+    layer = DividedAttention(24, heads=2, dim_head=16, backend="triton", cls="official")
+    x = torch.randn(1, 1 + 2 * 4, 24)
+    for pattern in (("b (f n) d", "(b n) f d", {"n": 4}), ("b (f n) d", "(b f) n d", {"f": 2})):
+        fn = lambda x: layer(x, pattern[0], pattern[1], **pattern[2])  # noqa: E731
+        compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+        xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ye, yc = fn(xe), compiled(xc)
+        torch.testing.assert_close(yc, ye)
+        torch.testing.assert_close(torch.autograd.grad(yc.sum(), xc)[0], torch.autograd.grad(ye.sum(), xe)[0])

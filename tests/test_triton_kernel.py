@@ -268,3 +268,31 @@ def test_candidate_plans_cover_both_tilings():
     for p in plans:  # every tile is legal for tl.dot on a GPU
         assert min(p.block_m, p.block_n, p.block_d, p.block_p) >= 16
         assert not p.packed or p.gpb * 8 <= min(p.block_m, p.block_n)
+
+
+@pytest.mark.parametrize("kind", ["time", "space"])
+def test_fused_projection_entry_matches_views(kind):
+    """divided_attention_qkv on the whole (b, M, 3*h*d) projection output: same values and gradients."""
+    b, f, n, h, d = 2, 3, 5, 2, 16
+    lin = torch.nn.Linear(8, 3 * h * d)
+    x = torch.randn(b, f * n, 8)
+    pk, pv = (torch.randn(b, 1, h, d, requires_grad=True) for _ in range(2))
+    proj = lin(x)
+    q, k, v = proj.unflatten(-1, (3, h, d)).unbind(2)
+    src = K.fused_qkv_source(q, k, v)
+    assert src is not None and src.data_ptr() == proj.data_ptr() and src.shape == proj.shape
+    y = K.divided_attention_qkv(src, h, *axes(kind, f, n), pk, pv)
+    ref = N.divided_attention(*(K.token_view(t.double(), *axes(kind, f, n)) for t in (q, k, v)), pk.double(),
+                              pv.double())
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn_like(ref)
+    leaves = [lin.weight, lin.bias, pk, pv]
+    g = torch.autograd.grad((y.double() * w).sum(), leaves, retain_graph=True)
+    gr = torch.autograd.grad((ref * w).sum(), leaves)
+    for a, r in zip(g, gr):
+        torch.testing.assert_close(a.double(), r.double(), atol=1e-4, rtol=1e-4)
+    # not one projection buffer -> None
+    assert K.fused_qkv_source(*(t.clone() for t in (q, k, v))) is None
+    assert K.fused_qkv_source(*proj.detach().unflatten(-1, (3, h, d)).unbind(2)) is None
+    with pytest.raises(ValueError, match="qkv must be"):
+        K.divided_attention_qkv(src, 5, *axes(kind, f, n))

@@ -88,7 +88,15 @@ class TritonCore(AttentionCore):
         kern = self._kern
         q5, k5, v5 = (kern.token_view(x, *axes) for x in (q, k, v))
         out5 = None if out is None else kern.token_view(out, *axes)
-        y5 = kern.divided_attention(q5, k5, v5, prefix_k, prefix_v, scale=scale, out=out5)
+        # training on a fused projection: hand the kernel the whole (b, M, 3*h*d) buffer, so that its
+        # backward writes the projection's gradient in one piece (not three, stacked by autograd)
+        src = None
+        if not want_prefix_out and not torch.compiler.is_compiling() and torch.is_grad_enabled():
+            src = kern.fused_qkv_source(q, k, v)
+        if src is not None:
+            y5 = kern.divided_attention_qkv(src, q.shape[2], *axes, prefix_k, prefix_v, scale=scale, out=out5)
+        else:
+            y5 = kern.divided_attention(q5, k5, v5, prefix_k, prefix_v, scale=scale, out=out5)
         if out is None:  # the kernel's output is in token order: flatten back to (b, M, h, d)
             out = q.new_empty(q.shape)
             kern.token_view(out, *axes).copy_(y5)
