@@ -30,7 +30,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--backend", default="regular",
                    help="attention backend for every step, or per step: 'time=regular,space=performer'")
     m.add_argument("--backend-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="backend option, e.g. nb_features=64 (repeatable)")
+                   help="backend option for every step, e.g. nb_features=64, or for one step, e.g. "
+                        "space.nb_features=64 (repeatable)")
     m.add_argument("--attn-dropout", type=float, default=None)
     m.add_argument("--ff-dropout", type=float, default=None)
     m.add_argument("--drop-path", type=float, default=None)

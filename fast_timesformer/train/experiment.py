@@ -27,9 +27,9 @@ from .trainer import TrainConfig, Trainer
 __all__ = ["PRESETS", "SWAPS", "run_experiment", "write_table", "plot_results"]
 
 PRESETS: dict[str, dict] = {
-    "cpu": dict(model='{"dim": 64, "depth": 2, "heads": 4, "dim_head": 16, "patch_size": 4, "mlp_ratio": 2.0}',
-                num_frames=8, image_size=16, num_classes=4, train_samples=1024, eval_samples=512, batch=32,
-                steps=300, lr=2e-3, warmup=0.1, weight_decay=0.05, device="cpu"),
+    "cpu": dict(model='{"dim": 32, "depth": 2, "heads": 4, "dim_head": 8, "patch_size": 4, "mlp_ratio": 2.0}',
+                num_frames=4, image_size=16, num_classes=2, train_samples=1024, eval_samples=512, batch=32,
+                steps=600, lr=2e-3, warmup=0.05, weight_decay=0.05, device="cpu"),
     "gpu": dict(model='{"dim": 192, "depth": 4, "heads": 6, "dim_head": 32, "patch_size": 8, "mlp_ratio": 4.0}',
                 num_frames=8, image_size=64, num_classes=4, train_samples=16384, eval_samples=2048, batch=64,
                 steps=3000, lr=1e-3, warmup=0.05, weight_decay=0.05, device="auto", workers=4),

@@ -157,14 +157,39 @@ def _model_base(name: str) -> tuple[Optional[str], dict]:
 def model_spec(cfg: TrainConfig, *, num_classes: int, channels: int = 3) -> dict:
     """Everything needed to rebuild the model (stored in checkpoints)."""
     registry, kwargs = _model_base(cfg.model)
+    backend = parse_backend(cfg.backend)
+    shared = {k: v for k, v in cfg.backend_options.items() if "." not in k}
+    per_step: dict[str, dict] = {}
+    for key, value in cfg.backend_options.items():
+        if "." in key:  # "space.nb_features": an option for one attention step only
+            step, _, name = key.partition(".")
+            per_step.setdefault(step, {})[name] = value
+    if per_step:
+        if not isinstance(backend, dict):
+            raise ValueError("step-qualified backend options (e.g. space.nb_features) need a per-step "
+                             "--backend such as 'time=regular,space=performer'")
+        missing = sorted(set(per_step) - set(backend))
+        if missing:
+            raise ValueError(f"backend options name step(s) {missing} that --backend does not set")
+        backend = {step: [name, per_step[step]] if step in per_step else name for step, name in backend.items()}
     kwargs.update(num_frames=cfg.num_frames, image_size=cfg.image_size, channels=channels,
-                  scheme=cfg.scheme, backend=parse_backend(cfg.backend), **cfg.backend_options)
+                  scheme=cfg.scheme, backend=backend, **shared)
     for key in ("attn_dropout", "ff_dropout", "drop_path"):
         if getattr(cfg, key) is not None:
             kwargs[key] = getattr(cfg, key)
     if task_of(cfg.dataset) == "predict":
+        # GenerativeTimeSformer is divided space-time by construction and has no stochastic depth
+        if registry is not None:
+            raise ValueError(f"{cfg.model!r} is a classification model; future-frame prediction builds a "
+                             "GenerativeTimeSformer from a preset or a JSON config")
+        if kwargs.pop("scheme") != "divided_space_time":
+            raise ValueError("future-frame prediction (GenerativeTimeSformer) uses divided space-time "
+                             f"attention only; got --scheme {cfg.scheme}")
+        if cfg.drop_path:
+            raise ValueError("GenerativeTimeSformer has no drop_path (stochastic depth)")
+        kwargs.pop("drop_path", None)
         kwargs.update(num_target_frames=cfg.num_target_frames, out_channels=channels)
-        return {"class": "GenerativeTimeSformer", "registry": registry, "kwargs": kwargs}
+        return {"class": "GenerativeTimeSformer", "registry": None, "kwargs": kwargs}
     kwargs["num_classes"] = num_classes
     return {"class": "TimeSformer", "registry": registry, "kwargs": kwargs}
 
@@ -197,6 +222,36 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         skip = p.ndim < 2 or any(k in name for k in ("pos_embed", "time_embed", "cls_token", "norm"))
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class GroupedSampler(DistributedSampler):
+    """``DistributedSampler`` that shuffles groups of ``group_size`` consecutive indices instead of single
+    ones (a group stays together in the global order). ``group_size=1`` is ``DistributedSampler``.
+
+    As there, the global order for an epoch comes from ``seed + epoch``, is cut to a multiple of the
+    number of processes, and process ``r`` takes positions ``r, r + N, r + 2N, ...`` of it - so the
+    ``k``-th global batch is the same on 1 or N processes.
+    """
+
+    def __init__(self, dataset, *, group_size: int = 1, **kwargs):
+        super().__init__(dataset, **kwargs)
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        self.group_size = group_size
+
+    def __iter__(self):
+        if self.group_size == 1 or not self.shuffle:
+            return super().__iter__()
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        n = len(self.dataset)
+        groups = torch.randperm(n // self.group_size, generator=g).tolist()
+        order = [k * self.group_size + j for k in groups for j in range(self.group_size)]
+        order += list(range(len(order), n))  # a last incomplete group, unshuffled
+        if not self.drop_last and len(order) < self.total_size:
+            order += order[: self.total_size - len(order)]
+        order = order[: self.total_size]
+        return iter(order[self.rank: self.total_size: self.num_replicas])
 
 
 def _set_epoch(dataset, epoch: int) -> None:
@@ -308,8 +363,9 @@ class Trainer:
 
     def train_batches(self, epoch: int, first_step: int = 0) -> list[list[int]]:
         """This process's micro-batches (indices) for optimizer steps ``first_step..`` of ``epoch``."""
-        sampler = DistributedSampler(self.train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                     shuffle=True, seed=self.cfg.seed, drop_last=True)
+        sampler = GroupedSampler(self.train_set, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                 shuffle=True, seed=self.cfg.seed, drop_last=True,
+                                 group_size=getattr(self.train_set, "group_size", 1))
         sampler.set_epoch(epoch)
         mine = list(iter(sampler))
         per_step = self.cfg.batch // self.dist.world_size
