@@ -408,7 +408,7 @@ def _candidates(G, SQ, SK, P, D) -> list:
 
 def _bwd_warps(pl: _Plan) -> int:
     """Backward tiles hold several [BM, BN] fp32 blocks at once: more warps to keep them in registers."""
-    return 8 if pl.block_m * pl.block_n >= 64 * 64 or pl.block_d >= 128 else 4
+    return 8 if pl.block_m * pl.block_n >= 64 * 64 or pl.block_d >= 128 or pl.num_warps >= 8 else 4
 
 
 AUTOTUNE = os.environ.get("FAST_TIMESFORMER_TRITON_AUTOTUNE", "0").lower() in ("1", "true", "on", "yes")
