@@ -14,6 +14,9 @@ key/value as prefix and the CLS query attending within every frame (averaged). A
 Roofline: bytes that must move at least once (forward: q, k, v read + o written; backward: q, k, v, o, dO
 read, dq, dk, dv written, plus the fp32 LSE), divided by the device's measured copy bandwidth.
 
+On a GPU the forward is also timed replayed from a CUDA graph (``fwd-graph``): GPU time without the
+Python and launch overhead that the plain rows (an eager loop) include.
+
 Before anything is timed, each backend's output and gradients are checked against ``regular``/math in
 float32 on the same data; a backend that fails the check is reported as failed, not timed.
 
@@ -62,6 +65,14 @@ def timed(fn, device: str, reps: int) -> float:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def graphed_ms(fn) -> float:
+    """Median ms per call replayed from a CUDA graph: the GPU time without Python/launch overhead (the
+    plain rows include it, as a user's eager loop does)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median"))
 
 
 def copy_bandwidth(device: str, dtype) -> float:
@@ -195,11 +206,15 @@ def bench_steps(args, dtype, peak_gbps):
                 rows.append({**base, "status": f"failed check (max rel err {errs})", "errors": errs})
                 continue
             fns, prep_bwd = callables(step, core)
-            for mode in args.modes:
+            for mode in args.modes + (["fwd-graph"] if args.device == "cuda" and "fwd" in args.modes else []):
                 if mode == "bwd":
                     prep_bwd()
-                ms = timed(fns[mode], args.device, args.reps)
-                nbytes = step.bytes_moved(mode)
+                try:
+                    ms = graphed_ms(fns["fwd"]) if mode == "fwd-graph" else timed(fns[mode], args.device, args.reps)
+                except Exception as e:  # e.g. a backend that cannot be captured in a CUDA graph
+                    rows.append({**base, "mode": mode, "status": f"skipped: {type(e).__name__}: {str(e)[:120]}"})
+                    continue
+                nbytes = step.bytes_moved(mode.split("-")[0])
                 gbps = nbytes / (ms * 1e-3) / 1e9
                 rows.append({**base, "mode": mode, "ms": ms, "bytes": nbytes, "GB/s": gbps,
                              "pct_bw": 100 * gbps / peak_gbps, "roofline_ms": nbytes / (peak_gbps * 1e9) * 1e3,
