@@ -714,6 +714,15 @@ def check_arguments(q, k, v, prefix_k=None, prefix_v=None, out=None) -> list[str
     return r
 
 
+def _write_out(q, k, v, prefix_k, prefix_v, out, scale):
+    """Inference into ``out``: through the custom op where a graph is traced, else launched directly
+    (the torch.library dispatcher costs tens of microseconds per call in eager mode)."""
+    if torch.compiler.is_compiling():
+        _op_forward_out(q, k, v, prefix_k, prefix_v, out, scale)
+    else:
+        _forward(q, k, v, prefix_k, prefix_v, scale, False, out=out, store_lse=False)
+
+
 def _seq_major(q: torch.Tensor) -> bool:
     """Whether q's tokens lie seq-major (time groups: the group index moves fastest)."""
     return q.shape[1] > 1 and q.shape[2] > 1 and 0 < q.stride(1) < q.stride(2)
@@ -749,7 +758,7 @@ def divided_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         raise ValueError("divided_attention: " + "; ".join(problems))
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if out is not None and not _needs_grad(q, k, v, prefix_k, prefix_v, out):
-        _op_forward_out(q, k, v, prefix_k, prefix_v, out, scale)
+        _write_out(q, k, v, prefix_k, prefix_v, out, scale)
         return out
     o, _ = _op_forward(q, k, v, prefix_k, prefix_v, scale, _seq_major(q))
     if out is not None:
@@ -773,7 +782,7 @@ def divided_attention_qkv(qkv: torch.Tensor, heads: int, group: tuple, seq: tupl
         raise ValueError("divided_attention_qkv: " + "; ".join(problems))
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if out is not None and not _needs_grad(qkv, prefix_k, prefix_v, out):
-        _op_forward_out(q, k, v, prefix_k, prefix_v, out, scale)
+        _write_out(q, k, v, prefix_k, prefix_v, out, scale)
         return out
     o, _ = _op_qkv_forward(qkv, prefix_k, prefix_v, heads, [int(x) for x in group], [int(x) for x in seq], scale)
     if out is not None:
