@@ -113,3 +113,12 @@ def test_layer_compiles_fullgraph():
         ye, yc = fn(xe), compiled(xc)
         torch.testing.assert_close(yc, ye)
         torch.testing.assert_close(torch.autograd.grad(yc.sum(), xc)[0], torch.autograd.grad(ye.sum(), xe)[0])
+
+
+def test_priority_prefers_triton_only_when_compiled_on_cuda(monkeypatch):
+    be = get_backend("triton")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: False)
+    assert be.priority < get_backend("regular").priority
+    monkeypatch.setattr(triton_backend, "_interpreting", lambda: True)  # e.g. tests on a GPU machine
+    assert be.priority > get_backend("regular").priority

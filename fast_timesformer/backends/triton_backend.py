@@ -119,7 +119,21 @@ def _single_axes(groups):
     return (ga[0] if ga else (1, 0)), (sa[0] if sa else (1, 0))
 
 
-BACKEND = Backend(
+class _TritonBackend(Backend):
+    """``priority`` depends on the machine at the time ``auto`` asks: 30 (before xformers and regular)
+    where the kernels run compiled on CUDA; 150 (after every exact backend) on a CPU-only machine or
+    while the interpreter is on, so ``auto`` never routes other code to the interpreter."""
+
+    @property
+    def priority(self) -> int:
+        return 30 if torch.cuda.is_available() and not _interpreting() else 150
+
+    @priority.setter
+    def priority(self, value):  # the dataclass __init__ assigns the field; the property decides
+        pass
+
+
+BACKEND = _TritonBackend(
     name="triton",
     factory=TritonCore,
     exact=True,
@@ -131,9 +145,7 @@ BACKEND = Backend(
     supports_cross=True,
     max_head_dim=128,
     requires=("triton",),
-    # auto prefers it over regular (50) and xformers (40) where it runs compiled, i.e. on CUDA; on a CPU
-    # machine (interpreter, tests only) it comes last
-    priority=30 if torch.cuda.is_available() else 150,
+    priority=30,  # see _TritonBackend: 150 without CUDA or under the interpreter
     description="fused Triton divided attention on token layout (no rearrange copies), fwd+bwd; no "
                 "attention dropout; CPU only under TRITON_INTERPRET=1",
     checks=_checks,
