@@ -27,6 +27,12 @@ query row is saved for backward. Two tilings:
 The prefix's dk/dv (a sum over every query of every group) are written as per-program fp32 partials
 and summed by torch: deterministic. Plain pointer arithmetic only (Triton 3.6 .. 3.9).
 
+Entry points: :func:`divided_attention` (5-D views), :func:`divided_attention_qkv` (a whole fused
+projection output; its backward writes the projection's gradient in one buffer), :func:`attention_4d`
+(the backend registry's (B, heads, S, d) contract). All go through ``torch.library`` custom ops
+(``fast_timesformer::grouped_attention*``) with fake implementations and registered autograd, except
+inference into ``out`` outside ``torch.compile``, which launches directly.
+
 Set ``TRITON_INTERPRET=1`` before importing this module to run on CPU tensors (slowly; fp32/fp16
 only: the interpreter has no bfloat16 arithmetic).
 """
