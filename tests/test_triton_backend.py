@@ -1,10 +1,7 @@
-"""The ``triton`` backend inside DividedAttention, against ``regular``, on CPU under Triton's interpreter."""
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported (see test_triton_kernel)
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+"""The ``triton`` backend inside DividedAttention, against ``regular``: on CPU under Triton's interpreter
+(tests/conftest.py sets TRITON_INTERPRET=1 where there is no GPU), on CUDA tensors where there is one."""
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
@@ -13,6 +10,17 @@ from fast_timesformer.backends import resolve_backend, triton_backend  # noqa: E
 
 if get_backend("triton").unavailable_reasons():  # pragma: no cover
     pytest.skip("triton: " + "; ".join(get_backend("triton").unavailable_reasons()), allow_module_level=True)
+
+DEV = "cpu" if triton_backend._interpreting() else "cuda"
+
+
+@pytest.fixture(autouse=True)
+def _default_device():
+    prev = torch.get_default_device()
+    torch.set_default_device(DEV)
+    yield
+    torch.set_default_device(prev)
+
 
 MODES = ["global", "per_group", "exclude", "official", "none"]
 
@@ -24,7 +32,7 @@ def _compare(layer, x, call, atol=2e-5):
         layer.set_backend(name)
         xi = x.detach().clone().requires_grad_()
         y = call(layer, xi)
-        w = torch.randn_like(y, generator=torch.Generator().manual_seed(1))
+        w = torch.randn_like(y, generator=torch.Generator(device=y.device).manual_seed(1))
         grads = torch.autograd.grad((y * w).sum(), [xi] + list(layer.parameters()))
         results.append((y, grads))
     (yr, gr), (yt, gt) = results
@@ -69,7 +77,8 @@ def test_refusals_are_reasons():
     assert any("dropout" in r for r in be.why_not(q, dropout_p=0.1))
     assert any("not supported" in r for r in be.why_not(q.double()))
     assert any("head dim 160 > 128" in r for r in be.why_not(torch.randn(1, 1, 3, 160)))
-    assert any("bfloat16" in r for r in be.why_not(q.bfloat16()))
+    if DEV == "cpu":
+        assert any("bfloat16" in r for r in be.why_not(q.bfloat16()))
     layer = DividedAttention(32, heads=2, dim_head=16, backend="triton", attn_dropout=0.5)
     with pytest.raises(BackendUnavailable, match="dropout"):
         layer(torch.randn(1, 7, 32), "b (f n) d", "(b n) f d", n=3)
@@ -80,11 +89,11 @@ def test_cpu_without_interpreter_says_how(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     be = get_backend("triton")
     assert triton_backend.NEED_GPU in be.unavailable_reasons()
-    assert any("TRITON_INTERPRET=1" in r for r in be.why_not(torch.randn(1, 1, 3, 16)))
+    assert any("TRITON_INTERPRET=1" in r for r in be.why_not(torch.randn(1, 1, 3, 16, device="cpu")))
 
 
 def test_auto_does_not_pick_the_interpreter_on_cpu():
-    q = torch.randn(2, 2, 5, 16)
+    q = torch.randn(2, 2, 5, 16, device="cpu")
     if not torch.cuda.is_available():
         assert resolve_backend("auto", q).name != "triton"
 
@@ -104,8 +113,9 @@ def test_training_hands_the_whole_projection_to_the_kernel(monkeypatch):
 def test_layer_compiles_fullgraph():
     """torch.compile(fullgraph=True) through DividedAttention (aot_eager; see test_triton_kernel)."""
     torch._dynamo.reset()
-    layer = DividedAttention(24, heads=2, dim_head=16, backend="triton", cls="official")
-    x = torch.randn(1, 1 + 2 * 4, 24)
+    torch.set_default_device(None)  # dynamo cannot trace through set_default_device's function mode
+    layer = DividedAttention(24, heads=2, dim_head=16, backend="triton", cls="official").to(DEV)
+    x = torch.randn(1, 1 + 2 * 4, 24, device=DEV)
     for pattern in (("b (f n) d", "(b n) f d", {"n": 4}), ("b (f n) d", "(b f) n d", {"f": 2})):
         fn = lambda x: layer(x, pattern[0], pattern[1], **pattern[2])  # noqa: E731
         compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")

@@ -1,15 +1,14 @@
 """The fused Triton divided-attention kernel vs its plain-PyTorch twin and a float64 reference.
 
-Runs on CPU in Triton's interpreter. Triton decides interpreted-or-compiled when a kernel is decorated,
-i.e. when ``fast_timesformer.kernels.divided_attention`` is first imported, so the variable is set here,
-at collection, before anything imports that module (the backend imports it lazily).
+Without a GPU the kernels run on CPU in Triton's interpreter: tests/conftest.py sets TRITON_INTERPRET=1
+before collection (Triton reads it when the kernels are decorated, i.e. when
+``fast_timesformer.kernels.divided_attention`` is first imported). With a GPU (and the variable unset)
+the same tests run the compiled kernels on CUDA tensors, plus a bfloat16 check.
 """
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
@@ -18,12 +17,20 @@ from hypothesis import given, settings, strategies as st, HealthCheck  # noqa: E
 from fast_timesformer.kernels import divided_attention as K  # noqa: E402
 from fast_timesformer.kernels import naive as N  # noqa: E402
 
-if not K.INTERPRETED:  # pragma: no cover
-    pytest.skip("TRITON_INTERPRET is set to something else than 1: these tests run the kernels on CPU "
-                "(on a GPU, benchmarks/bench_kernels.py checks correctness before timing)", allow_module_level=True)
+DEV = "cpu" if K.INTERPRETED else "cuda"
+if DEV == "cuda" and not torch.cuda.is_available():  # pragma: no cover
+    pytest.skip("the kernels were compiled for a GPU (TRITON_INTERPRET unset) and there is none",
+                allow_module_level=True)
+TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
 
-DEV = "cpu"
-TOL = {torch.float32: 1e-4, torch.float16: 2e-2}
+
+@pytest.fixture(autouse=True)
+def _default_device():
+    """Tensors made without a device land on DEV (cuda with a GPU, else cpu for the interpreter)."""
+    prev = torch.get_default_device()
+    torch.set_default_device(DEV)
+    yield
+    torch.set_default_device(prev)
 
 
 def qkv_buffer(b, m, h, d, dtype, *, strided=False):
@@ -88,6 +95,13 @@ def test_fp16_matches_twin_and_float64(f, n, d, prefix):
         check_against_twin_and_float64(2, f, n, 1, d, prefix, torch.float16, kind, strided=(prefix == 1))
 
 
+@pytest.mark.skipif(DEV != "cuda", reason="the Triton interpreter has no bfloat16 arithmetic")
+@pytest.mark.parametrize("f,n,d,prefix", [(8, 196, 64, 1), (8, 7, 40, 0)])
+def test_bf16_on_gpu_matches_float64(f, n, d, prefix):
+    for kind in ("time", "space"):
+        check_against_twin_and_float64(2, f, n, 3, d, prefix, torch.bfloat16, kind, strided=True)
+
+
 @pytest.mark.parametrize("n,prefix", [(50, 1), (70, 0), (130, 2)])
 def test_flash_tiling_long_groups(monkeypatch, n, prefix):
     """Groups longer than the packing limit: query/key blocks, a separate delta, dk/dv and dq pass."""
@@ -146,7 +160,8 @@ def test_attention_4d_contract_with_noncontiguous_inputs():
 
 
 # ---- shape fuzz ----------------------------------------------------------------------------------
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(b=st.integers(1, 2), g=st.integers(1, 5), sq=st.integers(1, 20), sk=st.integers(1, 20),
        h=st.integers(1, 2), d=st.integers(1, 72), p=st.integers(0, 2), pack=st.sampled_from([4, 64]),
        order=st.permutations(range(5)), data=st.data())
@@ -218,8 +233,9 @@ def test_interpreter_flag_reflects_environment():
 def test_compiles_fullgraph_with_autograd_and_inplace_out():
     """The custom ops trace without graph breaks (aot_eager: the interpreter cannot run inductor's
     Triton code on CPU, and inductor's CPU compile costs a minute; it was checked by hand)."""
+    torch.set_default_device(None)  # dynamo cannot trace through set_default_device's function mode
     qkv = qkv_buffer(1, 12, 2, 16, torch.float32)
-    pkv = torch.randn(1, 1, 3, 2, 16)
+    pkv = torch.randn(1, 1, 3, 2, 16, device=DEV)
 
     def f(qkv, pkv):
         q5, k5, v5 = (K.token_view(t, *axes("time", 3, 4)) for t in qkv.unbind(2))
@@ -238,8 +254,8 @@ def test_compiles_fullgraph_with_autograd_and_inplace_out():
     torch.testing.assert_close(torch.autograd.grad(yc.sum(), b)[0], torch.autograd.grad(y.sum(), a)[0])
     cfo = torch.compile(f_out, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
-        ref = f_out(qkv, pkv, torch.zeros(1, 13, 2, 16))
-        torch.testing.assert_close(cfo(qkv, pkv, torch.zeros(1, 13, 2, 16)), ref)
+        ref = f_out(qkv, pkv, torch.zeros(1, 13, 2, 16, device=DEV))
+        torch.testing.assert_close(cfo(qkv, pkv, torch.zeros(1, 13, 2, 16, device=DEV)), ref)
     assert (ref[:, 0] == 0).all() and (ref[:, 1:] != 0).any()
 
 
