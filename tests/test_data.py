@@ -1,6 +1,5 @@
 """Datasets of fast_timesformer.train.data: synthetic tasks and the PyAV video folder."""
 import math
-import os
 
 import pytest
 import torch

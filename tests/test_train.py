@@ -248,7 +248,7 @@ def test_experiment_writes_table_and_plot(tmp_path):
     assert [r["scheme"] for r in res["rows"]] == ["space_only", "divided_space_time"]
     for row in res["rows"]:
         assert 0 <= row["acc"] <= 1 and set(row["swaps"]) == {label for label, _, _ in SWAPS}
-        assert all(v["acc"] is not None for v in row["swaps"].values()), row["swaps"]
+        assert all(v["acc"] is not None and len(v["draws"]) == 3 for v in row["swaps"].values()), row["swaps"]
     table = (tmp_path / "results.md").read_text()
     assert "`divided_space_time`" in table and "performer-64" in table
     assert (tmp_path / "accuracy.png").stat().st_size > 1000

@@ -124,7 +124,7 @@ def cmd_experiment(args) -> int:
     from .experiment import run_experiment
 
     run_experiment(preset=args.preset, out_dir=args.out, schemes=args.schemes, steps=args.steps,
-                   seed=args.seed, device=args.device, progress=args.progress)
+                   seed=args.seed, device=args.device, progress=args.progress, draws=args.draws)
     return 0
 
 
@@ -152,6 +152,8 @@ def add_subcommands(sub) -> None:
     e.add_argument("--schemes", nargs="*", default=None, help="default: every registered scheme")
     e.add_argument("--steps", type=int, default=None, help="override the preset's optimizer steps")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--draws", type=int, default=3,
+                   help="random draws (performer features, fastformer parameters) per swapped-in backend")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--no-progress", dest="progress", action="store_false")
     e.set_defaults(func=cmd_experiment)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "barrier",
-           "broadcast_object"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -79,11 +78,3 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
-
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's ``obj`` on every process."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

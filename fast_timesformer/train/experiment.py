@@ -13,7 +13,6 @@ Presets: ``cpu`` finishes in minutes on 2 cores; ``gpu`` trains a larger model o
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -29,7 +28,7 @@ __all__ = ["PRESETS", "SWAPS", "run_experiment", "write_table", "plot_results"]
 PRESETS: dict[str, dict] = {
     "cpu": dict(model='{"dim": 32, "depth": 2, "heads": 4, "dim_head": 8, "patch_size": 4, "mlp_ratio": 2.0}',
                 num_frames=4, image_size=16, num_classes=2, train_samples=1024, eval_samples=512, batch=32,
-                steps=1500, lr=2e-3, warmup=0.05, weight_decay=0.05, device="cpu"),
+                steps=1000, lr=2e-3, warmup=0.05, weight_decay=0.05, device="cpu"),
     "gpu": dict(model='{"dim": 192, "depth": 4, "heads": 6, "dim_head": 32, "patch_size": 8, "mlp_ratio": 4.0}',
                 num_frames=8, image_size=64, num_classes=4, train_samples=16384, eval_samples=2048, batch=64,
                 steps=3000, lr=1e-3, warmup=0.05, weight_decay=0.05, device="auto", workers=4),
@@ -56,24 +55,35 @@ def _schemes(names: Optional[Sequence[str]]) -> list[str]:
     return list(names)
 
 
-def _swap_accuracy(trainer: Trainer, backend: str, options: dict, seed: int) -> dict:
+def _swap_accuracy(trainer: Trainer, backend: str, options: dict, seeds: Sequence[int]) -> dict:
+    """Accuracy with ``backend`` swapped in, once per seed (performer's random features and fastformer's
+    parameters are drawn from it): mean, min and max over the draws."""
     model = trainer.module
+    layers = model.attention_modules()
+    accs = []
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # performer's random features, fastformer's parameters
-            model.set_backend(backend, **options)
-        metrics = trainer.evaluate()
-        return {"acc": metrics["acc"], "loss": metrics["loss"]}
+        for seed in seeds:
+            for layer in layers:  # a layer keeps a backend's core for reuse: drop it for a fresh draw
+                layer.cores.pop(backend, None)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model.set_backend(backend, **options)
+            accs.append(trainer.evaluate()["acc"])
+        return {"acc": sum(accs) / len(accs), "min": min(accs), "max": max(accs), "draws": accs}
     except Exception as e:  # a backend that refuses these inputs: report why
         return {"acc": None, "error": f"{type(e).__name__}: {e}"}
     finally:
         model.set_backend("regular")
+        for layer in layers:  # leave the model as trained (no extra cores in its state_dict)
+            if backend != "regular":
+                layer.cores.pop(backend, None)
 
 
 def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", schemes: Optional[Sequence[str]] = None,
                    steps: Optional[int] = None, seed: int = 0, device: Optional[str] = None,
-                   progress: bool = True, **overrides) -> dict:
-    """Train every scheme, evaluate the backend swaps, write results.json/.md and accuracy.png."""
+                   progress: bool = True, draws: int = 3, **overrides) -> dict:
+    """Train every scheme, evaluate the backend swaps (``draws`` random draws each), write results.json/.md
+    and accuracy.png."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     settings = dict(PRESETS[preset], seed=seed, progress=progress, log_every=50, **overrides)
@@ -95,13 +105,13 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
                "train_seconds": round(seconds, 1), "steps": trainer.total_steps, "acc": final["acc"],
                "loss": final["loss"], "chance": final["chance"], "swaps": {}}
         for label, backend, options in SWAPS:
-            row["swaps"][label] = _swap_accuracy(trainer, backend, options, seed)
+            row["swaps"][label] = _swap_accuracy(trainer, backend, options, [seed + k for k in range(draws)])
         rows.append(row)
         print(f"{scheme}: acc {row['acc']:.3f} " + " ".join(
             f"{k} {v['acc']:.3f}" if v["acc"] is not None else f"{k} n/a" for k, v in row["swaps"].items()),
             flush=True)
     results = {
-        "preset": preset, "settings": settings, "swaps": [{"label": l, "backend": b, "options": o}
+        "preset": preset, "settings": settings, "draws": draws, "swaps": [{"label": l, "backend": b, "options": o}
                                                           for l, b, o in SWAPS],
         "rows": rows, "environment": {"torch": torch.__version__, "python": platform.python_version(),
                                       "machine": platform.machine(), "threads": torch.get_num_threads(),
@@ -125,11 +135,13 @@ def write_table(results: dict) -> str:
         cells = [f"`{r['scheme']}`", f"{r['params']:,}", f"{r['train_seconds']:.0f}", f"{r['acc']:.3f}"]
         for label in labels:
             s = r["swaps"][label]
-            cells.append(f"{s['acc']:.3f}" if s["acc"] is not None else "n/a")
+            cells.append(f"{s['acc']:.3f} ({s['min']:.2f}-{s['max']:.2f})" if s["acc"] is not None else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     chance = results["rows"][0]["chance"] if results["rows"] else float("nan")
     lines.append("")
-    lines.append(f"Accuracy on {results['settings']['eval_samples']} held-out clips; chance = {chance:.3f}.")
+    lines.append(f"Accuracy on {results['settings']['eval_samples']} held-out clips; chance = {chance:.3f}. Swapped-in "
+                 f"backends: mean (min-max) over {results.get('draws', 1)} draws of their random features / "
+                 "parameters.")
     return "\n".join(lines)
 
 
@@ -146,7 +158,11 @@ def plot_results(results: dict, path: str) -> None:
     for j, label in enumerate(labels):
         vals = [r["acc"] if j == 0 else (r["swaps"][label]["acc"] or 0.0) for r in rows]
         xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, vals, width, label=label)
+        err = None
+        if j > 0:
+            sw = [r["swaps"][label] for r in rows]
+            err = [[v - s.get("min", v) for v, s in zip(vals, sw)], [s.get("max", v) - v for v, s in zip(vals, sw)]]
+        ax.bar(xs, vals, width, label=label, yerr=err, capsize=2 if err else 0)
     if rows:
         ax.axhline(rows[0]["chance"], color="black", linestyle="--", linewidth=1, label="chance")
     ax.set_xticks(range(len(rows)))
@@ -161,6 +177,3 @@ def plot_results(results: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-def _dataclass_fields() -> set:
-    return {f.name for f in dataclasses.fields(TrainConfig)}
