@@ -63,8 +63,7 @@ def _swap_accuracy(trainer: Trainer, backend: str, options: dict, seeds: Sequenc
     accs = []
     try:
         for seed in seeds:
-            for layer in layers:  # a layer keeps a backend's core for reuse: drop it for a fresh draw
-                layer.cores.pop(backend, None)
+            _drop_cores(layers, backend)  # a layer keeps a backend's core for reuse: drop it for a fresh draw
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model.set_backend(backend, **options)
@@ -74,9 +73,14 @@ def _swap_accuracy(trainer: Trainer, backend: str, options: dict, seeds: Sequenc
         return {"acc": None, "error": f"{type(e).__name__}: {e}"}
     finally:
         model.set_backend("regular")
-        for layer in layers:  # leave the model as trained (no extra cores in its state_dict)
-            if backend != "regular":
-                layer.cores.pop(backend, None)
+        if backend != "regular":
+            _drop_cores(layers, backend)  # leave the model as trained (no extra cores in its state_dict)
+
+
+def _drop_cores(layers, backend: str) -> None:
+    for layer in layers:
+        if backend in layer.cores:
+            del layer.cores[backend]
 
 
 def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", schemes: Optional[Sequence[str]] = None,
