@@ -6,6 +6,7 @@ import sys
 
 
 import importlib
+import os
 import importlib.util
 
 # Modules that add their own subcommands: each defines ``add_subcommands(subparsers)``; a subcommand's
@@ -46,8 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .backends import BackendUnavailable
+
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, BackendUnavailable) as e:
+        # a user error (bad option, missing file, refused backend): one clear line, no traceback
+        # (FAST_TIMESFORMER_TRACEBACK=1 shows it)
+        if os.environ.get("FAST_TIMESFORMER_TRACEBACK"):
+            raise
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -106,3 +106,27 @@ def test_cli_backends_table():
             assert row.rstrip().endswith("available")
         if n == "xformers" and not torch.cuda.is_available():
             assert "no CUDA device" in row
+
+
+def test_cli_reports_user_errors_in_one_line(capsys):
+    assert cli_main(["backends"]) == 0
+    capsys.readouterr()
+    from fast_timesformer import cli
+
+    def bad(args):
+        raise ValueError("unknown attention backend 'nope'")
+
+    parser = cli.build_parser
+    try:
+        cli.build_parser = lambda: _with_bad_command(parser(), bad)
+        assert cli_main(["bad"]) == 2
+    finally:
+        cli.build_parser = parser
+    err = capsys.readouterr().err
+    assert err.strip() == "fast-timesformer: error: unknown attention backend 'nope'"
+
+
+def _with_bad_command(p, func):
+    sub = next(a for a in p._actions if a.dest == "command")
+    sub.add_parser("bad").set_defaults(func=func)
+    return p
