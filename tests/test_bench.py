@@ -51,7 +51,7 @@ def test_sweep_writes_json_and_plots(tmp_path):
             tiny(scheme="joint_space_time", image_size=64, group="sweep")]
     pts.append(tiny(backend="no_such_backend", group="sweep"))
     recs = run_sweep(pts, tmp_path, progress=False, settings={"sweep_base": {"frames": 2, "image_size": 32}},
-                     log=quiet)
+                     log=quiet, warm_up_s=0.1)
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == len(pts) == len(recs)
     parsed = [json.loads(line) for line in lines]
@@ -109,7 +109,7 @@ def test_injected_oom_is_recorded_and_sweep_continues(tmp_path, monkeypatch):
         return real_build(w, **kw)
 
     monkeypatch.setattr(runner, "build", build)
-    recs = run_sweep(pts, tmp_path, progress=False, log=quiet)
+    recs = run_sweep(pts, tmp_path, progress=False, log=quiet, warm_up_s=0)
     assert [r["status"] for r in recs] == ["ok", "oom", "ok"]
     assert "OutOfMemoryError" in recs[1]["reason"]
     on_disk = load_results(tmp_path)
@@ -129,7 +129,7 @@ def test_oom_during_the_step_and_cpu_allocator_message(tmp_path, monkeypatch):
         return b
 
     monkeypatch.setattr(runner, "build", build)
-    recs = run_sweep([tiny(frames=2), tiny(frames=4)], tmp_path, progress=False, log=quiet)
+    recs = run_sweep([tiny(frames=2), tiny(frames=4)], tmp_path, progress=False, log=quiet, warm_up_s=0)
     assert [r["status"] for r in recs] == ["oom", "ok"]
     assert not measure.is_oom(RuntimeError("shape mismatch"))
 
@@ -139,13 +139,13 @@ def test_errors_are_recorded_not_raised(tmp_path, monkeypatch):
         raise ValueError("broken model")
 
     monkeypatch.setattr(runner, "build", build)
-    (rec,) = run_sweep([tiny()], tmp_path, progress=False, log=quiet)
+    (rec,) = run_sweep([tiny()], tmp_path, progress=False, log=quiet, warm_up_s=0)
     assert rec["status"] == "error" and "broken model" in rec["reason"]
 
 
 def test_resume_skips_done_points(tmp_path, monkeypatch):
     pts = [tiny(frames=f) for f in (2, 4, 6)]
-    run_sweep(pts[:2], tmp_path, progress=False, log=quiet)
+    run_sweep(pts[:2], tmp_path, progress=False, log=quiet, warm_up_s=0)
     # a killed run leaves a truncated last line: it must be ignored
     with (tmp_path / "results.jsonl").open("a") as fh:
         fh.write('{"key": "trunc')
@@ -157,17 +157,17 @@ def test_resume_skips_done_points(tmp_path, monkeypatch):
         return real_build(w, **kw)
 
     monkeypatch.setattr(runner, "build", build)
-    recs = run_sweep(pts, tmp_path, resume=True, progress=False, log=quiet)
+    recs = run_sweep(pts, tmp_path, resume=True, progress=False, log=quiet, warm_up_s=0)
     assert calls == [6]
     assert [r["workload"]["frames"] for r in recs] == [2, 4, 6]
     keys = [r["key"] for r in load_results(tmp_path)]
     assert len(keys) == len(set(keys)) == 3
     assert len(json.loads((tmp_path / "meta.json").read_text())["runs"]) == 2
     calls.clear()
-    run_sweep(pts, tmp_path, resume=True, progress=False, log=quiet)
+    run_sweep(pts, tmp_path, resume=True, progress=False, log=quiet, warm_up_s=0)
     assert calls == []
     # without --resume the file starts over
-    run_sweep(pts[:1], tmp_path, progress=False, log=quiet)
+    run_sweep(pts[:1], tmp_path, progress=False, log=quiet, warm_up_s=0)
     assert calls == [2] and len(load_results(tmp_path)) == 1
 
 
@@ -237,7 +237,7 @@ def test_interleaved_points_are_timed_round_robin(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "build", build)
     pts = [tiny(frames=f, group="target", interleave=3) for f in (2, 4)] + [tiny(frames=6)]
-    recs = run_sweep(pts, tmp_path, progress=False, log=quiet)
+    recs = run_sweep(pts, tmp_path, progress=False, log=quiet, warm_up_s=0)
     assert [r["status"] for r in recs] == ["ok", "ok", "ok"]
     # FLOP count + memory pass per point, then three rounds A B A B A B; the plain point after
     assert calls[:10] == [2, 2, 4, 4, 2, 4, 2, 4, 2, 4]

@@ -305,6 +305,11 @@ def plot_error_vs_speed(plt, recs, meta, out):
     ax.axvline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("speed-up over backend 'regular' at the same workload (x)")
     ax.set_ylabel("relative error of the output vs 'regular', same weights")
     ax.grid(True, which="both", alpha=0.3)
