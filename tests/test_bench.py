@@ -266,17 +266,20 @@ def test_auto_threads_drop_to_one_on_a_busy_cpu(monkeypatch):
     pts = [tiny()]
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(os, "getloadavg", lambda: (8.0, 8.0, 8.0))
+        monkeypatch.setattr(cli, "busy_cores", lambda *a: 1.7)
         monkeypatch.setattr(os, "cpu_count", lambda: 2)
         assert cli.choose_threads("auto", pts).startswith("1 (auto") and torch.get_num_threads() == 1
         torch.set_num_threads(2)
-        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+        monkeypatch.setattr(cli, "busy_cores", lambda *a: 0.05)
         assert "idle" in cli.choose_threads("auto", pts) and torch.get_num_threads() == 2
         assert cli.choose_threads(1, pts).startswith("1 (--threads)")
     finally:
         torch.set_num_threads(before)
     with pytest.raises(SystemExit):
         cli_main_quiet(["bench", "--threads", "0", "--list"])
+    monkeypatch.undo()
+    busy = cli.busy_cores(0.05)
+    assert busy is None or 0 <= busy <= (os.cpu_count() or 1) + 0.5
 
 
 def cli_main_quiet(argv):

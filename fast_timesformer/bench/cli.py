@@ -81,7 +81,7 @@ def choose_threads(requested, points) -> str:
     """Set torch's CPU threads; returns how they were chosen (stored in meta.json).
 
     ``auto``: torch's default (one per core) on an idle machine; 1 thread when other processes already
-    load the cores (1-minute load average > half the cores), because multi-threaded ops then wait for
+    keep more than half a core busy, because multi-threaded ops then wait for
     descheduled threads and timings slow down erratically (a 2-layer forward: 8 ms on 1 thread, 0.7 s
     on 2, measured here under a load of 8).
     """
@@ -95,17 +95,41 @@ def choose_threads(requested, points) -> str:
     default = torch.get_num_threads()
     if not any(p.device.startswith("cpu") for p in points) or default == 1:
         return f"{default} (torch default)"
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return f"{default} (torch default; load unknown)"
     cores = os.cpu_count() or 1
-    if load > 0.5 * cores:
+    busy = busy_cores()
+    if busy is None:
+        return f"{default} (torch default; CPU use of other processes unknown)"
+    if busy > 0.5:
         torch.set_num_threads(1)
-        print(f"note: load average {load:.1f} on {cores} cores: other processes compete for the CPU, so the "
-              f"timings use 1 thread instead of {default} (pass --threads {default} to override)", file=sys.stderr)
-        return f"1 (auto: load average {load:.1f} on {cores} cores)"
-    return f"{default} (auto: idle machine, load average {load:.1f})"
+        print(f"note: other processes keep {busy:.1f} of {cores} cores busy, so the timings use 1 thread instead of "
+              f"{default} (pass --threads {default} to override)", file=sys.stderr)
+        return f"1 (auto: other processes used {busy:.1f} of {cores} cores before the run)"
+    return f"{default} (auto: idle machine, {busy:.2f} of {cores} cores busy before the run)"
+
+
+def busy_cores(seconds: float = 1.0):
+    """How many cores other processes keep busy, sampled from /proc/stat while this one sleeps (Linux);
+    the 1-minute load average otherwise (it lags: a run that just ended still counts)."""
+    import os
+    import time
+
+    def sample():
+        with open("/proc/stat") as fh:
+            vals = [int(v) for v in fh.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return sum(vals), idle
+
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+        total = t1 - t0
+        return (os.cpu_count() or 1) * (1 - (i1 - i0) / total) if total > 0 else None
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except OSError:
+            return None
 
 
 def cmd_bench(args) -> int:
