@@ -47,20 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Parse ``argv`` and run the subcommand; errors propagate (for use from Python and tests)."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+def console(argv=None) -> int:
+    """The ``fast-timesformer`` entry point: like :func:`main`, but a user error (bad option, missing
+    file, refused backend) prints one line and exits 2 instead of a traceback
+    (``FAST_TIMESFORMER_TRACEBACK=1`` shows the traceback)."""
     from .backends import BackendUnavailable
 
     try:
-        return args.func(args)
+        return main(argv)
     except (ValueError, TypeError, FileNotFoundError, BackendUnavailable) as e:
-        # a user error (bad option, missing file, refused backend): one clear line, no traceback
-        # (FAST_TIMESFORMER_TRACEBACK=1 shows it)
         if os.environ.get("FAST_TIMESFORMER_TRACEBACK"):
             raise
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"fast-timesformer: error: {e}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

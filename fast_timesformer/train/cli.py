@@ -100,8 +100,10 @@ def cmd_train(args) -> int:
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
             print(json.dumps(shown))
             print(f"checkpoints in {cfg.out_dir}, metrics in {trainer.metrics_path}")
-    finally:
-        cleanup_distributed()
+    except BaseException:
+        cleanup_distributed(sync=False)
+        raise
+    cleanup_distributed(sync=True)
     return 0
 
 

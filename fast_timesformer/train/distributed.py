@@ -60,8 +60,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend)
 
 
-def cleanup_distributed() -> None:
+def cleanup_distributed(sync: bool = True) -> None:
+    """Tear the process group down. With ``sync`` (the normal end of a run) every process first waits
+    for the others: a process that destroys its group while a peer is still in a collective makes the
+    peer's gloo threads abort the interpreter. After an error, no wait (the peers may never arrive)."""
     if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 
