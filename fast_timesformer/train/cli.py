@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gc
 import json
 import sys
 
@@ -103,6 +104,9 @@ def cmd_train(args) -> int:
     except BaseException:
         cleanup_distributed(sync=False)
         raise
+    # release the DDP wrapper (its reducer holds the process group) before the group is destroyed
+    del trainer
+    gc.collect()
     cleanup_distributed(sync=True)
     return 0
 
