@@ -12,10 +12,10 @@ from .backends import (
 )
 from .attention import DividedAttention, set_backend, use_backend
 from .groups import TokenGroups
-from .models.generative import GenerativeTimeSformer  # noqa: F401
-from .models.timesformer import TimeSformer  # noqa: F401
-from .models.registry import create_model, list_models  # noqa: F401
-from .models.vit import load_vit_weights_into_timesformer  # noqa: F401
+from .models.generative import GenerativeTimeSformer
+from .models.timesformer import TimeSformer
+from .models.registry import create_model, list_models
+from .models.vit import load_vit_weights_into_timesformer
 
 __version__ = "0.1.0"
 
@@ -23,4 +23,5 @@ __all__ = [
     "AttentionCore", "Backend", "BackendUnavailable", "DividedAttention", "TokenGroups", "get_backend",
     "list_backends", "reference_attention", "register_backend", "resolve_backend", "set_backend",
     "unregister_backend", "use_backend",
+    "TimeSformer", "GenerativeTimeSformer", "create_model", "list_models", "load_vit_weights_into_timesformer",
 ]

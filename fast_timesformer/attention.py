@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .backends import AttentionCore, get_backend, resolve_backend
-from .backends.registry import AUTO, BackendUnavailable
+from .backends.registry import AUTO
 from .groups import TokenGroups
 
 __all__ = ["DividedAttention", "use_backend", "set_backend", "CLS_MODES", "attention_groups_from_patterns"]

@@ -14,15 +14,6 @@ TINY = dict(dim=32, image_size=16, patch_size=4, num_frames=3, num_target_frames
             heads=2, dim_head=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """`make test` runs two pytest workers on two cores: one intra-op thread each avoids oversubscription
-    (measured on a busy 2-core machine: 10x faster for the tiny models here, 2x for seed 000)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(**overrides):
     return GenerativeTimeSformer(**{**TINY, **overrides})

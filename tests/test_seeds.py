@@ -14,7 +14,6 @@ The same texts are shown in docs/generative.md (a test keeps them in sync).
 """
 import os
 
-import pytest
 import torch
 
 SEED_000 = '''\
@@ -78,15 +77,6 @@ logits = model(video)  # (2, num_classes)
 SNIPPETS = {"000": SEED_000, "001": SEED_001, "002": SEED_002}
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "generative.md")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """`make test` runs two pytest workers on two cores: one intra-op thread each avoids oversubscription
-    (measured on a busy 2-core machine: 10x faster for the tiny models here, 2x for seed 000)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def timm_format_vit_state_dict(depth=12, dim=768, heads=12, patch_size=16, image_size=224, channels=3,

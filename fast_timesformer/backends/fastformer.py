@@ -42,7 +42,6 @@ class FastformerCore(AttentionCore):
         dtype = q.dtype
         acc = torch.promote_types(dtype, torch.float32)  # float32 accumulation for half types
         qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
-        d = q.shape[-1]
         alpha = torch.softmax(torch.einsum("bhsd,hd->bhs", qf, self.w_q.to(acc)) * scale, dim=-1)
         g_q = torch.einsum("bhs,bhsd->bhd", alpha, qf)
         p = g_q.unsqueeze(2) * kf

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
 import torch.nn.functional as F
 
 from .common import with_prefix

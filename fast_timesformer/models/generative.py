@@ -50,6 +50,7 @@ from torch import nn
 from ..attention import DividedAttention, set_backend as _set_backend
 from ..backends import BackendUnavailable
 from ..groups import TokenGroups
+from .layers import init_linear_and_norm_
 
 __all__ = ["GenerativeTimeSformer", "CrossAttention", "patchify", "unpatchify", "GENERATIVE_STEPS"]
 
@@ -100,7 +101,6 @@ class CrossAttention(DividedAttention):
                          qkv_bias=qkv_bias, scale=scale, step=step, **backend_options)
 
     def _project(self, x, rows: slice):
-        inner = self.heads * self.dim_head
         w = self.qkv.weight[rows]
         b = None if self.qkv.bias is None else self.qkv.bias[rows]
         return F.linear(x, w, b).unflatten(-1, (-1, self.heads, self.dim_head)).unbind(2)  # each (b, M, h, d)
@@ -293,14 +293,7 @@ class GenerativeTimeSformer(nn.Module):
     def reset_parameters(self):
         for p in (self.pos_embed, self.time_embed, self.target_query):
             nn.init.trunc_normal_(p, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_and_norm_(self.modules())
 
     def set_backend(self, backend: Union[str, Mapping[str, str]], **options) -> "GenerativeTimeSformer":
         """Switch the backend of every attention layer (a name, or a mapping over "time"/"space"/"cross")."""

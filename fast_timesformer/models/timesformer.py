@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..attention import DividedAttention
 from ..groups import TokenGroups
+from .layers import init_linear_and_norm_
 from .schemes import Scheme, get_scheme
 
 __all__ = ["TimeSformer", "Block", "Mlp", "PatchEmbed", "DropPath", "CLS_MODES", "count_parameters"]
@@ -257,14 +258,7 @@ class TimeSformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self.time_embed is not None:
             nn.init.zeros_(self.time_embed)
-        for module in self._own_modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_linear_and_norm_(self._own_modules())
         for block in self.blocks:
             for _, _, _, fc in block.attention_layers():
                 if fc is not None:
