@@ -10,10 +10,11 @@ Each snippet is adapted only by its import line and, where our names differ, by 
       defined, and ``timm.create_model('vit_base_patch16_224', pretrained=True)`` (no timm or hub here) ->
       a random state dict in timm's format (ViT-Base/16, 224). Sizes as in the seed (ViT-Base, 8x224,
       batch 2): about 15 s of CPU time without autograd.
-The same texts are shown in docs/generative.md (a test keeps them in sync).
+The same texts are shown in docs/generative.md and README.md (a test keeps them in sync).
 """
 import os
 
+import pytest
 import torch
 
 SEED_000 = '''\
@@ -76,6 +77,7 @@ logits = model(video)  # (2, num_classes)
 
 SNIPPETS = {"000": SEED_000, "001": SEED_001, "002": SEED_002}
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "generative.md")
+README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
 
 
 
@@ -151,8 +153,9 @@ def test_seed_002_timesformer_with_vit_weights_snippet():
         torch.testing.assert_close(state[key], vit[key], rtol=0, atol=0, msg=key)
 
 
-def test_docs_show_the_adapted_snippets():
-    with open(DOCS, encoding="utf-8") as fh:
+@pytest.mark.parametrize("page", [DOCS, README], ids=["docs/generative.md", "README.md"])
+def test_docs_show_the_adapted_snippets(page):
+    with open(page, encoding="utf-8") as fh:
         text = fh.read()
     for name, snippet in SNIPPETS.items():
-        assert snippet in text, f"seed {name}'s snippet differs from docs/generative.md"
+        assert snippet in text, f"seed {name}'s snippet differs from {os.path.basename(page)}"
