@@ -133,6 +133,18 @@ def test_performer_redraw_on_demand_and_interval():
     assert not torch.equal(p0, p1)
     core.redraw_features()
     assert not torch.equal(p1, core.fast_attention.projection_matrix)
+    # the counter travels with the state dict: a restored core redraws at the same call as the original
+    core(q, k, v)
+    twin = get_backend("performer").build(16, 2, nb_features=32, feature_redraw_interval=2)
+    twin.load_state_dict(core.state_dict())
+    assert twin.calls_since_redraw == core.calls_since_redraw == 1
+    core(q, k, v), twin(q, k, v)  # second call: no redraw yet
+    torch.manual_seed(7)
+    core(q, k, v)
+    torch.manual_seed(7)
+    twin(q, k, v)  # third call: both redraw, from the same RNG state
+    assert torch.equal(core.fast_attention.projection_matrix, twin.fast_attention.projection_matrix)
+    assert not torch.equal(p1, twin.fast_attention.projection_matrix)
 
 
 def test_performer_features_in_fp32_under_bf16():

@@ -237,7 +237,7 @@ def test_backend_state_is_reported_backend_weights_are_missing(hf_divided):
     hf, folder = hf_divided
     model = TimeSformer.from_pretrained(folder, backend="performer")  # random features: not an error
     report = model.load_report
-    assert report.ok and len(report.backend_state) == 4  # 2 blocks x (time, space)
+    assert report.ok and len(report.backend_state) == 8  # 2 blocks x (time, space) x (features, redraw counter)
     assert all(".cores.performer." in k for k in report.backend_state)
     with pytest.raises(CheckpointMismatchError, match=r"(?s)cores\.fastformer\.w_q.*model\.set_backend"):
         TimeSformer.from_pretrained(folder, backend="fastformer")  # its own parameters: a different model

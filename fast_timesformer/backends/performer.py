@@ -36,19 +36,29 @@ class PerformerCore(AttentionCore):
         self.nb_features = nb_features
         self.generalized_attention = generalized_attention
         self.feature_redraw_interval = feature_redraw_interval
+        # training calls since the last redraw: a Python int for the hot path (no device sync), mirrored
+        # in a buffer so that checkpoints carry it and a resumed run redraws at the same step
         self.calls_since_redraw = 0
+        self.register_buffer("redraw_counter", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def redraw_features(self):
         """Draw a fresh random projection (uses the global torch RNG)."""
         self.fast_attention.redraw_projection_matrix(self.fast_attention.projection_matrix.device)
         self.calls_since_redraw = 0
+        self.redraw_counter.fill_(0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "redraw_counter" in state_dict:
+            self.calls_since_redraw = int(self.redraw_counter)
 
     def attend(self, q, k, v, prefix_k, prefix_v, *, scale, dropout_p):
         if self.training and self.feature_redraw_interval is not None:
             if self.calls_since_redraw >= self.feature_redraw_interval:
                 self.redraw_features()
             self.calls_since_redraw += 1
+            self.redraw_counter.fill_(self.calls_since_redraw)
         k, v = with_prefix(k, v, prefix_k, prefix_v)
         d = q.shape[-1]
         default = d ** -0.5
