@@ -22,13 +22,14 @@ Equivalent PyTorch code (softmax backends)::
 """
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
+
+from .._names import unknown_name_error
 
 __all__ = [
     "AttentionCore",
@@ -314,10 +315,7 @@ def get_backend(name: str) -> Backend:
     try:
         return _REGISTRY[name]
     except KeyError:
-        known = list_backends() + [AUTO]
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown attention backend {name!r}; known: {', '.join(known)}.{hint}") from None
+        raise unknown_name_error("attention backend", name, list_backends() + [AUTO]) from None
 
 
 def resolve_backend(name: str, q, k=None, v=None, prefix_k=None, prefix_v=None, *,

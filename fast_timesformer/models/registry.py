@@ -19,7 +19,7 @@ timesformer_tiny_patch16_224      8      224   192   ViT-Ti/16 width, 3 heads (n
 """
 from __future__ import annotations
 
-import difflib
+from .._names import unknown_name_error
 import fnmatch
 from typing import Callable, Optional
 
@@ -59,9 +59,7 @@ def _lookup(name: str):
     try:
         return _MODELS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_MODELS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}.{hint}") from None
+        raise unknown_name_error("model", name, list_models()) from None
 
 
 def model_config(name: str) -> dict:

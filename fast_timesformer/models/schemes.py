@@ -30,7 +30,7 @@ raise ``ValueError``: padding would add tokens that every query attends to, whic
 """
 from __future__ import annotations
 
-import difflib
+from .._names import unknown_name_error
 from dataclasses import dataclass
 from typing import Callable
 
@@ -180,9 +180,7 @@ def get_scheme(name) -> Scheme:
     try:
         return SCHEMES[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(SCHEMES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown scheme {name!r}; choose from {', '.join(SCHEMES)}.{hint}") from None
+        raise unknown_name_error("scheme", name, SCHEMES) from None
 
 
 def list_schemes() -> list:
