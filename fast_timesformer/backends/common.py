@@ -1,24 +1,23 @@
-"""Helpers shared by the built-in backends."""
+"""Helpers shared by the registry and the built-in backends."""
 from __future__ import annotations
 
 import torch
 
 
-from .registry import _expand
-
-
-def expand_prefix(prefix: torch.Tensor, batch: int) -> torch.Tensor:
-    """(b, h, P, d) -> (b*g, h, P, d) with g = batch // b: the prefix repeated for each group, batch-major."""
-    return _expand(prefix, batch // prefix.shape[0])
+def per_group(prefix: torch.Tensor, groups: int) -> torch.Tensor:
+    """(b, h, P, d) -> (b*groups, h, P, d): the prefix repeated for each group, batch-major."""
+    if groups == 1:
+        return prefix
+    b = prefix.shape[0]
+    return prefix.unsqueeze(1).expand(b, groups, *prefix.shape[1:]).reshape(b * groups, *prefix.shape[1:])
 
 
 def with_prefix(k, v, prefix_k, prefix_v):
     """Concatenate the shared prefix in front of every group's keys and values (a copy of k and v)."""
     if prefix_k is None:
         return k, v
-    pk = expand_prefix(prefix_k, k.shape[0])
-    pv = expand_prefix(prefix_v, v.shape[0])
-    return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+    groups = k.shape[0] // prefix_k.shape[0]
+    return torch.cat([per_group(prefix_k, groups), k], dim=2), torch.cat([per_group(prefix_v, groups), v], dim=2)
 
 
 def reference_attention(q, k, v, prefix_k=None, prefix_v=None, *, scale=None):

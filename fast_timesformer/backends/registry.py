@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .._names import unknown_name_error
+from .common import per_group, with_prefix
 
 __all__ = [
     "AttentionCore",
@@ -107,14 +108,14 @@ class AttentionCore(nn.Module):
             if self.backend.supports_prefix and self.backend.supports_cross and not want_prefix_out:
                 y = self(qg, kg, vg, pk, pv, scale=scale, dropout_p=dropout_p)
             elif self.backend.supports_cross:  # materialise [prefix; group] keys/values once, for both calls
-                kc, vc = (torch.cat([_expand(p_, ng), g_], 2) for p_, g_ in ((pk, kg), (pv, vg)))
+                kc, vc = with_prefix(kg, vg, pk, pv)
                 y = self(qg, kc, vc, scale=scale, dropout_p=dropout_p)
                 if want_prefix_out:
-                    yp = self(_expand(pq, ng), kc, vc, scale=scale, dropout_p=dropout_p)
+                    yp = self(per_group(pq, ng), kc, vc, scale=scale, dropout_p=dropout_p)
             else:  # self-attention only: materialise [prefix; group] for q, k and v
                 if pq is None:
                     raise BackendUnavailable(self.backend.name, ["needs the prefix's query to attend [prefix; group]"])
-                cat = [torch.cat([_expand(p_, ng), g_], 2) for p_, g_ in ((pq, qg), (pk, kg), (pv, vg))]
+                cat = [torch.cat([per_group(p_, ng), g_], 2) for p_, g_ in ((pq, qg), (pk, kg), (pv, vg))]
                 y_all = self(*cat, scale=scale, dropout_p=dropout_p)
                 yp, y = y_all[:, :, :n_p], y_all[:, :, n_p:]
             if want_prefix_out:
@@ -137,13 +138,6 @@ class AttentionCore(nn.Module):
 
     def extra_repr(self) -> str:
         return f"backend={self.backend.name!r}, heads={self.heads}, dim_head={self.dim_head}"
-
-
-def _expand(p, groups):
-    """(b, h, P, d) -> (b*groups, h, P, d), batch-major."""
-    if groups == 1:
-        return p
-    return p.unsqueeze(1).expand(p.shape[0], groups, *p.shape[1:]).reshape(p.shape[0] * groups, *p.shape[1:])
 
 
 def _describe(q, k, prefix_k) -> str:
