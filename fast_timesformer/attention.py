@@ -159,15 +159,15 @@ class DividedAttention(nn.Module):
         return self.backend_name
 
     def core_for(self, q, k=None, v=None, prefix_k=None, prefix_v=None) -> AttentionCore:
-        """The core that will run these inputs; raises with reasons if the backend refuses them."""
+        """The core that will run these inputs. ``auto`` is resolved here (raising with every exact
+        backend's reasons if none fits); a named backend's core checks its inputs when called."""
+        if self.backend_name != AUTO:
+            return self.cores[self.backend_name]
         dropout_p = self.attn_dropout if self.training else 0.0
-        if self.backend_name == AUTO:
-            be = resolve_backend(AUTO, q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
-            if be.name not in self.cores:
-                self.cores[be.name] = self._build(be, {})
-            return self.cores[be.name]
-        core = self.cores[self.backend_name]
-        return core
+        be = resolve_backend(AUTO, q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
+        if be.name not in self.cores:
+            self.cores[be.name] = self._build(be, {})
+        return self.cores[be.name]
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, from_pattern: Optional[str] = None, to_pattern: Optional[str] = None, *,
