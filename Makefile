@@ -13,7 +13,7 @@ SUITE ?= cpu
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test bench plots backends clean
+.PHONY: install test bench backends clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
