@@ -57,10 +57,11 @@ def console(argv=None) -> int:
     file, refused backend) prints one line and exits 2 instead of a traceback
     (``FAST_TIMESFORMER_TRACEBACK=1`` shows the traceback)."""
     from .backends import BackendUnavailable
+    from .errors import FastTimesformerError
 
     try:
         return main(argv)
-    except (ValueError, TypeError, FileNotFoundError, BackendUnavailable) as e:
+    except (FastTimesformerError, ValueError, TypeError, FileNotFoundError, BackendUnavailable) as e:
         if os.environ.get("FAST_TIMESFORMER_TRACEBACK"):
             raise
         print(f"fast-timesformer: error: {e}", file=sys.stderr)

@@ -1,0 +1,47 @@
+"""User-facing error types shared by the library and the command line.
+
+Every error a user can cause by what they pass in (a file, an option, a size) is raised as a specific
+exception whose message is one complete sentence naming the thing at fault; the ``fast-timesformer``
+entry point prints that sentence as one line and exits with status 2. All of them derive from
+:class:`FastTimesformerError` (and from ``ValueError`` where the cause is a bad value), so callers can
+catch the family or one member.
+"""
+from __future__ import annotations
+
+__all__ = ["FastTimesformerError", "CorruptCheckpointError", "BadVideoError", "DeviceUnavailableError"]
+
+
+class FastTimesformerError(Exception):
+    """Base of the user-facing errors: the message is one line naming the input and the problem."""
+
+
+class CorruptCheckpointError(FastTimesformerError, ValueError):
+    """A checkpoint file exists but cannot be read: truncated, garbage, or not in any format we read.
+
+    Never described as "pickled objects": a damaged file is not an invitation to unpickle it."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class BadVideoError(FastTimesformerError, ValueError):
+    """One or more video files cannot be decoded (corrupt, truncated, not a video)."""
+
+    def __init__(self, problems):
+        # problems: a list of (path, reason) pairs, or one (path, reason) pair
+        if isinstance(problems, tuple) and len(problems) == 2 and isinstance(problems[1], str):
+            problems = [problems]
+        self.problems = [(str(p), str(r)) for p, r in problems]
+        if len(self.problems) == 1:
+            path, reason = self.problems[0]
+            msg = f"{path}: {reason}"
+        else:
+            msg = f"{len(self.problems)} unreadable video files: " + "; ".join(
+                f"{p}: {r}" for p, r in self.problems)
+        super().__init__(msg)
+
+
+class DeviceUnavailableError(FastTimesformerError, ValueError):
+    """A device was asked for (``--device cuda``) that this machine does not have."""
