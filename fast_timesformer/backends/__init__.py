@@ -13,10 +13,11 @@ from .registry import (
 )
 from . import fastformer as _fastformer
 from . import performer as _performer
+from . import recording as _recording
 from . import regular as _regular
 from . import xformers_backend as _xformers
 
-for _mod in (_regular, _performer, _fastformer, _xformers):
+for _mod in (_regular, _performer, _fastformer, _xformers, _recording):
     register_backend(_mod.BACKEND)
 
 import importlib.util as _util
