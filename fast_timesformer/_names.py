@@ -1,13 +1,40 @@
-"""One error for every registry lookup (backends, models, schemes): what was asked, what exists, and
-the closest match."""
+"""One error for every name lookup (backends, models, schemes, attention steps, CLS modes, SDPA kernels):
+what was asked, what exists, and the closest match."""
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Iterable, List, Mapping, Optional
 
 
-def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> ValueError:
-    known = list(known)
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"unknown {kind} {name!r}; known: {', '.join(known)}.{hint}")
+def close_match(name: str, known: Iterable[str], aliases: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The known name ``name`` most likely stands for, or None.
+
+    difflib's ratio alone misses abbreviations (``'divided'`` is 7 of the 18 letters of
+    ``'divided_space_time'``: ratio 0.56 < 0.6), so a known name that starts with, or contains, what was
+    typed (case-insensitive) wins when it is the only one; otherwise the closest by ratio.
+    """
+    known = [k for k in known if isinstance(k, str)]
+    low = str(name).strip().lower()
+    if aliases and aliases.get(low) in known:  # another word for the same thing ("temporal" -> "time")
+        return aliases[low]
+    if low:
+        for test in (lambda k: k.lower().startswith(low), lambda k: low in k.lower()):
+            hits = [k for k in known if test(k)]
+            if len(hits) == 1:
+                return hits[0]
+    close = difflib.get_close_matches(str(name), known, n=1)
+    if not close:  # case slips: 'Regular', 'AXIAL'
+        by_lower = {k.lower(): k for k in known}
+        close = [by_lower[c] for c in difflib.get_close_matches(low, list(by_lower), n=1)]
+    return close[0] if close else None
+
+
+def unknown_name_error(kind: str, name, known: Iterable[str],
+                       aliases: Optional[Mapping[str, str]] = None) -> ValueError:
+    """``UnknownNameError("unknown scheme 'divided'; known: ... Did you mean 'divided_space_time'?")``."""
+    from .errors import UnknownNameError
+
+    known: List[str] = [str(k) for k in known]
+    close = close_match(str(name), known, aliases)
+    hint = f" Did you mean {close!r}?" if close else ""
+    return UnknownNameError(kind, name, known, f"unknown {kind} {name!r}; known: {', '.join(known)}.{hint}")

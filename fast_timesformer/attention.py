@@ -25,6 +25,7 @@ none       x has no CLS token                                   -
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 from typing import Mapping, Optional, Union
 
@@ -32,10 +33,12 @@ import torch
 from torch import nn
 
 from .backends import AttentionCore, get_backend, resolve_backend
+from ._names import unknown_name_error
 from .backends.registry import AUTO
-from .groups import TokenGroups
+from .groups import TokenGroups, _is_count
 
-__all__ = ["DividedAttention", "use_backend", "set_backend", "CLS_MODES", "attention_groups_from_patterns"]
+__all__ = ["DividedAttention", "use_backend", "set_backend", "CLS_MODES", "attention_groups_from_patterns",
+           "check_step_names"]
 
 CLS_MODES = ("global", "per_group", "exclude", "official", "none")
 TIME_AXES = ("f", "t", "frames", "time")
@@ -48,7 +51,8 @@ def _parse_pattern(pattern: str):
     return [t[1:-1].split() if t.startswith("(") else t for t in tokens]
 
 
-def attention_groups_from_patterns(from_pattern: str, to_pattern: str, m: int, sizes: dict) -> TokenGroups:
+def attention_groups_from_patterns(from_pattern: str, to_pattern: str, m: int, sizes: dict,
+                                   has_cls: bool = True) -> TokenGroups:
     """Turn seed 001's call form into :class:`TokenGroups`.
 
     ``from_pattern`` is ``'b (A B) d'`` (tokens stored A-major) and ``to_pattern`` is ``'(b G) S d'`` with
@@ -69,22 +73,42 @@ def attention_groups_from_patterns(from_pattern: str, to_pattern: str, m: int, s
     unknown = set(sizes) - {a_name, b_name}
     if unknown:
         raise ValueError(f"size(s) {sorted(unknown)} do not appear in {from_pattern!r}")
+    for name, value in sizes.items():
+        if not _is_count(value) or value < 1:
+            raise ValueError(f"{name}={value!r}: the size of axis {name!r} in {from_pattern!r} must be a "
+                             "positive int")
+    tokens = f"x has 1+{m} tokens" if has_cls else f"x has {m} tokens (no CLS token)"
     if a_name in sizes and b_name in sizes:
         na, nb = sizes[a_name], sizes[b_name]
-    elif a_name in sizes:
-        na = sizes[a_name]
-        nb = m // na if na else 0
-    elif b_name in sizes:
-        nb = sizes[b_name]
-        na = m // nb if nb else 0
+        if na * nb != m:
+            raise ValueError(f"{tokens}; {a_name}={na} x {b_name}={nb} = {na * nb}, not the {m} patch tokens")
+    elif a_name in sizes or b_name in sizes:
+        given = a_name if a_name in sizes else b_name
+        if m % sizes[given]:
+            raise ValueError(f"{tokens}; {m} patch tokens are not divisible by {given}={sizes[given]}")
+        na, nb = (sizes[a_name], m // sizes[a_name]) if given == a_name else (m // sizes[b_name], sizes[b_name])
     else:
         raise ValueError(f"give the size of {a_name!r} or {b_name!r} as a keyword, e.g. {b_name}=...")
-    if na * nb != m or na < 1 or nb < 1:
-        raise ValueError(f"{a_name}={na} x {b_name}={nb} does not equal the {m} patch tokens of x "
-                         f"(x has {m + 1} tokens with the CLS token first)")
     axes = {a_name: (na, nb), b_name: (nb, 1)}
     kind = "time" if s_name in TIME_AXES else ("space" if g_name in TIME_AXES else "custom")
     return TokenGroups(group=(axes[g_name],), seq=(axes[s_name],), kind=kind)
+
+
+def _check_option_names(be, options) -> None:
+    """Raise ``TypeError`` (as Python does for an unexpected keyword) for an option the backend's factory
+    does not take, with the known options and the close match."""
+    try:
+        params = inspect.signature(be.factory).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    allowed = [p.name for p in params if p.name not in ("self", "backend", "dim_head", "heads")]
+    unknown = [o for o in options if o not in allowed]
+    if unknown and not allowed:
+        raise TypeError(f"backend {be.name!r} takes no options, got {sorted(options)}")
+    if unknown:
+        raise TypeError(str(unknown_name_error(f"{be.name} option", unknown[0], allowed)))
 
 
 class DividedAttention(nn.Module):
@@ -114,7 +138,7 @@ class DividedAttention(nn.Module):
                  **backend_options):
         super().__init__()
         if cls not in CLS_MODES:
-            raise ValueError(f"unknown cls mode {cls!r}; choose from {', '.join(CLS_MODES)}")
+            raise unknown_name_error("cls mode", cls, CLS_MODES)
         if heads < 1 or dim_head < 1 or dim < 1:
             raise ValueError(f"dim, heads and dim_head must be positive, got {dim}, {heads}, {dim_head}")
         self.dim, self.heads, self.dim_head = dim, heads, dim_head
@@ -150,6 +174,7 @@ class DividedAttention(nn.Module):
         try:
             core = be.build(self.dim_head, self.heads, **options)
         except TypeError as e:
+            _check_option_names(be, options)
             raise TypeError(f"backend {be.name!r} rejected options {sorted(options)}: {e}") from None
         w = self.qkv.weight
         return core.to(device=w.device, dtype=w.dtype if w.is_floating_point() else None)
@@ -183,7 +208,7 @@ class DividedAttention(nn.Module):
             raise ValueError(f"x is on {x.device} but the layer is on {self.qkv.weight.device}")
         cls = self.cls_mode if cls is None else cls
         if cls not in CLS_MODES:
-            raise ValueError(f"unknown cls mode {cls!r}; choose from {', '.join(CLS_MODES)}")
+            raise unknown_name_error("cls mode", cls, CLS_MODES)
         has_cls = cls != "none"
         m = x.shape[1] - int(has_cls)
         if m < 1:
@@ -193,7 +218,7 @@ class DividedAttention(nn.Module):
                 raise ValueError("give either patterns or groups=, not both")
             if from_pattern is None or to_pattern is None:
                 raise ValueError("give both from_pattern and to_pattern")
-            groups = attention_groups_from_patterns(from_pattern, to_pattern, m, sizes)
+            groups = attention_groups_from_patterns(from_pattern, to_pattern, m, sizes, has_cls)
         elif sizes:
             raise ValueError(f"sizes {sorted(sizes)} given without patterns")
         if groups is None:
@@ -241,6 +266,19 @@ class DividedAttention(nn.Module):
 
 
 # ---- switching backends on built models -------------------------------------------------------
+#: words people use for the steps (the module prefixes among them) -> the step names
+STEP_ALIASES = {"temporal": "time", "spatial": "space", "t": "time", "s": "space", "attn": "space",
+                "w": "width", "h": "height", "l": "local", "g": "global", "st": "joint"}
+
+
+def check_step_names(given, steps) -> None:
+    """Raise :class:`~fast_timesformer.errors.UnknownNameError` (with the close match) for the first
+    name in ``given`` that is not one of ``steps``."""
+    unknown = [s for s in given if s not in steps]
+    if unknown:
+        raise unknown_name_error("attention step", unknown[0], steps, STEP_ALIASES)
+
+
 def _layers(module: nn.Module):
     return [m for m in module.modules() if isinstance(m, DividedAttention)]
 
@@ -255,10 +293,7 @@ def set_backend(module: nn.Module, backend: BackendSpec, **options) -> nn.Module
     if not layers:
         raise ValueError(f"{type(module).__name__} contains no DividedAttention layer")
     if isinstance(backend, Mapping):
-        steps = {layer.step for layer in layers}
-        unknown = set(backend) - steps
-        if unknown:
-            raise ValueError(f"unknown attention step(s) {sorted(unknown)}; this model has {sorted(steps)}")
+        check_step_names(backend, sorted({layer.step for layer in layers}))
         for layer in layers:
             if layer.step in backend:
                 layer.set_backend(backend[layer.step], **options)

@@ -45,3 +45,13 @@ class BadVideoError(FastTimesformerError, ValueError):
 
 class DeviceUnavailableError(FastTimesformerError, ValueError):
     """A device was asked for (``--device cuda``) that this machine does not have."""
+
+
+class UnknownNameError(FastTimesformerError, ValueError):
+    """A name that is not registered (scheme, model, backend, attention step, CLS mode, SDPA kernel); the
+    message lists the known names and suggests the closest one."""
+
+    def __init__(self, kind: str, name, known, message: str):
+        self.kind, self.name, self.known = kind, name, list(known)
+        super().__init__(message)
+

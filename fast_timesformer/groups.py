@@ -15,6 +15,7 @@ Examples (f frames, n = h * w patches)::
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,24 @@ import torch
 __all__ = ["TokenGroups"]
 
 Axis = tuple  # (size, stride) in tokens
+
+
+def _is_count(v) -> bool:
+    """An integer (int, numpy or 0-d torch integer), not a bool."""
+    if isinstance(v, bool):
+        return False
+    try:
+        operator.index(v)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_sizes(kind: str, f, n) -> None:
+    for name, v in (("f", f), ("n", n)):
+        if not _is_count(v) or v < 1:
+            what = "frames" if name == "f" else "patches per frame"
+            raise ValueError(f"TokenGroups.{kind}(f={f!r}, n={n!r}): {name} ({what}) must be a positive int")
 
 
 @dataclass(frozen=True)
@@ -37,8 +56,12 @@ class TokenGroups:
         if not self.seq:
             raise ValueError("TokenGroups needs at least one sequence axis")
         for size, stride in axes:
-            if size < 1 or stride < 0:
-                raise ValueError(f"bad axis (size={size}, stride={stride}) in {self}")
+            if size < 1:
+                raise ValueError(f"TokenGroups axis (size={size}, stride={stride}): a size must be >= 1 "
+                                 f"(axes: group {self.group}, seq {self.seq})")
+            if stride < 0:
+                raise ValueError(f"TokenGroups axis (size={size}, stride={stride}): a stride must be >= 0 "
+                                 f"(axes: group {self.group}, seq {self.seq})")
         # mixed-radix check: sorted by stride (descending), each stride equals the product of the
         # sizes of the axes below it, and the smallest stride is 1.
         nontrivial = sorted((a for a in axes if a[0] > 1), key=lambda a: -a[1])
@@ -70,14 +93,17 @@ class TokenGroups:
     # ---- the canonical schemes' groups -------------------------------------------------------
     @classmethod
     def time(cls, f: int, n: int) -> "TokenGroups":
+        _check_sizes("time", f, n)
         return cls(group=((n, 1),), seq=((f, n),), kind="time")
 
     @classmethod
     def space(cls, f: int, n: int) -> "TokenGroups":
+        _check_sizes("space", f, n)
         return cls(group=((f, n),), seq=((n, 1),), kind="space")
 
     @classmethod
     def joint(cls, f: int, n: int) -> "TokenGroups":
+        _check_sizes("joint", f, n)
         return cls(group=(), seq=((f * n, 1),), kind="joint")
 
     # ---- the split as tensor ops -------------------------------------------------------------
@@ -94,8 +120,8 @@ class TokenGroups:
 
     def check_tokens(self, m: int) -> None:
         if m != self.num_tokens:
-            raise ValueError(f"{self.kind} groups cover {self.num_groups} x {self.seq_len} = {self.num_tokens} "
-                             f"patch tokens, but the input has {m}")
+            raise ValueError(f"{self.kind} groups cover {self.num_groups} groups x {self.seq_len} tokens = "
+                             f"{self.num_tokens} patch tokens, but the input has {m}")
 
     def split(self, t: torch.Tensor) -> torch.Tensor:
         """(b, M, h, d) tokens -> (b * groups, h, seq, d). A view where strides allow, else one copy."""

@@ -219,7 +219,7 @@ def test_bad_inputs_raise_clear_errors():
         layer(torch.randn(1, 7, 8))
     with pytest.raises(TypeError, match="float64"):
         layer(x.double())
-    with pytest.raises(ValueError, match="does not equal the 6 patch tokens"):
+    with pytest.raises(ValueError, match="6 patch tokens are not divisible by n=4"):
         layer(x, "b (f n) d", "(b n) f d", n=4)
     with pytest.raises(ValueError, match="unsupported patterns"):
         layer(x, "b (f n) d", "(b n) d f", n=3)

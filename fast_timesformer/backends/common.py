@@ -16,7 +16,7 @@ def with_prefix(k, v, prefix_k, prefix_v):
     """Concatenate the shared prefix in front of every group's keys and values (a copy of k and v)."""
     if prefix_k is None:
         return k, v
-    groups = k.shape[0] // prefix_k.shape[0]
+    groups = k.shape[0] // prefix_k.shape[0] if prefix_k.shape[0] else 1  # batch 0: nothing to repeat
     return torch.cat([per_group(prefix_k, groups), k], dim=2), torch.cat([per_group(prefix_v, groups), v], dim=2)
 
 

@@ -81,6 +81,20 @@ class AttentionCore(nn.Module):
             scale = q.shape[-1] ** -0.5
         return self.attend(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p)
 
+    # pickling (torch.save(model), copy.deepcopy): the backend travels by its registered name and is looked
+    # up again on loading, so the copy's core uses the registry's Backend object (and no lambdas or
+    # modules from a backend's checks ever need pickling).
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["backend"] = self.backend.name
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state["backend"] = get_backend(state["backend"])
+        super().__setstate__(state)
+
     def attend(self, q, k, v, prefix_k, prefix_v, *, scale: float, dropout_p: float):  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} must implement attend()")
 
@@ -177,7 +191,7 @@ def check_inputs(q, k, v, prefix_k=None, prefix_v=None, *, dim_head=None, heads=
                        f" and {tuple(prefix_v.shape)}")
         elif prefix_k.shape[1] != q.shape[1] or prefix_k.shape[3] != q.shape[3]:
             out.append(f"prefix {tuple(prefix_k.shape)} must match q {tuple(q.shape)} in heads and dim")
-        elif prefix_k.shape[0] == 0 or q.shape[0] % prefix_k.shape[0]:
+        elif (q.shape[0] % prefix_k.shape[0] if prefix_k.shape[0] else q.shape[0]):
             out.append(f"q batch {q.shape[0]} is not a multiple of the prefix batch {prefix_k.shape[0]}"
                        " (q's batch must be (batch groups), batch-major)")
         if prefix_k.dtype != q.dtype or prefix_k.device != q.device:

@@ -5,6 +5,7 @@ import contextlib
 
 import torch.nn.functional as F
 
+from .._names import unknown_name_error
 from .common import with_prefix
 from .registry import AttentionCore, Backend
 
@@ -25,7 +26,7 @@ def sdpa_context(name):
     try:
         return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
     except KeyError:
-        raise ValueError(f"unknown SDPA backend {name!r}; choose from {', '.join(SDPA_BACKENDS)}") from None
+        raise unknown_name_error("SDPA backend", name, SDPA_BACKENDS) from None
 
 
 class RegularCore(AttentionCore):
@@ -34,7 +35,7 @@ class RegularCore(AttentionCore):
     def __init__(self, backend, dim_head, heads, sdpa_backend=None):
         super().__init__(backend, dim_head, heads)
         if sdpa_backend is not None and sdpa_backend not in SDPA_BACKENDS:
-            raise ValueError(f"unknown SDPA backend {sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
+            raise unknown_name_error("SDPA backend", sdpa_backend, SDPA_BACKENDS)
         self.sdpa_backend = sdpa_backend
 
     def attend(self, q, k, v, prefix_k, prefix_v, *, scale, dropout_p):

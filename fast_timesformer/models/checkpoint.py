@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .._names import unknown_name_error
 from .resample import resample_pos_embed, resample_time_embed, to_hw
 
 __all__ = [
@@ -312,7 +313,7 @@ def config_from_hf(cfg: Mapping[str, Any], state: Optional[Mapping[str, torch.Te
         raise ValueError(f"hidden_act={act!r} is not supported: TimeSformer uses exact GELU ('gelu')")
     attention_type = cfg.get("attention_type", "divided_space_time")
     if attention_type not in HF_SCHEMES:
-        raise ValueError(f"unknown attention_type {attention_type!r}; expected one of {sorted(HF_SCHEMES)}")
+        raise unknown_name_error("attention_type in config.json", attention_type, HF_SCHEMES)
     dim = int(cfg.get("hidden_size", 768))
     heads = int(cfg.get("num_attention_heads", 12))
     if dim % heads:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..attention import DividedAttention, set_backend as _set_backend
+from ..attention import DividedAttention, check_step_names, set_backend as _set_backend
 from ..backends import BackendUnavailable
 from ..groups import TokenGroups
 from .layers import init_linear_and_norm_
@@ -220,10 +220,7 @@ def _backends_per_step(backend) -> dict:
     if isinstance(backend, str):
         return {step: backend for step in GENERATIVE_STEPS}
     if isinstance(backend, Mapping):
-        unknown = set(backend) - set(GENERATIVE_STEPS)
-        if unknown:
-            raise ValueError(f"unknown attention step(s) {sorted(unknown)}; GenerativeTimeSformer has "
-                             f"{', '.join(GENERATIVE_STEPS)}")
+        check_step_names(backend, GENERATIVE_STEPS)
         return {step: backend.get(step, "regular") for step in GENERATIVE_STEPS}
     raise TypeError(f"backend must be a name or a mapping step -> name, got {type(backend).__name__}")
 

@@ -47,6 +47,12 @@ class Step:
     prefix: str  # "" for the last step (norm1/attn), else e.g. "temporal" -> temporal_norm1/_attn/_fc
 
 
+def _fits_any_size(f: int, gh: int, gw: int) -> list:
+    """The default ``Scheme.why_not``: no reasons. A module-level function (not a lambda) so that a model
+    holding its scheme can be pickled (``torch.save(model)``, ``copy.deepcopy``)."""
+    return []
+
+
 @dataclass(frozen=True)
 class Scheme:
     """A space-time attention scheme.
@@ -61,7 +67,7 @@ class Scheme:
     short: str
     steps: tuple  # of Step, in the order they run inside a block
     groups: Callable[[int, int, int], tuple]
-    why_not: Callable[[int, int, int], list] = lambda f, gh, gw: []
+    why_not: Callable[[int, int, int], list] = _fits_any_size
     frame_independent: bool = False
     time_embed: bool = True
     description: str = ""

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..attention import DividedAttention
+from .._names import unknown_name_error
+from ..attention import DividedAttention, check_step_names
 from ..groups import TokenGroups
 from .layers import init_linear_and_norm_
 from .schemes import Scheme, get_scheme
@@ -189,7 +190,7 @@ class TimeSformer(nn.Module):
                            cls_mode=cls_mode, **backend_options)
         self.scheme = get_scheme(scheme)
         if cls_mode not in CLS_MODES:
-            raise ValueError(f"unknown cls_mode {cls_mode!r}; choose from {', '.join(CLS_MODES)}")
+            raise unknown_name_error("cls_mode", cls_mode, CLS_MODES)
         for name, v in (("num_frames", num_frames), ("channels", channels), ("dim", dim), ("depth", depth),
                         ("heads", heads)):
             if not isinstance(v, int) or v < 1:
@@ -233,10 +234,7 @@ class TimeSformer(nn.Module):
         """step -> (backend name, options) from a name or a mapping."""
         steps = self.scheme.step_names
         if isinstance(backend, Mapping):
-            unknown = set(backend) - set(steps)
-            if unknown:
-                raise ValueError(f"unknown attention step(s) {sorted(unknown)} for scheme {self.scheme.name!r}; "
-                                 f"its steps are {list(steps)}")
+            check_step_names(backend, steps)
             table = {}
             for s in steps:
                 spec = backend.get(s, "regular")
@@ -290,10 +288,7 @@ class TimeSformer(nn.Module):
         """Switch the attention backend of every step (a name) or of some steps (a mapping step -> name or
         (name, options)); weights are kept. Steps left out of a mapping keep their backend."""
         if isinstance(backend, Mapping):
-            unknown = set(backend) - set(self.attention_steps)
-            if unknown:
-                raise ValueError(f"unknown attention step(s) {sorted(unknown)}; this model has "
-                                 f"{list(self.attention_steps)}")
+            check_step_names(backend, self.attention_steps)
             table = {s: self._backend_table({s: spec}, options)[s] for s, spec in backend.items()}
         else:
             table = self._backend_table(backend, options)
@@ -326,8 +321,8 @@ class TimeSformer(nn.Module):
         if c != self.channels:
             raise ValueError(f"video has {c} channels (axis 2 of (b, f, c, h, w)), the model expects "
                              f"{self.channels}")
-        if f < 1 or b < 1:
-            raise ValueError(f"video has {b} clips of {f} frames")
+        if f < 1:  # b == 0 is fine: an empty batch gives empty logits
+            raise ValueError(f"video has {f} frames (axis 1 of (b, f, c, h, w)); at least 1 is needed")
         ph, pw = self.patch_size
         if h % ph or w % pw:
             raise ValueError(f"frame size {h}x{w} is not divisible by the patch size {ph}x{pw}")
