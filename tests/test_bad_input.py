@@ -121,3 +121,146 @@ def test_token_groups_sizes():
     with pytest.raises(ValueError, match=r"time groups cover 7 groups x 7 tokens = 49 patch tokens, but the input "
                                          r"has 50"):
         layer(torch.randn(1, 51, 16), groups=TokenGroups.time(7, 7))
+
+
+# ---- corrupt checkpoints: CorruptCheckpointError naming the file, never an invitation to unpickle ------
+from fast_timesformer.errors import CorruptCheckpointError  # noqa: E402
+from fast_timesformer.models.checkpoint import UnsafeCheckpointError, load_pretrained, read_checkpoint  # noqa: E402
+
+LOADERS = {
+    "read_checkpoint": read_checkpoint,
+    "load_pretrained": lambda p: load_pretrained(p, heads=2),
+    "from_pretrained": lambda p: TimeSformer.from_pretrained(p, heads=2),
+}
+INVITATIONS = ("pickled", "trust", "weights_only=False", "arbitrary", "unpickling")
+
+
+def _tiny_state():
+    return TimeSformer(**TINY).state_dict()
+
+
+def _torch_bytes(obj, tmp_path, legacy=False):
+    path = tmp_path / "_ok.bin"
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    return path.read_bytes()
+
+
+def _safetensors_bytes(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "_ok.safetensors"
+    save_file({k: v.contiguous() for k, v in _tiny_state().items()}, str(path))
+    return path.read_bytes()
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
+def _damaged(good: bytes, how: str) -> bytes:
+    rnd = torch.Generator().manual_seed(1)
+    noise = bytes(torch.randint(0, 256, (2000,), generator=rnd, dtype=torch.uint8).tolist())
+    return {
+        "truncated": good[: len(good) // 2],
+        "truncated_header": good[:20],
+        "random": noise,
+        "random_pickle_start": b"\x80\x02" + noise,
+        "global_then_garbage": b"cos\nsystem\n" + noise,
+        "empty": b"",
+        "text": "model weights, see README\n".encode(),
+        "crc": _flip(good, len(good) // 2),
+    }[how]
+
+
+CORRUPTIONS = ["truncated", "truncated_header", "random", "random_pickle_start", "global_then_garbage", "empty",
+               "text", "crc"]
+
+
+def _check_corrupt(path, loader, tmp_path):
+    with pytest.raises(CorruptCheckpointError) as err:
+        LOADERS[loader](path)
+    msg = str(err.value)
+    assert not isinstance(err.value, UnsafeCheckpointError)
+    assert str(path) in msg or str(path.parent) in msg, msg
+    assert not any(w in msg for w in INVITATIONS), msg
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("loader", list(LOADERS))
+@pytest.mark.parametrize("how", CORRUPTIONS)
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".pyth", ".bin"])
+def test_corrupt_torch_files(tmp_path, suffix, how, loader):
+    if how == "crc" and suffix != ".pth" or how == "truncated_header":
+        pytest.skip("one suffix is enough for the CRC case; the header case is safetensors'")
+    good = _torch_bytes({"model_state": _tiny_state()}, tmp_path)
+    path = tmp_path / f"ckpt{suffix}"
+    path.write_bytes(_damaged(good, how))
+    msg = _check_corrupt(path, loader, tmp_path)
+    expected = {"empty": "empty (0 bytes)", "text": "a text file", "crc": "CRC",
+                "truncated": "truncated or damaged"}
+    assert expected.get(how, "") in msg
+
+
+@pytest.mark.parametrize("loader", list(LOADERS))
+@pytest.mark.parametrize("how", ["truncated", "truncated_header", "random", "empty", "text"])
+def test_corrupt_safetensors(tmp_path, how, loader):
+    path = tmp_path / "ckpt.safetensors"
+    path.write_bytes(_damaged(_safetensors_bytes(tmp_path), how))
+    msg = _check_corrupt(path, loader, tmp_path)
+    assert "safetensors" in msg or "empty" in msg
+
+
+def test_corrupt_legacy_torch_file(tmp_path):
+    good = _torch_bytes({"model_state": _tiny_state()}, tmp_path, legacy=True)
+    for how in ("truncated", "random_pickle_start"):
+        path = tmp_path / f"{how}.pth"
+        path.write_bytes(_damaged(good, how))
+        _check_corrupt(path, "read_checkpoint", tmp_path)
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin", "sharded"])
+def test_corrupt_hugging_face_folders(tmp_path, weights):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "timesformer", "hidden_size": 16,
+                                                    "num_attention_heads": 2}))
+    state = {k: v.contiguous() for k, v in _tiny_state().items()}
+    if weights == "sharded":
+        names = sorted(state)
+        half = len(names) // 2
+        save_file({k: state[k] for k in names[:half]}, str(folder / "model-1.safetensors"))
+        save_file({k: state[k] for k in names[half:]}, str(folder / "model-2.safetensors"))
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"weight_map": {k: "model-1.safetensors" if i < half else "model-2.safetensors"
+                            for i, k in enumerate(names)}}))
+        bad = folder / "model-2.safetensors"
+    elif weights == "model.safetensors":
+        save_file(state, str(folder / weights))
+        bad = folder / weights
+    else:
+        torch.save(state, folder / weights)
+        bad = folder / weights
+    bad.write_bytes(bad.read_bytes()[:100])
+    for loader in LOADERS:
+        msg = _check_corrupt(bad, loader, tmp_path)
+        assert str(bad) in msg  # the damaged shard itself is named
+    (folder / "config.json").write_text("{ not json")
+    with pytest.raises(CorruptCheckpointError, match=r"config\.json: config\.json is not valid JSON"):
+        read_checkpoint(folder)
+
+
+def test_only_a_well_formed_pickle_naming_a_global_is_unsafe(tmp_path):
+    import argparse
+
+    for legacy in (False, True):
+        good = _torch_bytes({"model_state": _tiny_state(), "cfg": argparse.Namespace(lr=1)}, tmp_path, legacy)
+        path = tmp_path / f"unsafe_{legacy}.pth"
+        path.write_bytes(good)
+        with pytest.raises(UnsafeCheckpointError, match=r"(?s)argparse\.Namespace.*If you trust the file"):
+            read_checkpoint(path)
+        # the same file cut short is damaged, not "unsafe": no invitation to unpickle it
+        path.write_bytes(good[: len(good) // 3] if not legacy else good[:40])
+        _check_corrupt(path, "read_checkpoint", tmp_path)

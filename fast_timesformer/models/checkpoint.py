@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .._names import unknown_name_error
+from ..errors import CorruptCheckpointError, DeviceUnavailableError, FastTimesformerError
 from .resample import resample_pos_embed, resample_time_embed, to_hw
 
 __all__ = [
@@ -97,8 +98,9 @@ class CheckpointWarning(UserWarning):
     """A non-strict load left keys out; the message lists them."""
 
 
-class UnsafeCheckpointError(ValueError):
-    """The file holds pickled Python objects that only arbitrary (code-running) unpickling would rebuild."""
+class UnsafeCheckpointError(FastTimesformerError, ValueError):
+    """The file is a well-formed pickle naming Python objects (globals) that only arbitrary (code-running)
+    unpickling would rebuild. A damaged file is never described so: that is :class:`CorruptCheckpointError`."""
 
 
 @dataclass
@@ -155,32 +157,177 @@ class LoadReport:
 def safe_torch_load(path: PathLike) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)``; refuses files that need more.
 
-    Raises :class:`UnsafeCheckpointError` naming the Python object the file would have to rebuild and
-    how to extract the weights from a copy you trust. Nothing from the file is ever executed.
+    torch raises ``UnpicklingError`` both for a file that names a Python object it will not rebuild and for
+    plain garbage, so a failure is diagnosed from the file itself (:func:`_diagnose_torch_file`): only a
+    well-formed pickle that names the refused global raises :class:`UnsafeCheckpointError` (naming the
+    object and how to extract the weights from a copy you trust); anything else, a truncated zip archive,
+    random bytes, an empty or a text file, raises :class:`CorruptCheckpointError` saying what is wrong.
+    Nothing from the file is ever executed.
     """
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise CorruptCheckpointError(path, "the file is empty (0 bytes)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.findall(r"GLOBAL ([\w.]+)", str(e))
-        what = f"a pickled Python object ({found[0]})" if found else "pickled Python objects"
-        raise UnsafeCheckpointError(
-            f"{path} holds {what} besides tensors. Rebuilding it would need arbitrary unpickling, which "
-            "runs whatever code the file names, so fast_timesformer refuses it (it loads with "
-            "torch.load(weights_only=True)). Official TimeSformer files keep cfg as a YAML string and "
-            "load fine; this one stores an object, e.g. a config or argparse.Namespace. If you trust the "
-            "file, extract the weights once and load the result:\n"
-            "    import torch\n"
-            f"    ck = torch.load({str(path)!r}, map_location='cpu', weights_only=False)  # runs the file's code\n"
-            "    torch.save({'model_state': ck['model_state']}, 'weights_only.pth')\n"
-            "(or torch.serialization.add_safe_globals([...]) for a class you have checked).") from None
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure is diagnosed below, none is swallowed
+        unsafe_global, problem = _diagnose_torch_file(path, e)
+    else:
+        bad = _zip_crc_failure(path)  # torch's zip reader does not check the members' CRC-32
+        if bad is not None:
+            raise CorruptCheckpointError(path, f"a damaged PyTorch zip archive: member {bad!r} fails its CRC "
+                                               "check (its bytes changed after torch.save wrote them)")
+        return loaded
+    if unsafe_global is None:
+        raise CorruptCheckpointError(path, problem) from None
+    raise UnsafeCheckpointError(
+        f"{path} holds a pickled Python object ({unsafe_global}) besides tensors. Rebuilding it would need "
+        "arbitrary unpickling, which runs whatever code the file names, so fast_timesformer refuses it (it "
+        "loads with torch.load(weights_only=True)). Official TimeSformer files keep cfg as a YAML string and "
+        "load fine; this one stores an object, e.g. a config or argparse.Namespace. If you trust the "
+        "file, extract the weights once and load the result:\n"
+        "    import torch\n"
+        f"    ck = torch.load({str(path)!r}, map_location='cpu', weights_only=False)  # runs the file's code\n"
+        "    torch.save({'model_state': ck['model_state']}, 'weights_only.pth')\n"
+        "(or torch.serialization.add_safe_globals([...]) for a class you have checked).") from None
+
+
+def _zip_crc_failure(path: Path) -> Optional[str]:
+    """The first member of a zip archive whose CRC-32 does not match its bytes (None: all match, or not a
+    zip file). Reads the whole file once (zlib's CRC runs at GB/s)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"? ({_first_line(e)})"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _pickle_globals(stream) -> List[str]:
+    """The globals a pickle stream names, parsing its opcodes without running anything; raises
+    ``ValueError`` (or ``EOFError``...) when the stream is not one complete, well-formed pickle."""
+    import pickletools
+
+    names, strings = [], []
+    stopped = False
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name in ("GLOBAL", "INST"):
+            names.append(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            names.append(f"{strings[-2]}.{strings[-1]}")
+        elif isinstance(arg, str):
+            strings.append(arg)
+        stopped = op.name == "STOP"
+    if not stopped:
+        raise ValueError("the pickle stream ends without STOP")
+    return names
+
+
+def _refused_global(error: BaseException) -> Optional[str]:
+    """The global torch's weights-only unpickler refused, from its message (None if that is not the error)."""
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    found = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(error)) or re.findall(
+        r"GLOBAL ([\w.]+) was not an allowed global", str(error))
+    return found[0] if found else None
+
+
+def _diagnose_torch_file(path: Path, error: BaseException) -> Tuple[Optional[str], str]:
+    """Why ``torch.load(weights_only=True)`` failed: ``(refused global, "")`` when the file is a well-formed
+    pickle naming that global (unsafe, not damaged), else ``(None, what is wrong with the file)``."""
+    import zipfile
+
+    refused = _refused_global(error)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if zipfile.is_zipfile(path):  # torch.save's format since 1.6: a zip archive with <name>/data.pkl
+        try:
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()  # reads every member and checks its CRC
+                if bad is not None:
+                    return None, f"a damaged PyTorch zip archive: member {bad!r} fails its CRC check"
+                pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+                if not pkls:
+                    return None, "a zip archive without data.pkl: not a file written by torch.save"
+                data = zf.read(pkls[0])
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            return None, f"a truncated or damaged PyTorch zip archive ({_first_line(e)})"
+        import io
+
+        try:
+            names = _pickle_globals(io.BytesIO(data))
+        except Exception as e:  # noqa: BLE001
+            return None, f"a PyTorch zip archive whose pickle (data.pkl) is damaged ({_first_line(e)})"
+        if refused is not None and refused in names:
+            return refused, ""
+        return None, f"a PyTorch zip archive that torch cannot read ({_first_line(error)})"
+    if head.startswith(b"\x80") or refused is not None:
+        # a legacy torch.save file (a sequence of pickles: magic number, protocol, system info, the object,
+        # then raw storages) or a plain pickle: the refused global must sit in a complete, well-formed pickle
+        names, damage = [], None
+        with open(path, "rb") as f:
+            for _ in range(4):
+                try:
+                    names += _pickle_globals(f)
+                except Exception as e:  # noqa: BLE001
+                    damage = e
+                    break
+        if refused is not None and refused in names:
+            return refused, ""
+        if damage is not None:
+            return None, f"a truncated or damaged pickle / legacy PyTorch file ({_first_line(damage)})"
+        return None, f"a legacy PyTorch file that torch cannot read ({_first_line(error)})"
+    if head.startswith(b"PK"):
+        return None, "a truncated or damaged zip archive (a torch.save file cut short?)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a multi-byte character cut by the 64-byte window is still text
+        text = head[:e.start].decode("utf-8") if e.start >= 16 else None
+    if text and text.strip() and all(c.isprintable() or c in "\r\n\t" for c in text):
+        snippet = text.strip().splitlines()[0][:40]
+        return None, f"a text file (it starts with {snippet!r}), not a PyTorch checkpoint"
+    return None, ("not a PyTorch checkpoint: neither a zip archive written by torch.save nor a pickle "
+                  f"(first bytes {head[:8].hex(' ')})")
 
 
 def _read_tensor_file(path: Path) -> Any:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
+        return _read_safetensors(path)
     return safe_torch_load(path)
+
+
+def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if path.is_file() and path.stat().st_size == 0:
+        raise CorruptCheckpointError(path, "the file is empty (0 bytes)")
+    try:
+        return load_file(str(path), device="cpu")
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - SafetensorError and friends: the header or the data is damaged
+        raise CorruptCheckpointError(path, f"not a readable safetensors file, truncated or damaged "
+                                           f"({_first_line(e)})") from None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(path, f"{what} is not valid JSON ({_first_line(e)})") from None
+    if not isinstance(value, dict):
+        raise CorruptCheckpointError(path, f"{what} holds a JSON {type(value).__name__}, expected an object")
+    return value
 
 
 def _read_hf_weights(folder: Path) -> Dict[str, torch.Tensor]:
@@ -189,9 +336,14 @@ def _read_hf_weights(folder: Path) -> Dict[str, torch.Tensor]:
             return _read_tensor_file(folder / name)
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / index).is_file():
-            weight_map = json.loads((folder / index).read_text())["weight_map"]
+            weight_map = _read_json(folder / index, "the shard index").get("weight_map")
+            if not isinstance(weight_map, Mapping) or not weight_map:
+                raise CorruptCheckpointError(folder / index, "the shard index has no 'weight_map' of tensor "
+                                                             "name -> shard file")
             state: Dict[str, torch.Tensor] = {}
             for shard in sorted(set(weight_map.values())):
+                if not (folder / shard).is_file():
+                    raise FileNotFoundError(f"{folder / index} names the shard {shard!r}, which is not in {folder}")
                 state.update(_read_tensor_file(folder / shard))
             return state
     raise FileNotFoundError(f"{folder} has a config.json but no weights: expected model.safetensors, "
@@ -202,15 +354,15 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.T
     """The tensor dict inside a loaded checkpoint: ``model_state`` (official), ``state_dict``, ``model``,
     or the object itself; then the ``model.``/``module.`` prefix is stripped when every key has it."""
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{source} holds a {type(obj).__name__}, expected a dict of tensors or a dict with "
-                         "'model_state'")
+        raise CorruptCheckpointError(source, f"holds a {type(obj).__name__}, expected a dict of tensors or a "
+                                             "dict with 'model_state'")
     for key in ("model_state", "state_dict", "model", "module"):
         if isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state:
-        raise ValueError(f"{source} holds no tensors (top-level keys: {sorted(map(str, obj))[:10]})")
+        raise CorruptCheckpointError(source, f"holds no tensors (top-level keys: {sorted(map(str, obj))[:10]})")
     for prefix in ("module.", "model."):
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -229,12 +381,12 @@ def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[d
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path} is a folder without config.json: not a Hugging Face model folder")
-        hf_config = json.loads(cfg_file.read_text())
+        hf_config = _read_json(cfg_file, "config.json")
         raw = _read_hf_weights(path)
     elif path.is_file():
         raw = _read_tensor_file(path)
         if path.with_name("config.json").is_file() and path.name in ("model.safetensors", "pytorch_model.bin"):
-            hf_config = json.loads(path.with_name("config.json").read_text())
+            hf_config = _read_json(path.with_name("config.json"), "config.json")
     else:
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = unwrap_state_dict(raw, str(path))
