@@ -16,6 +16,7 @@ from .models.generative import GenerativeTimeSformer
 from .models.timesformer import TimeSformer
 from .models.registry import create_model, list_models
 from .models.vit import load_vit_weights_into_timesformer
+from .explain import explain_clip
 
 __version__ = "0.1.0"
 
@@ -24,4 +25,5 @@ __all__ = [
     "list_backends", "reference_attention", "register_backend", "resolve_backend", "set_backend",
     "unregister_backend", "use_backend",
     "TimeSformer", "GenerativeTimeSformer", "create_model", "list_models", "load_vit_weights_into_timesformer",
+    "explain_clip",
 ]
