@@ -19,7 +19,9 @@ def _default_device():
     prev = torch.get_default_device()
     torch.set_default_device(DEV)
     yield
-    torch.set_default_device(prev)
+    # set_default_device("cpu") is not a no-op: it leaves a function mode installed, through which later
+    # tests' torch.compile cannot trace; None is the untouched default
+    torch.set_default_device(None if prev == torch.device("cpu") else prev)
 
 
 MODES = ["global", "per_group", "exclude", "official", "none"]
