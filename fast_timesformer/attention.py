@@ -151,6 +151,10 @@ class DividedAttention(nn.Module):
         self.cls_mode = cls
         self.step = step  # the model's name for this attention step ("time", "space", ...)
         self.cores = nn.ModuleDict()
+        # backend -> {name: tensor}: a loaded state dict's state for a backend this layer had no core for
+        # (e.g. fastformer's trained parameters loaded while running "regular"); given to that backend's
+        # core when it is built (set_backend), and saved with the layer's state_dict meanwhile
+        self.loaded_backend_state: dict = {}
         self.backend_name = ""
         self.backend_options: dict = {}
         self.set_backend(backend, **backend_options)
@@ -163,12 +167,56 @@ class DividedAttention(nn.Module):
         if backend != AUTO:
             be = get_backend(backend)
             if backend not in self.cores or options:
-                self.cores[backend] = self._build(be, options)
+                self.cores[backend] = self._new_core(be, options)
         elif options:
             raise ValueError("backend options cannot be combined with 'auto'")
         self.backend_name = backend
         self.backend_options = dict(options)
         return self
+
+    def _new_core(self, be, options) -> AttentionCore:
+        """A core for ``be``, holding the state loaded for it earlier (if any) instead of fresh state."""
+        core = self._build(be, options)
+        pending = self.loaded_backend_state.get(be.name)
+        if pending:
+            try:
+                core.load_state_dict(pending, strict=True)
+            except RuntimeError as e:
+                detail = " ".join(str(e).split())
+                raise ValueError(
+                    f"layer {self.step!r}: the {be.name} state loaded earlier ({len(pending)} tensors: "
+                    f"{', '.join(sorted(pending))}) does not fit a {be.name} core built with options "
+                    f"{dict(options)}: {detail[:300]}. Pass the options it was saved with, or "
+                    f"`del layer.loaded_backend_state[{be.name!r}]` to start from fresh state") from None
+            del self.loaded_backend_state[be.name]
+        return core
+
+    # the state dict of a backend without a core here is kept, not dropped (see loaded_backend_state)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        from .backends import list_backends
+
+        core_prefix = prefix + "cores."
+        known = set(list_backends())
+        for key in [k for k in state_dict if k.startswith(core_prefix)]:
+            name, _, rest = key[len(core_prefix):].partition(".")
+            if name in self.cores:
+                self.loaded_backend_state.pop(name, None)  # loaded into the core itself (below)
+            elif rest and name in known:
+                self.keep_backend_state(name, rest, state_dict.pop(key))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def keep_backend_state(self, backend: str, key: str, value: torch.Tensor) -> None:
+        """Keep ``value`` (the core's ``key``) for ``backend``'s core, which is built later by set_backend."""
+        self.loaded_backend_state.setdefault(backend, {})[key] = value.detach().clone()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, tensors in self.loaded_backend_state.items():
+            if name not in self.cores:
+                for key, value in tensors.items():
+                    destination[f"{prefix}cores.{name}.{key}"] = value
 
     def _build(self, be, options) -> AttentionCore:
         try:
@@ -191,7 +239,7 @@ class DividedAttention(nn.Module):
         dropout_p = self.attn_dropout if self.training else 0.0
         be = resolve_backend(AUTO, q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
         if be.name not in self.cores:
-            self.cores[be.name] = self._build(be, {})
+            self.cores[be.name] = self._new_core(be, {})
         return self.cores[be.name]
 
     # ---- forward -------------------------------------------------------------------------------
@@ -307,13 +355,15 @@ def set_backend(module: nn.Module, backend: BackendSpec, **options) -> nn.Module
 def use_backend(module: nn.Module, backend: BackendSpec, **options):
     """Temporarily switch the backend of every ``DividedAttention`` in ``module``; restores on exit."""
     layers = _layers(module)
-    saved = [(layer, layer.backend_name, layer.backend_options, dict(layer.cores)) for layer in layers]
+    saved = [(layer, layer.backend_name, layer.backend_options, dict(layer.cores), dict(layer.loaded_backend_state))
+             for layer in layers]
     try:
         set_backend(module, backend, **options)
         yield module
     finally:
-        for layer, name, opts, cores in saved:
+        for layer, name, opts, cores, kept in saved:
             layer.backend_name, layer.backend_options = name, opts
+            layer.loaded_backend_state = kept
             for key in list(layer.cores):
                 if key not in cores:
                     del layer.cores[key]

@@ -55,3 +55,8 @@ class UnknownNameError(FastTimesformerError, ValueError):
         self.kind, self.name, self.known = kind, name, list(known)
         super().__init__(message)
 
+
+
+class CheckpointConfigError(FastTimesformerError, ValueError):
+    """A checkpoint does not record something needed to build its model (e.g. the number of attention
+    heads of a bare state dict); the message names the keyword argument to pass."""

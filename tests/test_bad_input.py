@@ -264,3 +264,144 @@ def test_only_a_well_formed_pickle_naming_a_global_is_unsafe(tmp_path):
         # the same file cut short is damaged, not "unsafe": no invitation to unpickle it
         path.write_bytes(good[: len(good) // 3] if not legacy else good[:40])
         _check_corrupt(path, "read_checkpoint", tmp_path)
+
+
+# ---- training checkpoints through from_pretrained ----------------------------------------------------
+def _train(tmp_path, **kw):
+    from fast_timesformer.train.trainer import TrainConfig, Trainer
+
+    base = dict(model='{"dim": 32, "depth": 1, "heads": 4, "dim_head": 8, "patch_size": 8, "mlp_ratio": 2.0}',
+                num_frames=4, image_size=16, train_samples=8, eval_samples=4, batch=4, steps=1, num_classes=2,
+                out_dir=str(tmp_path), progress=False, eval_each_epoch=False, seed=0)
+    trainer = Trainer(TrainConfig(**{**base, **kw}))
+    trainer.fit()
+    return trainer, tmp_path / "last.safetensors"
+
+
+def test_training_checkpoint_loads_through_from_pretrained(tmp_path):
+    trainer, path = _train(tmp_path, scheme="axial", backend="time=regular,width=performer,height=fastformer",
+                           backend_options={"width.nb_features": 16})
+    model = TimeSformer.from_pretrained(path)  # no heads=: the run recorded its constructor arguments
+    cfg = model.config
+    assert (cfg["scheme"], cfg["dim"], cfg["heads"], cfg["dim_head"], cfg["num_classes"], cfg["num_frames"]) == \
+        ("axial", 32, 4, 8, 2, 4)
+    assert model.load_report.ok and model.load_report.format == "fast_timesformer.train"
+    assert model.load_report.meta["classes"] == trainer.classes
+    assert model.blocks[0].width_attn.cores["performer"].nb_features == 16
+    trained = trainer.module.eval()
+    x = torch.randn(2, 4, 3, 16, 16)
+    with torch.no_grad():  # the same modules, weights and performer features: the same float32 operations
+        assert torch.equal(model(x), trained(x))
+    with pytest.raises(ValueError, match=r"holds a TimeSformer.*load it with TimeSformer\.from_pretrained"):
+        GenerativeTimeSformer.from_pretrained(path)
+
+
+def test_generative_training_checkpoint(tmp_path):
+    trainer, path = _train(tmp_path, dataset="bouncing", num_target_frames=1, backend="space=fastformer")
+    with pytest.raises(ValueError, match=r"holds a GenerativeTimeSformer.*GenerativeTimeSformer\.from_pretrained"):
+        TimeSformer.from_pretrained(path)
+    model = GenerativeTimeSformer.from_pretrained(path)
+    assert model.load_report.ok
+    x = torch.rand(2, 4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), trainer.module.eval()(x))
+
+
+def test_generative_from_pretrained_names_the_loader_for_other_files(tmp_path):
+    torch.save({"model_state": _tiny_state()}, tmp_path / "t.pth")
+    with pytest.raises(ValueError, match=r"not a GenerativeTimeSformer.*TimeSformer\.from_pretrained"):
+        GenerativeTimeSformer.from_pretrained(tmp_path / "t.pth")
+
+
+# ---- the head count is read, never assumed ------------------------------------------------------------
+@pytest.mark.parametrize("dim, heads", [(192, 3), (384, 6), (768, 12), (1024, 16), (96, 2)])
+def test_heads_are_required_unless_recorded(tmp_path, dim, heads):
+    from fast_timesformer.errors import CheckpointConfigError
+
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = TimeSformer(num_classes=2, num_frames=2, image_size=16, patch_size=8, dim=dim, depth=1, heads=heads)
+    state = {k: torch.zeros(v.shape) for k, v in model.state_dict().items()}
+    path = tmp_path / f"w{dim}.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointConfigError) as err:
+        TimeSformer.from_pretrained(path)
+    msg = str(err.value)
+    assert str(path) in msg and "pass heads=N" in msg and f"attention width is {dim}" in msg and "\n" not in msg
+    loaded = TimeSformer.from_pretrained(path, heads=heads)
+    assert loaded.config["heads"] == heads and loaded.load_report.ok
+
+
+def test_official_release_layout_records_twelve_heads(tmp_path):
+    with torch.device("meta"):
+        model = TimeSformer(num_classes=2, num_frames=2, image_size=16, patch_size=8, dim=768, depth=1, heads=12)
+    state = {"model." + k: torch.zeros(v.shape) for k, v in model.state_dict().items()}
+    torch.save({"model_state": state, "cfg": "MODEL:\n  ARCH: vit\n"}, tmp_path / "official.pyth")
+    loaded = TimeSformer.from_pretrained(tmp_path / "official.pyth")
+    assert loaded.config["heads"] == 12
+    assert any("official TimeSformer code builds every model with 12 heads" in n for n in loaded.load_report.notes)
+
+
+# ---- backend state survives a lax load ----------------------------------------------------------------
+def _randomised(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p))
+    return module.eval()
+
+
+def test_layer_keeps_loaded_fastformer_state_for_set_backend():
+    src = _randomised(DividedAttention(16, heads=2, dim_head=8, backend="fastformer")).double()
+    dst = DividedAttention(16, heads=2, dim_head=8, backend="regular").double()
+    assert dst.load_state_dict(src.state_dict(), strict=False).unexpected_keys == []
+    assert set(dst.state_dict()) == set(src.state_dict())  # kept, and saved again with the layer
+    dst.set_backend("fastformer")
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    assert torch.equal(dst(x, groups=None), src(x, groups=None))
+    assert dst.loaded_backend_state == {}
+
+
+def test_kept_state_that_does_not_fit_the_options_raises():
+    src = DividedAttention(16, heads=2, dim_head=8, backend="performer", nb_features=8)
+    dst = DividedAttention(16, heads=2, dim_head=8, backend="regular")
+    dst.load_state_dict(src.state_dict(), strict=False)
+    with pytest.raises(ValueError, match=r"performer state loaded earlier.*does not fit.*nb_features': 32"):
+        dst.set_backend("performer", nb_features=32)
+    dst.set_backend("performer", nb_features=8)
+    assert torch.equal(dst.cores["performer"].fast_attention.projection_matrix,
+                       src.cores["performer"].fast_attention.projection_matrix)
+
+
+@pytest.mark.parametrize("how", ["load_state_dict", "from_pretrained"])
+def test_model_keeps_loaded_fastformer_state_for_set_backend(tmp_path, how):
+    trained = _randomised(TimeSformer(**TINY, backend="fastformer")).double()
+    model = TimeSformer(**TINY, backend="regular").double()
+    if how == "load_state_dict":
+        model.load_state_dict(trained.state_dict(), strict=False)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(trained.state_dict(), str(tmp_path / "t.safetensors"))
+        model = TimeSformer.from_pretrained(tmp_path / "t.safetensors", heads=2, backend="regular",
+                                            strict=False).double()
+        assert len(model.load_report.kept_for_backend) == 8 and not model.load_report.unexpected
+    with __import__("fast_timesformer").use_backend(model, "fastformer"):  # the scope keeps it too
+        pass
+    model.set_backend("fastformer")
+    x = torch.randn(1, 2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), trained(x))
+
+
+# ---- devices -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device, message", [
+    ("cuda:7" if torch.cuda.is_available() else "cuda", "CUDA device"),
+    ("tpu", "not a device name torch knows"),
+])
+def test_from_pretrained_on_a_device_that_does_not_exist(tmp_path, device, message):
+    from fast_timesformer.errors import DeviceUnavailableError
+
+    with pytest.raises(DeviceUnavailableError, match=message) as err:
+        TimeSformer.from_pretrained(tmp_path / "not_even_read.pth", device=device)
+    assert f"device={device!r}" in str(err.value)
+    torch.save({"model_state": _tiny_state()}, tmp_path / "t.pth")
+    assert next(TimeSformer.from_pretrained(tmp_path / "t.pth", heads=2, device="cpu").parameters()).device.type == "cpu"

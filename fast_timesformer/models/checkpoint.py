@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .._names import unknown_name_error
-from ..errors import CorruptCheckpointError, DeviceUnavailableError, FastTimesformerError
+from ..errors import CheckpointConfigError, CorruptCheckpointError, DeviceUnavailableError, FastTimesformerError
 from .resample import resample_pos_embed, resample_time_embed, to_hw
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "from_pretrained", "load_pretrained", "load_state_dict_into", "read_checkpoint", "safe_torch_load",
     "unwrap_state_dict",
     "convert_hf_state_dict", "official_to_hf_key", "hf_to_official_key", "config_from_hf",
-    "infer_config_from_state_dict", "HF_SCHEMES",
+    "infer_config_from_state_dict", "HF_SCHEMES", "TRAIN_FORMAT", "check_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,9 @@ class LoadReport:
 
     ``resampled``/``mismatched`` hold ``(key, checkpoint_shape, model_shape)``; ``backend_state`` holds
     backend buffers (e.g. Performer's random features) that no softmax checkpoint carries: they keep
-    their initial values and do not make the load incomplete.
+    their initial values and do not make the load incomplete. ``kept_for_backend`` holds the checkpoint's
+    state of a backend the model does not run now (e.g. trained fastformer parameters loaded into a
+    ``regular`` model): each layer keeps it and its ``set_backend`` to that backend uses it.
     """
 
     source: str = ""
@@ -121,6 +123,7 @@ class LoadReport:
     mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
     resampled: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
     backend_state: List[str] = field(default_factory=list)
+    kept_for_backend: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     meta: Dict[str, Any] = field(default_factory=dict)
 
@@ -142,7 +145,7 @@ class LoadReport:
             return f"  {name} ({len(items)}): {', '.join(shown)}{more}"
 
         lines = [f"{self.format or 'checkpoint'} {self.source}: {len(self.loaded)} tensors loaded"]
-        for name in ("missing", "unexpected", "mismatched", "resampled", "backend_state"):
+        for name in ("missing", "unexpected", "mismatched", "resampled", "backend_state", "kept_for_backend"):
             items = getattr(self, name)
             if items:
                 lines.append(listing(name.replace("_", " "), items))
@@ -369,14 +372,50 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> Dict[str, torch.T
     return state
 
 
-def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[dict], str]:
-    """Read ``path`` -> ``(state_dict with official names, hf_config or None, format)``.
+#: the ``format`` of a checkpoint written by ``fast-timesformer train`` (fast_timesformer/train/checkpoint.py)
+TRAIN_FORMAT = "fast_timesformer.train"
+_TRAIN_META_KEY = "fast_timesformer"
 
-    ``path``: a Hugging Face folder (``config.json`` + weights), or one ``.pyth``/``.pth``/``.pt``/
-    ``.bin``/``.safetensors`` file in official or Hugging Face naming.
-    """
+
+def _train_metadata(path: Path) -> Optional[dict]:
+    """The JSON metadata of a ``fast-timesformer train`` checkpoint (a safetensors file whose metadata has
+    a ``"fast_timesformer"`` entry), or None for any other safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(_TRAIN_META_KEY)
+    except Exception as e:  # noqa: BLE001 - the tensors were just read, so this is damage in the header
+        raise CorruptCheckpointError(path, f"unreadable safetensors metadata ({_first_line(e)})") from None
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CorruptCheckpointError(path, f"the {_TRAIN_META_KEY!r} metadata is not valid JSON "
+                                           f"({_first_line(e)})") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if not (isinstance(fmt, str) and fmt.startswith(TRAIN_FORMAT + "/")):
+        raise CorruptCheckpointError(path, f"the {_TRAIN_META_KEY!r} metadata has format {fmt!r}, not a "
+                                           f"{TRAIN_FORMAT}/<version> training checkpoint")
+    if fmt != TRAIN_FORMAT + "/1":
+        raise CheckpointConfigError(f"{path}: a training checkpoint of format {fmt!r}, which this version of "
+                                    f"fast_timesformer does not read (it reads {TRAIN_FORMAT}/1)")
+    return meta
+
+
+def _is_official_release(raw: Any) -> bool:
+    """The facebookresearch/TimeSformer layout: ``{"model_state": {...}, "cfg": <YAML string>, ...}``."""
+    return isinstance(raw, Mapping) and isinstance(raw.get("model_state"), Mapping) and isinstance(
+        raw.get("cfg"), str)
+
+
+def _read_any(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[dict], str, dict]:
+    """:func:`read_checkpoint` plus what else the file records: ``{"train": metadata}`` for a
+    ``fast-timesformer train`` checkpoint, ``{"official_release": True}`` for the official layout."""
     path = Path(path)
     hf_config = None
+    extra: dict = {}
     if path.is_dir():
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
@@ -385,14 +424,35 @@ def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[d
         raw = _read_hf_weights(path)
     elif path.is_file():
         raw = _read_tensor_file(path)
+        if path.suffix == ".safetensors":
+            meta = _train_metadata(path)
+            if meta is not None:  # model.<name>, optim.*, rng.*, scaler.*: only the model's tensors
+                state = {k[len("model."):]: v for k, v in raw.items() if k.startswith("model.")}
+                if not state:
+                    raise CorruptCheckpointError(path, "a fast-timesformer train checkpoint without model.* "
+                                                       "tensors")
+                return state, None, TRAIN_FORMAT, {"train": meta}
         if path.with_name("config.json").is_file() and path.name in ("model.safetensors", "pytorch_model.bin"):
             hf_config = _read_json(path.with_name("config.json"), "config.json")
+        extra["official_release"] = _is_official_release(raw)
     else:
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = unwrap_state_dict(raw, str(path))
     if any(_is_hf_key(k) for k in state):
-        return convert_hf_state_dict(state), hf_config, "huggingface"
-    return state, hf_config, "official"
+        return convert_hf_state_dict(state), hf_config, "huggingface", extra
+    return state, hf_config, "official", extra
+
+
+def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[dict], str]:
+    """Read ``path`` -> ``(state_dict with official names, hf_config or None, format)``.
+
+    ``path``: a Hugging Face folder (``config.json`` + weights, or shards), one ``.pyth``/``.pth``/``.pt``/
+    ``.bin``/``.safetensors`` file in official or Hugging Face naming, or a ``fast-timesformer train``
+    checkpoint (format ``"fast_timesformer.train"``: the ``model.*`` tensors, names as this package's).
+    A damaged file raises :class:`~fast_timesformer.errors.CorruptCheckpointError` naming it.
+    """
+    state, hf_config, fmt, _ = _read_any(path)
+    return state, hf_config, fmt
 
 
 # ---- key names -------------------------------------------------------------------------------------
@@ -541,12 +601,12 @@ def infer_config_from_state_dict(state: Mapping[str, torch.Tensor], **given) -> 
         notes.append(f"scheme={cfg['scheme']!r} inferred from the keys (no temporal_attn"
                      f"{'' if cfg['scheme'] == 'joint_space_time' else ', no time_embed'})")
     if "heads" not in given:
-        if inner % 64:
-            raise ValueError(f"the number of heads cannot be read from a state dict: the attention width "
-                             f"{inner} is not a multiple of 64, so pass heads=...")
-        cfg["heads"] = inner // 64
-        notes.append(f"heads={cfg['heads']} assumed (attention width {inner} / 64, as in every ViT size); "
-                     "pass heads=... if the checkpoint used another head width")
+        # the shapes give the attention width, never how it splits into heads: 64-wide heads are only a
+        # convention (ViT-S/B/L), so guessing could build a different model that loads without complaint
+        example = f"; e.g. heads={inner // 64} if it used 64-wide heads as the ViT sizes do" if inner % 64 == 0 else ""
+        raise CheckpointConfigError(
+            f"the state dict does not record the number of attention heads (its attention width is {inner}): "
+            f"pass heads=N, the number the checkpoint was trained with{example}")
     cfg.update(given)
     if "dim_head" not in given and "heads" in cfg and inner % cfg["heads"] == 0:
         cfg["dim_head"] = inner // cfg["heads"]
@@ -578,6 +638,27 @@ def _grid_of(config: Mapping[str, Any], num_patches: int) -> Tuple[int, int]:
     return side, side
 
 
+def _layer_without_core(model: nn.Module, key: str):
+    """``(layer, backend, key within the core)`` when ``key`` is ``<layer>.cores.<backend>.<key>`` for a
+    DividedAttention layer of ``model`` that has no core for that registered backend now; else None."""
+    from ..attention import DividedAttention
+    from ..backends import list_backends
+
+    path, sep, rest = key.partition(".cores.")
+    if not sep:
+        path, sep, rest = ("", "cores.", key[len("cores."):]) if key.startswith("cores.") else ("", "", "")
+    backend, _, inner = rest.partition(".")
+    if not sep or not inner or backend not in list_backends():
+        return None
+    try:
+        layer = model.get_submodule(path) if path else model
+    except AttributeError:
+        return None
+    if not isinstance(layer, DividedAttention) or backend in layer.cores:
+        return None
+    return layer, backend, inner
+
+
 def _is_backend_buffer(key: str, buffers: set) -> bool:
     return ".cores." in f".{key}" and key in buffers
 
@@ -598,9 +679,15 @@ def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], *,
     own = model.state_dict()
     buffers = {name for name, _ in model.named_buffers()}
     to_load: Dict[str, torch.Tensor] = {}
+    kept: List[Tuple[Any, str, str, torch.Tensor]] = []
     for key, value in state.items():
         if key not in own:
-            report.unexpected.append(key)
+            target = _layer_without_core(model, key)
+            if target is not None:
+                kept.append((*target, value))
+                report.kept_for_backend.append(key)
+            else:
+                report.unexpected.append(key)
             continue
         target = own[key]
         resizable = value.shape != target.shape and value.ndim == 3 and value.shape[-1] == target.shape[-1]
@@ -631,6 +718,12 @@ def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], *,
     with torch.no_grad():
         for key, value in to_load.items():
             own[key].copy_(value.to(dtype=own[key].dtype))
+    for layer, backend, key, value in kept:
+        layer.keep_backend_state(backend, key, value)
+    if kept:
+        names = sorted({backend for _, backend, _, _ in kept})
+        report.notes.append(f"{len(kept)} tensors of backend(s) {names} that the model does not run now are kept "
+                            f"in its layers: set_backend({names[0]!r}) uses them")
     if report.backend_state:
         report.notes.append(f"{len(report.backend_state)} backend buffers (e.g. random features) keep their "
                             "initial values: a softmax checkpoint has none")
@@ -641,23 +734,90 @@ def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], *,
     return report
 
 
-def load_pretrained(path: PathLike, *, strict: bool = True, model_cls=None, **overrides) -> nn.Module:
-    """Build a TimeSformer from a checkpoint (see the module docstring); ``overrides`` are constructor
+def check_device(device) -> torch.device:
+    """``torch.device(device)`` if this machine has it, else :class:`~fast_timesformer.errors.DeviceUnavailableError`
+    naming it (an unknown name, CUDA without a CUDA device, ``cuda:3`` on a 1-GPU machine, ...)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise DeviceUnavailableError(f"device={device!r} is not a device name torch knows "
+                                     f"({_first_line(e)})") from None
+    if dev.type in ("cpu", "meta"):
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(f"device={device!r}: this machine has no CUDA device "
+                                         "(torch.cuda.is_available() is False)")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceUnavailableError(f"device={device!r}: this machine has {count} CUDA device(s), "
+                                         f"cuda:0 to cuda:{count - 1}")
+        return dev
+    try:
+        torch.empty(0, device=dev)
+    except Exception as e:  # noqa: BLE001 - mps, xpu, ...: whatever torch says about it
+        raise DeviceUnavailableError(f"device={device!r} is not available on this machine "
+                                     f"({_first_line(e)})") from None
+    return dev
+
+
+def _train_config(path: Path, meta: dict, model_cls) -> Dict[str, Any]:
+    """Constructor arguments recorded by ``fast-timesformer train`` (``extra.model_spec``)."""
+    spec = (meta.get("extra") or {}).get("model_spec")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("kwargs"), Mapping):
+        raise CheckpointConfigError(f"{path}: a training checkpoint that records no model_spec, so the model "
+                                    "cannot be rebuilt from it")
+    cls_name = spec.get("class", "TimeSformer")
+    if cls_name != model_cls.__name__:
+        raise CheckpointConfigError(f"{path} holds a {cls_name} (written by fast-timesformer train): load it with "
+                                    f"{cls_name}.from_pretrained(path), not {model_cls.__name__}.from_pretrained")
+    config = dict(spec["kwargs"])
+    if spec.get("registry"):
+        from .registry import model_config
+
+        config = {**model_config(spec["registry"]), **config}
+    return config
+
+
+def load_pretrained(path: PathLike, *, strict: bool = True, model_cls=None, device=None, **overrides) -> nn.Module:
+    """Build a model from a checkpoint (see the module docstring); ``overrides`` are constructor
     arguments that replace what the checkpoint says (``num_frames``, ``image_size``, ``backend``, ...).
+    ``device``: where the model goes after loading (checked first: a device this machine does not have
+    raises :class:`~fast_timesformer.errors.DeviceUnavailableError`).
     The model is returned in eval mode with ``model.load_report`` set."""
     if model_cls is None:
         from .timesformer import TimeSformer as model_cls
-    state, hf_config, fmt = read_checkpoint(path)
+    if device is not None:
+        device = check_device(device)
+    state, hf_config, fmt, extra = _read_any(path)
     notes: List[str] = []
-    if hf_config is not None:
+    ckpt_config = None  # the grid is read from pos_embed (square) unless the checkpoint says otherwise
+    eps = None
+    train_meta = extra.get("train")
+    if train_meta is None and model_cls.__name__ == "GenerativeTimeSformer":
+        raise CheckpointConfigError(f"{path} is a {fmt} TimeSformer checkpoint, not a GenerativeTimeSformer: "
+                                    "GenerativeTimeSformer.from_pretrained reads checkpoints written by "
+                                    "fast-timesformer train; load this one with TimeSformer.from_pretrained")
+    if train_meta is not None:
+        config = _train_config(Path(path), train_meta, model_cls)
+        ckpt_config = dict(config)
+        config.update(overrides)
+    elif hf_config is not None:
         config = config_from_hf(hf_config, state)
         ckpt_config = dict(config)
         eps = float(hf_config.get("layer_norm_eps", 1e-6))
         config.update(overrides)
     else:
-        config, notes = infer_config_from_state_dict(state, **overrides)
-        ckpt_config = None  # the grid is read from pos_embed (square)
-        eps = None
+        given = dict(overrides)
+        dim = state["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in state else None
+        if "heads" not in given and extra.get("official_release") and dim == 768:
+            given["heads"] = 12
+            notes.append("heads=12: the official TimeSformer code builds every model with 12 heads at width 768")
+        try:
+            config, more = infer_config_from_state_dict(state, **given)
+        except CheckpointConfigError as e:
+            raise CheckpointConfigError(f"{path}: {e}") from None
+        notes += more
     model = model_cls(**config)
     if eps is not None and eps != 1e-6:
         for module in model.modules():
@@ -668,10 +828,16 @@ def load_pretrained(path: PathLike, *, strict: bool = True, model_cls=None, **ov
                                   checkpoint_config=ckpt_config, notes=notes)
     if hf_config is not None and hf_config.get("id2label"):
         report.meta["id2label"] = {int(k): v for k, v in hf_config["id2label"].items()}
+    if train_meta is not None:
+        report.meta.update({k: train_meta.get(k) for k in ("classes", "step", "epoch")})
+        report.meta["task"] = (train_meta.get("extra") or {}).get("task")
+    if device is not None:
+        model.to(device)
     model.eval()
     return model
 
 
-def from_pretrained(cls, path: PathLike, *, strict: bool = True, **overrides) -> nn.Module:
-    """``cls.from_pretrained(path, strict=True, **overrides)``: :func:`load_pretrained` building ``cls``."""
-    return load_pretrained(path, strict=strict, model_cls=cls, **overrides)
+def from_pretrained(cls, path: PathLike, *, strict: bool = True, device=None, **overrides) -> nn.Module:
+    """``cls.from_pretrained(path, strict=True, device=None, **overrides)``: :func:`load_pretrained`
+    building ``cls``."""
+    return load_pretrained(path, strict=strict, model_cls=cls, device=device, **overrides)

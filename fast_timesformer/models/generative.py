@@ -160,9 +160,11 @@ class ContextBlock(nn.Module):
         attn = dict(heads=heads, dim_head=dim_head, dropout=ff_dropout, attn_dropout=attn_dropout, qkv_bias=qkv_bias,
                     cls="none")
         self.time_norm = _norm(dim)
-        self.time_attn = DividedAttention(dim, backend=backends["time"], step="time", **attn, **options)
+        self.time_attn = DividedAttention(dim, backend=backends["time"][0], step="time", **attn,
+                                          **{**options, **backends["time"][1]})
         self.space_norm = _norm(dim)
-        self.space_attn = DividedAttention(dim, backend=backends["space"], step="space", **attn, **options)
+        self.space_attn = DividedAttention(dim, backend=backends["space"][0], step="space", **attn,
+                                           **{**options, **backends["space"][1]})
         self.mlp_norm = _norm(dim)
         self.mlp = FeedForward(dim, hidden, ff_dropout)
 
@@ -181,11 +183,12 @@ class TargetBlock(nn.Module):
         self.query_norm = _norm(dim)
         self.context_norm = _norm(dim)
         self.cross_attn = CrossAttention(dim, heads, dim_head, ff_dropout, attn_dropout=attn_dropout,
-                                         qkv_bias=qkv_bias, backend=backends["cross"], **options)
+                                         qkv_bias=qkv_bias, backend=backends["cross"][0],
+                                         **{**options, **backends["cross"][1]})
         self.space_norm = _norm(dim)
         self.space_attn = DividedAttention(dim, heads, dim_head, ff_dropout, attn_dropout=attn_dropout,
-                                           qkv_bias=qkv_bias, cls="none", backend=backends["space"], step="space",
-                                           **options)
+                                           qkv_bias=qkv_bias, cls="none", backend=backends["space"][0],
+                                           step="space", **{**options, **backends["space"][1]})
         self.mlp_norm = _norm(dim)
         self.mlp = FeedForward(dim, hidden, ff_dropout)
 
@@ -217,11 +220,22 @@ def _pair(v, name):
 
 
 def _backends_per_step(backend) -> dict:
+    """step -> (backend name, per-step options) from a name or a mapping step -> name or (name, options)
+    (a list [name, options] too: that is how a JSON training config stores it)."""
     if isinstance(backend, str):
-        return {step: backend for step in GENERATIVE_STEPS}
+        return {step: (backend, {}) for step in GENERATIVE_STEPS}
     if isinstance(backend, Mapping):
         check_step_names(backend, GENERATIVE_STEPS)
-        return {step: backend.get(step, "regular") for step in GENERATIVE_STEPS}
+        out = {}
+        for step in GENERATIVE_STEPS:
+            spec = backend.get(step, "regular")
+            if isinstance(spec, str):
+                out[step] = (spec, {})
+            elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], Mapping):
+                out[step] = (spec[0], dict(spec[1]))
+            else:
+                raise ValueError(f"backend for step {step!r} must be a name or (name, options), got {spec!r}")
+        return out
     raise TypeError(f"backend must be a name or a mapping step -> name, got {type(backend).__name__}")
 
 
@@ -291,6 +305,16 @@ class GenerativeTimeSformer(nn.Module):
         for p in (self.pos_embed, self.time_embed, self.target_query):
             nn.init.trunc_normal_(p, std=0.02)
         init_linear_and_norm_(self.modules())
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides) -> "GenerativeTimeSformer":
+        """Rebuild a model from a checkpoint written by ``fast-timesformer train`` (future-frame prediction):
+        its recorded constructor arguments, then ``overrides``; weights loaded and reported as for
+        :meth:`TimeSformer.from_pretrained <fast_timesformer.models.timesformer.TimeSformer.from_pretrained>`
+        (``strict=True``, ``device=``). Other checkpoints are TimeSformer's and raise, naming the loader."""
+        from . import checkpoint
+
+        return checkpoint.from_pretrained(cls, path, **overrides)
 
     def set_backend(self, backend: Union[str, Mapping[str, str]], **options) -> "GenerativeTimeSformer":
         """Switch the backend of every attention layer (a name, or a mapping over "time"/"space"/"cross")."""
