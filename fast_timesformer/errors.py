@@ -56,6 +56,27 @@ class UnknownNameError(FastTimesformerError, ValueError):
         super().__init__(message)
 
 
+class WriteFailedError(FastTimesformerError, OSError):
+    """A file could not be written (disk full, permissions, I/O error); what was there before is unchanged."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        FastTimesformerError.__init__(self, f"{self.path}: {problem}")
+
+    def __str__(self) -> str:  # OSError would format (errno, strerror); ours is the one sentence
+        return f"{self.path}: {self.problem}"
+
+
+class TrainingInterrupted(FastTimesformerError):
+    """Training stopped on a signal (SIGINT, SIGTERM) after saving a checkpoint; ``exit_code`` is the
+    conventional 128 + signal number (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int, step: int, path, message: str):
+        self.signum, self.step, self.path = int(signum), int(step), str(path)
+        self.exit_code = 128 + self.signum
+        super().__init__(message)
+
 
 class CheckpointConfigError(FastTimesformerError, ValueError):
     """A checkpoint does not record something needed to build its model (e.g. the number of attention

@@ -13,12 +13,18 @@ and the safetensors metadata holds one JSON string under ``"fast_timesformer"`` 
 format version, the training config, step/epoch, the optimizer's ``param_groups`` and non-tensor state
 values, scheduler description, class names, the scaler's scalars, free-form ``extra``.
 
-Writes are atomic: the file is written to a temporary name in the same folder, flushed to disk, and
-moved over the destination with ``os.replace`` - a crash leaves the old checkpoint or the new one,
-never half of one.
+Writes are atomic: the file is written to a temporary name in the same folder (with the permissions any
+new file gets under the umask), flushed to disk, and moved over the destination with ``os.replace`` - a
+crash or a full disk leaves the old checkpoint or the new one, never half of one; a failed write raises
+:class:`~fast_timesformer.errors.WriteFailedError` naming the file. ``previous=`` keeps the file being
+replaced under another name (the trainer keeps ``previous.safetensors`` next to ``last.safetensors``).
+
+Reading a file that is not a whole checkpoint (truncated, garbage, empty) raises
+:class:`~fast_timesformer.errors.CorruptCheckpointError` with one sentence; nothing is ever unpickled.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -28,11 +34,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..errors import CorruptCheckpointError, WriteFailedError
+
 FORMAT = "fast_timesformer.train/1"
 META_KEY = "fast_timesformer"
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_metadata", "flatten_optimizer_state",
-           "unflatten_optimizer_state", "rng_state", "set_rng_state", "atomic_save_file", "FORMAT"]
+           "unflatten_optimizer_state", "rng_state", "set_rng_state", "atomic_save_file", "check_checkpoint",
+           "FORMAT"]
 
 
 # ---- optimizer ------------------------------------------------------------------------------------
@@ -100,23 +109,44 @@ def _storable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
-    """``safetensors.torch.save_file`` to a temporary file next to ``path``, fsync, then ``os.replace``."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str], *,
+                     previous: Optional[str] = None) -> None:
+    """``safetensors.torch.save_file`` to a temporary file next to ``path``, fsync, then ``os.replace``.
+
+    ``previous``: if given and ``path`` exists, the file being replaced is moved there first (so the
+    folder holds the new file and the one before it). An ``OSError`` while writing (disk full, ...)
+    removes the temporary file, leaves ``path`` and ``previous`` as they were, and raises
+    :class:`~fast_timesformer.errors.WriteFailedError` naming ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise WriteFailedError(path, f"cannot write a checkpoint here ({e.strerror or e})") from None
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         save_file(_storable(tensors), tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        if previous is not None and os.path.exists(path):
+            os.replace(path, previous)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            what = e.strerror or str(e)
+            if e.errno == errno.ENOSPC:
+                what = "no space left on the device"
+            kept = "the checkpoint there before is unchanged" if os.path.exists(path) else "nothing was written"
+            raise WriteFailedError(path, f"could not write the checkpoint ({what}); {kept}") from None
         raise
     try:  # make the rename itself durable where the OS allows it
         dfd = os.open(folder, os.O_RDONLY)
@@ -131,8 +161,9 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict
 def save_checkpoint(path: str, *, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                     scaler=None, step: int = 0, epoch: int = 0, config: Optional[dict] = None,
                     classes: Optional[list] = None, scheduler: Optional[dict] = None,
-                    extra: Optional[dict] = None, save_rng: bool = True) -> None:
-    """Write a checkpoint atomically (see the module docstring for the layout)."""
+                    extra: Optional[dict] = None, save_rng: bool = True, previous: Optional[str] = None) -> None:
+    """Write a checkpoint atomically (see the module docstring for the layout; ``previous``: see
+    :func:`atomic_save_file`)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     meta: dict[str, Any] = {"format": FORMAT, "step": step, "epoch": epoch, "config": config or {},
                             "classes": classes, "scheduler": scheduler, "extra": extra or {}}
@@ -145,22 +176,57 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, optimizer: Optional[to
         tensors.update({f"scaler.{k}": v for k, v in sc.items() if isinstance(v, torch.Tensor)})
     if save_rng:
         tensors.update(rng_state())
-    atomic_save_file(tensors, path, {META_KEY: json.dumps(meta)})
+    atomic_save_file(tensors, path, {META_KEY: json.dumps(meta)}, previous=previous)
+
+
+def _unreadable(path: str, e: Exception) -> CorruptCheckpointError:
+    """The safetensors library's complaint about a file, as one true sentence."""
+    msg = str(e)
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    if size == 0:
+        return CorruptCheckpointError(path, "the checkpoint file is empty (0 bytes)")
+    if "not fully covered" in msg or "incomplete" in msg:
+        return CorruptCheckpointError(path, f"the checkpoint is truncated: its header describes more data than "
+                                            f"the file's {size} bytes")
+    return CorruptCheckpointError(path, f"not a readable safetensors checkpoint: damaged, or not a file written "
+                                        f"by fast-timesformer train (safetensors: {msg})")
 
 
 def read_metadata(path: str) -> dict:
-    """The JSON metadata of a checkpoint, without loading its tensors."""
+    """The JSON metadata of a checkpoint, without loading its tensors.
+
+    A file that is not a whole safetensors file raises :class:`CorruptCheckpointError`; a safetensors
+    file without our metadata raises ``ValueError``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    with safe_open(path, framework="pt") as f:
-        raw = (f.metadata() or {}).get(META_KEY)
+    try:
+        with safe_open(path, framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except OSError:
+        raise
+    except Exception as e:  # safetensors_rust.SafetensorError: header too large / too small / truncated
+        raise _unreadable(path, e) from None
     if raw is None:
         raise ValueError(f"{path} is a safetensors file but not a fast_timesformer training checkpoint "
                          f"(no {META_KEY!r} metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT})")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CorruptCheckpointError(path, f"the checkpoint's metadata is damaged (not JSON: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{path}: unsupported checkpoint format {found!r} (expected {FORMAT})")
     return meta
+
+
+def check_checkpoint(path: str) -> Optional[str]:
+    """``None`` if ``path`` reads as a whole training checkpoint (header, metadata, every tensor's extent
+    inside the file), else the problem in words. Damage inside the tensor bytes is not detectable."""
+    try:
+        read_metadata(path)
+    except (CorruptCheckpointError, ValueError, FileNotFoundError) as e:
+        return str(getattr(e, "problem", None) or e)
+    return None
 
 
 def load_checkpoint(path: str, *, model: Optional[torch.nn.Module] = None,
@@ -173,12 +239,17 @@ def load_checkpoint(path: str, *, model: Optional[torch.nn.Module] = None,
     """
     meta = read_metadata(path)
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}, "scaler": {}}
-    with safe_open(path, framework="pt", device=str(map_location)) as f:
-        for name in f.keys():
-            head, rest = name.split(".", 1)
-            if head == "model" and model is None or head == "optim" and optimizer is None:
-                continue
-            groups.setdefault(head, {})[rest if head in ("model", "scaler") else name] = f.get_tensor(name)
+    try:
+        with safe_open(path, framework="pt", device=str(map_location)) as f:
+            for name in f.keys():
+                head, rest = name.split(".", 1)
+                if head == "model" and model is None or head == "optim" and optimizer is None:
+                    continue
+                groups.setdefault(head, {})[rest if head in ("model", "scaler") else name] = f.get_tensor(name)
+    except OSError:
+        raise
+    except Exception as e:
+        raise _unreadable(path, e) from None
     if model is not None:
         result = model.load_state_dict(groups["model"], strict=False)
         problems = []

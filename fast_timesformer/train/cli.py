@@ -5,6 +5,7 @@ import argparse
 import ast
 import gc
 import json
+import os
 import sys
 
 __all__ = ["add_subcommands", "config_from_args"]
@@ -46,6 +47,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--target-frames", dest="num_target_frames", type=int, default=2, help="bouncing: K")
     d.add_argument("--train-samples", type=int, default=1024, help="size of a synthetic training set")
     d.add_argument("--eval-samples", type=int, default=256, help="size of a synthetic evaluation set")
+    d.add_argument("--val-fraction", type=float, default=None,
+                   help="a folder without val/: the share of each class held out for evaluation (seeded by "
+                        "--seed; default 0.1; 0: no evaluation)")
+    d.add_argument("--skip-bad-videos", action="store_true",
+                   help="leave out video files that cannot be read (they are listed) instead of stopping")
     d.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     o = p.add_argument_group("optimisation")
     length = o.add_mutually_exclusive_group()
@@ -83,6 +89,8 @@ def config_from_args(args):
     fields = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["backend_options"] = dict(args.backend_option)
+    if args.clip_grad is not None and args.clip_grad < 0:
+        raise ValueError(f"--clip-grad must be a number > 0 (or 0 for no clipping), got {args.clip_grad!r}")
     values["clip_grad"] = args.clip_grad or None
     if values.get("epochs") is None and values.get("steps") is None:
         values["epochs"] = 10
@@ -90,17 +98,39 @@ def config_from_args(args):
 
 
 def cmd_train(args) -> int:
+    from ..errors import TrainingInterrupted
     from .distributed import cleanup_distributed
     from .trainer import Trainer
 
     cfg = config_from_args(args)
+    trainer = None
     try:
         trainer = Trainer(cfg)
-        result = trainer.fit(stop_at=args.stop_at)
-        if trainer.dist.is_main:
-            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
-            print(json.dumps(shown))
-            print(f"checkpoints in {cfg.out_dir}, metrics in {trainer.metrics_path}")
+        end = trainer.total_steps if args.stop_at is None else min(args.stop_at, trainer.total_steps)
+        if trainer.step >= end:
+            if trainer.dist.is_main:
+                where = trainer.resumed_from or os.path.join(cfg.out_dir, "last.safetensors")
+                if trainer.step >= trainer.total_steps:
+                    print(f"the run is complete: step {trainer.step} of {trainer.total_steps}; checkpoint {where}")
+                else:
+                    print(f"the run is already at step {trainer.step} (--stop-at {args.stop_at}); checkpoint "
+                          f"{where}")
+        else:
+            result = trainer.fit(stop_at=args.stop_at)
+            if trainer.dist.is_main:
+                shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
+                         if k not in ("skipped",)}
+                print(json.dumps(shown))
+                print(f"checkpoints in {cfg.out_dir}, metrics in {trainer.metrics_path}")
+    except TrainingInterrupted as e:
+        cleanup_distributed(sync=False)
+        if trainer is None or trainer.dist.is_main:
+            print(f"fast-timesformer: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        cleanup_distributed(sync=False)
+        print("fast-timesformer: interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
     except BaseException:
         cleanup_distributed(sync=False)
         raise
@@ -115,7 +145,7 @@ def cmd_predict(args) -> int:
     from .trainer import predict_video
 
     if args.top_k < 1:
-        raise SystemExit("--top-k must be >= 1")
+        raise ValueError(f"--top-k must be a whole number >= 1, got {args.top_k}")
     top = predict_video(args.video, args.checkpoint, top_k=args.top_k, device=args.device)
     if args.json:
         print(json.dumps([{"label": name, "probability": p} for name, p in top]))
@@ -145,7 +175,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("video")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by 'fast-timesformer train'")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of a list")
     p.set_defaults(func=cmd_predict)
 

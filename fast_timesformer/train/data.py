@@ -6,12 +6,18 @@ the models take once batched, ``(b, f, c, h, w)``.
 * :class:`MovingShapes` - classification whose label is *only* in the temporal order of the frames.
 * :class:`BouncingShapes` - future-frame prediction: ``f`` input frames, the next ``K`` frames as target.
 * :class:`VideoFolder` - ``root/<class>/<video>.{mp4,avi,webm,...}`` (UCF101 layout), decoded with PyAV.
+  Every file is checked when the folder is opened (:func:`check_video`): a folder with unreadable files
+  raises one :class:`~fast_timesformer.errors.BadVideoError` naming all of them, or, with
+  ``skip_bad=True``, leaves them out and lists them in ``skipped``. A folder without a ``val/`` split
+  gets a seeded, class-stratified held-out split (:func:`build_train_eval`), never its own training clips
+  as the evaluation set.
 
 Randomness never comes from the global RNG: a sample is a pure function of ``(seed, index)`` (and of the
 epoch for augmentation), so a resumed or multi-process run sees exactly the same data.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -21,9 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import BadVideoError
+
 __all__ = [
-    "MovingShapes", "BouncingShapes", "VideoFolder", "VIDEO_EXTENSIONS", "read_video", "sample_frame_indices",
-    "resize_short_side", "crop", "normalize", "preprocess_clip", "ClipTransform", "build_dataset",
+    "MovingShapes", "BouncingShapes", "VideoFolder", "VIDEO_EXTENSIONS", "read_video", "check_video",
+    "sample_frame_indices", "resize_short_side", "crop", "normalize", "preprocess_clip", "ClipTransform",
+    "build_dataset", "build_train_eval", "stratified_split", "DEFAULT_VAL_FRACTION",
 ]
 
 _MIX = 1_000_003  # spreads (seed, index) over distinct generator seeds
@@ -336,26 +345,113 @@ def sample_frame_indices(num_available: int, num_frames: int, mode: str = "unifo
     return [min(max(i, 0), num_available - 1) for i in idx]
 
 
+def _av_problem(e: Exception) -> str:
+    """An FFmpeg/PyAV error in words, without the path PyAV repeats at the end."""
+    msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return str(msg).rstrip(".")
+
+
 def read_video(path: str, num_frames: int, mode: str = "uniform", *,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Decode ``num_frames`` sampled frames of a video file: uint8 tensor (f, 3, H, W), RGB."""
+    """Decode ``num_frames`` sampled frames of a video file: uint8 tensor (f, 3, H, W), RGB.
+
+    A file that cannot be opened or decoded raises :class:`~fast_timesformer.errors.BadVideoError`
+    naming it (a ``ValueError``); a missing file raises ``FileNotFoundError``."""
     av = _import_av()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such video file: {path}")
     try:
         container = av.open(path)
     except Exception as e:  # av.error.InvalidDataError and friends
-        raise ValueError(f"cannot open {path} as a video: {e}") from None
+        raise BadVideoError((path, f"cannot be opened as a video ({_av_problem(e)})")) from None
     with container:
         if not container.streams.video:
-            raise ValueError(f"{path} has no video stream")
+            raise BadVideoError((path, "has no video stream"))
         stream = container.streams.video[0]
-        frames = [frame for frame in container.decode(stream)]  # decoded, converted below only if used
+        frames = []
+        try:
+            for frame in container.decode(stream):  # decoded, converted below only if used
+                frames.append(frame)
+        except Exception as e:
+            raise BadVideoError((path, f"cannot decode frame {len(frames)} ({_av_problem(e)})")) from None
     if not frames:
-        raise ValueError(f"{path}: no frame could be decoded")
+        raise BadVideoError((path, "no frame could be decoded"))
     idx = sample_frame_indices(len(frames), num_frames, mode, generator=generator)
-    arrays = {i: torch.from_numpy(frames[i].to_ndarray(format="rgb24")) for i in set(idx)}
+    try:
+        arrays = {i: torch.from_numpy(frames[i].to_ndarray(format="rgb24")) for i in set(idx)}
+    except Exception as e:
+        raise BadVideoError((path, f"cannot convert a decoded frame to RGB ({_av_problem(e)})")) from None
     return torch.stack([arrays[i] for i in idx]).permute(0, 3, 1, 2).contiguous()  # (f, 3, H, W)
+
+
+def check_video(path: str) -> Optional[str]:
+    """``None`` if ``path`` looks like a whole, decodable video; otherwise the problem, in words.
+
+    The quick check run on every file of a :class:`VideoFolder` before training: the file opens as a
+    container with a video stream, every packet of that stream can be read (demuxed, not decoded: about
+    the cost of reading the file once), the packets reach the length the container declares (a frame
+    count or a duration: a truncated file falls short) and the first frame decodes. It does not decode
+    every frame: a file damaged in the middle of its data can still pass, and then fails, naming the file,
+    when training reads it (:func:`read_video`).
+    """
+    av = _import_av()
+    if not os.path.isfile(path):
+        return "does not exist"
+    if os.path.getsize(path) == 0:
+        return "is empty (0 bytes)"
+    try:
+        container = av.open(path)
+    except Exception as e:
+        return f"cannot be opened as a video ({_av_problem(e)})"
+    try:
+        with container:
+            if not container.streams.video:
+                kinds = sorted({st.type for st in container.streams})
+                if set(kinds) <= {"data", "attachment", "subtitle"}:
+                    return (f"has no video stream (streams: {', '.join(kinds) or 'none'}): not a video, or cut off "
+                            "before its stream headers")
+                return f"has no video stream (streams: {', '.join(kinds)})"
+            stream = container.streams.video[0]
+            tb = stream.time_base
+            packets, end, start, corrupt = 0, None, None, None
+            try:
+                for packet in container.demux(stream):
+                    if packet.size == 0 and packet.pts is None:
+                        continue  # the flush packet at the end of the stream
+                    if packet.is_corrupt and corrupt is None:
+                        corrupt = packets
+                    packets += 1
+                    if packet.pts is not None and tb is not None:
+                        t0 = float(packet.pts * tb)
+                        t1 = float((packet.pts + (packet.duration or 0)) * tb)
+                        start = t0 if start is None else min(start, t0)
+                        end = t1 if end is None else max(end, t1)
+            except Exception as e:
+                return f"is damaged or truncated (reading packet {packets} failed: {_av_problem(e)})"
+            if packets == 0:
+                return "has no video frames"
+            declared = stream.frames or 0
+            if declared and packets < declared:
+                return f"is truncated: {packets} of the {declared} frames it declares are present"
+            duration = float(stream.duration * tb) if stream.duration and tb is not None else None
+            rate = float(stream.average_rate) if stream.average_rate else None
+            if not declared and duration and end is not None and rate:
+                # half a frame of slack: packets without a duration end at their own timestamp
+                if end - (start or 0.0) < duration - 0.5 / rate - 1e-6:
+                    return (f"is truncated: its frames end at {end - (start or 0.0):.2f} s of the "
+                            f"{duration:.2f} s it declares")
+            if corrupt is not None:
+                return f"is damaged: the container marks packet {corrupt} as corrupt"
+        with av.open(path) as container:
+            try:
+                next(iter(container.decode(container.streams.video[0])))
+            except StopIteration:
+                return "no frame could be decoded"
+            except Exception as e:
+                return f"cannot decode its first frame ({_av_problem(e)})"
+    except Exception as e:  # anything else PyAV raises on a damaged file
+        return f"cannot be read as a video ({_av_problem(e)})"
+    return None
 
 
 def resize_short_side(clip: torch.Tensor, size: int) -> torch.Tensor:
@@ -424,18 +520,24 @@ class VideoFolder(Dataset):
     :data:`VIDEO_EXTENSIONS` are listed recursively under each. Returns ``(clip, label)`` with
     ``clip`` float (num_frames, 3, image_size, image_size), normalised.
 
+    ``check`` (default): every file is checked with :func:`check_video` here, before any training. Files
+    that fail raise one :class:`~fast_timesformer.errors.BadVideoError` naming every one of them; with
+    ``skip_bad=True`` they are left out instead and listed in :attr:`skipped` as (path, problem) pairs.
+    ``samples``: use this list of (path, label) pairs instead of listing the folder (no check).
+
     Random sampling/cropping draws from ``(seed, epoch, index)`` (call :meth:`set_epoch`), never from the
     global RNG, so every run, resumed or multi-process, sees the same clips.
     """
 
     def __init__(self, root: str, transform: Optional[ClipTransform] = None, *, seed: int = 0,
-                 classes: Optional[Sequence[str]] = None):
+                 classes: Optional[Sequence[str]] = None, samples: Optional[Sequence[tuple[str, int]]] = None,
+                 check: bool = True, skip_bad: bool = False):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"video folder {root!r} does not exist")
         found = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
         if classes is None:
             classes = found
-        else:
+        elif samples is None:
             missing = sorted(set(found) - set(classes))
             if missing:
                 raise ValueError(f"folders {missing} under {root} are not among the given classes")
@@ -444,7 +546,11 @@ class VideoFolder(Dataset):
         self.root, self.classes = root, list(classes)
         self.transform = transform or ClipTransform()
         self.seed, self.epoch = seed, 0
-        self.samples: list[tuple[str, int]] = []
+        self.skipped: list[tuple[str, str]] = []
+        if samples is not None:
+            self.samples = [(str(p), int(label)) for p, label in samples]
+            return
+        self.samples = []
         for label, name in enumerate(self.classes):
             folder = os.path.join(root, name)
             if not os.path.isdir(folder):
@@ -455,12 +561,29 @@ class VideoFolder(Dataset):
                         self.samples.append((os.path.join(dirpath, f), label))
         if not self.samples:
             raise ValueError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}")
+        if check:
+            problems = [(path, why) for path, _ in self.samples if (why := check_video(path)) is not None]
+            if problems and not skip_bad:
+                raise BadVideoError(problems)
+            bad = {path for path, _ in problems}
+            self.skipped = problems
+            self.samples = [(p, label) for p, label in self.samples if p not in bad]
+            if not self.samples:
+                raise BadVideoError(problems)  # nothing left to train on
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def digest(self) -> str:
+        """A short fingerprint of the file list (paths relative to the root, labels): a resumed run
+        compares it to see whether it trains on the same files."""
+        h = hashlib.sha1()
+        for path, label in self.samples:
+            h.update(f"{os.path.relpath(path, self.root)}\t{label}\n".encode())
+        return h.hexdigest()[:16]
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
@@ -470,13 +593,95 @@ class VideoFolder(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------------
+DEFAULT_VAL_FRACTION = 0.1
+_EVAL_FOLDERS = ("val", "validation", "test")
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, held-out indices): ``round(fraction * n)`` of each class's ``n`` samples held out,
+    drawn from ``(seed, class)``; at least one where ``fraction > 0`` and the class has two or more, and
+    never all of a class (a class with one sample stays in training)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    held: list[int] = []
+    for label, idx in sorted(by_class.items()):
+        n = len(idx)
+        k = int(round(fraction * n))
+        if fraction > 0 and n >= 2:
+            k = max(k, 1)
+        k = min(k, n - 1)
+        perm = torch.randperm(n, generator=_generator(seed, label, 6)).tolist()
+        held += [idx[j] for j in perm[:k]]
+    held_set = set(held)
+    return [i for i in range(len(labels)) if i not in held_set], sorted(held)
+
+
+def _folder_transforms(num_frames: int, image_size: int) -> tuple[ClipTransform, ClipTransform]:
+    train = ClipTransform(num_frames=num_frames, image_size=image_size, sampling="random", crop="random")
+    return train, ClipTransform(num_frames=num_frames, image_size=image_size, sampling="uniform", crop="center")
+
+
+def build_train_eval(name: str, *, train_samples: int = 1024, eval_samples: int = 256, num_frames: int = 8,
+                     image_size: int = 32, seed: int = 0, num_classes: int = 4, num_target_frames: int = 2,
+                     channels: int = 3, val_fraction: Optional[float] = None, skip_bad: bool = False,
+                     cache: bool = True):
+    """(training set, evaluation set or ``None``, description of the split) for a dataset name.
+
+    Synthetic sets draw their evaluation samples from another seed. A folder with a ``val/`` (or
+    ``validation/``, ``test/``) sub-folder evaluates on it. A folder without one is split: a seeded,
+    class-stratified ``val_fraction`` (default :data:`DEFAULT_VAL_FRACTION`) of its files is held out for
+    evaluation and never trained on; ``val_fraction=0`` means no evaluation set (``None``). Folder files
+    are checked first (see :class:`VideoFolder`; ``skip_bad``)."""
+    if name in ("moving-shapes", "moving_shapes", "bouncing"):
+        if val_fraction is not None:
+            raise ValueError(f"--val-fraction splits a video folder without a val/ folder; {name} has its own "
+                             "evaluation set (--eval-samples)")
+        kw = dict(num_frames=num_frames, image_size=image_size, seed=seed, num_classes=num_classes,
+                  num_target_frames=num_target_frames, channels=channels, cache=cache)
+        train = build_dataset(name, "train", num_samples=train_samples, **kw)
+        return train, build_dataset(name, "eval", num_samples=eval_samples, **kw), {
+            "eval": "separate synthetic samples", "eval_samples": eval_samples}
+    if not os.path.isdir(name):
+        raise ValueError(f"unknown dataset {name!r}: use 'moving-shapes', 'bouncing' or an existing folder path")
+    t_train, t_eval = _folder_transforms(num_frames, image_size)
+    root = os.path.join(name, "train") if os.path.isdir(os.path.join(name, "train")) else name
+    val_root = next((os.path.join(name, s) for s in _EVAL_FOLDERS if os.path.isdir(os.path.join(name, s))), None)
+    if val_root is not None:
+        if val_fraction is not None:
+            raise ValueError(f"{name} has a {os.path.basename(val_root)}/ folder, which is the evaluation set; "
+                             "--val-fraction splits a folder without one")
+        train = VideoFolder(root, t_train, seed=seed, skip_bad=skip_bad)
+        evalset = VideoFolder(val_root, t_eval, seed=seed, classes=train.classes, skip_bad=skip_bad)
+        return train, evalset, {"eval": "folder", "eval_root": val_root, "train_files": len(train),
+                                "eval_files": len(evalset), "skipped": train.skipped + evalset.skipped}
+    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
+    whole = VideoFolder(root, t_train, seed=seed, skip_bad=skip_bad)
+    train_idx, held_idx = stratified_split([label for _, label in whole.samples], fraction, seed)
+    info = {"eval": "held-out" if held_idx else "none", "val_fraction": fraction, "split_seed": seed,
+            "train_files": len(train_idx), "eval_files": len(held_idx), "skipped": whole.skipped}
+    train = VideoFolder(root, t_train, seed=seed, classes=whole.classes,
+                        samples=[whole.samples[i] for i in train_idx])
+    train.skipped = whole.skipped
+    evalset = None
+    if held_idx:
+        evalset = VideoFolder(root, t_eval, seed=seed, classes=whole.classes,
+                              samples=[whole.samples[i] for i in held_idx])
+    return train, evalset, info
+
+
 def build_dataset(name: str, split: str, *, num_samples: int, num_frames: int, image_size: int,
                   seed: int = 0, num_classes: int = 4, num_target_frames: int = 2, channels: int = 3,
-                  classes: Optional[Sequence[str]] = None, cache: bool = True):
-    """``moving-shapes`` | ``bouncing`` | a folder path (with ``train``/``val`` sub-folders, or classes
-    directly, in which case the same folder serves both splits). ``split`` is "train" or "eval"; the
-    synthetic eval split uses another seed; ``classes`` fixes a folder dataset's class list (the
-    training split's, for evaluation)."""
+                  classes: Optional[Sequence[str]] = None, cache: bool = True,
+                  val_fraction: Optional[float] = None, skip_bad: bool = False):
+    """``moving-shapes`` | ``bouncing`` | a folder path. ``split`` is "train" or "eval"; the synthetic eval
+    split uses another seed. A folder evaluates on its ``val/`` sub-folder, or, without one, on the held-out
+    part of :func:`build_train_eval`'s split (the training split is then the rest; the folder's files are
+    checked and split on each call). ``classes`` fixes the class list of a ``val/`` folder."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     split_seed = seed if split == "train" else seed + 7919
     if name in ("moving-shapes", "moving_shapes"):
         return MovingShapes(num_samples, num_frames=num_frames, image_size=image_size, channels=channels,
@@ -485,10 +690,14 @@ def build_dataset(name: str, split: str, *, num_samples: int, num_frames: int, i
         return BouncingShapes(num_samples, num_frames=num_frames, num_target_frames=num_target_frames,
                               image_size=image_size, channels=channels, seed=split_seed, cache=cache)
     if os.path.isdir(name):
-        sub = {"train": ("train",), "eval": ("val", "validation", "test")}[split]
-        root = next((os.path.join(name, s) for s in sub if os.path.isdir(os.path.join(name, s))), name)
-        train = split == "train"
-        t = ClipTransform(num_frames=num_frames, image_size=image_size,
-                          sampling="random" if train else "uniform", crop="random" if train else "center")
-        return VideoFolder(root, t, seed=seed, classes=classes)
+        val_root = next((os.path.join(name, s) for s in _EVAL_FOLDERS if os.path.isdir(os.path.join(name, s))),
+                        None)
+        if val_root is not None and split == "eval":
+            return VideoFolder(val_root, _folder_transforms(num_frames, image_size)[1], seed=seed,
+                               classes=classes, skip_bad=skip_bad)
+        train, evalset, _ = build_train_eval(name, num_frames=num_frames, image_size=image_size, seed=seed,
+                                             val_fraction=val_fraction, skip_bad=skip_bad)
+        if split == "eval" and evalset is None:
+            raise ValueError(f"{name} has no evaluation split: val_fraction is 0")
+        return train if split == "train" else evalset
     raise ValueError(f"unknown dataset {name!r}: use 'moving-shapes', 'bouncing' or an existing folder path")

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "barrier"]
+from ..errors import DeviceUnavailableError
+
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "all_reduce_max", "barrier",
+           "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,10 @@ def init_distributed(device: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
     if use_cuda:
+        resolve_device("cuda")  # raises DeviceUnavailableError, in words, where there is no CUDA device
         torch.cuda.set_device(local % torch.cuda.device_count())
         dev = torch.device("cuda", torch.cuda.current_device())
     else:
@@ -58,6 +60,32 @@ def init_distributed(device: str = "auto") -> DistInfo:
         dist.init_process_group(backend=backend, rank=rank, world_size=world,
                                 **({"device_id": dev} if use_cuda else {}))
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a ``torch.device``;
+    a CUDA device this machine does not have raises :class:`~fast_timesformer.errors.DeviceUnavailableError`
+    and anything else that is not a device name a ``ValueError``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        why = ("this torch build has no CUDA support" if torch.version.cuda is None
+               else "torch.cuda.is_available() is False: no GPU or driver found")
+        raise DeviceUnavailableError(f"--device {device}: no CUDA device on this machine ({why}); "
+                                     "use --device cpu")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise DeviceUnavailableError(f"--device {device}: this machine has {count} CUDA device(s), "
+                                     f"numbered 0..{count - 1}")
+    return dev
 
 
 def cleanup_distributed(sync: bool = True) -> None:
@@ -83,3 +111,12 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
+
+
+def all_reduce_max(values: list[float], info: DistInfo) -> list[float]:
+    """Elementwise maximum of a list of numbers over processes (so that every process agrees)."""
+    if not info.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()

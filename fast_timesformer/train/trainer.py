@@ -15,6 +15,15 @@ the grad scaler, torch's global RNG state - which drives dropout and drop-path).
 own generator so that creating one does not consume the global RNG. ``tests/test_train.py`` checks that
 2 steps + resume + 2 steps equal 4 steps bit for bit.
 
+Faults. SIGINT and SIGTERM during ``fit()`` set a flag that is looked at before each optimizer step (so
+after a completed one, never mid-accumulation; under DDP the flag is all-reduced so every process stops at
+the same step): the run saves ``last.safetensors`` at that step and raises
+:class:`~fast_timesformer.errors.TrainingInterrupted` (the CLI exits 130 / 143). A video that cannot be
+decoded during training (in a DataLoader worker or not) stops the run the same way with one
+:class:`~fast_timesformer.errors.BadVideoError` line, after a checkpoint. Each save of ``last`` keeps the
+one before as ``previous.safetensors``; ``--resume auto`` falls back to it, saying so, when ``last`` is
+damaged. A resumed run drops the metrics records past its checkpoint's step, so each step is logged once.
+
 Learning rate: AdamW, linear warmup from 0 over ``warmup`` steps, then cosine decay to
 ``min_lr_ratio * lr`` at the last step. Weight decay applies to matrices only (not to biases, norms,
 embeddings or the CLS token).
@@ -23,10 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import inspect
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -34,11 +47,12 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from ..errors import BadVideoError, CorruptCheckpointError, FastTimesformerError, TrainingInterrupted, WriteFailedError
 from . import checkpoint as ckpt
-from .data import BouncingShapes, ClipTransform, build_dataset
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .data import BouncingShapes, ClipTransform, build_train_eval
+from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
 
 __all__ = ["TrainConfig", "Trainer", "MODEL_PRESETS", "parse_backend", "build_model", "model_spec",
            "lr_at", "task_of", "load_trained_model", "predict_video"]
@@ -70,6 +84,8 @@ class TrainConfig:
     num_target_frames: int = 2             # bouncing
     train_samples: int = 1024              # synthetic datasets
     eval_samples: int = 256
+    val_fraction: Optional[float] = None   # folder without val/: held-out share (None: 0.1; 0: no evaluation)
+    skip_bad_videos: bool = False          # leave unreadable video files out (listed) instead of refusing
     workers: int = 0
     # optimisation
     epochs: Optional[int] = None
@@ -95,7 +111,15 @@ class TrainConfig:
 
     # fields that may differ between a run and its resumption
     RESUMABLE_CHANGES = ("resume", "workers", "progress", "out_dir", "metrics", "log_every", "save_every",
-                         "device", "eval_each_epoch")
+                         "device", "eval_each_epoch", "skip_bad_videos")
+
+    # the command-line option of each field (for messages that name what to change)
+    OPTIONS = {"num_frames": "--frames", "num_target_frames": "--target-frames", "out_dir": "--out",
+               "backend_options": "--backend-option"}
+
+    @classmethod
+    def option(cls, name: str) -> str:
+        return cls.OPTIONS.get(name, "--" + name.replace("_", "-"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -259,6 +283,82 @@ def _set_epoch(dataset, epoch: int) -> None:
         dataset.set_epoch(epoch)
 
 
+LAST, PREVIOUS = "last.safetensors", "previous.safetensors"
+
+
+class _Failed:
+    """What a batch becomes when one of its videos cannot be read: the (path, problem) pairs. Returned
+    instead of raised, so that it crosses from a DataLoader worker intact (a worker's exception comes back
+    re-wrapped with its traceback as text) and every process can agree to stop at the same step."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+
+
+class _Guarded(Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except BadVideoError as e:
+            return _Failed(e.problems)
+
+
+def _collate(items):
+    problems = [p for item in items if isinstance(item, _Failed) for p in item.problems]
+    return _Failed(problems) if problems else default_collate(items)
+
+
+def _worker_init(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process (which stops after the step, then shuts them
+    down); SIGTERM gets its default action, not the handler inherited from the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class _PeerFailed(FastTimesformerError):
+    pass
+
+
+def _peer_failed() -> _PeerFailed:
+    return _PeerFailed("another process could not read its videos (its own error line names them)")
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM set ``signum`` instead of interrupting; a second signal of the same
+    kind acts at once (the default action: a KeyboardInterrupt or termination). Only in the main thread
+    (elsewhere Python cannot install handlers, and the flag stays 0)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        if self.signum:
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
 # ---- the trainer ----------------------------------------------------------------------------------
 class Trainer:
     """Builds everything from a :class:`TrainConfig`; ``fit()`` trains, evaluates and checkpoints."""
@@ -270,14 +370,15 @@ class Trainer:
         self.task = task_of(cfg.dataset)
         self._check_config()
 
-        self.train_set = build_dataset(cfg.dataset, "train", num_samples=cfg.train_samples,
-                                       num_frames=cfg.num_frames, image_size=cfg.image_size, seed=cfg.seed,
-                                       num_classes=cfg.num_classes, num_target_frames=cfg.num_target_frames)
+        self.train_set, self.eval_set, info = build_train_eval(
+            cfg.dataset, train_samples=cfg.train_samples, eval_samples=cfg.eval_samples,
+            num_frames=cfg.num_frames, image_size=cfg.image_size, seed=cfg.seed, num_classes=cfg.num_classes,
+            num_target_frames=cfg.num_target_frames, val_fraction=cfg.val_fraction,
+            skip_bad=cfg.skip_bad_videos)
         self.classes = list(getattr(self.train_set, "classes", []) or [])
-        self.eval_set = build_dataset(cfg.dataset, "eval", num_samples=cfg.eval_samples,
-                                      num_frames=cfg.num_frames, image_size=cfg.image_size, seed=cfg.seed,
-                                      num_classes=cfg.num_classes, num_target_frames=cfg.num_target_frames,
-                                      classes=self.classes or None)
+        digest = getattr(self.train_set, "digest", None)
+        self.data_info = {**info, "train_digest": digest() if digest else None}
+        self._announce_data()
 
         world, accum = self.dist.world_size, cfg.accum
         if cfg.batch % (world * accum):
@@ -294,9 +395,9 @@ class Trainer:
             self.total_steps = cfg.epochs * self.steps_per_epoch
         else:
             raise ValueError("give the length of the run: epochs or steps")
-        if self.total_steps < 1:
-            raise ValueError(f"the run has {self.total_steps} steps; give epochs/steps >= 1")
         self.warmup_steps = int(cfg.warmup * self.total_steps) if cfg.warmup < 1 else int(cfg.warmup)
+        if self.warmup_steps > self.total_steps:
+            raise ValueError(f"--warmup {cfg.warmup:g} steps is longer than the run ({self.total_steps} steps)")
 
         torch.manual_seed(cfg.seed)  # same on every process: identical init, identical performer features
         self.spec = model_spec(cfg, num_classes=len(self.classes), channels=self._channels())
@@ -318,29 +419,125 @@ class Trainer:
         self.out_dir = cfg.out_dir
         self.metrics_path = cfg.metrics or os.path.join(cfg.out_dir, "metrics.jsonl")
         self._baseline: Optional[float] = None
+        self.resumed_from: Optional[str] = None
+        self._saved_step: Optional[int] = None  # the step of the last.safetensors this process wrote
+        self._last_good = False                 # last.safetensors is ours and whole: rotate it on save
         if cfg.resume:
             self._resume(cfg.resume)
 
     # ---- set-up ---------------------------------------------------------------------------------
     def _check_config(self) -> None:
+        """Every numeric option is checked here, with one sentence naming the option."""
         cfg = self.cfg
         if cfg.amp not in ("off", "bf16", "fp16"):
             raise ValueError(f"--amp must be off, bf16 or fp16, got {cfg.amp!r}")
-        for name in ("batch", "accum", "num_frames", "image_size"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-        if cfg.lr <= 0:
-            raise ValueError(f"lr must be positive, got {cfg.lr}")
+
+        def whole(name, low, value=None):
+            v = getattr(cfg, name) if value is None else value
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{TrainConfig.option(name)} must be a whole number >= {low}, got {v!r}")
+
+        def number(name, low, high=None, *, low_open=False, high_open=True):
+            v = getattr(cfg, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > low if low_open else v >= low)
+            ok = ok and (high is None or (v < high if high_open else v <= high))
+            if not ok:
+                lo = f"> {low:g}" if low_open else f">= {low:g}"
+                hi = "" if high is None else (f" and < {high:g}" if high_open else f" and <= {high:g}")
+                raise ValueError(f"{TrainConfig.option(name)} must be a number {lo}{hi}, got {v!r}")
+
+        for name in ("batch", "accum", "num_frames", "image_size", "num_classes", "num_target_frames",
+                     "train_samples", "eval_samples", "log_every"):
+            whole(name, 1)
+        for name in ("workers", "save_every"):
+            whole(name, 0)
+        if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+            raise ValueError(f"--seed must be a whole number, got {cfg.seed!r}")
+        for name in ("epochs", "steps"):
+            if getattr(cfg, name) is not None:
+                whole(name, 1)
+        number("lr", 0, low_open=True)
+        number("weight_decay", 0)
+        number("warmup", 0)
+        if cfg.warmup >= 1 and cfg.warmup != int(cfg.warmup):
+            raise ValueError(f"--warmup of 1 or more is a number of steps and must be whole, got {cfg.warmup!r}")
+        number("min_lr_ratio", 0, 1, high_open=False)
+        if cfg.clip_grad is not None:
+            number("clip_grad", 0, low_open=True)
+        for name in ("attn_dropout", "ff_dropout", "drop_path"):
+            if getattr(cfg, name) is not None:
+                number(name, 0, 1)
+        if cfg.val_fraction is not None:
+            number("val_fraction", 0, 1)
+
+    def _note(self, text: str) -> None:
+        """One line for the user (stderr; rank 0 only)."""
+        if self.dist.is_main:
+            print(f"fast-timesformer: {text}", file=sys.stderr, flush=True)
+
+    def _announce_data(self) -> None:
+        info = self.data_info
+        if info.get("skipped"):
+            bad = info["skipped"]
+            self._note(f"skipped {len(bad)} unreadable video file{'s' if len(bad) > 1 else ''} "
+                       "(--skip-bad-videos): " + "; ".join(f"{p}: {r}" for p, r in bad))
+        if info.get("eval") == "held-out":
+            n = info["train_files"] + info["eval_files"]
+            self._note(f"{self.cfg.dataset} has no val/ folder: {info['eval_files']} of its {n} videos are held "
+                       f"out for evaluation and never trained on (--val-fraction {info['val_fraction']:g} of each "
+                       f"class, rounded, at least one of a class of two or more; seed {info['split_seed']}; "
+                       "--val-fraction 0: no evaluation)")
+        elif info.get("eval") == "none":
+            self._note(f"{self.cfg.dataset} has no val/ folder and --val-fraction is 0: no evaluation")
 
     def _channels(self) -> int:
         x = self.train_set[0][0]
         return int(x.shape[1])
 
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.out_dir, LAST)
+
+    @property
+    def previous_path(self) -> str:
+        return os.path.join(self.out_dir, PREVIOUS)
+
+    def _auto_checkpoint(self) -> Optional[str]:
+        """``--resume auto``: last.safetensors if whole; else previous.safetensors (saying so); None if
+        neither exists (a fresh start)."""
+        last, prev = self.last_path, self.previous_path
+        if not os.path.exists(last) and not os.path.exists(prev):
+            return None
+        problem = ckpt.check_checkpoint(last) if os.path.exists(last) else "is missing (a save was interrupted)"
+        if problem is None:
+            self._last_good = True
+            return last
+        if os.path.exists(prev) and ckpt.check_checkpoint(prev) is None:
+            step = ckpt.read_metadata(prev).get("step")
+            self._note(f"{last}: {problem}; resuming from the checkpoint before it, {prev} (step {step})")
+            return prev
+        why = (f"the checkpoint before it, {prev}, is damaged too" if os.path.exists(prev)
+               else "there is no earlier checkpoint")
+        raise CorruptCheckpointError(last, f"{problem}; {why} (move it away to start the run afresh)")
+
     def _resume(self, path: str) -> None:
         if path == "auto":
-            path = os.path.join(self.out_dir, "last.safetensors")
-            if not os.path.isfile(path):
+            path = self._auto_checkpoint()
+            if path is None:
                 return  # nothing to resume: start fresh
+        else:
+            try:
+                ckpt.read_metadata(path)
+            except CorruptCheckpointError as e:
+                prev = os.path.join(os.path.dirname(path), PREVIOUS)
+                if os.path.basename(path) == LAST and os.path.exists(prev) and ckpt.check_checkpoint(prev) is None:
+                    step = ckpt.read_metadata(prev).get("step")
+                    raise CorruptCheckpointError(path, f"{e.problem}; the checkpoint before it, {prev} (step {step}), "
+                                                       f"is whole: --resume {prev} continues from there") from None
+                raise
+            if os.path.abspath(path) == os.path.abspath(self.last_path):
+                self._last_good = True
         meta = ckpt.read_metadata(path)
         saved = meta.get("config", {})
         mine = self.cfg.to_dict()
@@ -353,13 +550,54 @@ class Trainer:
                                     restore_rng=True, map_location=self.device)
         self.step = int(meta["step"])
         self.best = meta.get("extra", {}).get("best")
+        self.resumed_from = path
+        self._saved_step = self.step if self._last_good else None
+        then = (meta.get("extra", {}).get("data") or {}).get("train_digest")
+        now = self.data_info.get("train_digest")
+        if then and now and then != now:
+            self._note(f"the training files differ from those of {path} (files added, removed or skipped): the "
+                       "resumed run continues with the new list, not as an exact continuation")
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics records past ``step`` (logged after the checkpoint being resumed was written) and any
+        partial last line, so that the continued run logs each step once."""
+        if not self.dist.is_main or not os.path.isfile(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            lines = f.read().splitlines(keepends=True)
+        keep = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if not isinstance(record, dict) or record.get("step", 0) <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+        if keep == lines:
+            return
+        folder = os.path.dirname(os.path.abspath(self.metrics_path))
+        tmp = os.path.join(folder, f".{os.path.basename(self.metrics_path)}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w") as f:
+                f.writelines(keep)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.metrics_path)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise WriteFailedError(self.metrics_path, f"could not rewrite the metrics up to step {step} "
+                                                      f"({e.strerror or e}); the file is unchanged") from None
 
     # ---- data -----------------------------------------------------------------------------------
     def _loader(self, dataset, batches: list[list[int]], seed: int) -> DataLoader:
         g = torch.Generator()
         g.manual_seed(seed)  # the loader's own generator: creating it leaves the global RNG alone
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.workers, generator=g,
-                          pin_memory=self.device.type == "cuda")
+        workers = self.cfg.workers
+        return DataLoader(_Guarded(dataset), batch_sampler=batches, num_workers=workers, generator=g,
+                          pin_memory=self.device.type == "cuda", collate_fn=_collate,
+                          worker_init_fn=_worker_init if workers else None)
 
     def train_batches(self, epoch: int, first_step: int = 0) -> list[list[int]]:
         """This process's micro-batches (indices) for optimizer steps ``first_step..`` of ``epoch``."""
@@ -394,9 +632,16 @@ class Trainer:
 
     def fit(self, stop_at: Optional[int] = None) -> dict:
         """Train to the configured length (or to step ``stop_at``, checkpointing there); returns the last
-        evaluation metrics (or the last train metrics if no evaluation ran)."""
+        evaluation metrics (or the last train metrics if no evaluation ran; ``{}`` if the run was already
+        at its end). SIGINT/SIGTERM: checkpoint and :class:`TrainingInterrupted` (see the module doc)."""
         cfg = self.cfg
+        if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 1):
+            raise ValueError(f"--stop-at must be a whole number >= 1, got {stop_at!r}")
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        if self.step >= end:
+            return {}
+        if self.step == 0:
+            self._log({"split": "data", "step": 0, **self.data_info})
         bar = None
         if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
@@ -405,62 +650,101 @@ class Trainer:
         last: dict = {}
         window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
         self.model.train()
-        while self.step < end:
-            epoch, within = divmod(self.step, self.steps_per_epoch)
-            _set_epoch(self.train_set, epoch)
-            loader = self._loader(self.train_set, self.train_batches(epoch, within),
-                                  seed=cfg.seed * 100003 + epoch)
-            it = iter(loader)
-            while within < self.steps_per_epoch and self.step < end:
-                lr = self.lr(self.step)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                step_loss = 0.0
-                for a in range(cfg.accum):
-                    x, y = next(it)
-                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    sync = a == cfg.accum - 1 or not self.dist.enabled
-                    ctx = contextlib.nullcontext() if sync else self.model.no_sync()
-                    with ctx:
-                        loss, _ = self._loss(self.model, x, y)
-                        self.scaler.scale(loss / cfg.accum).backward()
-                    step_loss += float(loss.detach()) / cfg.accum
-                if cfg.clip_grad:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.clip_grad)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                within += 1
-                window_loss, window_n = window_loss + step_loss, window_n + 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-                if self.step % cfg.log_every == 0 or self.step == end:
-                    total, n = all_reduce_sum([window_loss, window_n], self.dist)
-                    dt = time.perf_counter() - t0
-                    last = {"split": "train", "step": self.step, "epoch": epoch, "loss": total / n, "lr": lr,
-                            "samples_per_s": window_n * cfg.batch / dt if dt > 0 else None}
-                    self._log(last)
-                    window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
-                epoch_end = within == self.steps_per_epoch
-                if (epoch_end and cfg.eval_each_epoch) or self.step == self.total_steps:
-                    last = self.evaluate()
-                    last.update(step=self.step, epoch=epoch)
-                    self._log(last)
-                    self.model.train()
-                    key = "acc" if self.task == "classify" else "mse"
-                    better = self.best is None or (last[key] > self.best if key == "acc" else last[key] < self.best)
-                    if better:
-                        self.best = last[key]
-                        self.save(os.path.join(self.out_dir, "best.safetensors"))
-                if epoch_end or self.step == end or (cfg.save_every and self.step % cfg.save_every == 0):
-                    self.save(os.path.join(self.out_dir, "last.safetensors"))
-            del it, loader
-        if bar is not None:
-            bar.close()
+        try:
+            with _StopSignals() as signals:
+                while self.step < end:
+                    epoch, within = divmod(self.step, self.steps_per_epoch)
+                    _set_epoch(self.train_set, epoch)
+                    loader = self._loader(self.train_set, self.train_batches(epoch, within),
+                                          seed=cfg.seed * 100003 + epoch)
+                    it = iter(loader)
+                    while within < self.steps_per_epoch and self.step < end:
+                        micro, problems = [], []
+                        for _ in range(cfg.accum):
+                            batch = next(it)
+                            if isinstance(batch, _Failed):
+                                problems = batch.problems
+                                break
+                            micro.append(batch)
+                        # every process learns whether any was signalled or failed, and stops at this step
+                        signum, failed = all_reduce_max([signals.signum, 1.0 if problems else 0.0], self.dist)
+                        if failed:
+                            raise self._stopped(BadVideoError(problems) if problems else _peer_failed())
+                        if signum:
+                            path = self._save_last()
+                            name = signal.Signals(int(signum)).name
+                            raise TrainingInterrupted(
+                                int(signum), self.step, path,
+                                f"interrupted by {name} at step {self.step} of {self.total_steps}: checkpoint "
+                                f"saved to {path} (--resume auto with the same --out continues the run)")
+                        lr = self.lr(self.step)
+                        for group in self.optimizer.param_groups:
+                            group["lr"] = lr
+                        step_loss = 0.0
+                        for a, (x, y) in enumerate(micro):
+                            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                            sync = a == cfg.accum - 1 or not self.dist.enabled
+                            ctx = contextlib.nullcontext() if sync else self.model.no_sync()
+                            with ctx:
+                                loss, _ = self._loss(self.model, x, y)
+                                self.scaler.scale(loss / cfg.accum).backward()
+                            step_loss += float(loss.detach()) / cfg.accum
+                        if cfg.clip_grad:
+                            self.scaler.unscale_(self.optimizer)
+                            torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.clip_grad)
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.step += 1
+                        within += 1
+                        window_loss, window_n = window_loss + step_loss, window_n + 1
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+                        if self.step % cfg.log_every == 0 or self.step == end:
+                            total, n = all_reduce_sum([window_loss, window_n], self.dist)
+                            dt = time.perf_counter() - t0
+                            last = {"split": "train", "step": self.step, "epoch": epoch, "loss": total / n,
+                                    "lr": lr, "samples_per_s": window_n * cfg.batch / dt if dt > 0 else None}
+                            self._log(last)
+                            window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
+                        epoch_end = within == self.steps_per_epoch
+                        if self.eval_set is not None and ((epoch_end and cfg.eval_each_epoch)
+                                                          or self.step == self.total_steps):
+                            try:
+                                last = self.evaluate()
+                            except (BadVideoError, _PeerFailed) as e:
+                                raise self._stopped(e) from None
+                            last.update(step=self.step, epoch=epoch)
+                            self._log(last)
+                            self.model.train()
+                            key = "acc" if self.task == "classify" else "mse"
+                            better = self.best is None or (last[key] > self.best if key == "acc"
+                                                           else last[key] < self.best)
+                            if better:
+                                self.best = last[key]
+                                self.save(os.path.join(self.out_dir, "best.safetensors"))
+                        if epoch_end or self.step == end or (cfg.save_every and self.step % cfg.save_every == 0):
+                            self._save_last()
+                    del it, loader
+        finally:
+            if bar is not None:
+                bar.close()
         return last
+
+    def _save_last(self) -> str:
+        """last.safetensors at the current step (unless this process already wrote it), the one before kept
+        as previous.safetensors; returns its path."""
+        if self._saved_step != self.step or not os.path.exists(self.last_path):
+            self.save(self.last_path, rotate=True)
+        return self.last_path
+
+    def _stopped(self, error: Exception) -> Exception:
+        """A data error stops the run: checkpoint at the last completed step, and say where in the error's
+        one line."""
+        path = self._save_last()
+        error.args = (f"{error}; the run stopped at step {self.step} with a checkpoint in {path}",)
+        return error
 
     # ---- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -470,11 +754,18 @@ class Trainer:
         dataset = self.eval_set if dataset is None else dataset
         was_training = model.training
         model.eval()
+        if dataset is None:
+            raise ValueError("this run has no evaluation set (--val-fraction 0)")
         idx = list(range(self.dist.rank, len(dataset), self.dist.world_size))
         per = max(self.micro_batch * self.cfg.accum, 1)
         batches = [idx[i:i + per] for i in range(0, len(idx), per)]
         loss_sum = correct = top5 = count = 0.0
-        for x, y in self._loader(dataset, batches, seed=0):
+        problems: list = []
+        for batch in self._loader(dataset, batches, seed=0):
+            if isinstance(batch, _Failed):
+                problems += batch.problems
+                continue
+            x, y = batch
             x, y = x.to(self.device), y.to(self.device)
             loss, out = self._loss(model, x, y)
             n = x.shape[0]
@@ -484,8 +775,11 @@ class Trainer:
                 correct += float((out.argmax(-1) == y).sum())
                 k = min(5, out.shape[-1])
                 top5 += float((out.topk(k, -1).indices == y[:, None]).any(-1).sum())
-        loss_sum, correct, top5, count = all_reduce_sum([loss_sum, correct, top5, count], self.dist)
+        loss_sum, correct, top5, count, failed = all_reduce_sum(
+            [loss_sum, correct, top5, count, float(len(problems))], self.dist)
         model.train(was_training)
+        if failed:
+            raise BadVideoError(problems) if problems else _peer_failed()
         out = {"split": "eval", "loss": loss_sum / count, "samples": int(count)}
         if self.task == "classify":
             out.update(acc=correct / count, chance=1 / max(len(self.classes), 1))
@@ -504,11 +798,32 @@ class Trainer:
 
     # ---- bookkeeping ----------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
+        """Append one JSON line to the metrics file; a failed write (disk full) leaves the file as it was
+        and raises :class:`WriteFailedError`."""
         if not self.dist.is_main:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps({**record, "time": time.time()}) + "\n")
+        data = (json.dumps({**record, "time": time.time()}) + "\n").encode()
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
+            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise WriteFailedError(self.metrics_path, f"cannot open the metrics file ({e.strerror or e})") from None
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, start)  # no half line: the records before stay readable
+                except OSError:
+                    pass
+                why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+                raise WriteFailedError(self.metrics_path, f"could not append to the metrics ({why}); the "
+                                                          "records before are unchanged") from None
+        finally:
+            os.close(fd)
 
     def inference_transform(self) -> dict:
         """How ``predict`` turns a video file into model input, as a :class:`ClipTransform` dict."""
@@ -525,8 +840,9 @@ class Trainer:
         """What a checkpoint records about the run (for resume and predict)."""
         return self.cfg.to_dict()
 
-    def save(self, path: str) -> None:
-        """Checkpoint (rank 0 writes; every process waits for it)."""
+    def save(self, path: str, *, rotate: bool = False) -> None:
+        """Checkpoint (rank 0 writes; every process waits for it). ``rotate``: this is last.safetensors,
+        and the whole one it replaces is kept as previous.safetensors."""
         if self.dist.is_main:
             cfg = self.cfg
             ckpt.save_checkpoint(
@@ -535,13 +851,19 @@ class Trainer:
                 scheduler={"kind": "warmup_cosine", "lr": cfg.lr, "warmup_steps": self.warmup_steps,
                            "total_steps": self.total_steps, "min_lr_ratio": cfg.min_lr_ratio},
                 extra={"model_spec": self.spec, "task": self.task, "best": self.best,
-                       "transform": self.inference_transform()})
+                       "transform": self.inference_transform(), "data": self.data_info},
+                previous=self.previous_path if rotate and self._last_good else None)
         barrier(self.dist)
+        if rotate:
+            self._saved_step, self._last_good = self.step, True
 
 
 # ---- inference ------------------------------------------------------------------------------------
 def load_trained_model(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a model from a training checkpoint; returns (model in eval mode, metadata)."""
+    from .distributed import resolve_device
+
+    device = resolve_device(device)
     meta = ckpt.read_metadata(path)
     spec = meta.get("extra", {}).get("model_spec")
     if spec is None:
@@ -556,7 +878,9 @@ def predict_video(video_path: str, checkpoint_path: str, top_k: int = 5,
                   device: str | torch.device = "cpu") -> list[tuple[str, float]]:
     """Top-k (class name, probability) for one video file, with the checkpoint's preprocessing."""
     from .data import preprocess_clip, read_video
+    from .distributed import resolve_device
 
+    device = resolve_device(device)
     model, meta = load_trained_model(checkpoint_path, device)
     if meta.get("extra", {}).get("task") != "classify":
         raise ValueError(f"{checkpoint_path} is a {meta.get('extra', {}).get('task')!r} model; predict needs "
