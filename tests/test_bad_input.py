@@ -405,3 +405,10 @@ def test_from_pretrained_on_a_device_that_does_not_exist(tmp_path, device, messa
     assert f"device={device!r}" in str(err.value)
     torch.save({"model_state": _tiny_state()}, tmp_path / "t.pth")
     assert next(TimeSformer.from_pretrained(tmp_path / "t.pth", heads=2, device="cpu").parameters()).device.type == "cpu"
+
+
+def test_vit_temporal_init_typo_suggests_the_close_match():
+    from fast_timesformer import load_vit_weights_into_timesformer
+
+    with pytest.raises(UnknownNameError, match="Did you mean 'copy'"):
+        load_vit_weights_into_timesformer(TimeSformer(**TINY), {}, temporal_init="cpy")

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 from torch import nn
 
+from .._names import unknown_name_error
 from .resample import resample_pos_embed, to_hw
 
 __all__ = ["load_vit_weights_into_timesformer", "TransferReport", "TEMPORAL_INITS"]
@@ -131,7 +132,7 @@ def load_vit_weights_into_timesformer(model: nn.Module, vit: Any, *, temporal_in
     skipped, one with fewer leaves the model's last blocks at init (both reported).
     """
     if temporal_init not in TEMPORAL_INITS:
-        raise ValueError(f"temporal_init must be one of {TEMPORAL_INITS}, got {temporal_init!r}")
+        raise unknown_name_error("temporal_init", temporal_init, TEMPORAL_INITS)
     state = _vit_state(vit)
     own = model.state_dict()
     if "pos_embed" not in own or not hasattr(model, "blocks"):
