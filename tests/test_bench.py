@@ -222,6 +222,7 @@ def test_cli_bench_and_plot(tmp_path, capsys):
 
 
 def test_interleaved_points_are_timed_round_robin(tmp_path, monkeypatch):
+    """Points of one group and size are timed A B A B A B; another size is its own round-robin batch."""
     calls = []
     real_build = workloads.build
 
@@ -230,19 +231,21 @@ def test_interleaved_points_are_timed_round_robin(tmp_path, monkeypatch):
         inner = b.step
 
         def step():
-            calls.append(w.frames)
+            calls.append((w.depth, w.frames))
             return inner()
         b.step = step
         return b
 
     monkeypatch.setattr(runner, "build", build)
-    pts = [tiny(frames=f, group="target", interleave=3) for f in (2, 4)] + [tiny(frames=6)]
+    pts = [tiny(depth=d, frames=f, group="target", interleave=3) for f in (2, 4) for d in (1, 2)] + [tiny(frames=6)]
     recs = run_sweep(pts, tmp_path, progress=False, log=quiet, warm_up_s=0)
-    assert [r["status"] for r in recs] == ["ok", "ok", "ok"]
-    # FLOP count + memory pass per point, then three rounds A B A B A B; the plain point after
-    assert calls[:10] == [2, 2, 4, 4, 2, 4, 2, 4, 2, 4]
-    assert recs[0]["runs"] == 3 and "interleaved" in recs[0]["time_method"]
-    assert recs[0]["min_s"] <= recs[0]["median_s"] <= recs[0]["max_s"]
+    assert [r["status"] for r in recs] == ["ok"] * 5
+    # FLOP count + memory pass per point, then three rounds A B A B A B; then the 4-frame pair; the plain point
+    a, b, c, d = (1, 2), (2, 2), (1, 4), (2, 4)
+    assert calls[:10] == [a, a, b, b, a, b, a, b, a, b]
+    assert calls[10:20] == [c, c, d, d, c, d, c, d, c, d]
+    assert recs[0]["runs"] == 3 and recs[0]["n_times"] == 3 and "interleaved" in recs[0]["time_method"]
+    assert recs[0]["min_s"] <= recs[0]["q1_s"] <= recs[0]["median_s"] <= recs[0]["q3_s"] <= recs[0]["max_s"]
 
 
 def test_hf_peer_runs_our_weights():

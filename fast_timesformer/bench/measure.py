@@ -43,8 +43,42 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def summarize(times, method: str, calls_per_time: int = 1) -> dict:
+    """Latency statistics of repeated measurements (seconds): median, min, max, and the interquartile
+    range only when there are at least 2 measurements (``iqr_s`` is None for a single run: a spread of
+    0 would claim a precision nobody measured). ``n_times``: how many measurements the statistics
+    come from; ``runs``: calls timed in all (a measurement may average several calls)."""
+    ts = sorted(float(t) for t in times)
+    if not ts:
+        raise ValueError("no timings")
+    out = {"median_s": statistics.median(ts), "min_s": ts[0], "max_s": ts[-1], "n_times": len(ts),
+           "runs": len(ts) * calls_per_time, "time_method": method, "q1_s": None, "q3_s": None, "iqr_s": None}
+    if len(ts) >= 2:
+        q1, _, q3 = statistics.quantiles(ts, n=4, method="inclusive")
+        out.update(q1_s=q1, q3_s=q3, iqr_s=q3 - q1)
+    if len(ts) <= 64:
+        out["times_s"] = ts
+    return out
+
+
+def spread_count(rec: dict) -> int:
+    """How many measurements a record's spread comes from (older records: ``blocks`` or ``runs``)."""
+    for k in ("n_times", "blocks", "runs"):
+        if rec.get(k):
+            return int(rec[k])
+    return 1 if rec.get("median_s") is not None else 0
+
+
+def spread_text(rec: dict, scale: float = 1e3, digits: int = 2) -> str:
+    """``"0.12 (n=5)"`` for an IQR from n measurements; ``"1 run"`` where there is no spread."""
+    n = spread_count(rec)
+    if n < 2 or rec.get("iqr_s") is None:
+        return "1 run" if n <= 1 else f"- (n={n})"
+    return f"{rec['iqr_s'] * scale:.{digits}g} (n={n})"
+
+
 def time_step(step: Callable[[], object], device: str, *, min_run_time: float = 0.25) -> dict:
-    """Latency statistics in seconds: median, iqr, min, max, runs, method."""
+    """Latency statistics in seconds (see :func:`summarize`)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return _time_cuda(step, min_run_time)
@@ -52,38 +86,40 @@ def time_step(step: Callable[[], object], device: str, *, min_run_time: float = 
 
     m = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads()
                         ).blocked_autorange(min_run_time=min_run_time)
-    times = list(m.times)
-    return {"median_s": m.median, "iqr_s": m.iqr, "min_s": min(times), "max_s": max(times),
-            "runs": m.number_per_run * len(times), "blocks": len(times),
-            "time_method": "torch.utils.benchmark.Timer.blocked_autorange"}
+    out = summarize(m.times, "torch.utils.benchmark.Timer.blocked_autorange (one measurement = the mean of a "
+                             "block of calls)", calls_per_time=m.number_per_run)
+    out["blocks"] = len(m.times)
+    return out
 
 
-def _time_cuda(step, min_run_time):
+def gpu_times_ms(fn: Callable[[], object], *, warmup_ms: int = 25, rep_ms: int = 100) -> tuple:
+    """(list of per-call milliseconds, method) on the current CUDA device: ``triton.testing.do_bench``
+    (L2 flushed before each call, CUDA events around it) when triton imports, else CUDA events."""
     try:
         from triton.testing import do_bench
     except ImportError:
         do_bench = None
-    ms = max(1, int(min_run_time * 1000))
     if do_bench is not None:
-        q20, q50, q80 = do_bench(step, warmup=max(ms // 4, 25), rep=ms, quantiles=[0.2, 0.5, 0.8])
-        lo_hi = do_bench(step, warmup=0, rep=max(ms // 4, 10), quantiles=[0.0, 1.0])
-        return {"median_s": q50 / 1e3, "iqr_s": (q80 - q20) / 1e3, "min_s": lo_hi[0] / 1e3, "max_s": lo_hi[1] / 1e3,
-                "runs": None, "blocks": None, "time_method": "triton.testing.do_bench (q20-q80 as spread)"}
-    step()
+        times = do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
+        return [float(t) for t in times], "triton.testing.do_bench (CUDA events per call, L2 flushed)"
+    fn()
     torch.cuda.synchronize()
-    times = []
-    total = 0.0
-    while total < min_run_time or len(times) < 5:
+    times, total = [], 0.0
+    while total < rep_ms or len(times) < 5:
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        step()
+        fn()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
+        times.append(a.elapsed_time(b))
         total += times[-1]
-    q = statistics.quantiles(times, n=4)
-    return {"median_s": statistics.median(times), "iqr_s": q[2] - q[0], "min_s": min(times), "max_s": max(times),
-            "runs": len(times), "blocks": len(times), "time_method": "CUDA events"}
+    return times, "CUDA events per call"
+
+
+def _time_cuda(step, min_run_time):
+    ms = max(1, int(min_run_time * 1000))
+    times, method = gpu_times_ms(step, warmup_ms=max(ms // 4, 25), rep_ms=ms)
+    return summarize([t / 1e3 for t in times], method)
 
 
 def peak_memory(step: Callable[[], object], device: str) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .measure import spread_text
 from .runner import latest_by_key, load_meta, load_results
 from .workloads import SCHEME_SHORT, SCHEMES
 
@@ -51,6 +52,42 @@ def NullLocator():
     from matplotlib.ticker import NullLocator as _NullLocator
 
     return _NullLocator()
+
+
+def readable_log_axis(ax, which: str = "y", min_ticks: int = 3) -> None:
+    """Label a log axis with at least ``min_ticks`` plain numbers inside its limits (matplotlib's default
+    labels only powers of ten, which leaves one label, or none, on an axis spanning less than a decade)."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    lo, hi = sorted(ax.get_ylim() if which == "y" else ax.get_xlim())
+    if lo <= 0 or hi <= lo:
+        return
+    e0, e1 = math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1
+    ticks = []
+    for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        ticks = [m * 10.0 ** e for e in range(e0, e1 + 1) for m in mantissas if lo <= m * 10.0 ** e <= hi]
+        if len(ticks) >= min_ticks:
+            break
+    if len(ticks) < min_ticks:  # less than a factor 1.5 between the limits: evenly spaced, 2 digits
+        a, b = math.log10(lo), math.log10(hi)
+        ticks = sorted({float(f"{10 ** (a + (b - a) * (i + 0.5) / min_ticks):.2g}") for i in range(min_ticks)})
+        ticks = [t for t in ticks if lo <= t <= hi]
+    while len(ticks) > 9:
+        ticks = ticks[::2]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+    (ax.set_ylim if which == "y" else ax.set_xlim)(lo, hi)
+
+
+def _yerr(recs, scale=1e3):
+    """Asymmetric error bars from the first to the third quartile; none (0) for a point timed once."""
+    lo = [max(r["median_s"] - r["q1_s"], 0) * scale if r.get("q1_s") is not None else 0 for r in recs]
+    hi = [max(r["q3_s"] - r["median_s"], 0) * scale if r.get("q3_s") is not None else 0 for r in recs]
+    return [lo, hi]
 
 
 def _records(results_dir):
@@ -93,7 +130,6 @@ def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title,
         return None
     fig, axes = plt.subplots(2, len(backends), figsize=(3.6 * len(backends) + 1, 6.4), squeeze=False,
                              sharex=True, sharey="row")
-    from matplotlib.ticker import LogLocator, ScalarFormatter
     for i, mode in enumerate(MODES):
         for j, be in enumerate(backends):
             ax = axes[i][j]
@@ -106,13 +142,9 @@ def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title,
                     ax.plot([r["workload"][x_field] for r in ok], [r["median_s"] * 1e3 for r in ok], "o-",
                             color=SCHEME_COLORS[scheme], label=SCHEME_SHORT[scheme], ms=4)
                     ax.errorbar([r["workload"][x_field] for r in ok], [r["median_s"] * 1e3 for r in ok],
-                                yerr=[r.get("iqr_s", 0) * 1e3 / 2 for r in ok], fmt="none",
-                                ecolor=SCHEME_COLORS[scheme], alpha=0.5)
+                                yerr=_yerr(ok), fmt="none", ecolor=SCHEME_COLORS[scheme], alpha=0.5)
                 _mark_oom(ax, [r for r in sel if r["status"] == "oom"], x_field, SCHEME_COLORS[scheme])
             ax.set_yscale("log")
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_xscale("log", base=2)
             ax.set_title(f"{be} - {mode}", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
@@ -124,8 +156,11 @@ def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title,
             ax.set_xticks(xs)
             ax.set_xticklabels([str(x) for x in xs])
             ax.xaxis.set_minor_locator(NullLocator())
+    for ax in axes.flat:
+        readable_log_axis(ax, "y")
     axes[0][0].legend(fontsize=8, title="scheme", title_fontsize=8)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title + "\n(error bars: first to third quartile of the repeated timings; none where a point "
+                 "was timed once)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -161,43 +196,52 @@ def plot_latency_vs_resolution(plt, recs, meta, out):
 
 
 def plot_memory_vs_tokens(plt, recs, meta, out):
+    """Peak memory vs patch tokens. Each line joins the points of one sweep axis: solid = more frames at
+    the base resolution, dashed = higher resolution at the base frame count (two different workloads
+    can have the same token count; they are never joined)."""
+    f0, s0 = _sweep_base(recs, meta)
     pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["status"] in ("ok", "oom")
            and not r["workload"]["backend_options"]]
     mode = "fwd+bwd" if any(r["workload"]["mode"] == "fwd+bwd" for r in pts) else "fwd"
     pts = [r for r in pts if r["workload"]["mode"] == mode]
-    if not any(r["status"] == "ok" for r in pts):
+    if not any(r["status"] == "ok" for r in pts) or f0 is None:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    axes_of_sweep = (("frames", "image_size", s0, "-", "o", f"frames sweep at {s0} px"),
+                     ("image_size", "frames", f0, "--", "s", f"resolution sweep at {f0} frames"))
 
-    def line(ax, sel, color, style, label):
-        sel = sorted(sel, key=lambda r: (r["tokens"], r["workload"]["frames"]))
-        ok = [r for r in sel if r["status"] == "ok"]
-        if ok:
-            ax.plot([r["tokens"] for r in ok], [r["peak_mem_bytes"] / 2 ** 20 for r in ok], marker="o", ms=3,
-                    color=color, linestyle=style, label=label)
-        _mark_oom(ax, [r for r in sel if r["status"] == "oom"], "tokens", color)
+    def lines(ax, sel, color, label):
+        for x_field, fixed_field, fixed, style, marker, _ in axes_of_sweep:
+            one = sorted((r for r in sel if r["workload"][fixed_field] == fixed), key=lambda r: r["workload"][x_field])
+            ok = [r for r in one if r["status"] == "ok"]
+            if ok:
+                ax.plot([r["tokens"] for r in ok], [r["peak_mem_bytes"] / 2 ** 20 for r in ok], marker=marker, ms=3,
+                        color=color, linestyle=style, label=label if x_field == "frames" else None)
+            _mark_oom(ax, [r for r in one if r["status"] == "oom"], "tokens", color)
 
     ax = axes[0]
     for scheme in SCHEMES:
-        line(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == "regular"],
-             SCHEME_COLORS[scheme], "-", SCHEME_SHORT[scheme])
+        lines(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == "regular"],
+              SCHEME_COLORS[scheme], SCHEME_SHORT[scheme])
     ax.set_title(f"per scheme (backend regular, {mode})", fontsize=10)
     for ax, scheme in zip(axes[1:], ("divided_space_time", "joint_space_time")):
         for be in _backends_in(pts):
-            line(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be],
-                 BACKEND_COLORS.get(be, "k"), BACKEND_STYLES.get(be, "-"), be)
+            lines(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be],
+                  BACKEND_COLORS.get(be, "k"), be)
         ax.set_title(f"per backend ({SCHEME_SHORT[scheme]}, {mode})", fontsize=10)
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.lines import Line2D
 
+    style_handles = [Line2D([], [], color="gray", linestyle=st, marker=mk, ms=3, label=lab)
+                     for _x, _f, _v, st, mk, lab in axes_of_sweep]
     for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(ScalarFormatter())
-            axis.set_minor_formatter(NullFormatter())
+        readable_log_axis(ax, "x")
+        readable_log_axis(ax, "y")
         ax.set_xlabel("patch tokens per clip (frames x patches)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=handles + style_handles, fontsize=7)
     axes[0].set_ylabel("peak memory above start (MiB)")
     method = next((r.get("mem_method") for r in pts if r.get("mem_method")), "")
     fig.suptitle(f"Peak memory vs tokens - {_device_title(meta)}\n({method})", fontsize=10)
@@ -221,7 +265,7 @@ def plot_backend_bars(plt, recs, meta, out):
     notes = {}
     for ax, mode in zip(axes, MODES):
         for j, be in enumerate(backends):
-            xs, ys = [], []
+            xs, ys, errs = [], [], []
             for i, scheme in enumerate(SCHEMES):
                 r = next((r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be
                           and r["workload"]["mode"] == mode), None)
@@ -230,20 +274,17 @@ def plot_backend_bars(plt, recs, meta, out):
                 if r["status"] == "ok":
                     xs.append(i + (j - (len(backends) - 1) / 2) * width)
                     ys.append(r["median_s"] * 1e3)
+                    errs.append(r)
                 elif r["status"] in ("skipped", "error", "oom"):
                     notes.setdefault(be, f"{r['status']}: {r['reason'].split(';')[0][:120]}")
                     ax.text(i + (j - (len(backends) - 1) / 2) * width, 0.02, r["status"][:4], rotation=90,
                             fontsize=6, ha="center", va="bottom", transform=ax.get_xaxis_transform(),
                             color=BACKEND_COLORS.get(be, "k"))
-            ax.bar(xs, ys, width=width, color=BACKEND_COLORS.get(be, "k"), label=be if xs else None)
+            ax.bar(xs, ys, width=width, color=BACKEND_COLORS.get(be, "k"), label=be if xs else None,
+                   yerr=_yerr(errs) if errs else None, error_kw={"elinewidth": 0.8, "capsize": 1.5})
         ax.set_xticks(range(len(SCHEMES)))
         ax.set_xticklabels([SCHEME_SHORT[s_] for s_ in SCHEMES])
-        ax.set_yscale("log")
-        from matplotlib.ticker import LogLocator, ScalarFormatter
-
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(bottom=0)  # a linear axis from 0: bar lengths compare (on a log axis they do not)
         ax.set_ylabel("median latency (ms)")
         ax.set_title(mode, fontsize=10)
         ax.grid(True, axis="y", which="both", alpha=0.3)
@@ -305,11 +346,8 @@ def plot_error_vs_speed(plt, recs, meta, out):
     ax.axvline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    from matplotlib.ticker import LogLocator, ScalarFormatter
-
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    readable_log_axis(ax, "x")
+    readable_log_axis(ax, "y")
     ax.set_xlabel("speed-up over backend 'regular' at the same workload (x)")
     ax.set_ylabel("relative error of the output vs 'regular', same weights")
     ax.grid(True, which="both", alpha=0.3)
@@ -368,8 +406,10 @@ def plot_peers(plt, recs, meta, out):
     labels = [f"{lab}\n{r['workload']['mode']}" for lab, r in zip(labels, pts)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = ["#2ca02c" if r["workload"]["impl"] == "ours" else "#7f7f7f" for r in pts]
-    axes[0].bar(range(len(pts)), [r["median_s"] * 1e3 for r in pts], color=colors,
-                yerr=[r.get("iqr_s", 0) * 1e3 / 2 for r in pts])
+    axes[0].bar(range(len(pts)), [r["median_s"] * 1e3 for r in pts], color=colors, yerr=_yerr(pts))
+    for i, r in enumerate(pts):
+        axes[0].annotate(spread_text(r).replace(" (", "\n("), (i, r["median_s"] * 1e3), fontsize=6, ha="center",
+                         xytext=(0, 3), textcoords="offset points")
     axes[0].set_ylabel("median latency (ms)")
     axes[1].bar(range(len(pts)), [r["peak_mem_bytes"] / 2 ** 20 for r in pts], color=colors)
     axes[1].set_ylabel("peak memory above start (MiB)")
@@ -387,8 +427,74 @@ def plot_peers(plt, recs, meta, out):
     return path
 
 
+def _size_pairs(recs):
+    """{(frames, image_size): {"ours": rec, "hf": rec}} from the target and sizes groups (forward)."""
+    pairs = {}
+    for r in recs:
+        w = r["workload"]
+        if r["status"] != "ok" or w["group"] not in ("target", "sizes") or w["mode"] != "fwd":
+            continue
+        if w["impl"] == "hf" or (w["impl"] == "ours" and w["backend"] == "regular"):
+            pairs.setdefault((w["frames"], w["image_size"]), {})[w["impl"]] = r
+    return {k: v for k, v in sorted(pairs.items()) if "ours" in v and "hf" in v}
+
+
+def plot_hf_sizes(plt, recs, meta, out):
+    """Ours (regular) vs Hugging Face at every measured size: latency, and the speed and memory ratios
+    along the resolution axis (one line, one sweep axis)."""
+    pairs = _size_pairs(recs)
+    if len(pairs) < 2:
+        return None
+    sizes = list(pairs)
+    labels = [f"{f}x{s_}" for f, s_ in sizes]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    ax = axes[0]
+    for j, (impl, color, name) in enumerate((("ours", "#2ca02c", "ours (regular)"), ("hf", "#7f7f7f", "Hugging Face"))):
+        rs = [pairs[k][impl] for k in sizes]
+        xs = [i + (j - 0.5) * 0.38 for i in range(len(sizes))]
+        ax.bar(xs, [r["median_s"] for r in rs], width=0.38, color=color, label=name, yerr=_yerr(rs, 1.0),
+               error_kw={"elinewidth": 0.8, "capsize": 2})
+        for x, r in zip(xs, rs):
+            ax.annotate(spread_text(r, 1.0).replace(" (", "\n("), (x, r["median_s"]), fontsize=6, ha="center",
+                        xytext=(0, 3), textcoords="offset points")
+    ax.set_xticks(range(len(sizes)))
+    ax.set_xticklabels(labels)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("median forward latency (s)")
+    ax.set_xlabel("frames x resolution (px)")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax = axes[1]
+    res = [s_ for _f, s_ in sizes]
+    speed = [pairs[k]["hf"]["median_s"] / pairs[k]["ours"]["median_s"] for k in sizes]
+    mem = [(pairs[k]["ours"].get("peak_mem_bytes") or 0) / pairs[k]["hf"]["peak_mem_bytes"]
+           if pairs[k]["hf"].get("peak_mem_bytes") else float("nan") for k in sizes]
+    ax.plot(res, speed, "o-", color="#2ca02c", label="speed-up: HF time / ours")
+    ax.plot(res, mem, "s--", color="#1f77b4", label="peak memory: ours / HF")
+    for x, y in zip(res, speed):
+        ax.annotate(f"{y:.2f}x", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    for x, y in zip(res, mem):
+        ax.annotate(f"{y:.2f}", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks(res)
+    ax.set_xticklabels([str(x) for x in res])
+    ax.set_xlabel(f"resolution (px) at {sizes[0][0]} frames")
+    ax.set_ylabel("ratio")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    w = pairs[sizes[0]]["ours"]["workload"]
+    fig.suptitle(f"Ours vs Hugging Face by size: B={w['batch']}, dim {w['dim']}, depth {w['depth']}, {w['dtype']}, "
+                 f"forward, same weights, timed alternately in one run - {_device_title(meta)}", fontsize=9)
+    fig.tight_layout()
+    path = out / "hf_sizes.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 PLOTS = (plot_latency_vs_frames, plot_latency_vs_resolution, plot_memory_vs_tokens, plot_backend_bars,
-         plot_error_vs_speed, plot_flops, plot_peers)
+         plot_error_vs_speed, plot_flops, plot_peers, plot_hf_sizes)
 
 
 def plot_all(results_dir, out_dir=None) -> list:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -24,12 +23,19 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from ..errors import FastTimesformerError
 from . import measure
 from .workloads import Skip, Workload, build
 
 RESULTS = "results.jsonl"
 META = "meta.json"
 DONE = ("ok", "oom", "skipped")
+
+
+class ResultsWriteError(FastTimesformerError):
+    """Writing ``results.jsonl`` or ``meta.json`` failed (disk full, read-only folder): the sweep stops,
+    and what was saved before stays intact (a partial record is cut off again, ``meta.json`` is replaced
+    only by a complete file)."""
 
 
 # ---- metadata --------------------------------------------------------------------------------
@@ -180,12 +186,10 @@ def measure_interleaved(ws: list, *, builder: Callable[[Workload], object] = Non
                 _fail(rec, e)
     out = []
     for w, rec, built in prepared:
-        ts = sorted(times[id(rec)])
+        ts = times[id(rec)]
         if rec["status"] == "ok" and ts:
-            q = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else [ts[0]] * 3
-            rec.update(median_s=statistics.median(ts), iqr_s=q[2] - q[0], min_s=ts[0], max_s=ts[-1], runs=len(ts),
-                       times_s=ts, time_method=f"time.perf_counter per call, {rounds} rounds "
-                                               f"interleaved with {len(ws) - 1} other implementation(s)")
+            rec.update(measure.summarize(ts, f"time.perf_counter per call, {rounds} rounds interleaved with "
+                                             f"{len(ws) - 1} other implementation(s)"))
             _finish(w, rec, built)
         rec["wall_s"] = (time.perf_counter() - t0) / len(ws)
         out.append(rec)
@@ -221,12 +225,40 @@ def latest_by_key(records: Iterable[dict]) -> dict:
 
 
 def _drop_partial_line(path: Path) -> None:
-    """A run killed mid-write leaves a last line without newline: cut it so appends start clean."""
+    """A run killed mid-write leaves a last line without newline: cut it so appends start clean.
+
+    Cut in place (``truncate``), never by rewriting the file: a rewrite on a full disk would lose it."""
     if not path.exists():
         return
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
-        path.write_bytes(data[:data.rfind(b"\n") + 1])
+        try:
+            os.truncate(path, data.rfind(b"\n") + 1)
+        except OSError as e:
+            raise ResultsWriteError(f"could not cut the partial last line of {path}: {e.strerror or e}") from e
+
+
+def append_record(path: Path, rec: dict) -> None:
+    """Append one JSON line to ``path`` and fsync it, all or nothing: if the write fails part-way (disk
+    full), the file is cut back to its previous length and :class:`ResultsWriteError` is raised."""
+    data = (json.dumps(rec, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise ResultsWriteError(f"could not append a result to {path}: {e.strerror or e}; the records "
+                                    f"written before are intact (free space, then rerun with --resume)") from e
+    finally:
+        os.close(fd)
 
 
 def load_meta(out_dir) -> dict:
@@ -237,9 +269,21 @@ def load_meta(out_dir) -> dict:
 
 
 def _write_meta(out_dir: Path, meta: dict) -> None:
+    """Replace ``meta.json`` atomically: a failed write (disk full) leaves the previous file as it was."""
     tmp = out_dir / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, out_dir / META)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(meta, indent=2, default=str))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out_dir / META)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise ResultsWriteError(f"could not write {out_dir / META}: {e.strerror or e}; the previous one is "
+                                f"unchanged") from e
 
 
 def _warm_up(todo, builder, seconds: float = 2.0) -> None:
@@ -264,11 +308,14 @@ def _warm_up(todo, builder, seconds: float = 2.0) -> None:
 
 def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, progress: bool = True,
               settings: Optional[dict] = None, builder: Callable[[Workload], object] = None,
-              log: Callable[[str], None] = print, warm_up_s: float = 2.0) -> list:
+              log: Callable[[str], None] = print, warm_up_s: float = 2.0,
+              deadline: Optional[float] = None) -> list:
     """Measure ``points`` in order, appending each record to ``out_dir/results.jsonl`` at once.
 
     Returns the records of this call (resumed points: their stored record). Without ``resume`` an
     existing results file is replaced. Before timing, the first runnable point runs for ``warm_up_s``.
+    ``deadline`` (a ``time.monotonic()`` value): no new point starts after it; the points left out are
+    missing from the returned list (and from the file), so ``resume`` would measure them.
     """
     points = list(points)
     keys = [p.key for p in points]
@@ -282,7 +329,7 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
         _drop_partial_line(results_path)
         done = {k: r for k, r in latest_by_key(load_results(out_dir)).items() if r.get("status") in DONE}
     else:
-        results_path.write_text("")
+        results_path.open("w").close()  # start over (truncation needs no free space)
         if (out_dir / META).exists():
             (out_dir / META).unlink()
     meta = load_meta(out_dir)
@@ -307,35 +354,36 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
         except ImportError:
             bar = None
     fresh = {}
-    with results_path.open("a") as fh:
-        for i, w in enumerate(todo):
-            if w.key in fresh:
-                continue
+    for i, w in enumerate(todo):
+        if w.key in fresh:
+            continue
+        if deadline is not None and time.monotonic() > deadline:
+            log(f"time budget spent: {len(todo) - i} point(s) not measured")
+            break
+        if bar is not None:
+            bar.set_description(w.label[:60])
+        elif progress:
+            log(f"[{i + 1}/{len(todo)}] {w.label}")
+        if w.interleave and w.device.startswith("cpu"):
+            batch = [v for v in todo if v.interleave and v.key not in fresh and
+                     (v.group, v.frames, v.image_size) == (w.group, w.frames, w.image_size)]
+            recs = measure_interleaved(batch, builder=builder, rounds=w.interleave)
+        else:
+            recs = [measure_point(w, builder=builder)]
+        for rec in recs:
+            rec["run_id"] = run["run_id"]
+            rec["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            append_record(results_path, rec)
+            fresh[rec["key"]] = rec
             if bar is not None:
-                bar.set_description(w.label[:60])
-            elif progress:
-                log(f"[{i + 1}/{len(todo)}] {w.label}")
-            if w.interleave and w.device.startswith("cpu"):
-                batch = [v for v in todo if v.interleave and v.group == w.group and v.key not in fresh]
-                recs = measure_interleaved(batch, builder=builder, rounds=w.interleave)
-            else:
-                recs = [measure_point(w, builder=builder)]
-            for rec in recs:
-                rec["run_id"] = run["run_id"]
-                rec["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                fh.write(json.dumps(rec, default=str) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-                fresh[rec["key"]] = rec
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
     if bar is not None:
         bar.close()
     run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run["load_avg_end"] = _loadavg()
     run["counts"] = {s: sum(r["status"] == s for r in fresh.values()) for s in ("ok", "oom", "skipped", "error")}
     _write_meta(out_dir, meta)
-    return [fresh.get(k) or done[k] for k in keys]
+    return [fresh.get(k) or done[k] for k in keys if k in fresh or k in done]
 
 
 # ---- the table at the end --------------------------------------------------------------------
@@ -345,33 +393,52 @@ def _fmt(v, scale=1.0, digits=3):
     return f"{v * scale:.{digits}g}"
 
 
-def summary_rows(records: Iterable[dict]) -> list:
+def _one_line(text: str) -> str:
+    return " ".join((text or "").split())
+
+
+def summary_rows(records: Iterable[dict], notes: Optional[list] = None) -> list:
+    """Table rows; a point's reason is a note number (``[1]``), its full text kept once in ``notes``
+    (so the table never cuts a sentence mid-word)."""
     rows = []
+    notes = [] if notes is None else notes
     for r in records:
         w = r["workload"]
         ok = r["status"] == "ok"
+        reason = _one_line(r.get("reason") or "")
+        if reason and r["status"] == "error":
+            reason = reason.split(" Traceback")[0]
+        if reason and reason not in notes:
+            notes.append(reason)
         rows.append({
             "group": w["group"], "point": r["label"], "status": r["status"],
             "median ms": _fmt(r.get("median_s"), 1e3) if ok else "-",
-            "iqr ms": _fmt(r.get("iqr_s"), 1e3, 2) if ok else "-",
+            "IQR ms (n)": measure.spread_text(r) if ok else "-",
             "peak MB": _fmt(r.get("peak_mem_bytes"), 1e-6) if ok else "-",
             "GFLOP": _fmt(r.get("flops"), 1e-9) if ok else "-",
             "clips/s": _fmt(r.get("throughput_clips_s")) if ok else "-",
             "rel err": _fmt(r.get("rel_error"), 1, 2) if ok else "-",
-            "reason": (r.get("reason") or "")[:70],
+            "reason": f"[{notes.index(reason) + 1}]" if reason else "",
         })
     return rows
 
 
-TABLE_COLUMNS = ["group", "point", "status", "median ms", "iqr ms", "peak MB", "GFLOP", "clips/s", "rel err",
+TABLE_COLUMNS = ["group", "point", "status", "median ms", "IQR ms (n)", "peak MB", "GFLOP", "clips/s", "rel err",
                  "reason"]
 
 
 def format_summary(records: Iterable[dict]) -> str:
+    """The console table, then the reasons in full, one numbered line each."""
     from ..cli import format_table
 
-    rows = summary_rows(records)
-    return format_table(rows, TABLE_COLUMNS) if rows else "(no points)"
+    notes: list = []
+    rows = summary_rows(records, notes)
+    if not rows:
+        return "(no points)"
+    text = format_table(rows, TABLE_COLUMNS)
+    if notes:
+        text += "\n\nreasons:\n" + "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1))
+    return text
 
 
 SAME_CONFIG = ("scheme", "mode", "batch", "frames", "image_size", "patch_size", "dim", "depth", "heads", "dtype",

@@ -4,12 +4,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .plots import _sweep_base
+from .measure import spread_text
+from .plots import _size_pairs, _sweep_base
 from .runner import latest_by_key, load_meta, load_results, peer_ratios
 from .workloads import SCHEME_SHORT, SCHEMES
 
 PLOT_TITLES = {
     "peers.png": "Target workload: ours vs the peers (same run)",
+    "hf_sizes.png": "Ours vs Hugging Face by size (same run)",
     "latency_vs_frames.png": "Latency vs frames",
     "latency_vs_resolution.png": "Latency vs resolution",
     "memory_vs_tokens.png": "Peak memory vs tokens",
@@ -58,7 +60,9 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
               ""]
     mem = sorted({r.get("mem_method") for r in recs if r.get("mem_method")})
     tm = sorted({r.get("time_method") for r in recs if r.get("time_method")})
-    lines += ["Methods: latency = median of the timed runs (" + "; ".join(tm) + "), spread = IQR; "
+    lines += ["Methods: latency = median of the timed runs (" + "; ".join(tm) + "); spread = IQR (first to third "
+              "quartile) of n repeated measurements, written `IQR (n=...)`, and `1 run` where a point was timed "
+              "once (no spread is claimed for it); "
               "peak memory = " + "; ".join(mem) + " (bytes the step allocates above what was live before it: "
               "activations, gradients, workspace; not the weights); FLOPs = torch.utils.flop_counter."
               "FlopCounterMode (matmul/conv/SDPA, counted as 2 per multiply-add); throughput = batch / median. "
@@ -76,7 +80,15 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                              for r in ratios],
                             ["config", "mode", "ours", "ours ms", "peer", "peer ms", "speed-up (peer/ours)",
                              "peak MiB ours/peer", "memory ratio"]), ""]
-        notes = sorted({n for r in recs if r["workload"]["group"] == "target" for n in r.get("notes", [])})
+        pairs = _size_pairs(recs)
+        if len(pairs) >= 2:
+            lines += ["Ours (`regular`) vs Hugging Face by size (forward, same weights, timed alternately): "
+                      + "; ".join(f"{f}x{s_}: {p['hf']['median_s'] / p['ours']['median_s']:.2f}x faster, memory "
+                                  f"{p['ours']['peak_mem_bytes'] / p['hf']['peak_mem_bytes']:.2f}x of HF's "
+                                  f"(ours {_ms(p['ours']['median_s'])} ms, {spread_text(p['ours'])}; HF "
+                                  f"{_ms(p['hf']['median_s'])} ms, {spread_text(p['hf'])})"
+                                  for (f, s_), p in pairs.items()), ""]
+        notes = sorted({n for r in recs if r["workload"]["group"] in ("target", "sizes") for n in r.get("notes", [])})
         lines += [f"- {n}" for n in notes] + [""]
 
     plots = [Path(p).name for p in (plots or [])] or [p for p in PLOT_TITLES if (out_dir / p).exists()]
@@ -103,7 +115,7 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                 rows.append({"scheme": SCHEME_SHORT[scheme], "backend": r["workload"]["backend"],
                              "mode": r["workload"]["mode"], "status": r["status"],
                              "median ms": _ms(r.get("median_s")) if ok else "-",
-                             "IQR ms": _ms(r.get("iqr_s")) if ok else "-",
+                             "IQR ms (n)": spread_text(r) if ok else "-",
                              "peak MiB": _mb(r.get("peak_mem_bytes")) if ok else "-",
                              "GFLOP": f"{r['flops'] / 1e9:.2f}" if ok else "-",
                              "clips/s": f"{r['throughput_clips_s']:.3g}" if ok else "-",
@@ -111,7 +123,7 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
         w = base[0]["workload"]
         lines += [f"## All schemes x backends at the base workload ({w['impl']}, dim {w['dim']}, depth {w['depth']}, "
                   f"{f} frames x {s} px, batch {w['batch']}, {w['dtype']})", "",
-                  _md_table(rows, ["scheme", "backend", "mode", "status", "median ms", "IQR ms", "peak MiB",
+                  _md_table(rows, ["scheme", "backend", "mode", "status", "median ms", "IQR ms (n)", "peak MiB",
                                    "GFLOP", "clips/s", "rel. error"]), ""]
 
     odd = Counter((r["status"], r["workload"]["backend"], r["reason"][:160]) for r in recs
