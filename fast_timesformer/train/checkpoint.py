@@ -131,8 +131,9 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict
         raise WriteFailedError(path, f"cannot write a checkpoint here ({e.strerror or e})") from None
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         save_file(_storable(tensors), tmp, metadata=metadata)
+        # mkstemp makes 0600 (and save_file writes a new file): give it the permissions of any new file
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if previous is not None and os.path.exists(path):
@@ -188,6 +189,9 @@ def _unreadable(path: str, e: Exception) -> CorruptCheckpointError:
     if "not fully covered" in msg or "incomplete" in msg:
         return CorruptCheckpointError(path, f"the checkpoint is truncated: its header describes more data than "
                                             f"the file's {size} bytes")
+    if "invalid header length" in msg:
+        return CorruptCheckpointError(path, f"the checkpoint is truncated or damaged: its header is said to be "
+                                            f"longer than the file's {size} bytes")
     return CorruptCheckpointError(path, f"not a readable safetensors checkpoint: damaged, or not a file written "
                                         f"by fast-timesformer train (safetensors: {msg})")
 

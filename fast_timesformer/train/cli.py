@@ -103,6 +103,8 @@ def cmd_train(args) -> int:
     from .trainer import Trainer
 
     cfg = config_from_args(args)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ValueError(f"--stop-at must be a whole number >= 1, got {args.stop_at}")
     trainer = None
     try:
         trainer = Trainer(cfg)

@@ -315,10 +315,12 @@ def _collate(items):
 
 
 def _worker_init(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process (which stops after the step, then shuts them
-    down); SIGTERM gets its default action, not the handler inherited from the parent."""
+    """DataLoader workers leave SIGINT and SIGTERM to the main process, which stops after the step and then
+    shuts them down (Ctrl-C, or a scheduler's SIGTERM, reaches the whole process group; a worker killed by
+    it would make the main process fail with a DataLoader error instead of saving). A worker whose main
+    process is gone exits by itself (PyTorch's watchdog)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _PeerFailed(FastTimesformerError):
@@ -541,8 +543,9 @@ class Trainer:
         meta = ckpt.read_metadata(path)
         saved = meta.get("config", {})
         mine = self.cfg.to_dict()
+        # compared as JSON values: 1 and 1.0 are the same setting (the CLI gives floats, Python often ints)
         diff = sorted(k for k in mine if k not in TrainConfig.RESUMABLE_CHANGES and k in saved
-                      and json.dumps(saved[k], sort_keys=True) != json.dumps(mine[k], sort_keys=True))
+                      and json.loads(json.dumps(saved[k])) != json.loads(json.dumps(mine[k])))
         if diff:
             raise ValueError(f"cannot resume from {path}: the run's settings differ in {diff} "
                              f"(checkpoint: {[saved[k] for k in diff]}, now: {[mine[k] for k in diff]})")
