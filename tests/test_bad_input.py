@@ -19,6 +19,19 @@ BACKENDS = [b for b in list_backends() if not get_backend(b).unavailable_reasons
 TINY = dict(num_classes=3, num_frames=2, image_size=8, patch_size=4, dim=16, depth=1, heads=2, drop_path=0.0)
 
 
+def device_for(backend, dtype=torch.float32):
+    """Where ``backend`` runs here: CPU if it takes CPU tensors (triton under TRITON_INTERPRET=1), else
+    CUDA (xformers, compiled triton on a GPU machine); skips with the backend's reasons otherwise."""
+    be = get_backend(backend)
+    reasons = {}
+    for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        q = torch.zeros(1, 2, 3, 8, device=dev, dtype=dtype)
+        reasons[dev] = be.why_not(q, q, q, dropout_p=0.0, needs_grad=False)
+        if not reasons[dev]:
+            return torch.device(dev)
+    pytest.skip(f"{backend}: {reasons}")
+
+
 # ---- names: every lookup suggests the close match ----------------------------------------------------
 @pytest.mark.parametrize("make, wrong, right", [
     (lambda n: TimeSformer(**{**TINY, "scheme": n}), "divided", "divided_space_time"),
@@ -61,30 +74,32 @@ def test_cli_scheme_typo_is_one_line_exit_2():
 # ---- empty batches -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_zero_through_every_backend(backend):
-    layer = DividedAttention(16, heads=2, dim_head=8, backend=backend)
+    dev = device_for(backend)
+    layer = DividedAttention(16, heads=2, dim_head=8, backend=backend).to(dev)
     for cls in ("global", "per_group", "exclude", "official", "none"):
         for groups in (TokenGroups.time(2, 3), TokenGroups.space(2, 3), TokenGroups.joint(2, 3)):
-            x = torch.randn(0, int(cls != "none") + 6, 16, requires_grad=True)
+            x = torch.randn(0, int(cls != "none") + 6, 16, device=dev, requires_grad=True)
             y = layer(x, groups=groups, cls=cls)
             assert y.shape == x.shape
             y.sum().backward()
             assert x.grad.shape == x.shape
-    x = torch.randn(0, 7, 16)
+    x = torch.randn(0, 7, 16, device=dev)
     assert layer(x, "b (f n) d", "(b n) f d", n=3).shape == x.shape
     assert layer(x, "b (f n) d", "(b f) n d", f=2).shape == x.shape
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_zero_through_the_models(backend):
-    model = TimeSformer(**TINY, backend=backend)
-    video = torch.randn(0, 2, 3, 8, 8, requires_grad=True)
+    dev = device_for(backend)
+    model = TimeSformer(**TINY, backend=backend).to(dev)
+    video = torch.randn(0, 2, 3, 8, 8, device=dev, requires_grad=True)
     logits = model(video)
     assert logits.shape == (0, 3)
     logits.sum().backward()
     assert video.grad.shape == video.shape
     gen = GenerativeTimeSformer(dim=16, image_size=8, patch_size=4, num_frames=2, num_target_frames=1, depth=1,
-                                heads=2, dim_head=8, backend=backend)
-    assert gen(torch.randn(0, 2, 3, 8, 8)).shape == (0, 1, 3, 8, 8)
+                                heads=2, dim_head=8, backend=backend).to(dev)
+    assert gen(torch.randn(0, 2, 3, 8, 8, device=dev)).shape == (0, 1, 3, 8, 8)
 
 
 # ---- impossible sizes: the message is true arithmetic ---------------------------------------------------

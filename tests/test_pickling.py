@@ -13,6 +13,19 @@ from fast_timesformer.models.schemes import list_schemes
 BACKENDS = [b for b in list_backends() if not get_backend(b).unavailable_reasons()]
 
 
+def device_for(backend, dtype=torch.float32):
+    """Where ``backend`` runs here: CPU if it takes CPU tensors (triton under TRITON_INTERPRET=1), else
+    CUDA (xformers, compiled triton on a GPU machine); skips with the backend's reasons otherwise."""
+    be = get_backend(backend)
+    reasons = {}
+    for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        q = torch.zeros(1, 2, 3, 8, device=dev, dtype=dtype)
+        reasons[dev] = be.why_not(q, q, q, dropout_p=0.0, needs_grad=False)
+        if not reasons[dev]:
+            return torch.device(dev)
+    pytest.skip(f"{backend}: {reasons}")
+
+
 def _copies(module):
     """deepcopy, pickle round trip, torch.save(module) round trip."""
     buf = io.BytesIO()
@@ -33,14 +46,15 @@ def _same(module, copied, x):
 
 
 def test_all_available_backends_are_covered():
-    assert {"regular", "performer", "fastformer", "triton"} <= set(BACKENDS)  # triton: TRITON_INTERPRET=1
+    assert {"regular", "performer", "fastformer", "triton"} <= set(BACKENDS)  # triton: TRITON_INTERPRET=1 on CPU
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_layer_copies(backend):
-    dtype = torch.float32 if backend == "triton" else torch.float64  # the Triton interpreter: fp32/fp16
-    layer = DividedAttention(16, heads=2, dim_head=8, backend=backend).to(dtype)
-    x = torch.randn(2, 1 + 2 * 3, 16, dtype=dtype)
+    dtype = torch.float32 if backend in ("triton", "xformers") else torch.float64  # their dtypes: no float64
+    dev = device_for(backend, dtype)
+    layer = DividedAttention(16, heads=2, dim_head=8, backend=backend).to(dev, dtype)
+    x = torch.randn(2, 1 + 2 * 3, 16, dtype=dtype, device=dev)
     for how, c in _copies(layer).items():
         assert c.cores[backend].backend is get_backend(backend), how  # the registry's Backend, by name
         with torch.no_grad():
@@ -57,15 +71,16 @@ def test_timesformer_copies_every_scheme(scheme):
         _same(model, c, x)
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"] + ["mixed"])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b not in ("triton", "xformers")] + ["mixed"])
 def test_models_copy_with_every_backend_core(backend):
     spec = {"time": "triton", "space": "performer"} if backend == "mixed" else backend
     dtype = torch.float32 if backend == "mixed" else torch.float64
+    dev = device_for("triton") if backend == "mixed" else torch.device("cpu")
     model = TimeSformer(num_classes=3, num_frames=2, image_size=8, patch_size=4, dim=16, depth=1, heads=2,
-                        backend=spec, drop_path=0.0).to(dtype)
+                        backend=spec, drop_path=0.0).to(dev, dtype)
     gen = GenerativeTimeSformer(dim=16, image_size=8, patch_size=4, num_frames=2, num_target_frames=1, depth=1,
-                                heads=2, dim_head=8, backend=spec if backend != "mixed" else "fastformer").to(dtype)
-    x = torch.randn(1, 2, 3, 8, 8, dtype=dtype)
+                                heads=2, dim_head=8, backend=spec if backend != "mixed" else "fastformer").to(dev, dtype)
+    x = torch.randn(1, 2, 3, 8, 8, dtype=dtype, device=dev)
     for m in (model, gen):
         for how, c in _copies(m).items():
             _same(m, c, x)

@@ -26,3 +26,14 @@ def reference_attention(q, k, v, prefix_k=None, prefix_v=None, *, scale=None):
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def empty_attention(q, k, v, prefix_k=None, prefix_v=None):
+    """The (0, heads, Sq, d) result of attention over an empty batch, connected to every input so that
+    backward runs and gives empty gradients. For the kernel backends (triton, xformers), whose launches
+    need a non-empty grid; the plain-torch backends compute batch 0 as it comes."""
+    out = q * 0
+    for t in (k, v, prefix_k, prefix_v):
+        if t is not None:
+            out = out + t.sum() * 0  # the sum over an empty batch is 0
+    return out

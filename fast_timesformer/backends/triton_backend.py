@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from .common import empty_attention
 from .registry import AttentionCore, Backend, BackendUnavailable, check_inputs, _describe
 
 _KERNELS = "fast_timesformer.kernels.divided_attention"
@@ -64,16 +65,21 @@ class TritonCore(AttentionCore):
 
     def __init__(self, backend, dim_head, heads):
         super().__init__(backend, dim_head, heads)
-        _kernels()  # import now, outside any compiled region
+        self._kern = _kernels()  # imported now, outside any compiled region
 
-    @property
-    def _kern(self):
-        # looked up, not stored: a module object in the core's state would make the model unpicklable
-        return _kernels()
+    # a module object cannot be pickled: copies (torch.save(model), deepcopy) import it again
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_kern", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._kern = _kernels()
 
     def attend(self, q, k, v, prefix_k, prefix_v, *, scale, dropout_p):
         if q.shape[0] == 0:  # no groups (batch 0): the kernel's launch grid would be empty
-            return _empty_attention(q, k, v, prefix_k, prefix_v)
+            return empty_attention(q, k, v, prefix_k, prefix_v)
         return self._kern.attention_4d(q, k, v, prefix_k, prefix_v, scale=scale)
 
     def _refuse_if_needed(self, q, k, v, prefix_k, prefix_v, dropout_p):
@@ -115,16 +121,6 @@ class TritonCore(AttentionCore):
         pq5 = prefix_q.unsqueeze(1).expand(b, g, *prefix_q.shape[1:])  # every group gets the CLS query
         yp = kern.divided_attention(pq5, k5, v5, prefix_k, prefix_v, scale=scale)  # (b, g, P, h, d)
         return yp.float().mean(1).to(q.dtype)
-
-
-def _empty_attention(q, k, v, prefix_k, prefix_v):
-    """The (0, heads, Sq, d) result of attention over an empty batch, connected to every input so that
-    backward runs and gives empty gradients."""
-    out = q * 0
-    for t in (k, v, prefix_k, prefix_v):
-        if t is not None:
-            out = out + t.sum() * 0  # the sum over an empty batch is 0
-    return out
 
 
 def _single_axes(groups):

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .common import with_prefix
+from .common import empty_attention, with_prefix
 from .registry import AttentionCore, Backend
 
 
@@ -57,6 +57,8 @@ def _checks(q, k, v, prefix_k, prefix_v, dropout_p):
 
 class XformersCore(AttentionCore):
     def attend(self, q, k, v, prefix_k, prefix_v, *, scale, dropout_p):
+        if q.shape[0] == 0:  # batch 0: nothing to launch
+            return empty_attention(q, k, v, prefix_k, prefix_v)
         fmha = _import_fmha()
         k, v = with_prefix(k, v, prefix_k, prefix_v)
         out = fmha.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
