@@ -257,6 +257,7 @@ def test_hf_peer_runs_our_weights():
         for p in ours.model.parameters():  # temporal_fc starts at zero: give every path a say
             p.add_(0.01 * torch.randn_like(p))
     workloads.copy_ours_into_hf(ours.model, hf.model)
+    # float32, two implementations of one model (HF's and ours): summation order only, ~1e-6
     torch.testing.assert_close(hf.step(), ours.step(), atol=1e-5, rtol=1e-4)
 
 

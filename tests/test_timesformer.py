@@ -122,6 +122,7 @@ def test_cls_left_out_of_temporal_attention():
         out = blk.temporal_fc(blk.temporal_attn(blk.temporal_norm1(x), groups=groups[0]))
     assert out[:, 0].abs().max() > 0  # (proj bias reaches the CLS row, the block must drop it)
     y = ref.block(blk, x.double(), f, *grid, "official")
+    # float32 block vs the float64 reference: round-off of 3 attention steps + MLP on O(1) tokens, ~1e-6
     torch.testing.assert_close(blk(x, groups).double(), y, rtol=1e-4, atol=1e-5)
 
 
@@ -137,6 +138,7 @@ def test_spatial_cls_is_the_mean_of_per_frame_copies():
         for t in range(f):  # each frame as its own sequence [CLS; its patches], via the layer's joint mode
             seq = torch.cat([x[:, :1], x[:, 1 + t * n:1 + (t + 1) * n]], 1)
             per_frame.append(blk.attn(seq, cls="per_group")[:, 0])
+    # float32, the same sums in another order (one call vs per frame, then a mean of f): ~1e-7 on O(1)
     torch.testing.assert_close(got, torch.stack(per_frame).mean(0), rtol=1e-5, atol=1e-6)
 
 
@@ -212,6 +214,7 @@ def test_torch_compile_regular_backend():
     x = video(b=1, f=2)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     out = compiled(x)
+    # aot_eager runs the same aten ops as eager (decomposed): float32 differences are a few ulp at most
     torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
     out.square().sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
