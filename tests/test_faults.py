@@ -313,3 +313,12 @@ def test_a_failing_metrics_write_leaves_no_partial_line(tmp_path, monkeypatch):
     assert str(info.value) == (f"{tmp_path / 'metrics.jsonl'}: could not append to the metrics (no space left on "
                                "the device); the records before are unchanged")
     assert (tmp_path / "metrics.jsonl").read_bytes() == before
+
+
+def test_a_fresh_start_in_a_used_folder_replaces_the_old_metrics(tmp_path, capsys):
+    Trainer(tiny(tmp_path, steps=2)).fit()
+    capsys.readouterr()
+    Trainer(tiny(tmp_path, steps=2)).fit()  # no --resume: a new run, from step 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "held records of an earlier run; this run starts at step 0 and replaces" in err
+    assert metric_steps(tmp_path / "metrics.jsonl") == [1, 2] and metric_steps(tmp_path / "metrics.jsonl", "eval") == [2]

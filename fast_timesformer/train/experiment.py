@@ -90,6 +90,10 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
     and accuracy.png."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"--draws must be a whole number >= 1, got {draws!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"--steps must be a whole number >= 1, got {steps!r}")
     settings = dict(PRESETS[preset], seed=seed, progress=progress, log_every=50, **overrides)
     if steps is not None:
         settings["steps"] = steps

@@ -562,6 +562,14 @@ class Trainer:
                        "resumed run continues with the new list, not as an exact continuation")
         self._truncate_metrics(self.step)
 
+    def _fresh_metrics(self) -> None:
+        """A run that starts at step 0 starts its metrics file afresh (saying so if it held records), so that
+        each step is in it once."""
+        if self.dist.is_main and os.path.isfile(self.metrics_path) and os.path.getsize(self.metrics_path):
+            self._note(f"{self.metrics_path} held records of an earlier run; this run starts at step 0 and replaces "
+                       "them (--resume auto continues a run instead)")
+            self._truncate_metrics(-1)
+
     def _truncate_metrics(self, step: int) -> None:
         """Drop metrics records past ``step`` (logged after the checkpoint being resumed was written) and any
         partial last line, so that the continued run logs each step once."""
@@ -643,7 +651,8 @@ class Trainer:
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
         if self.step >= end:
             return {}
-        if self.step == 0:
+        if self.step == 0 and self.resumed_from is None:
+            self._fresh_metrics()
             self._log({"split": "data", "step": 0, **self.data_info})
         bar = None
         if cfg.progress and self.dist.is_main:
