@@ -260,8 +260,9 @@ def test_corrupt_hugging_face_folders(tmp_path, weights):
         bad = folder / weights
     bad.write_bytes(bad.read_bytes()[:100])
     for loader in LOADERS:
-        msg = _check_corrupt(bad, loader, tmp_path)
-        assert str(bad) in msg  # the damaged shard itself is named
+        for target in (bad, folder):
+            msg = _check_corrupt(target, loader, tmp_path)
+            assert str(bad) in msg  # the damaged file (shard) itself is named
     (folder / "config.json").write_text("{ not json")
     with pytest.raises(CorruptCheckpointError, match=r"config\.json: config\.json is not valid JSON"):
         read_checkpoint(folder)

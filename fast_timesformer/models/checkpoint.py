@@ -84,8 +84,9 @@ _OFFICIAL_BLOCK = {v: k for k, v in _HF_BLOCK.items()}
 _PARAM_SUFFIXES = ("weight", "bias")
 
 
-class CheckpointMismatchError(RuntimeError):
-    """A strict load found missing, unexpected or mis-shaped keys; ``.report`` holds them all."""
+class CheckpointMismatchError(FastTimesformerError, RuntimeError):
+    """A strict load found missing, unexpected or mis-shaped keys; ``.report`` holds them all (a user error:
+    the command line prints it without a traceback)."""
 
     def __init__(self, report: "LoadReport"):
         self.report = report
