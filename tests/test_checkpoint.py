@@ -17,6 +17,9 @@ from fast_timesformer.models.timesformer import TimeSformer  # noqa: E402
 
 TINY = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=2, intermediate_size=64, num_labels=5)
+# Tolerances below: our float32 model vs HF's float32 model (or ours on the same weights) differ by
+# summation order only, ~1e-6 on O(1) logits of this 2-block model: atol 1e-4 between two implementations,
+# 1e-5 between two of ours; a wrong key, eps (checked: > 1e-3) or time embedding is off by > 1e-3.
 
 # REFERENCE.md §2, written out here independently of the loader's own table.
 BLOCK_NAMES = [("layernorm_before", "norm1"), ("attention.attention.qkv", "attn.qkv"),
