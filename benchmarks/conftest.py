@@ -31,6 +31,13 @@ def pytest_configure(config):
         opt.benchmark_save = "fast_timesformer"
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    # pytest-randomly prints its seed in the header, which -q (CI) hides: repeat it at the end
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.get_verbosity() < 0:
+        terminalreporter.write_line(f"Using --randomly-seed={seed}")
+
+
 @pytest.fixture
 def run_workload(benchmark):
     """``run_workload(w)``: build ``w``, check it runs, then benchmark one step (GPU-synchronised)."""
