@@ -207,3 +207,17 @@ def test_training_reports_the_split_and_never_evaluates_on_training_clips(tmp_pa
     assert out["split"] == "train"
     records = [json.loads(x) for x in (tmp_path / "off" / "metrics.jsonl").read_text().splitlines()]
     assert "eval" not in {r["split"] for r in records} and not (tmp_path / "off" / "best.safetensors").exists()
+
+
+def test_file_failing_during_evaluation_stops_with_one_line_and_a_checkpoint(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "videos", per_class=3)
+    t = Trainer(cfg(tmp_path, root, steps=2))
+    broken = t.eval_set.samples[0][0]  # a held-out file, damaged after the check
+    with open(broken, "wb") as f:
+        f.write(b"\x00garbage" * 64)
+    with pytest.raises(BadVideoError) as info:
+        t.fit()
+    last = tmp_path / "run" / "last.safetensors"
+    assert str(info.value).startswith(f"{broken}: cannot be opened as a video")
+    assert str(info.value).endswith(f"; the run stopped at step 2 with a checkpoint in {last}")
+    assert ckpt.read_metadata(str(last))["step"] == 2
