@@ -322,3 +322,19 @@ def test_a_fresh_start_in_a_used_folder_replaces_the_old_metrics(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "held records of an earlier run; this run starts at step 0 and replaces" in err
     assert metric_steps(tmp_path / "metrics.jsonl") == [1, 2] and metric_steps(tmp_path / "metrics.jsonl", "eval") == [2]
+
+
+def test_a_second_ctrl_c_acts_at_once_and_says_what_is_saved(tmp_path, capsys, monkeypatch):
+    log = Trainer._log
+
+    def log_and_signal_twice(self, record):
+        log(self, record)
+        if record.get("split") == "train" and record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # raises KeyboardInterrupt here, as a second Ctrl-C does
+
+    monkeypatch.setattr(Trainer, "_log", log_and_signal_twice)
+    rc, _, err = run_cli(["train", *ARGS, "--steps", "6", "--save-every", "1", "--out", str(tmp_path)], capsys)
+    assert rc == 130 and "Traceback" not in err
+    assert err == (f"fast-timesformer: interrupted at once at step 2 (a second Ctrl-C); the last checkpoint is "
+                   f"{tmp_path / 'last.safetensors'} (step 1)\n")

@@ -120,8 +120,7 @@ def cmd_train(args) -> int:
         else:
             result = trainer.fit(stop_at=args.stop_at)
             if trainer.dist.is_main:
-                shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
-                         if k not in ("skipped",)}
+                shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
                 print(json.dumps(shown))
                 print(f"checkpoints in {cfg.out_dir}, metrics in {trainer.metrics_path}")
     except TrainingInterrupted as e:
@@ -129,9 +128,9 @@ def cmd_train(args) -> int:
         if trainer is None or trainer.dist.is_main:
             print(f"fast-timesformer: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before fit() took over Ctrl-C, or a second Ctrl-C, which acts at once
         cleanup_distributed(sync=False)
-        print("fast-timesformer: interrupted before training started; nothing was saved", file=sys.stderr)
+        print(f"fast-timesformer: {_interrupted_at_once(trainer)}", file=sys.stderr)
         return 130
     except BaseException:
         cleanup_distributed(sync=False)
@@ -141,6 +140,19 @@ def cmd_train(args) -> int:
     gc.collect()
     cleanup_distributed(sync=True)
     return 0
+
+
+def _interrupted_at_once(trainer) -> str:
+    if trainer is None:
+        return "interrupted before training started; nothing was saved"
+    from . import checkpoint as ckpt
+
+    last = trainer.last_path
+    if os.path.isfile(last) and ckpt.check_checkpoint(last) is None:
+        saved = ckpt.read_metadata(last).get("step")
+        return (f"interrupted at once at step {trainer.step} (a second Ctrl-C); the last checkpoint is {last} "
+                f"(step {saved})")
+    return f"interrupted at once at step {trainer.step} (a second Ctrl-C); no checkpoint was saved"
 
 
 def cmd_predict(args) -> int:
