@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -340,3 +341,152 @@ def test_plots_mark_oom_points(tmp_path):
     names = {p.name for p in plot_all(tmp_path)}
     assert {"latency_vs_frames.png", "latency_vs_resolution.png", "memory_vs_tokens.png",
             "flops_vs_frames_resolution.png", "error_vs_speed.png", "backend_bars.png"} <= names
+
+
+# ---- issue 9: a missing device, a sweep where nothing ran, a full disk --------------------------------------
+def test_bench_on_a_missing_cuda_device_is_one_line_and_exit_2(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from fast_timesformer.cli import console, main
+    from fast_timesformer.errors import DeviceUnavailableError
+
+    argv = ["bench", "--suite", "tiny", "--device", "cuda", "--out", str(tmp_path / "b"), "--limit", "2",
+            "--no-progress", "--no-plots"]
+    with pytest.raises(DeviceUnavailableError, match="no CUDA device"):
+        main(argv)
+    assert console(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fast-timesformer: error: --device cuda: this machine has no CUDA")
+    assert not (tmp_path / "b" / "results.jsonl").exists()  # refused before anything ran
+    assert console(["bench", "--suite", "gpu", "--out", str(tmp_path / "g"), "--no-progress"]) == 2  # the suite's device
+    assert console(["bench", "--suite", "kernels", "--device", "cuda", "--out", str(tmp_path / "k")]) == 2
+
+
+def test_bench_never_exits_0_with_every_point_skipped(tmp_path, capsys):
+    from fast_timesformer.cli import main
+
+    from fast_timesformer.backends import get_backend
+
+    if not get_backend("xformers").unavailable_reasons():
+        pytest.skip("xformers runs here")
+    rc = main(["bench", "--suite", "cpu", "--backends", "xformers", "--groups", "sweep", "--limit", "2",
+               "--out", str(tmp_path), "--no-progress", "--no-plots", "--threads", str(torch.get_num_threads())])
+    assert rc == 1
+    assert "nothing was measured: all 2 point(s) were skipped" in capsys.readouterr().err
+
+
+class _FullDisk:
+    """Every write on the file system fails with ENOSPC (as on a full disk), after ``allow`` bytes; opening,
+    truncating and renaming still work (they need no free space). ``only``: limit writes to files whose name
+    ends so (the others succeed)."""
+
+    def __init__(self, monkeypatch, allow: int = 0, only: str = None):
+        import builtins
+        import errno
+        import io
+
+        self.left = allow
+        real_open, real_write = io.open, os.write
+        disk = self
+
+        def take(n):
+            k = min(n, disk.left)
+            disk.left -= k
+            return k
+
+        def full():
+            return OSError(errno.ENOSPC, "No space left on device")
+
+        class Wrapped:
+            def __init__(self, fh):
+                self._fh = fh
+
+            def write(self, data):
+                k = take(len(data))
+                if k:
+                    self._fh.write(data[:k])
+                    self._fh.flush()
+                if k < len(data):
+                    raise full()
+                return k
+
+            def __getattr__(self, name):
+                return getattr(self._fh, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self._fh.close()
+
+            def __iter__(self):
+                return iter(self._fh)
+
+        def limited(name):
+            return only is None or str(name).endswith(only)
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            fh = real_open(file, mode, *args, **kwargs)
+            return Wrapped(fh) if any(c in mode for c in "wax+") and limited(file) else fh
+
+        def fake_write(fd, data):
+            if not limited(os.readlink(f"/proc/self/fd/{fd}")):
+                return real_write(fd, data)
+            k = take(len(data))
+            if k:
+                real_write(fd, bytes(data[:k]))
+            if k < len(data) and not k:
+                raise full()
+            return k
+
+        monkeypatch.setattr(io, "open", fake_open)
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(os, "write", fake_write)
+
+
+def test_a_full_disk_never_damages_the_results(tmp_path, monkeypatch):
+    from fast_timesformer.bench.runner import ResultsWriteError
+    from fast_timesformer.errors import FastTimesformerError
+
+    pts = [tiny(frames=f) for f in (2, 4, 6)]
+    run_sweep(pts[:2], tmp_path, progress=False, log=quiet, warm_up_s=0)
+    results, meta = tmp_path / "results.jsonl", tmp_path / "meta.json"
+    good, meta_before = results.read_bytes(), meta.read_bytes()
+    with results.open("ab") as fh:  # a killed run left half a line
+        fh.write(b'{"key": "trunc')
+    # the disk is full when the sweep resumes: nothing may be lost
+    with monkeypatch.context() as m:
+        _FullDisk(m)
+        with pytest.raises((FastTimesformerError, OSError)):
+            run_sweep(pts, tmp_path, resume=True, progress=False, log=quiet, warm_up_s=0)
+    assert results.read_bytes() == good  # the partial line cut off in place, the records intact
+    assert meta.read_bytes() == meta_before and not (tmp_path / "meta.json.tmp").exists()
+    # the disk fills up in the middle of the third record: the file is cut back to whole records
+    with monkeypatch.context() as m:
+        _FullDisk(m, allow=100, only="results.jsonl")
+        with pytest.raises(ResultsWriteError, match="No space left"):
+            run_sweep(pts, tmp_path, resume=True, progress=False, log=quiet, warm_up_s=0)
+    data = results.read_bytes()
+    assert data.endswith(b"\n") and all(json.loads(line) for line in data.splitlines())
+    # space again: the resumed sweep completes, every record whole
+    recs = run_sweep(pts, tmp_path, resume=True, progress=False, log=quiet, warm_up_s=0)
+    assert [r["workload"]["frames"] for r in recs] == [2, 4, 6]
+    assert [json.loads(line)["workload"]["frames"] for line in results.read_text().splitlines()] == [2, 4, 6]
+
+
+def test_a_full_disk_is_one_line_at_the_console(tmp_path, monkeypatch, capsys):
+    from fast_timesformer.bench import runner as runner_mod
+    from fast_timesformer.cli import console
+
+    def no_space(path, rec):
+        raise runner_mod.ResultsWriteError(f"could not append a result to {path}: No space left on device")
+
+    monkeypatch.setattr(runner_mod, "append_record", no_space)
+    before = torch.get_num_threads()
+    try:
+        assert console(["bench", "--suite", "tiny", "--groups", "sweep", "--limit", "1", "--out", str(tmp_path),
+                        "--no-progress", "--no-plots", "--threads", str(before)]) == 2
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0]

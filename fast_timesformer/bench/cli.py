@@ -18,8 +18,9 @@ def add_subcommands(sub) -> None:
                                    "as it is measured (--resume skips finished points); then the plots and "
                                    "OUT/summary.md are drawn from the saved results.")
     b.add_argument("--suite", default="cpu", choices=list_suites(),
-                   help="cpu (default, ~5 min on 2 cores), gpu (paper Figure 3 range, needs CUDA), models "
-                        "(ours vs Hugging Face / lucidrains), tiny (seconds), kernels (benchmarks/bench_kernels.py)")
+                   help="cpu (default, ~8 min on 2 cores), gpu (paper Figure 3 range, needs CUDA), models "
+                        "(ours vs Hugging Face / lucidrains), hf-sizes (ours vs Hugging Face at 8x224/336/448), "
+                        "tiny (seconds), kernels (fast_timesformer.bench.kernels)")
     b.add_argument("--out", default=None, help="output folder (default: bench_out/<suite>)")
     b.add_argument("--resume", action="store_true", help="keep OUT/results.jsonl and skip the points already in it")
     b.add_argument("--schemes", type=_csv, default=None, help="comma list, e.g. divided_space_time,joint_space_time")
@@ -38,6 +39,10 @@ def add_subcommands(sub) -> None:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
+    from .gpu_check import add_subcommand as add_gpu_check
+
+    add_gpu_check(sub)
+
     p = sub.add_parser("plot", help="draw the plots and summary.md from saved benchmark results")
     p.add_argument("--results", required=True, help="folder holding results.jsonl and meta.json")
     p.add_argument("--out", default=None, help="where to write the PNGs and summary.md (default: --results)")
@@ -45,24 +50,42 @@ def add_subcommands(sub) -> None:
 
 
 def _run_kernels(args) -> int:
-    """The kernel suite is the Triton helper's ``benchmarks/bench_kernels.py``: run its ``main``."""
-    from .suites import load_kernels_module
+    """The kernel suite: :mod:`fast_timesformer.bench.kernels` (``benchmarks/bench_kernels.py`` wraps it)."""
+    from .kernels import main as kernels_main
 
-    try:
-        mod = load_kernels_module()
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     argv = []
     if args.device:
+        require_device(args.device)
         argv += ["--device", args.device.split(":")[0]]
     if args.backends:
         argv += ["--backends", *args.backends]
     out = Path(args.out or "bench_out/kernels")
     out.mkdir(parents=True, exist_ok=True)
     argv += ["--out", str(out / "bench_kernels.json")]
-    print(f"suite kernels: python benchmarks/bench_kernels.py {' '.join(argv)}", flush=True)
-    return int(mod.main(argv) or 0)
+    print(f"suite kernels: python -m fast_timesformer.bench.kernels {' '.join(argv)}", flush=True)
+    return int(kernels_main(argv) or 0)
+
+
+def require_device(device: str) -> None:
+    """Raise :class:`~fast_timesformer.errors.DeviceUnavailableError` (one line at the console, exit 2)
+    when ``device`` (``cuda``, ``cuda:1``, ...) does not exist on this machine."""
+    import torch
+
+    from ..errors import DeviceUnavailableError
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise DeviceUnavailableError(f"--device {device}: not a device name ({e})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(f"--device {device}: this machine has no CUDA device (torch "
+                                         f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                                         f"device(s)")
+    elif dev.type != "cpu":
+        raise DeviceUnavailableError(f"--device {device}: only cpu and cuda devices are benchmarked")
 
 
 def _threads_arg(text):
@@ -150,6 +173,8 @@ def cmd_bench(args) -> int:
             print(p.label)
         print(f"{len(points)} points")
         return 0
+    for device in sorted({p.device for p in points}):
+        require_device(device)  # before anything runs: never a sweep of points all skipped for want of a GPU
     threads = choose_threads(args.threads, points)
     out = Path(args.out or f"bench_out/{args.suite}")
     settings = dict(settings, suite=args.suite, filters={k: getattr(args, k) for k in
@@ -166,6 +191,10 @@ def cmd_bench(args) -> int:
     if not args.no_plots:
         _draw(out, out)
     errors = sum(r["status"] == "error" for r in records)
+    if records and all(r["status"] == "skipped" for r in records):
+        print(f"error: nothing was measured: all {len(records)} point(s) were skipped (first reason: "
+              f"{' '.join(records[0]['reason'].split())})", file=sys.stderr)
+        return 1
     if errors:
         print(f"{errors} point(s) failed with an error (see 'reason' in {out}/results.jsonl)", file=sys.stderr)
     return 1 if errors else 0

@@ -14,11 +14,11 @@ newly registered backend joins the sweeps (and shows as skipped, with its reason
   8x224, training step: ours vs our ``regular`` vs Hugging Face).
 - ``models``: only the target comparison against the peers (CPU or GPU form by device).
 - ``tiny``: seconds; what the tests and CI run.
-- ``kernels``: the Triton kernel suite, ``benchmarks/bench_kernels.py`` (not a Workload list).
+- ``kernels``: the Triton kernel suite, :mod:`fast_timesformer.bench.kernels` (not a Workload list).
+- ``hf-sizes``: ours vs Hugging Face at 8x224, 8x336 and 8x448 (also part of ``cpu``).
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Callable
 
 import torch
@@ -108,8 +108,31 @@ def cpu_suite(device: str = "cpu", impl: str = None, target: bool = True):
         # per implementation: one warm-up (the FLOP count) + one memory pass, then 3 single timed calls
         # taken round-robin with the peers (ours, HF, lucidrains, ours, ...), ~3-6 s each
         points += _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0, interleave=3)
+        # ours vs Hugging Face at larger sizes (8x224 is the target above): attention weighs more as the
+        # clip grows; each size's two implementations are timed round-robin
+        points += hf_sizes(device, sizes=(336, 448))
     return points, {"sweep_base": {"frames": 8, "image_size": 128}, "level": impl,
                     "width": "dim 192, 3 heads, depth 2, patch 16, batch 1, float32"}
+
+
+def hf_sizes(device: str = "cpu", sizes=(336, 448), frames: int = 8, dim: int = 768, depth: int = 12,
+             heads: int = 12, rounds: int = 3):
+    """Group ``sizes``: ours (``regular``) and Hugging Face, B=1, forward, float32, at each resolution;
+    the two are timed alternately (``rounds`` single calls each) after a FLOP-count and a memory pass."""
+    pts = []
+    for s in sizes:
+        w = Workload(impl="ours", scheme="divided_space_time", batch=1, frames=frames, image_size=s, dim=dim,
+                     depth=depth, heads=heads, num_classes=400, dtype="float32", device=device, mode="fwd",
+                     group="sizes", min_run_time=1.0, interleave=rounds)
+        pts += [w, w.replace(impl="hf")]
+    return pts
+
+
+@suite("hf-sizes")
+def hf_sizes_suite(device: str = "cpu"):
+    """Only the size comparison: ours vs Hugging Face at 8x224 (the target group), 8x336 and 8x448."""
+    pts = _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0, interleave=3, peers=("hf",))
+    return pts + hf_sizes(device), {"target": "CPU: B=1, 8 frames at 224/336/448 px, ViT-Base depth 12, fwd, float32"}
 
 
 @suite("gpu")
@@ -151,6 +174,7 @@ def tiny_suite(device: str = "cpu", impl: str = "attention", peers: bool = False
         t = Workload(impl="ours", dim=32, heads=2, depth=1, frames=2, image_size=32, num_classes=5, device=device,
                      group="target", min_run_time=0.01, interleave=3)
         points += [t, t.replace(impl="hf"), t.replace(impl="lucidrains")]
+        points += hf_sizes(device, sizes=(48, 64), frames=2, dim=32, depth=1, heads=2)
     return points, {"sweep_base": {"frames": 2, "image_size": 32}, "level": impl}
 
 
@@ -176,7 +200,8 @@ def filter_points(points, *, schemes=None, backends=None, impls=None, modes=None
 
 
 def kernels_suite_path():
-    """``benchmarks/bench_kernels.py`` of the source tree (the Triton helper's kernel suite)."""
+    """``benchmarks/bench_kernels.py`` of the source tree (a thin wrapper around
+    :mod:`fast_timesformer.bench.kernels`), or None outside a source checkout."""
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
@@ -184,11 +209,7 @@ def kernels_suite_path():
 
 
 def load_kernels_module():
-    path = kernels_suite_path()
-    if path is None:
-        raise FileNotFoundError("benchmarks/bench_kernels.py is not in this source tree (the kernel suite "
-                                "ships with the repository, not with the installed package)")
-    spec = importlib.util.spec_from_file_location("fast_timesformer_bench_kernels", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The kernel suite's module (installed with the package)."""
+    from . import kernels
+
+    return kernels
