@@ -331,6 +331,8 @@ def test_a_second_ctrl_c_acts_at_once_and_says_what_is_saved(tmp_path, capsys, m
         log(self, record)
         if record.get("split") == "train" and record["step"] == 2:
             os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # a copy arriving with the first (torchrun forwards one): no effect
+            time.sleep(1.1)
             os.kill(os.getpid(), signal.SIGINT)  # raises KeyboardInterrupt here, as a second Ctrl-C does
 
     monkeypatch.setattr(Trainer, "_log", log_and_signal_twice)

@@ -332,22 +332,28 @@ def _peer_failed() -> _PeerFailed:
 
 
 class _StopSignals:
-    """While active, SIGINT and SIGTERM set ``signum`` instead of interrupting; a second signal of the same
-    kind acts at once (the default action: a KeyboardInterrupt or termination). Only in the main thread
-    (elsewhere Python cannot install handlers, and the flag stays 0)."""
+    """While active, SIGINT and SIGTERM set ``signum`` instead of interrupting; a second signal, a second or
+    more after the first, acts at once (the previous handler's action: a KeyboardInterrupt or termination).
+    Copies that arrive together are one signal: Ctrl-C under torchrun reaches a process both from the
+    terminal and from the torchrun agent, which forwards it. Only in the main thread (elsewhere Python
+    cannot install handlers, and the flag stays 0)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    AGAIN_AFTER_S = 1.0
 
     def __init__(self):
         self.signum = 0
+        self._first = 0.0
         self._old: dict = {}
 
     def _handler(self, signum, frame):
         if self.signum:
+            if time.monotonic() - self._first < self.AGAIN_AFTER_S:
+                return
             signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
             signal.raise_signal(signum)
             return
-        self.signum = signum
+        self.signum, self._first = signum, time.monotonic()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
