@@ -10,10 +10,13 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,bench,xformers
 SUITE ?= cpu
+OUT ?= gpu_out
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test bench backends clean
+.PHONY: install test bench backends gpu-check gpu-check-dry clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -31,6 +34,15 @@ bench: $(VENV)/.installed
 
 backends: $(VENV)/.installed
 	$(PY) -m fast_timesformer.cli backends
+
+# On a lent GPU machine (bare, no network; its python3 holds torch and triton, left untouched):
+# install offline and run every stage within its time budget; at most 8 files in $(OUT). docs/gpu.md.
+gpu-check:
+	PYTHON=$(GPU_PYTHON) bash tools/gpu_check.sh $(OUT) $(GPU_CHECK_ARGS)
+
+# The same stages on CPU at tiny sizes (kernels under TRITON_INTERPRET=1): what make test runs.
+gpu-check-dry: $(VENV)/.installed
+	$(PY) -m fast_timesformer.cli gpu-check --dry-run --out $(OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -312,10 +312,9 @@ def test_peer_ratios_pair_equal_configs_only():
                    ("triton", "ours/regular"): (2.0, 0.5)}
 
 
-def test_plots_mark_oom_points(tmp_path):
-    """Synthetic GPU-like results (no measuring): joint attention runs out of memory at the largest sizes."""
-    from fast_timesformer.bench.plots import plot_all
-
+def _synthetic_gpu_results(tmp_path):
+    """GPU-like results (no measuring): joint attention runs out of memory at the largest sizes; 32 frames at
+    224 px and 8 frames at 448 px have the same token count (6272); spreads from 5 runs, one point timed once."""
     lines = []
     for scheme in workloads.SCHEMES:
         for backend in ("regular", "performer"):
@@ -330,14 +329,23 @@ def test_plots_mark_oom_points(tmp_path):
                         rec.update(status="oom", reason="OutOfMemoryError: CUDA out of memory")
                     else:
                         t = 1e-3 * tokens * (tokens / 500 if scheme == "joint_space_time" else 1)
-                        rec.update(median_s=t, iqr_s=t / 20, flops=int(6e11 * tokens / 1568), peak_mem_bytes=tokens * 2e5,
+                        rec.update(median_s=t, iqr_s=t / 20, q1_s=t * 0.98, q3_s=t * 1.03, n_times=5,
+                                   flops=int(6e11 * tokens / 1568), peak_mem_bytes=tokens * 2e5,
                                    throughput_clips_s=1 / t)
+                        if (scheme, backend, mode, f, s) == ("axial", "regular", "fwd", 8, 224):
+                            rec.update(iqr_s=None, q1_s=None, q3_s=None, n_times=1)  # timed once
                         if rec["workload"]["reference"]:
                             rec["rel_error"] = 0.01
                     lines.append(json.dumps(rec))
     (tmp_path / "results.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "meta.json").write_text(json.dumps({"runs": [{"device": "synthetic GPU", "settings": {
         "sweep_base": {"frames": 8, "image_size": 224}}}]}))
+
+
+def test_plots_mark_oom_points(tmp_path):
+    from fast_timesformer.bench.plots import plot_all
+
+    _synthetic_gpu_results(tmp_path)
     names = {p.name for p in plot_all(tmp_path)}
     assert {"latency_vs_frames.png", "latency_vs_resolution.png", "memory_vs_tokens.png",
             "flops_vs_frames_resolution.png", "error_vs_speed.png", "backend_bars.png"} <= names
@@ -490,3 +498,53 @@ def test_a_full_disk_is_one_line_at_the_console(tmp_path, monkeypatch, capsys):
         torch.set_num_threads(before)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0]
+
+
+def test_every_figure_is_readable_and_honest(tmp_path, monkeypatch):
+    """Log axes carry at least two labelled ticks; no plotted line joins two workloads with the same x (a
+    vertical segment); no bars on a log axis; a point timed once shows '1 run', never an IQR of 0."""
+    import matplotlib.figure
+
+    from fast_timesformer.bench.plots import plot_all
+    from fast_timesformer.bench.summary import write_summary
+
+    _synthetic_gpu_results(tmp_path)
+    checked = []
+    real = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            title = f"{getattr(path, 'name', path)}: {ax.get_title()}"
+            for axis, lims, k in ((ax.xaxis, ax.get_xlim(), 0), (ax.yaxis, ax.get_ylim(), 1)):
+                if axis.get_scale() != "log":
+                    continue
+                lo, hi = sorted(lims)
+                labels = axis.get_ticklabels()
+                shared = (ax.get_shared_x_axes() if k == 0 else ax.get_shared_y_axes()).get_siblings(ax)
+                if len(shared) > 1 and not any(t.get_visible() for t in labels):
+                    continue  # an inner panel of shared axes: its neighbour carries the labels
+                shown = [t.get_text() for t in labels if t.get_visible() and t.get_text()
+                         and lo <= t.get_position()[k] <= hi]
+                assert len(shown) >= 2, (title, axis.axis_name, shown)
+                if axis is ax.yaxis:
+                    assert not [p for p in ax.patches if p.get_height() > 0], (title, "bars on a log axis")
+            for line in ax.get_lines():
+                xs, ys = [list(map(float, v)) for v in line.get_data()]
+                if len(xs) < 2 or len(set(xs)) == 1:  # a marker or a vertical guide line
+                    continue
+                assert all(a != b for a, b in zip(xs, xs[1:])), (title, line.get_label(), xs, ys)
+        checked.append(getattr(path, "name", str(path)))
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    plot_all(tmp_path)
+    assert {"latency_vs_frames.png", "memory_vs_tokens.png", "backend_bars.png", "error_vs_speed.png"} <= set(checked)
+    summary = write_summary(tmp_path, []).read_text()
+    assert "| 1 run |" in summary and "(n=5)" in summary
+    assert "| 0 |" not in summary.replace("| 0 | ", "")
+    recs = load_results(tmp_path)
+    text = runner.format_summary(recs)
+    assert "1 run" in text and "reasons:" in text
+    # reasons are printed whole, once, after the table
+    assert "[1] OutOfMemoryError: CUDA out of memory" in text
