@@ -7,10 +7,12 @@ set -u
 OUT=${1:?usage: tools/gpu_check.sh OUT_DIR [options]}
 shift
 PY=${PYTHON:-python3}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
 export PYTHONPATH=/tmp/ft_site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 bash tools/gpu_install.sh "$PY" > /tmp/ft_gpu_install.log 2>&1
 cat /tmp/ft_gpu_install.log
+# run from outside the tree: its fast_timesformer/ (kernels/ lives beside it) must not shadow the install
+cd /tmp
 exec $PY -m fast_timesformer.cli gpu-check --out "$OUT" --install-log /tmp/ft_gpu_install.log "$@"

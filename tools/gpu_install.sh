@@ -29,5 +29,5 @@ else
     mkdir -p "$SITE" && cp -r fast_timesformer "$SITE/" && rm -rf "$SITE/fast_timesformer/kernels" \
         && cp -r kernels "$SITE/fast_timesformer/kernels"
 fi
-$PY -c 'import fast_timesformer.kernels.divided_attention as k, fast_timesformer as f; print("install: import ok,", f.__file__)' \
+(cd /tmp && $PY -c 'import fast_timesformer.kernels.divided_attention as k, fast_timesformer as f; print("install: import ok,", f.__file__)') \
     || echo "install: fast_timesformer does not import (see above)"

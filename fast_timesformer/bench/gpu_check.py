@@ -53,10 +53,10 @@ class Stage:
 
 STAGES = (
     Stage("env", "env.json", 20, 30, "device, driver, clocks, versions, commit"),
-    Stage("correctness", "correctness.json", 110, 60, "every backend vs float64, output and gradients; model level"),
+    Stage("correctness", "correctness.json", 130, 60, "every backend vs float64, output and gradients; model level"),
     Stage("kernels", "kernels.json", 75, 40, "kernel benchmark: time / space / joint, fwd / bwd / both, graphs"),
     Stage("targets", "targets.json", 75, 40, "layer fwd+bwd; TimeSformer-Base training step vs Hugging Face"),
-    Stage("sweep", "sweep.json", 110, 40, "reduced Figure 3 sweep, forward, 5 schemes x regular/triton"),
+    Stage("sweep", "sweep.json", 90, 40, "reduced Figure 3 sweep, forward, 5 schemes x regular/triton"),
 )
 REPORT_FILES = ("summary.md", "plots.png", LOG)
 # the stage's own checks stop starting new work at this fraction of its budget; the process is killed at 100 %
@@ -71,16 +71,17 @@ def config(dry: bool) -> dict:
             "device": "cuda",
             "attn": dict(batch=8, frames=8, patches=196, heads=12, dim_head=64),
             "awkward": [dict(batch=2, frames=5, patches=50, heads=12, dim_head=40)],
-            "dtypes": ["float32", "float16", "bfloat16"], "awkward_dtypes": ["float32", "bfloat16"],
+            # bf16 first: if Triton's compiles eat the budget, the dtype that matters ran
+            "dtypes": ["bfloat16", "float16", "float32"], "awkward_dtypes": ["bfloat16", "float32"],
             "model_check": dict(dim=768, depth=4, heads=12, frames=8, image_size=224, batch=2),
-            "model_dtypes": ["float32", "bfloat16"],
+            "model_dtypes": ["bfloat16", "float32"],
             "kernels": dict(batch=8, frames=8, patches=196, heads=12, dim_head=64, dtype="bfloat16", reps=100,
                             rep_ms=60, modes=["fwd", "bwd", "both"], steps=["temporal", "spatial", "joint"]),
             "layer": dict(batch=8, frames=8, patches=196, heads=12, dim_head=64, dtype="bfloat16", reps=100, rep_ms=150),
             "train": dict(dim=768, depth=12, heads=12, frames=8, image_size=224, batch=8, dtype="bfloat16",
                           rep_ms=1200, num_classes=400),
             "sweep": dict(dim=768, depth=12, heads=12, dtype="bfloat16", frames=(8, 16, 32, 64, 96),
-                          resolutions=(256, 320, 384, 448), base_frames=8, base_res=224, min_run_time=0.05,
+                          resolutions=(256, 320, 384, 448), base_frames=8, base_res=224, min_run_time=0.03,
                           backends=("regular", "triton")),
         }
     return {
@@ -89,7 +90,7 @@ def config(dry: bool) -> dict:
         "awkward": [dict(batch=1, frames=5, patches=7, heads=1, dim_head=8)],
         "dtypes": ["float32", "float16"], "awkward_dtypes": ["float32"],
         "model_check": dict(dim=32, depth=1, heads=2, frames=2, image_size=32, batch=1),
-        "model_dtypes": ["float32"],
+        "model_dtypes": ["float32", "float16"],
         "kernels": dict(batch=1, frames=2, patches=4, heads=1, dim_head=16, dtype="float32", reps=2, rep_ms=10,
                         modes=["fwd", "bwd", "both"], steps=["temporal", "spatial", "joint"], time_interpreter=True,
                         backends=["triton", "regular"]),
@@ -181,13 +182,16 @@ def _version(name: str) -> Optional[str]:
 def _nvidia_smi() -> dict:
     fields = ("name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,power.limit,"
               "temperature.gpu,memory.total,memory.used,persistence_mode,compute_mode")
-    try:
-        res = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv"], capture_output=True, text=True,
-                             timeout=20)
-    except (OSError, subprocess.SubprocessError) as e:
-        return {"error": f"nvidia-smi: {e}"}
-    lines = [ln for ln in res.stdout.strip().splitlines() if ln.strip()]
-    if res.returncode or len(lines) < 2:
+    for query in (fields, "name,driver_version,clocks.sm,clocks.mem,temperature.gpu,memory.total"):
+        try:
+            res = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True,
+                                 text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError) as e:
+            return {"error": f"nvidia-smi: {e}"}
+        lines = [ln for ln in res.stdout.strip().splitlines() if ln.strip()]
+        if not res.returncode and len(lines) >= 2:
+            break
+    else:
         return {"error": one_line(res.stderr or res.stdout or f"exit {res.returncode}")}
     keys = [k.strip() for k in lines[0].split(",")]
     return {"gpus": [dict(zip(keys, (v.strip() for v in ln.split(",")))) for ln in lines[1:]]}
@@ -362,27 +366,42 @@ def model_check(ctx: Ctx) -> list:
             params = [p for p in model.parameters() if p.requires_grad]
             amp = dt_name != "float32"
 
-            def run(backend):
+            def run(backend, amp_on):
                 with use_backend(model, backend):
-                    with torch.autocast(device_type=device, dtype=getattr(torch, dt_name), enabled=amp):
+                    with torch.autocast(device_type=device, dtype=getattr(torch, dt_name), enabled=amp_on):
                         logits = model(x)
                     grads = torch.autograd.grad(logits.float().square().mean(), params)
                 return logits.detach().float(), [g.float() for g in grads]
 
-            tri_l, tri_g = run("triton")
-            reg_l, reg_g = run("regular")
             rel = lambda a, b: float((a - b).norm() / b.norm().clamp_min(1e-30))  # noqa: E731
-            logit_err = rel(tri_l, reg_l)
-            grad_errs = [rel(a, b) for a, b in zip(tri_g, reg_g)]
-            worst = max(range(len(grad_errs)), key=lambda i: grad_errs[i])
             names = [n for n, p in model.named_parameters() if p.requires_grad]
-            tol = 1e-4 if dt_name == "float32" else 5e-2
-            ok = logit_err <= tol and grad_errs[worst] <= tol
+
+            def errors(got, ref):
+                ge = [rel(a, b) for a, b in zip(got[1], ref[1])]
+                worst = max(range(len(ge)), key=lambda i: ge[i])
+                return rel(got[0], ref[0]), ge[worst], names[worst]
+
+            tri = run("triton", amp)
+            if not amp:  # fp32: triton against regular directly
+                logit_err, grad_err, worst = errors(tri, run("regular", False))
+                tol = 1e-4
+                ok = logit_err <= tol and grad_err <= tol
+                extra = {}
+            else:  # bf16: both against regular in fp32; triton may not be worse than SDPA in the same dtype
+                ref32 = run("regular", False)
+                logit_err, grad_err, worst = errors(tri, ref32)
+                reg_l, reg_g, _ = errors(run("regular", True), ref32)
+                tol = max(2 * reg_l, 2 * reg_g, 1e-3)
+                ok = logit_err <= max(2 * reg_l, 1e-3) and grad_err <= max(2 * reg_g, 1e-3)
+                extra = {"regular_same_dtype_logits_rel_err": reg_l, "regular_same_dtype_max_grad_rel_err": reg_g,
+                         "reference": "regular in float32"}
             rows.append({**row, "status": "pass" if ok else "fail", "logits_rel_err": logit_err,
-                         "max_grad_rel_err": grad_errs[worst], "worst_param": names[worst], "tolerance": tol,
-                         "reason": "" if ok else f"error above {tol:g}"})
-            ctx.log(f"  model {dt_name}: logits {logit_err:.2e}, worst gradient {grad_errs[worst]:.2e} "
-                    f"({names[worst]}) -> {rows[-1]['status']}")
+                         "max_grad_rel_err": grad_err, "worst_param": worst, "tolerance": tol, **extra,
+                         "reason": "" if ok else (f"error above {tol:g}" if not amp else
+                                                  "triton further from fp32 than 2x regular in the same dtype")})
+            ctx.log(f"  model {dt_name}: logits {logit_err:.2e}, worst gradient {grad_err:.2e} "
+                    f"({worst}) -> {rows[-1]['status']}" + (f" (regular {dt_name}: {extra['regular_same_dtype_logits_rel_err']:.2e}, "
+                                                            f"{extra['regular_same_dtype_max_grad_rel_err']:.2e})" if amp else ""))
             del model
         except Exception as e:  # noqa: BLE001
             rows.append({**row, "status": "error", "reason": one_line(f"{type(e).__name__}: {e}", 300)})
