@@ -3,9 +3,6 @@ names with their close match, empty batches, impossible sizes, corrupt and unsaf
 checkpoints through ``from_pretrained``, head counts that a state dict does not record, backend state
 kept across a lax load, devices that do not exist."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -62,13 +59,13 @@ def test_unknown_backend_option_suggests_the_close_match():
         DividedAttention(16, heads=2, dim_head=8, backend="performer", nb_feature=8)
 
 
-def test_cli_scheme_typo_is_one_line_exit_2():
-    r = subprocess.run([sys.executable, "-c", "import sys; from fast_timesformer.cli import console; "
-                        "sys.exit(console(['models', '--scheme', 'divided']))"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Did you mean 'divided_space_time'?" in lines[0], r.stderr
+def test_cli_scheme_typo_is_one_line_exit_2(capsys):
+    from fast_timesformer.cli import console
+
+    assert console(["models", "--scheme", "divided"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Did you mean 'divided_space_time'?" in lines[0] and "Traceback" not in err, err
 
 
 # ---- empty batches -----------------------------------------------------------------------------------
@@ -203,11 +200,9 @@ def _check_corrupt(path, loader, tmp_path):
 
 
 @pytest.mark.parametrize("loader", list(LOADERS))
-@pytest.mark.parametrize("how", CORRUPTIONS)
-@pytest.mark.parametrize("suffix", [".pt", ".pth", ".pyth", ".bin"])
+@pytest.mark.parametrize("suffix, how", [(s, h) for s in (".pt", ".pth", ".pyth", ".bin") for h in CORRUPTIONS
+                                         if h != "truncated_header" and (h != "crc" or s == ".pth")])
 def test_corrupt_torch_files(tmp_path, suffix, how, loader):
-    if how == "crc" and suffix != ".pth" or how == "truncated_header":
-        pytest.skip("one suffix is enough for the CRC case; the header case is safetensors'")
     good = _torch_bytes({"model_state": _tiny_state()}, tmp_path)
     path = tmp_path / f"ckpt{suffix}"
     path.write_bytes(_damaged(good, how))
@@ -335,7 +330,8 @@ def test_heads_are_required_unless_recorded(tmp_path, dim, heads):
     from fast_timesformer.errors import CheckpointConfigError
 
     with torch.device("meta"):  # shapes only: no memory, no init cost
-        model = TimeSformer(num_classes=2, num_frames=2, image_size=16, patch_size=8, dim=dim, depth=1, heads=heads)
+        model = TimeSformer(num_classes=2, num_frames=2, image_size=16, patch_size=8, dim=dim, depth=1, heads=heads,
+                            mlp_ratio=0.5)
     state = {k: torch.zeros(v.shape) for k, v in model.state_dict().items()}
     path = tmp_path / f"w{dim}.pth"
     torch.save(state, path)
