@@ -424,3 +424,11 @@ def test_vit_temporal_init_typo_suggests_the_close_match():
 
     with pytest.raises(UnknownNameError, match="Did you mean 'copy'"):
         load_vit_weights_into_timesformer(TimeSformer(**TINY), {}, temporal_init="cpy")
+
+
+def test_generative_takes_per_step_options_as_a_training_config_stores_them():
+    gen = GenerativeTimeSformer(dim=16, image_size=8, patch_size=4, num_frames=2, num_target_frames=1, depth=1,
+                                heads=2, dim_head=8, backend={"space": ["performer", {"nb_features": 8}]})
+    layer = gen.layers[0].context.space_attn
+    assert layer.backend == "performer" and layer.cores["performer"].nb_features == 8
+    assert gen.layers[0].context.time_attn.backend == "regular"
