@@ -548,3 +548,23 @@ def test_every_figure_is_readable_and_honest(tmp_path, monkeypatch):
     assert "1 run" in text and "reasons:" in text
     # reasons are printed whole, once, after the table
     assert "[1] OutOfMemoryError: CUDA out of memory" in text
+
+
+def test_ours_vs_hugging_face_by_size(tmp_path):
+    """The sizes group: ours and HF timed alternately per size; a plot and a summary line per size."""
+    pytest.importorskip("transformers")
+    from fast_timesformer.bench.plots import plot_all
+    from fast_timesformer.bench.suites import get_suite, hf_sizes
+    from fast_timesformer.bench.summary import write_summary
+
+    cpu, _ = get_suite("cpu")
+    sizes = [p for p in cpu if p.group == "sizes"]
+    assert {(p.impl, p.frames, p.image_size) for p in sizes} == {(i, 8, s) for i in ("ours", "hf") for s in (336, 448)}
+    assert all(p.interleave and p.depth == 12 and p.dim == 768 and p.batch == 1 for p in sizes)
+    pts = hf_sizes("cpu", sizes=(32, 48, 64), frames=2, dim=32, depth=1, heads=2, rounds=2)
+    recs = run_sweep(pts, tmp_path, progress=False, log=quiet, warm_up_s=0)
+    assert [r["status"] for r in recs] == ["ok"] * 6, [r["reason"] for r in recs]
+    assert all(r["n_times"] == 2 and "interleaved with 1 other" in r["time_method"] for r in recs)
+    assert "hf_sizes.png" in {p.name for p in plot_all(tmp_path)}
+    summary = write_summary(tmp_path, []).read_text()
+    assert "2x32:" in summary and "2x64:" in summary and "x faster, memory" in summary
