@@ -90,6 +90,12 @@ def _yerr(recs, scale=1e3):
     return [lo, hi]
 
 
+def _spread_label(r) -> str:
+    """'IQR 9.1 ms\n(n=3)', or '1 run' where a point was timed once."""
+    text = spread_text(r)
+    return text if text == "1 run" else "IQR " + text.replace(" (", " ms\n(")
+
+
 def _records(results_dir):
     recs = list(latest_by_key(load_results(results_dir)).values())
     meta = load_meta(results_dir)
@@ -408,8 +414,8 @@ def plot_peers(plt, recs, meta, out):
     colors = ["#2ca02c" if r["workload"]["impl"] == "ours" else "#7f7f7f" for r in pts]
     axes[0].bar(range(len(pts)), [r["median_s"] * 1e3 for r in pts], color=colors, yerr=_yerr(pts))
     for i, r in enumerate(pts):
-        axes[0].annotate(spread_text(r).replace(" (", "\n("), (i, r["median_s"] * 1e3), fontsize=6, ha="center",
-                         xytext=(0, 3), textcoords="offset points")
+        axes[0].annotate(_spread_label(r), (i, r["median_s"] * 1e3), fontsize=6, ha="center", xytext=(0, 3),
+                         textcoords="offset points")
     axes[0].set_ylabel("median latency (ms)")
     axes[1].bar(range(len(pts)), [r["peak_mem_bytes"] / 2 ** 20 for r in pts], color=colors)
     axes[1].set_ylabel("peak memory above start (MiB)")
@@ -455,8 +461,8 @@ def plot_hf_sizes(plt, recs, meta, out):
         ax.bar(xs, [r["median_s"] for r in rs], width=0.38, color=color, label=name, yerr=_yerr(rs, 1.0),
                error_kw={"elinewidth": 0.8, "capsize": 2})
         for x, r in zip(xs, rs):
-            ax.annotate(spread_text(r, 1.0).replace(" (", "\n("), (x, r["median_s"]), fontsize=6, ha="center",
-                        xytext=(0, 3), textcoords="offset points")
+            ax.annotate(_spread_label(r), (x, r["median_s"]), fontsize=6, ha="center", xytext=(0, 3),
+                        textcoords="offset points")
     ax.set_xticks(range(len(sizes)))
     ax.set_xticklabels(labels)
     ax.set_ylim(bottom=0)
