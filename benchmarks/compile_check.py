@@ -85,12 +85,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", type=int, nargs="+", default=[90, 80])
     p.add_argument("--dtypes", nargs="+", default=["bf16", "fp16", "fp32"], choices=list(DTYPES))
+    p.add_argument("--cases", nargs="+", default=None,
+                   help="only the cases whose label contains one of these (e.g. 'time T=8 d=64')")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     rows, failures = [], 0
     for arch in args.arch:
         for dtype in args.dtypes:
             for label, fn, consts, pl, stages in cases(dtype):
+                if args.cases and not any(c in label for c in args.cases):
+                    continue
                 consts = dict(consts, PREC="ieee" if dtype == "fp32" else None)
                 warps = K._bwd_warps(pl) if fn is not K._fwd_kernel else pl.num_warps
                 row = {"arch": arch, "dtype": dtype, "case": label, "kernel": fn.__name__, "warps": warps,

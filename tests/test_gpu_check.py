@@ -138,3 +138,19 @@ def test_source_fingerprint_changes_with_the_code(tmp_path):
     (inst / "kernels" / "k.py").write_text("y = 2\n")
     assert gpu_check.source_fingerprint(inst, inst / "kernels") == two
     assert len(gpu_check.source_fingerprint()) == 16
+
+
+@pytest.mark.slow
+def test_default_workload_kernels_compile_for_sm90_without_spills(tmp_path):
+    """The kernels a GPU loan runs first compile ahead of time for sm_90 with the installed Triton (no GPU
+    needed: Triton -> PTX -> ptxas), spill-free. The full check, and the one with triton 3.6:
+    benchmarks/compile_check.py (docs/triton.md)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "benchmarks/compile_check.py", "--arch", "90", "--dtypes", "bf16", "--cases",
+                          "time T=8 d=64", "space N=196 d=64", "--json", str(tmp_path / "cc.json")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    rows = json.loads((tmp_path / "cc.json").read_text())["rows"]
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    assert all(r["registers"] and r["spill_bytes"] == 0 for r in rows), rows
