@@ -117,9 +117,24 @@ def check_step(model, step: Optional[str]) -> str:
     if step not in steps:
         from .._names import unknown_name_error
 
-        scheme = getattr(getattr(model, "scheme", None), "name", "?")
-        raise unknown_name_error(f"attention step of scheme {scheme!r}", step, steps)
+        raise unknown_name_error("attention step", step, steps)
     return step
+
+
+def _warn_if_approximate(model) -> None:
+    """The maps are exact softmax attention of the model's own q and k: for a layer that runs an approximate
+    backend (performer, fastformer) that is not what the model computes, so say so."""
+    import warnings
+
+    from ..backends import get_backend
+    from ..backends.registry import AUTO
+
+    names = sorted({m.backend_name for m in model.attention_modules()
+                    if m.backend_name != AUTO and not get_backend(m.backend_name).exact})
+    if names:
+        warnings.warn(f"the model runs approximate attention ({', '.join(names)}); explain records exact softmax "
+                      "attention of the same queries and keys, which is not what those layers compute",
+                      stacklevel=3)
 
 
 def _display(video: torch.Tensor, mean=None, std=None) -> torch.Tensor:
@@ -148,6 +163,7 @@ def explain_clip(model, clip: torch.Tensor, *, step: Optional[str] = None, layer
     backends are restored afterwards, so it may have been trained with any exact backend.
     """
     step = check_step(model, step)
+    _warn_if_approximate(model)
     if clip.dim() == 4:
         clip = clip.unsqueeze(0)
     if clip.dim() != 5 or clip.shape[0] != 1:

@@ -57,7 +57,8 @@ def load_model_for_explain(path: str, device: str = "cpu"):
     except ValueError as e:
         raise ValueError(_one_line(e)) from None
     except Exception as e:  # mismatched keys or shapes, unreadable file: one line naming the file
-        raise CorruptCheckpointError(path, f"cannot be loaded as a TimeSformer checkpoint: {_one_line(e)}") from None
+        problem = _one_line(e).replace(f"checkpoint {path} ", "").replace(f"{path}: ", "")
+        raise CorruptCheckpointError(path, f"cannot be loaded as a TimeSformer checkpoint: {problem}") from None
     ih, iw = model.image_size
     if ih != iw:
         raise ValueError(f"{path}: explain reads square clips; the model expects {ih}x{iw}")
@@ -83,6 +84,8 @@ def read_clip(path: str, transform):
 def cmd_explain(args) -> int:
     from .api import check_step, explain_clip, save_explanation
 
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     model, transform, classes = load_model_for_explain(args.checkpoint, args.device)
     step = check_step(model, args.step)
     layers = args.layer
