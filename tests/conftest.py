@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 
 # Triton kernels run under Triton's CPU interpreter in tests when no GPU is present. The variable must be
@@ -74,6 +75,7 @@ def _no_leaked_state():
         dtype=torch.get_default_dtype(), device=_device_context(), threads=torch.get_num_threads(),
         grad=torch.is_grad_enabled(), deterministic=torch.are_deterministic_algorithms_enabled(),
         cwd=os.getcwd(), env=dict(os.environ),
+        signals={s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)},
         registries={k: dict(v) for k, v in _registries().items()},
     )
     yield
@@ -93,6 +95,10 @@ def _no_leaked_state():
     if torch.are_deterministic_algorithms_enabled() != before["deterministic"]:
         leaked.append("deterministic algorithms")
         torch.use_deterministic_algorithms(before["deterministic"])
+    for sig, handler in before["signals"].items():
+        if signal.getsignal(sig) is not handler:
+            leaked.append(f"{signal.Signals(sig).name} handler {signal.getsignal(sig)}")
+            signal.signal(sig, handler)
     if os.getcwd() != before["cwd"]:
         leaked.append(f"cwd {os.getcwd()}")
         os.chdir(before["cwd"])
