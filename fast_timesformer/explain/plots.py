@@ -47,14 +47,15 @@ def plot_rollout(expl, path: str, *, title: Optional[str] = None) -> str:
         axes[0, t].set_title(f"frame {t}", fontsize=8)
     axes[0, 0].set_ylabel("input", fontsize=8)
     axes[1, 0].set_ylabel("rollout", fontsize=8)
-    cbar = fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.025, pad=0.01)
+    cbar = fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.025, pad=0.01, shrink=0.9)
     cbar.ax.tick_params(labelsize=6)
     cbar.set_label("share of patch mass", fontsize=7)
     top = expl.top(1)[0]
     head = title or (f"{expl.scheme}: CLS attention rollout through {len(expl.records) // max(1, len(expl.steps))}"
                      f" blocks x ({', '.join(expl.steps)})")
+    fig.subplots_adjust(top=0.80)
     fig.suptitle(f"{head}\npredicted {top['label']} (p={top['probability']:.2f}); "
-                 f"rollout kept on the CLS itself: {expl.rollout_cls:.0%}", fontsize=8)
+                 f"rollout kept on the CLS itself: {expl.rollout_cls:.0%}", fontsize=8, y=0.99)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -89,13 +90,16 @@ def plot_step(expl, path: str) -> str:
                             color="white" if ff[i, j] < 0.6 else "black")
         ax.set_xticks(range(f))
         ax.set_yticks(range(f))
+        ax.yaxis.tick_right()
+        ax.yaxis.set_label_position("right")
         ax.tick_params(labelsize=5)
         if r == 0:
             ax.set_title("frame t draws\nfrom frame s", fontsize=7)
         if r == rows - 1:
             ax.set_xlabel("s", fontsize=7)
         ax.set_ylabel("t", fontsize=7)
-    fig.suptitle(f"{expl.scheme}: step '{expl.step}' per layer (heads averaged, no residual)", fontsize=8)
+    fig.subplots_adjust(top=1 - 0.75 / (1.45 * rows + 0.7))
+    fig.suptitle(f"{expl.scheme}: step '{expl.step}' per layer (heads averaged, no residual)", fontsize=8, y=0.995)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
