@@ -411,10 +411,13 @@ def _trajectory_ratio(model, data, n=64, frames=4, patch=4):
 
 def test_trained_model_rolls_out_onto_the_shapes_path():
     """Moving shapes (2 classes: forward / backward order, 4 frames of 16x16 px, shapes 5-8 px), divided
-    space-time, dim 32, depth 2, 500 AdamW steps of 32 clips (about 15 s on one core).
+    space-time, dim 32, depth 2, 500 AdamW steps of 32 clips (about 22 s of CPU on one core).
 
     Seen, ratio trajectory / background per patch after training, seeds 0-5: 2.06, 1.24, 3.80, 2.83,
-    1.92 (and 1.00 +- 0.005 untrained); the test fixes seed 0 and asks for 1.15.
+    1.92, 1.77 (held-out accuracy 0.95-1.0, except seed 2: 0.55, order not yet learned), and
+    1.00 +- 0.005 untrained; the test fixes seed 0 and asks for 1.15. With the default large shapes
+    (half the image and more) the background is as informative as the shape and the ratio went either
+    way (0.51-1.52), so the test uses 5-8 px shapes.
     """
     from fast_timesformer.train.data import MovingShapes
 
