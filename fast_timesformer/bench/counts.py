@@ -1,0 +1,199 @@
+"""Counted, deterministic cost figures of one step: GEMM calls and bytes moved by copies.
+
+Timings on a shared CPU drift by tens of percent; counts do not. :class:`OpCounter` is a
+``TorchDispatchMode`` that sees every aten op a step runs (forward and backward, below autograd) and
+records:
+
+- ``gemm``: calls of ``mm`` / ``addmm`` (the linear layers, forward and backward) and, separately,
+  ``bmm`` / ``baddbmm`` (batched matmuls: Hugging Face's attention scores, SDPA's math path);
+- ``attention``: calls of the fused SDPA kernels (flash / efficient / cuDNN, forward and backward);
+- ``copy_bytes``: bytes written by ops whose only work is moving data: ``copy_``, ``cat``, ``stack``,
+  ``clone`` (what ``.contiguous()`` and a non-viewable ``reshape`` become), ``_to_copy``, the
+  ``*_backward`` / ``*_scatter`` ops that put a slice's gradient into a zero tensor, ``repeat``,
+  ``index_select``/``gather``-style copies; per op in ``copy_bytes_by_op``;
+- ``ops``: every aten call (a proxy for kernel launches).
+
+What a fused kernel copies internally (e.g. SDPA making an input contiguous) is not seen: only the
+ops a step issues are. Equivalent code::
+
+    with OpCounter() as c:
+        step()            # forward + backward
+    c.summary()
+
+:func:`count_training_step` builds ours and Hugging Face's model for a :class:`Workload` (the
+benchmark's own builder, our weights copied into HF) and counts one training step of each.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ["OpCounter", "count_step", "count_training_step", "compare_with_hf", "format_comparison"]
+
+aten = torch.ops.aten
+
+LINEAR_GEMMS = ("mm", "addmm")
+BATCHED_GEMMS = ("bmm", "baddbmm")
+ATTENTION_KERNELS = (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward",
+    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_cudnn_attention_backward",
+    "_flash_attention_forward", "_flash_attention_backward",
+    "_efficient_attention_forward", "_efficient_attention_backward",
+)
+#: ops whose only work is moving data; bytes counted = bytes of the tensor written
+COPY_OPS = (
+    "copy_", "cat", "stack", "clone", "_to_copy", "contiguous", "repeat", "expand_copy",
+    "slice_backward", "select_backward", "unbind_backward", "narrow_copy",
+    "slice_scatter", "select_scatter", "as_strided_scatter", "diagonal_scatter",
+    "index_select", "gather", "index", "index_put", "index_put_", "_unsafe_index", "constant_pad_nd",
+    "permute_copy", "transpose_copy", "view_copy", "_reshape_copy",
+)
+
+
+def _nbytes(t) -> int:
+    if isinstance(t, torch.Tensor):
+        return t.numel() * t.element_size()
+    if isinstance(t, (list, tuple)):
+        return sum(_nbytes(x) for x in t)
+    return 0
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts aten calls, GEMMs and bytes copied while active (see the module docstring)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: Counter = Counter()
+        self.copy_bytes_by_op: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        self.calls[name] += 1
+        if name in COPY_OPS:
+            # in-place copies write their first argument; the others write their output
+            self.copy_bytes_by_op[name] += _nbytes(args[0] if name.endswith("_") else out)
+        return out
+
+    # ---- the figures ---------------------------------------------------------------------------
+    @property
+    def linear_gemms(self) -> int:
+        return sum(self.calls[n] for n in LINEAR_GEMMS)
+
+    @property
+    def batched_gemms(self) -> int:
+        return sum(self.calls[n] for n in BATCHED_GEMMS)
+
+    @property
+    def attention_calls(self) -> int:
+        return sum(self.calls[n] for n in ATTENTION_KERNELS)
+
+    @property
+    def copy_bytes(self) -> int:
+        return sum(self.copy_bytes_by_op.values())
+
+    def summary(self) -> dict:
+        return {
+            "gemm_calls": self.linear_gemms,  # mm + addmm: the target's figure
+            "mm": self.calls["mm"], "addmm": self.calls["addmm"],
+            "batched_gemm_calls": self.batched_gemms,
+            "attention_kernel_calls": self.attention_calls,
+            "copy_bytes": self.copy_bytes,
+            "copy_cat_bytes": self.copy_bytes_by_op["copy_"] + self.copy_bytes_by_op["cat"],
+            "copy_bytes_by_op": {k: v for k, v in sorted(self.copy_bytes_by_op.items(), key=lambda kv: -kv[1])},
+            "copy_calls_by_op": {k: self.calls[k] for k in sorted(self.copy_bytes_by_op)},
+            "aten_calls": sum(self.calls.values()),
+        }
+
+
+def count_step(step: Callable[[], object]) -> dict:
+    """Run ``step`` once under :class:`OpCounter`; returns its :meth:`~OpCounter.summary`."""
+    with OpCounter() as c:
+        step()
+    return c.summary()
+
+
+def count_training_step(workload) -> dict:
+    """Counts of one training step (forward, mean of the logits, backward) of ``workload``
+    (:class:`~fast_timesformer.bench.workloads.Workload`; impl "ours" or "hf", mode forced to fwd+bwd).
+    One step runs first, uncounted, so that lazy initialisation is not counted."""
+    from .workloads import build
+
+    w = workload.replace(mode="fwd+bwd")
+    built = build(w)
+    built.step()
+    out = count_step(built.step)
+    out["notes"] = list(built.notes)
+    return out
+
+
+def compare_with_hf(*, frames: int = 8, image_size: int = 224, dim: int = 768, depth: int = 12, heads: int = 12,
+                    patch_size: int = 16, num_classes: int = 400, backend: str = "regular",
+                    scheme: str = "divided_space_time", batch: int = 1) -> dict:
+    """{"ours": counts, "hf": counts, "config": ...} for one training step at the same config and weights."""
+    from .workloads import Workload
+
+    w = Workload(impl="ours", scheme=scheme, backend=backend, mode="fwd+bwd", batch=batch, frames=frames,
+                 image_size=image_size, patch_size=patch_size, dim=dim, depth=depth, heads=heads,
+                 num_classes=num_classes, dtype="float32", device="cpu")
+    return {"config": w.to_dict(), "ours": count_training_step(w),
+            "hf": count_training_step(w.replace(impl="hf", backend="regular"))}
+
+
+def format_comparison(res: dict, *, breakdown: bool = True) -> str:
+    """A plain-text table of :func:`compare_with_hf`'s result."""
+    c = res["config"]
+    ours, hf = res["ours"], res["hf"]
+    head = (f"one training step (fwd+bwd), {c['scheme']} {c['frames']}x{c['image_size']}, dim {c['dim']}, "
+            f"depth {c['depth']}, heads {c['heads']}, batch {c['batch']}, {c['dtype']}, backend {c['backend']}")
+    rows = [("GEMM calls (mm + addmm)", "gemm_calls", "{:d}"), ("  mm", "mm", "{:d}"), ("  addmm", "addmm", "{:d}"),
+            ("batched GEMMs (bmm + baddbmm)", "batched_gemm_calls", "{:d}"),
+            ("fused attention kernel calls", "attention_kernel_calls", "{:d}"),
+            ("bytes copied, copy_ + cat (MB)", "copy_cat_bytes", "mb"),
+            ("bytes copied, all data-movement ops (MB)", "copy_bytes", "mb"),
+            ("aten calls", "aten_calls", "{:d}")]
+    lines = [head, f"{'':44s}{'ours':>12s}{'HF':>12s}{'ours/HF':>9s}"]
+    for label, key, fmt in rows:
+        a, b = ours[key], hf[key]
+        sa, sb = (f"{a / 1e6:.1f}", f"{b / 1e6:.1f}") if fmt == "mb" else (fmt.format(a), fmt.format(b))
+        ratio = f"{a / b:.2f}" if b else "-"
+        lines.append(f"{label:44s}{sa:>12s}{sb:>12s}{ratio:>9s}")
+    if breakdown:
+        for name, r in (("ours", ours), ("HF", hf)):
+            parts = ", ".join(f"{k} {v / 1e6:.1f} MB ({r['copy_calls_by_op'][k]})"
+                              for k, v in r["copy_bytes_by_op"].items())
+            lines.append(f"copies, {name}: {parts}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list] = None) -> int:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description="Count GEMM calls and bytes copied in one training step, ours vs "
+                                            "Hugging Face (deterministic; no timing)")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--depth", type=int, default=12)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--backend", default="regular")
+    p.add_argument("--json", default=None, help="also write the raw counts here")
+    args = p.parse_args(argv)
+    res = compare_with_hf(frames=args.frames, image_size=args.image_size, dim=args.dim, depth=args.depth,
+                          heads=args.heads, patch_size=args.patch_size, backend=args.backend)
+    print(format_comparison(res))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
