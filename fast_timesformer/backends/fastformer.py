@@ -55,7 +55,8 @@ class FastformerCore(AttentionCore):
 BACKEND = Backend(
     name="fastformer",
     factory=FastformerCore,
-    exact=False,
+    kind="different_model",  # its own parameters and its own attention: no softmax reference to compare with
+    deterministic=True,
     supports_cross=False,
     supports_prefix=False,
     priority=300,

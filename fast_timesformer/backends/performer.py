@@ -79,8 +79,12 @@ class PerformerCore(AttentionCore):
 BACKEND = Backend(
     name="performer",
     factory=PerformerCore,
-    exact=False,
+    kind="approximate",  # FAVOR+ estimates softmax attention: judged by its error against the exact result
     requires=("performer_pytorch",),
+    pip_names={"performer_pytorch": "performer-pytorch"},
+    # no tolerances: a random-feature estimate is not within round-off of softmax (its error is measured
+    # instead). Deterministic: given its drawn features the computation is plain matmuls.
+    deterministic=True,
     priority=200,
     description="FAVOR+ random features (performer-pytorch), linear in sequence length",
 )

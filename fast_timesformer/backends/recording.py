@@ -142,7 +142,7 @@ class RecordingCore(AttentionCore):
 BACKEND = Backend(
     name="recording",
     factory=RecordingCore,
-    exact=True,
+    kind="exact",  # plain softmax (fp16/bf16 computed in float32): the default exact tolerances hold
     supports_dropout=False,  # it records the probabilities the model used; dropout would hide them
     priority=1_000_000,  # never a speed choice: auto tries every other exact backend first
     description="exact softmax in plain torch that keeps the attention probabilities (for explain)",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -42,6 +42,8 @@ __all__ = [
     "list_backends",
     "resolve_backend",
     "check_inputs",
+    "KINDS",
+    "EXACT_TOLERANCES",
 ]
 
 
@@ -101,6 +103,12 @@ class AttentionCore(nn.Module):
     # ---- token-layout entry points used by DividedAttention ----------------------------------
     # Backends with a fused kernel (triton) override these to read and write token layout directly;
     # the defaults split tokens into (batch*groups, heads, seq, dim) and call forward().
+
+    #: True: the layer gives this core plain (batch*groups, heads, S, dim) sequences and lays the result
+    #: out in tokens itself (for a per_group CLS, every group as its own [CLS; group] sequence, projected
+    #: from a grouped copy of x: no copy of k/v, one call); only the ``global`` CLS uses the entry points
+    #: below. False (the default): the layer calls attend_groups / attend_global_prefix.
+    plain_sequences: bool = False
     def attend_groups(self, q, k, v, groups, *, prefix_k=None, prefix_v=None, prefix_q=None,
                       want_prefix_out=False, scale, dropout_p, out=None):
         """Attention within ``groups`` of patch tokens.
@@ -199,29 +207,155 @@ def check_inputs(q, k, v, prefix_k=None, prefix_v=None, *, dim_head=None, heads=
     return out
 
 
-@dataclass(frozen=True)
+#: what a backend computes: exact softmax attention, an approximation of it (judged by its error against
+#: the exact result), or a different attention model with its own parameters (softmax weights do not
+#: carry over, so its error against softmax means nothing)
+KINDS = ("exact", "approximate", "different_model")
+
+# Default per-dtype tolerances (atol, rtol) of an *exact* backend's output against the float64 reference,
+# for O(1) inputs and the tests' small shapes (<= 64 keys, head dim <= 72). They follow from the dtype the
+# result is computed and rounded in (unit round-off u: float64 1.1e-16, float32 6e-8, float16 4.9e-4,
+# bfloat16 3.9e-3), accumulated over a softmax and two matmuls of <= 64 terms:
+#   float64: exact but for round-off (~1e-15 x the O(10) sizes summed): 1e-10.
+#   float32: unit round-off 6e-8 over softmax + two matmuls of <= 64 terms, ~1e-6 expected: 2e-5.
+#   float16: float32 accumulation, the output rounded to float16 (u = 4.9e-4) plus the inputs' rounding: 2e-3.
+#   bfloat16: the same with u = 3.9e-3 (four ulp): 1.6e-2.
+# Gradients pass three more matmuls: the tests allow 10x these.
+EXACT_TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+_DIRECTIONS = ("forward", "backward")
+
+
+@dataclass(frozen=True, init=False, eq=False, repr=False)
 class Backend:
     """What a backend can do, as data, plus a factory for its per-layer :class:`AttentionCore`.
 
-    ``priority`` orders the exact backends for ``auto`` (lower = tried first = expected faster).
-    ``checks`` adds backend-specific reasons: ``checks(q, k, v, prefix_k, prefix_v, dropout_p)``.
+    Every fact the rest of the package (layers, models, ``auto``, the tests, the benchmarks, the
+    ``backends`` listing) needs about a backend is declared here; nothing else branches on its name.
+
+    Args:
+        name: the registry key. factory: ``factory(backend, dim_head=, heads=, **options)`` -> core.
+        kind: ``"exact"`` (softmax attention), ``"approximate"`` (an estimate of it, measured by its error
+            against the exact result) or ``"different_model"`` (its own attention with its own
+            parameters). ``exact=True``/``False`` (the older spelling) means ``"exact"``/``"approximate"``.
+        devices, dtypes, max_head_dim: what it runs on.
+        supports_backward, supports_dropout, supports_prefix (natively takes a shared prefix
+            ``prefix_k``/``prefix_v``), supports_cross (Sq may differ from Sk): capabilities.
+        tolerances: ``{dtype: (atol, rtol)}`` of its output against the float64 reference (default for an
+            exact backend: :data:`EXACT_TOLERANCES`; none for the others). Read with :meth:`tolerance`.
+        deterministic: ``True``/``False``, or ``{"forward": bool, "backward": bool}``: whether two runs on
+            the same inputs give the same bits. Read with :meth:`is_deterministic`.
+        requires: importable module names; pip_names: ``{module: pip package}`` for the install hint where
+            they differ (``performer_pytorch`` -> ``performer-pytorch``).
+        priority: an int, or a callable ``() -> int`` asked each time (the machine may decide it); among
+            the exact backends ``auto`` tries the lowest first.
+        checks: ``checks(q, k, v, prefix_k, prefix_v, dropout_p) -> reasons``, backend-specific refusals.
+        availability: ``() -> reasons`` why it cannot run on this machine at all (ops not built, no GPU).
+
+    A dataclass (frozen; equal only to itself): ``dataclasses.replace(get_backend("regular"), name="mine",
+    supports_cross=False)`` makes a variant.
     """
 
     name: str
     factory: Callable[..., AttentionCore]
-    exact: bool
-    devices: tuple = ("cpu", "cuda")
-    dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-    supports_backward: bool = True
-    supports_dropout: bool = False
-    supports_prefix: bool = True  # natively takes prefix_k/prefix_v
-    supports_cross: bool = True  # Sq may differ from Sk (e.g. one CLS query over all tokens)
-    max_head_dim: Optional[int] = None
-    requires: tuple = ()  # importable module names
-    priority: int = 100
-    description: str = ""
-    checks: Optional[Callable[..., list]] = None
-    availability: Optional[Callable[[], list]] = None  # machine-level reasons (ops not loaded, ...)
+    kind: str
+    devices: tuple
+    dtypes: tuple
+    supports_backward: bool
+    supports_dropout: bool
+    supports_prefix: bool
+    supports_cross: bool
+    max_head_dim: Optional[int]
+    requires: tuple
+    pip_names: dict
+    tolerances: dict
+    deterministic: Union[bool, dict]
+    priority_rule: Union[int, Callable[[], int]]  # the declared priority (read the int as .priority)
+    description: str
+    checks: Optional[Callable[..., list]]
+    availability: Optional[Callable[[], list]]
+
+    def __init__(self, name: str, factory: Callable[..., AttentionCore], exact: Optional[bool] = None, *,
+                 kind: Optional[str] = None,
+                 devices: tuple = ("cpu", "cuda"),
+                 dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16, torch.float64),
+                 supports_backward: bool = True, supports_dropout: bool = False, supports_prefix: bool = True,
+                 supports_cross: bool = True, max_head_dim: Optional[int] = None, requires: tuple = (),
+                 pip_names: Optional[Mapping[str, str]] = None,
+                 tolerances: Optional[Mapping[torch.dtype, tuple]] = None,
+                 deterministic: Union[bool, Mapping[str, bool]] = True,
+                 priority: Union[int, Callable[[], int]] = 100, description: str = "",
+                 checks: Optional[Callable[..., list]] = None, availability: Optional[Callable[[], list]] = None,
+                 priority_rule=None):
+        if priority_rule is not None:  # dataclasses.replace passes the stored field back
+            priority = priority_rule
+        if kind is None:
+            if exact is None:
+                raise TypeError(f"Backend {name!r}: give kind= ('exact', 'approximate' or 'different_model')")
+            kind = "exact" if exact else "approximate"
+        elif exact is not None and bool(exact) != (kind == "exact"):
+            raise ValueError(f"Backend {name!r}: exact={exact} contradicts kind={kind!r}")
+        if kind not in KINDS:
+            raise unknown_name_error("backend kind", kind, KINDS)
+        if isinstance(deterministic, Mapping):
+            unknown = set(deterministic) - set(_DIRECTIONS)
+            if unknown:
+                raise ValueError(f"Backend {name!r}: deterministic keys must be among {_DIRECTIONS}, got "
+                                 f"{sorted(unknown)}")
+            deterministic = {d: bool(deterministic.get(d, True)) for d in _DIRECTIONS}
+        if tolerances is None:
+            tolerances = EXACT_TOLERANCES if kind == "exact" else {}
+        values = dict(
+            name=name, factory=factory, kind=kind, devices=tuple(devices), dtypes=tuple(dtypes),
+            supports_backward=supports_backward, supports_dropout=supports_dropout, supports_prefix=supports_prefix,
+            supports_cross=supports_cross, max_head_dim=max_head_dim, requires=tuple(requires),
+            pip_names=dict(pip_names or {}),
+            tolerances={dt: (float(a), float(r)) for dt, (a, r) in tolerances.items()},
+            deterministic=deterministic, priority_rule=priority, description=description, checks=checks,
+            availability=availability)
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    def __repr__(self) -> str:
+        return f"Backend(name={self.name!r}, kind={self.kind!r}, devices={self.devices}, priority={self.priority})"
+
+    # ---- derived facts --------------------------------------------------------------------------
+    @property
+    def exact(self) -> bool:
+        """``kind == "exact"`` (read-only; the older name of this fact)."""
+        return self.kind == "exact"
+
+    @property
+    def priority(self) -> int:
+        """The order ``auto`` tries the exact backends in (lowest first); a backend that declared a
+        callable is asked now (the machine may decide)."""
+        rule = self.priority_rule
+        return int(rule() if callable(rule) else rule)
+
+    def tolerance(self, dtype: torch.dtype) -> tuple:
+        """``(atol, rtol)`` of this backend's output against the float64 reference, computed in ``dtype``."""
+        try:
+            return self.tolerances[dtype]
+        except KeyError:
+            declared = ", ".join(str(d).replace("torch.", "") for d in self.tolerances) or "none"
+            raise ValueError(f"backend {self.name!r} ({self.kind}) declares no tolerance for {dtype} "
+                             f"(declared: {declared})") from None
+
+    def is_deterministic(self, direction: str = "forward") -> bool:
+        """Whether ``direction`` ("forward" or "backward") gives the same bits on every run."""
+        if direction not in _DIRECTIONS:
+            raise unknown_name_error("direction", direction, _DIRECTIONS)
+        d = self.deterministic
+        return d[direction] if isinstance(d, Mapping) else bool(d)
+
+    def pip_name(self, module: str) -> str:
+        """The pip package that provides ``module`` (the install hint when it is missing)."""
+        return self.pip_names.get(module, module)
 
     def build(self, dim_head: int, heads: int, **options) -> AttentionCore:
         """A fresh per-layer core. Unknown ``options`` raise ``TypeError`` naming them."""
@@ -232,7 +366,7 @@ class Backend:
 
     def unavailable_reasons(self) -> list[str]:
         """Why this backend cannot run on this machine at all (independent of the inputs)."""
-        out = [f"python package {mod!r} is not installed (pip install {_PIP_NAMES.get(mod, mod)})"
+        out = [f"python package {mod!r} is not installed (pip install {self.pip_name(mod)})"
                for mod in self.requires if importlib.util.find_spec(mod) is None]
         if not out and self.availability is not None:
             out += list(self.availability())
@@ -276,17 +410,21 @@ class Backend:
         reasons = self.unavailable_reasons()
         return {
             "name": self.name,
-            "kind": "exact" if self.exact else "approximate",
+            "kind": KIND_WORDS[self.kind],
             "devices": ", ".join(self.devices),
             "dtypes": ", ".join(str(d).replace("torch.", "") for d in self.dtypes),
             "backward": "yes" if self.supports_backward else "no",
+            "deterministic": ("yes" if self.is_deterministic("forward") and self.is_deterministic("backward")
+                              else "forward only" if self.is_deterministic("forward") else "no"),
             "dropout": "yes" if self.supports_dropout else "no",
             "status": "available" if not reasons else "; ".join(reasons),
             "description": self.description,
         }
 
 
-_PIP_NAMES = {"performer_pytorch": "performer-pytorch", "xformers": "xformers", "triton": "triton"}
+#: how ``fast-timesformer backends`` names each kind
+KIND_WORDS = {"exact": "exact", "approximate": "approximate", "different_model": "approximate (a different model)"}
+
 _REGISTRY: dict[str, Backend] = {}
 AUTO = "auto"
 

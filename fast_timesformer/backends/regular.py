@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .._names import unknown_name_error
 from .common import with_prefix
-from .registry import AttentionCore, Backend
+from .registry import EXACT_TOLERANCES, AttentionCore, Backend
 
 SDPA_BACKENDS = {
     "flash": "FLASH_ATTENTION",
@@ -30,7 +30,13 @@ def sdpa_context(name):
 
 
 class RegularCore(AttentionCore):
-    """q/k/v go to SDPA as the strided views they are; only a prefix forces a copy (of k and v)."""
+    """q/k/v go to SDPA as the strided views they are; only a prefix forces a copy (of k and v).
+
+    ``plain_sequences``: in a layer, a per_group CLS reaches SDPA as [CLS; group] sequences that are
+    views of one projection (see DividedAttention), so the prefix copy is left to the ``global`` CLS.
+    """
+
+    plain_sequences = True
 
     def __init__(self, backend, dim_head, heads, sdpa_backend=None):
         super().__init__(backend, dim_head, heads)
@@ -47,8 +53,14 @@ class RegularCore(AttentionCore):
 BACKEND = Backend(
     name="regular",
     factory=RegularCore,
-    exact=True,
+    kind="exact",
     supports_dropout=True,
+    # SDPA computes in the input dtype with float32 softmax statistics: the default exact tolerances
+    # (registry.EXACT_TOLERANCES: float64 1e-10, float32 2e-5, float16 2e-3, bfloat16 1.6e-2) follow from that.
+    tolerances=EXACT_TOLERANCES,
+    # CPU kernels and the forward on CUDA are deterministic; the CUDA efficient-attention and flash
+    # backward kernels accumulate dk/dv with atomics (torch warns under use_deterministic_algorithms)
+    deterministic={"forward": True, "backward": False},
     priority=50,
     description="exact softmax attention via torch SDPA (flash / efficient / cuDNN / math)",
 )

@@ -132,24 +132,17 @@ def _single_axes(groups):
     return (ga[0] if ga else (1, 0)), (sa[0] if sa else (1, 0))
 
 
-class _TritonBackend(Backend):
-    """``priority`` depends on the machine at the time ``auto`` asks: 30 (before xformers and regular)
-    where the kernels run compiled on CUDA; 150 (after every exact backend) on a CPU-only machine or
-    while the interpreter is on, so ``auto`` never routes other code to the interpreter."""
-
-    @property
-    def priority(self) -> int:
-        return 30 if torch.cuda.is_available() and not _interpreting() else 150
-
-    @priority.setter
-    def priority(self, value):  # the dataclass __init__ assigns the field; the property decides
-        pass
+def _priority() -> int:
+    """30 (before xformers and regular) where the kernels run compiled on CUDA; 150 (after every exact
+    backend) on a CPU-only machine or while the interpreter is on, so ``auto`` never routes other code to
+    the interpreter. Asked each time ``auto`` orders the backends."""
+    return 30 if torch.cuda.is_available() and not _interpreting() else 150
 
 
-BACKEND = _TritonBackend(
+BACKEND = Backend(
     name="triton",
     factory=TritonCore,
-    exact=True,
+    kind="exact",
     devices=("cuda", "cpu"),  # cpu only under TRITON_INTERPRET=1 (tests); _checks says so
     dtypes=(torch.float32, torch.float16, torch.bfloat16),
     supports_backward=True,
@@ -158,7 +151,15 @@ BACKEND = _TritonBackend(
     supports_cross=True,
     max_head_dim=128,
     requires=("triton",),
-    priority=30,  # see _TritonBackend: 150 without CUDA or under the interpreter
+    # float32 accumulation in another order than SDPA (online softmax over key blocks): float32 2e-5, as
+    # for every exact backend. In float16/bfloat16 the probabilities are rounded to the input dtype before
+    # the P @ V matmul (one more rounding per term than SDPA's output rounding): float16 3e-3 (u = 4.9e-4,
+    # ~6 ulp, checked against regular in tests/test_triton_backend.py); bfloat16 the same count of its ulp
+    # (u = 3.9e-3): 2.4e-2.
+    tolerances={torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3), torch.bfloat16: (2.4e-2, 2.4e-2)},
+    # the backward is one fused kernel per group with per-program sums, no atomics (kernels/divided_attention.py)
+    deterministic=True,
+    priority=_priority,  # 30 on CUDA, 150 without CUDA or under the interpreter
     description="fused Triton divided attention on token layout (no rearrange copies), fwd+bwd; no "
                 "attention dropout; CPU only under TRITON_INTERPRET=1",
     checks=_checks,

@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from .common import empty_attention, with_prefix
-from .registry import AttentionCore, Backend
+from .registry import EXACT_TOLERANCES, AttentionCore, Backend
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,11 +69,16 @@ class XformersCore(AttentionCore):
 BACKEND = Backend(
     name="xformers",
     factory=XformersCore,
-    exact=True,
+    kind="exact",
     devices=("cuda",),
     dtypes=(torch.float32, torch.float16, torch.bfloat16),
     supports_dropout=True,
     requires=("xformers",),
+    # float32 accumulation in the input dtype's tiles: the default exact tolerances for float32 (2e-5)
+    # and bfloat16; float16 2e-3 (outputs rounded to float16, u = 4.9e-4, after float32 accumulation)
+    tolerances={dt: tol for dt, tol in EXACT_TOLERANCES.items() if dt != torch.float64},
+    # cutlass forward is deterministic; its backward accumulates dk/dv across query blocks with atomics
+    deterministic={"forward": True, "backward": False},
     priority=40,
     description="xformers memory_efficient_attention (BMHK), CUDA only",
     checks=_checks,

@@ -37,7 +37,7 @@ from .._names import unknown_name_error
 from ..attention import DividedAttention, check_step_names
 from ..groups import TokenGroups
 from .layers import init_linear_and_norm_
-from .schemes import Scheme, get_scheme
+from ..schemes import Scheme, get_scheme
 
 __all__ = ["TimeSformer", "Block", "Mlp", "PatchEmbed", "DropPath", "CLS_MODES", "count_parameters"]
 
@@ -102,8 +102,9 @@ class PatchEmbed(nn.Module):
 class Block(nn.Module):
     """One TimeSformer block: the scheme's attention steps, then the MLP; pre-norm residuals.
 
-    Steps before the last have ``<prefix>_norm1``, ``<prefix>_attn`` and ``<prefix>_fc`` (zero-initialised);
-    the last step has ``norm1`` and ``attn``. Then ``norm2`` and ``mlp``.
+    Each step adds the modules its scheme declares (:attr:`Step.modules <fast_timesformer.schemes.Step>`):
+    steps before the last ``<prefix>_norm1``, ``<prefix>_attn`` and ``<prefix>_fc`` (zero-initialised), the
+    last step ``norm1`` and ``attn``. Then ``norm2`` and ``mlp``.
     """
 
     def __init__(self, scheme: Scheme, dim: int, heads: int, dim_head: int, mlp_ratio: float, qkv_bias: bool,
@@ -116,13 +117,11 @@ class Block(nn.Module):
             name, opts = backends[step.name]
             attn = DividedAttention(dim, heads, dim_head, ff_dropout, attn_dropout=attn_dropout, backend=name,
                                     cls=cls_mode, qkv_bias=qkv_bias, step=step.name, **opts)
-            if step.prefix:
-                self.add_module(f"{step.prefix}_norm1", nn.LayerNorm(dim, eps=LN_EPS))
-                self.add_module(f"{step.prefix}_attn", attn)
-                self.add_module(f"{step.prefix}_fc", nn.Linear(dim, dim))
-            else:
-                self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-                self.attn = attn
+            mods = step.modules  # the scheme says which modules the step adds (official names)
+            self.add_module(mods.norm, nn.LayerNorm(dim, eps=LN_EPS))
+            self.add_module(mods.attn, attn)
+            if mods.fc is not None:
+                self.add_module(mods.fc, nn.Linear(dim, dim))
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), ff_dropout)
@@ -131,11 +130,9 @@ class Block(nn.Module):
         """(step, norm, attn, fc or None) for every step, in order."""
         out = []
         for step in self.steps:
-            if step.prefix:
-                p = step.prefix
-                out.append((step, getattr(self, f"{p}_norm1"), getattr(self, f"{p}_attn"), getattr(self, f"{p}_fc")))
-            else:
-                out.append((step, self.norm1, self.attn, None))
+            mods = step.modules
+            fc = None if mods.fc is None else getattr(self, mods.fc)
+            out.append((step, getattr(self, mods.norm), getattr(self, mods.attn), fc))
         return out
 
     def forward(self, x: torch.Tensor, groups: tuple) -> torch.Tensor:
