@@ -35,6 +35,7 @@ from torch import nn
 from .backends import AttentionCore, get_backend, resolve_backend
 from ._names import unknown_name_error
 from .backends.registry import AUTO
+from .backends.spec import STEP_ALIASES, check_step_names, parse_backend_spec  # noqa: F401 (re-exported)
 from .groups import TokenGroups, _is_count
 
 __all__ = ["DividedAttention", "use_backend", "set_backend", "CLS_MODES", "attention_groups_from_patterns",
@@ -314,19 +315,6 @@ class DividedAttention(nn.Module):
 
 
 # ---- switching backends on built models -------------------------------------------------------
-#: words people use for the steps (the module prefixes among them) -> the step names
-STEP_ALIASES = {"temporal": "time", "spatial": "space", "t": "time", "s": "space", "attn": "space",
-                "w": "width", "h": "height", "l": "local", "g": "global", "st": "joint"}
-
-
-def check_step_names(given, steps) -> None:
-    """Raise :class:`~fast_timesformer.errors.UnknownNameError` (with the close match) for the first
-    name in ``given`` that is not one of ``steps``."""
-    unknown = [s for s in given if s not in steps]
-    if unknown:
-        raise unknown_name_error("attention step", unknown[0], steps, STEP_ALIASES)
-
-
 def _layers(module: nn.Module):
     return [m for m in module.modules() if isinstance(m, DividedAttention)]
 
@@ -334,20 +322,19 @@ def _layers(module: nn.Module):
 def set_backend(module: nn.Module, backend: BackendSpec, **options) -> nn.Module:
     """Set the backend of every ``DividedAttention`` in ``module``.
 
-    ``backend`` is a name, or a mapping from attention step (``layer.step``: "time", "space", ...) to a
-    name; steps missing from the mapping keep their backend. Unknown step names raise.
+    ``backend``: any form :func:`~fast_timesformer.backends.spec.parse_backend_spec` takes: a name, a
+    mapping from attention step (``layer.step``: "time", "space", ...) to a name or (name, options), or
+    "time=a,space=b"; steps missing from a mapping keep their backend. ``options`` go to every step set
+    (``"space.nb_features"``: to that step only). Unknown step or backend names raise.
     """
     layers = _layers(module)
     if not layers:
         raise ValueError(f"{type(module).__name__} contains no DividedAttention layer")
-    if isinstance(backend, Mapping):
-        check_step_names(backend, sorted({layer.step for layer in layers}))
-        for layer in layers:
-            if layer.step in backend:
-                layer.set_backend(backend[layer.step], **options)
-    else:
-        for layer in layers:
-            layer.set_backend(backend, **options)
+    table = parse_backend_spec(backend, options).for_steps(list(dict.fromkeys(layer.step for layer in layers)))
+    for layer in layers:
+        if layer.step in table:
+            name, opts = table[layer.step]
+            layer.set_backend(name, **opts)
     return module
 
 

@@ -9,6 +9,7 @@ from fast_timesformer import (AttentionCore, Backend, BackendUnavailable, get_ba
                               reference_attention, register_backend, unregister_backend)
 from fast_timesformer import TokenGroups
 from fast_timesformer.models.generative import CrossAttention, GenerativeTimeSformer, patchify, unpatchify
+from fast_timesformer.schemes import get_scheme
 
 TINY = dict(dim=32, image_size=16, patch_size=4, num_frames=3, num_target_frames=2, channels=3, depth=2,
             heads=2, dim_head=8)
@@ -303,3 +304,71 @@ def test_loss_falls_on_bouncing_squares():
     # it falls, and ends below the best prediction that ignores the context (the per-pixel mean target)
     best_constant = (target - target.mean(0, keepdim=True)).square().mean().item()
     assert losses[-1] < 0.75 * losses[0] and losses[-1] < best_constant, (best_constant, losses)
+
+
+# ---- the context encoder's scheme and all-context target attention -----------------------------------
+def test_all_context_cost_is_what_the_docs_say(counting_backend):
+    """``target_attention="all_context"``: every target query over every context token, f' n f n scores per
+    layer and head for the cross step (per_position: f' n f); the context and the target space step are
+    unchanged."""
+    b, f, n, depth, heads = 2, 3, 16, 2, 2
+    for t in (1, 2, 4):
+        model = tiny(num_target_frames=t, backend=counting_backend, depth=depth, heads=heads,
+                     target_attention="all_context").eval()
+        CountingCore.scores = []
+        with torch.no_grad():
+            model(torch.randn(b, f, 3, 16, 16))
+        context = depth * b * heads * (n * f * f + f * n * n)
+        assert sum(CountingCore.scores) == context + depth * b * heads * (t * n * f * n + t * n * n)
+
+
+@pytest.mark.parametrize("target_attention", ["per_position", "all_context"])
+def test_all_context_reads_every_position(target_attention):
+    """The cross step of a target block: with per_position a change in the context at patch 0 reaches the
+    targets at patch 0 only; with all_context it reaches the targets at every patch."""
+    f, t, n, dim = 3, 2, 16, 32
+    block = tiny(target_attention=target_attention, depth=1).layers[0].target.eval()
+    seen = []
+    block.cross_attn.register_forward_hook(lambda mod, args, out: seen.append(out))
+    y, context = torch.randn(1, t * n, dim), torch.randn(1, f * n, dim)
+    changed = context.clone()
+    changed[:, 0::n] += torch.randn(f, dim)  # patch 0 of every context frame (not a constant: LayerNorm)
+    with torch.no_grad():
+        block(y, context, f, t, n, target_attention)
+        block(y, changed, f, t, n, target_attention)
+    moved = (seen[0] - seen[1]).abs().amax(-1).view(t, n) > 1e-6  # (target frame, patch)
+    assert moved[:, 0].all()
+    assert moved[:, 1:].all() if target_attention == "all_context" else not moved[:, 1:].any()
+
+
+@pytest.mark.parametrize("scheme", ["axial", "joint_space_time", "sparse_local_global", "space_only"])
+@pytest.mark.parametrize("target_attention", ["per_position", "all_context"])
+def test_any_registered_scheme_as_context_encoder_trains(scheme, target_attention):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    clips = bouncing_squares(8, 6, generator=g)
+    context, target = clips[:, :4], clips[:, 4:]
+    model = GenerativeTimeSformer(dim=32, image_size=16, patch_size=4, num_frames=4, num_target_frames=2,
+                                  channels=1, depth=1, heads=2, dim_head=16, scheme=scheme,
+                                  target_attention=target_attention)
+    steps = set(model.attention_steps)
+    assert steps == set(get_scheme(scheme).step_names) | {"space", "cross"}
+    assert {m.step for m in model.modules() if hasattr(m, "backend_name")} == steps
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.mse_loss(model(context), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_scheme_and_target_attention_are_checked():
+    with pytest.raises(ValueError, match="Did you mean 'axial'"):
+        tiny(scheme="axail")
+    with pytest.raises(ValueError, match="Did you mean 'all_context'"):
+        tiny(target_attention="all")
+    with pytest.raises(ValueError, match="odd"):
+        tiny(scheme="sparse_local_global")  # 3 context frames

@@ -1,4 +1,4 @@
-"""``GenerativeTimeSformer``: future-frame prediction with divided space-time attention (seed 000).
+"""``GenerativeTimeSformer``: future-frame prediction (seed 000), divided space-time attention by default.
 
 Input: ``f`` context frames ``(b, f, c, h, w)``. Output: ``num_target_frames`` predicted frames
 ``(b, f', out_channels, h, w)``.
@@ -27,6 +27,13 @@ context never attends to the targets, so the context's cost does not depend on `
 generative fork this replaces made every query attend to every token, quadratic in all tokens; it also
 ran only its first layer and ``.view``-ed the tokens into frames without un-patchifying them.)
 
+Options. ``scheme=``: the context blocks run any registered scheme's steps instead of time + space (each
+step ``<step>_norm``/``<step>_attn``, no CLS token; the scheme's size rule applies to the context clip).
+``target_attention="all_context"`` (seed 000's idea): every target query attends to every context token
+(one group of ``f' * n`` queries over ``f * n`` keys) instead of the ``f`` tokens at its own position:
+``f' * n * f * n`` cross-attention scores per layer and head instead of ``f' * n * f``, n times more, still
+linear in ``f'``. See docs/generative.md.
+
 Every attention goes through the backend registry (:class:`~fast_timesformer.attention.DividedAttention`
 layers, so :func:`~fast_timesformer.attention.set_backend` / ``use_backend`` with the steps "time",
 "space" and "cross" switch them). Cross-attention needs a backend that takes more keys than queries
@@ -47,12 +54,16 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..attention import DividedAttention, check_step_names, set_backend as _set_backend
+from .._names import unknown_name_error
+from ..attention import DividedAttention
 from ..backends import BackendUnavailable
+from ..backends.spec import parse_backend_spec
 from ..groups import TokenGroups
+from ..schemes import get_scheme
 from .layers import init_linear_and_norm_
 
-__all__ = ["GenerativeTimeSformer", "CrossAttention", "patchify", "unpatchify", "GENERATIVE_STEPS"]
+__all__ = ["GenerativeTimeSformer", "CrossAttention", "patchify", "unpatchify", "GENERATIVE_STEPS", "TARGET_ATTENTION",
+           "generative_steps"]
 
 GENERATIVE_STEPS = ("time", "space", "cross")
 
@@ -153,61 +164,66 @@ def _norm(dim):
 
 
 class ContextBlock(nn.Module):
-    """Divided space-time block on the context tokens (b, f*n, dim): time, then space, then MLP."""
+    """The context encoder's block on the context tokens (b, f*n, dim): the scheme's attention steps in
+    order (``<step>_norm``, ``<step>_attn``; divided space-time: time, then space), then the MLP."""
 
-    def __init__(self, dim, heads, dim_head, hidden, attn_dropout, ff_dropout, qkv_bias, backends, options):
+    def __init__(self, scheme, dim, heads, dim_head, hidden, attn_dropout, ff_dropout, qkv_bias, backends):
         super().__init__()
         attn = dict(heads=heads, dim_head=dim_head, dropout=ff_dropout, attn_dropout=attn_dropout, qkv_bias=qkv_bias,
                     cls="none")
-        self.time_norm = _norm(dim)
-        self.time_attn = DividedAttention(dim, backend=backends["time"][0], step="time", **attn,
-                                          **{**options, **backends["time"][1]})
-        self.space_norm = _norm(dim)
-        self.space_attn = DividedAttention(dim, backend=backends["space"][0], step="space", **attn,
-                                           **{**options, **backends["space"][1]})
+        self.step_names = scheme.step_names
+        for step in self.step_names:
+            name, opts = backends[step]
+            self.add_module(f"{step}_norm", _norm(dim))
+            self.add_module(f"{step}_attn", DividedAttention(dim, backend=name, step=step, **attn, **opts))
         self.mlp_norm = _norm(dim)
         self.mlp = FeedForward(dim, hidden, ff_dropout)
 
-    def forward(self, x, f: int, n: int):
-        x = x + self.time_attn(self.time_norm(x), groups=TokenGroups.time(f, n))
-        x = x + self.space_attn(self.space_norm(x), groups=TokenGroups.space(f, n))
+    def forward(self, x, groups: tuple):
+        """``groups``: the scheme's TokenGroups per step for the context clip."""
+        for step, g in zip(self.step_names, groups):
+            x = x + getattr(self, f"{step}_attn")(getattr(self, f"{step}_norm")(x), groups=g)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class TargetBlock(nn.Module):
-    """Target queries (b, f'*n, dim): cross-attention to the context at their patch position, then
-    spatial self-attention within their own target frame, then MLP."""
+    """Target queries (b, f'*n, dim): cross-attention to the context (at their own patch position, or all of
+    it: ``target_attention``), then spatial self-attention within their own target frame, then MLP."""
 
-    def __init__(self, dim, heads, dim_head, hidden, attn_dropout, ff_dropout, qkv_bias, backends, options):
+    def __init__(self, dim, heads, dim_head, hidden, attn_dropout, ff_dropout, qkv_bias, backends):
         super().__init__()
         self.query_norm = _norm(dim)
         self.context_norm = _norm(dim)
+        name, opts = backends["cross"]
         self.cross_attn = CrossAttention(dim, heads, dim_head, ff_dropout, attn_dropout=attn_dropout,
-                                         qkv_bias=qkv_bias, backend=backends["cross"][0],
-                                         **{**options, **backends["cross"][1]})
+                                         qkv_bias=qkv_bias, backend=name, **opts)
         self.space_norm = _norm(dim)
+        name, opts = backends["space"]
         self.space_attn = DividedAttention(dim, heads, dim_head, ff_dropout, attn_dropout=attn_dropout,
-                                           qkv_bias=qkv_bias, cls="none", backend=backends["space"][0],
-                                           step="space", **{**options, **backends["space"][1]})
+                                           qkv_bias=qkv_bias, cls="none", backend=name, step="space", **opts)
         self.mlp_norm = _norm(dim)
         self.mlp = FeedForward(dim, hidden, ff_dropout)
 
-    def forward(self, y, context, f: int, t: int, n: int):
-        y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), groups=TokenGroups.time(t, n),
-                                context_groups=TokenGroups.time(f, n))
+    def forward(self, y, context, f: int, t: int, n: int, target_attention: str = "per_position"):
+        if target_attention == "all_context":  # one group: every target query, every context token
+            groups, context_groups = TokenGroups.joint(t, n), TokenGroups.joint(f, n)
+        else:  # per_position: group p = the targets at patch p and the context tokens at patch p
+            groups, context_groups = TokenGroups.time(t, n), TokenGroups.time(f, n)
+        y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), groups=groups,
+                                context_groups=context_groups)
         y = y + self.space_attn(self.space_norm(y), groups=TokenGroups.space(t, n))
         return y + self.mlp(self.mlp_norm(y))
 
 
 class GenerativeLayer(nn.Module):
-    def __init__(self, *args):
+    def __init__(self, scheme, *args):
         super().__init__()
-        self.context = ContextBlock(*args)
+        self.context = ContextBlock(scheme, *args)
         self.target = TargetBlock(*args)
 
-    def forward(self, x, y, f: int, t: int, n: int):
-        x = self.context(x, f, n)
-        return x, self.target(y, x, f, t, n)
+    def forward(self, x, y, context_groups: tuple, f: int, t: int, n: int, target_attention: str = "per_position"):
+        x = self.context(x, context_groups)
+        return x, self.target(y, x, f, t, n, target_attention)
 
 
 # ---- the model ---------------------------------------------------------------------------------------
@@ -219,24 +235,14 @@ def _pair(v, name):
     raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
 
 
-def _backends_per_step(backend) -> dict:
-    """step -> (backend name, per-step options) from a name or a mapping step -> name or (name, options)
-    (a list [name, options] too: that is how a JSON training config stores it)."""
-    if isinstance(backend, str):
-        return {step: (backend, {}) for step in GENERATIVE_STEPS}
-    if isinstance(backend, Mapping):
-        check_step_names(backend, GENERATIVE_STEPS)
-        out = {}
-        for step in GENERATIVE_STEPS:
-            spec = backend.get(step, "regular")
-            if isinstance(spec, str):
-                out[step] = (spec, {})
-            elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], Mapping):
-                out[step] = (spec[0], dict(spec[1]))
-            else:
-                raise ValueError(f"backend for step {step!r} must be a name or (name, options), got {spec!r}")
-        return out
-    raise TypeError(f"backend must be a name or a mapping step -> name, got {type(backend).__name__}")
+#: how the target queries read the context: at their own patch position (linear in the targets), or all of it
+TARGET_ATTENTION = ("per_position", "all_context")
+
+
+def generative_steps(scheme) -> tuple:
+    """The attention steps of a GenerativeTimeSformer whose context encoder runs ``scheme``: the scheme's
+    steps, then "cross" and the targets' "space" (shared with the scheme's "space" step if it has one)."""
+    return tuple(dict.fromkeys(get_scheme(scheme).step_names + ("space", "cross")))
 
 
 class GenerativeTimeSformer(nn.Module):
@@ -251,8 +257,14 @@ class GenerativeTimeSformer(nn.Module):
             refuse it in training mode with the reason). ff_dropout: dropout in the MLPs and on the
             attention output projections (as in TimeSformer). mlp_ratio: MLP hidden width / dim.
         qkv_bias: bias in the q/k/v projections.
-        backend: a backend name, or a mapping step -> name over "time", "space", "cross" (missing steps:
-            "regular"). ``**backend_options`` go to every attention layer's backend.
+        scheme: the context encoder's space-time scheme, any registered one (default
+            ``divided_space_time``, seed 000's); its size rule applies to the context clip.
+        target_attention: ``"per_position"`` (default): target (t', p) attends to the f context tokens at
+            patch p, ``f' * n * f`` scores per layer and head; ``"all_context"`` (seed 000's idea): every
+            target query attends to every context token, ``f' * n * f * n`` scores (n times more).
+        backend: a backend name, or a mapping step -> name or (name, options) over
+            :attr:`attention_steps` (the scheme's steps, "space" and "cross"; missing steps: "regular"), or
+            "time=a,cross=b". ``**backend_options`` go to every attention layer's backend.
 
     ``forward(video)``: (b, num_frames, channels, H, W) -> (b, num_target_frames, out_channels, H, W).
     """
@@ -260,7 +272,8 @@ class GenerativeTimeSformer(nn.Module):
     def __init__(self, *, dim: int, image_size: Union[int, tuple], patch_size: int, num_frames: int,
                  num_target_frames: int, channels: int = 3, out_channels: Optional[int] = None, depth: int,
                  heads: int = 8, dim_head: int = 64, attn_dropout: float = 0.0, ff_dropout: float = 0.0,
-                 mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, scheme: str = "divided_space_time",
+                 target_attention: str = "per_position",
                  backend: Union[str, Mapping[str, str]] = "regular", **backend_options):
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
@@ -275,16 +288,22 @@ class GenerativeTimeSformer(nn.Module):
             raise ValueError(f"image_size {ih}x{iw} is not divisible by patch_size={patch_size}")
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
-        backends = _backends_per_step(backend)
+        if target_attention not in TARGET_ATTENTION:
+            raise unknown_name_error("target_attention", target_attention, TARGET_ATTENTION)
+        self.scheme = get_scheme(scheme)
+        self.target_attention = target_attention
+        self.attention_steps = generative_steps(self.scheme)
+        backends = parse_backend_spec(backend, backend_options).table(self.attention_steps, fallback="regular")
         self.config = dict(dim=dim, image_size=image_size, patch_size=patch_size, num_frames=num_frames,
                            num_target_frames=num_target_frames, channels=channels, out_channels=out_channels,
                            depth=depth, heads=heads, dim_head=dim_head, attn_dropout=attn_dropout,
-                           ff_dropout=ff_dropout, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, backend=backend,
-                           **backend_options)
+                           ff_dropout=ff_dropout, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, scheme=self.scheme.name,
+                           target_attention=target_attention, backend=backend, **backend_options)
         self.image_size = (ih, iw)
         self.patch_size = patch_size
         self.grid = (ih // patch_size, iw // patch_size)
         self.num_patches = n = self.grid[0] * self.grid[1]
+        self.scheme.check(num_frames, *self.grid, what="the context clip")
         self.num_frames, self.num_target_frames = num_frames, num_target_frames
         self.channels, self.out_channels = channels, out_channels
 
@@ -294,8 +313,7 @@ class GenerativeTimeSformer(nn.Module):
         self.target_query = nn.Parameter(torch.zeros(1, num_target_frames, n, dim))
         hidden = int(dim * mlp_ratio)
         self.layers = nn.ModuleList(
-            GenerativeLayer(dim, heads, dim_head, hidden, attn_dropout, ff_dropout, qkv_bias, backends,
-                            backend_options)
+            GenerativeLayer(self.scheme, dim, heads, dim_head, hidden, attn_dropout, ff_dropout, qkv_bias, backends)
             for _ in range(depth))
         self.norm = _norm(dim)
         self.to_pixels = nn.Linear(dim, patch_size * patch_size * out_channels)
@@ -317,8 +335,13 @@ class GenerativeTimeSformer(nn.Module):
         return checkpoint.from_pretrained(cls, path, **overrides)
 
     def set_backend(self, backend: Union[str, Mapping[str, str]], **options) -> "GenerativeTimeSformer":
-        """Switch the backend of every attention layer (a name, or a mapping over "time"/"space"/"cross")."""
-        _set_backend(self, backend, **options)
+        """Switch the backend of every attention layer (a name), or of some steps (a mapping over
+        :attr:`attention_steps`); steps left out of a mapping keep their backend."""
+        table = parse_backend_spec(backend, options).for_steps(self.attention_steps)
+        for layer in self.modules():
+            if isinstance(layer, DividedAttention) and layer.step in table:
+                name, opts = table[layer.step]
+                layer.set_backend(name, **opts)
         return self
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -338,11 +361,13 @@ class GenerativeTimeSformer(nn.Module):
         x = x.flatten(1, 2)  # (b, f*n, dim), frame-major
         y = self.target_query + self.pos_embed + self.time_embed[:, f:]
         y = y.expand(b, -1, -1, -1).flatten(1, 2)  # (b, t*n, dim)
+        context_groups = self.scheme.token_groups(f, *self.grid)
         for layer in self.layers:
-            x, y = layer(x, y, f, t, n)
+            x, y = layer(x, y, context_groups, f, t, n, self.target_attention)
         pixels = self.to_pixels(self.norm(y)).unflatten(1, (t, n))  # (b, t, n, p*p*out_channels)
         return unpatchify(pixels, self.patch_size, self.grid[0])
 
     def extra_repr(self) -> str:
-        return (f"frames={self.num_frames} -> {self.num_target_frames}, image_size={self.image_size}, "
+        return (f"scheme={self.scheme.name!r}, target_attention={self.target_attention!r}, "
+                f"frames={self.num_frames} -> {self.num_target_frames}, image_size={self.image_size}, "
                 f"patch_size={self.patch_size}, channels={self.channels} -> {self.out_channels}")

@@ -34,7 +34,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._names import unknown_name_error
-from ..attention import DividedAttention, check_step_names
+from ..attention import DividedAttention
+from ..backends.spec import parse_backend_spec
 from ..groups import TokenGroups
 from .layers import init_linear_and_norm_
 from ..schemes import Scheme, get_scheme
@@ -228,23 +229,8 @@ class TimeSformer(nn.Module):
 
     # ---- construction helpers -------------------------------------------------------------------
     def _backend_table(self, backend, options) -> dict:
-        """step -> (backend name, options) from a name or a mapping."""
-        steps = self.scheme.step_names
-        if isinstance(backend, Mapping):
-            check_step_names(backend, steps)
-            table = {}
-            for s in steps:
-                spec = backend.get(s, "regular")
-                if isinstance(spec, str):
-                    table[s] = (spec, dict(options))
-                elif isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[1], Mapping):
-                    table[s] = (spec[0], {**options, **spec[1]})
-                else:
-                    raise ValueError(f"backend for step {s!r} must be a name or (name, options), got {spec!r}")
-            return table
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a name or a mapping step -> name, got {type(backend).__name__}")
-        return {s: (backend, dict(options)) for s in steps}
+        """step -> (backend name, options) for every step (steps a mapping leaves out: ``"regular"``)."""
+        return parse_backend_spec(backend, options).table(self.scheme.step_names, fallback="regular")
 
     def reset_parameters(self) -> None:
         """The official initialisation: truncated normal (std .02) for embeddings and Linear weights, zero
@@ -284,11 +270,7 @@ class TimeSformer(nn.Module):
     def set_backend(self, backend: Union[str, Mapping], **options) -> "TimeSformer":
         """Switch the attention backend of every step (a name) or of some steps (a mapping step -> name or
         (name, options)); weights are kept. Steps left out of a mapping keep their backend."""
-        if isinstance(backend, Mapping):
-            check_step_names(backend, self.attention_steps)
-            table = {s: self._backend_table({s: spec}, options)[s] for s, spec in backend.items()}
-        else:
-            table = self._backend_table(backend, options)
+        table = parse_backend_spec(backend, options).for_steps(self.attention_steps)
         for layer in self.attention_modules():
             if layer.step in table:
                 name, opts = table[layer.step]
