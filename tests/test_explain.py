@@ -409,6 +409,7 @@ def _trajectory_ratio(model, data, n=64, frames=4, patch=4):
     return float(on / off)
 
 
+@pytest.mark.slow
 def test_trained_model_rolls_out_onto_the_shapes_path():
     """Moving shapes (2 classes: forward / backward order, 4 frames of 16x16 px, shapes 5-8 px), divided
     space-time, dim 32, depth 2, 500 AdamW steps of 32 clips (about 22 s of CPU on one core).
