@@ -81,3 +81,8 @@ class TrainingInterrupted(FastTimesformerError):
 class CheckpointConfigError(FastTimesformerError, ValueError):
     """A checkpoint does not record something needed to build its model (e.g. the number of attention
     heads of a bare state dict); the message names the keyword argument to pass."""
+
+
+class CheckpointMismatchLineError(FastTimesformerError, ValueError):
+    """A readable checkpoint whose tensors do not fit the model it is loaded into (missing, unexpected or
+    mis-shaped keys), said in one line naming the file."""

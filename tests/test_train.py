@@ -98,9 +98,16 @@ def test_checkpoint_roundtrip_and_atomic_write(tmp_path):
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == files
     # a strict load names the keys that do not fit
+    from fast_timesformer.errors import CheckpointMismatchLineError
+
     other = type(t.module)(**{**t.module.config, "depth": 2})
-    with pytest.raises(RuntimeError, match="missing"):
+    with pytest.raises(CheckpointMismatchLineError, match="missing"):
         ckpt.load_checkpoint(str(path), model=other)
+    # mis-shaped tensors: one line naming the file and the key (torch's own error is a multi-line RuntimeError)
+    wider = type(t.module)(**{**t.module.config, "num_classes": t.module.config["num_classes"] + 1})
+    with pytest.raises(CheckpointMismatchLineError, match=r"last\.safetensors: .*head\.weight is") as info:
+        ckpt.load_checkpoint(str(path), model=wider)
+    assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match="not a fast_timesformer"):
         from safetensors.torch import save_file
 

@@ -30,8 +30,8 @@ def _is_train_checkpoint(path: str) -> bool:
 def load_model_for_explain(path: str, device: str = "cpu"):
     """``(model, ClipTransform, class names or None)`` from a ``fast-timesformer train`` checkpoint (as
     ``predict`` reads it) or a Hugging Face folder / official file (``TimeSformer.from_pretrained``).
-    Unreadable or mismatched checkpoints raise :class:`CorruptCheckpointError` (one line)."""
-    from ..errors import CorruptCheckpointError, FastTimesformerError
+    Damaged files raise :class:`CorruptCheckpointError`, mismatched ones ``CheckpointMismatchError``."""
+    from ..errors import FastTimesformerError
     from ..train.data import ClipTransform
 
     if not os.path.exists(path):
@@ -54,9 +54,8 @@ def load_model_for_explain(path: str, device: str = "cpu"):
         raise
     except ValueError as e:
         raise ValueError(_one_line(e)) from None
-    except Exception as e:  # mismatched keys or shapes, unreadable file: one line naming the file
-        problem = _one_line(e).replace(f"checkpoint {path} ", "").replace(f"{path}: ", "")
-        raise CorruptCheckpointError(path, f"cannot be loaded as a TimeSformer checkpoint: {problem}") from None
+    # Anything else is a bug, not a user error: it keeps its traceback rather than being relabelled as a
+    # damaged file (a mismatch is CheckpointMismatchError, a damaged file CorruptCheckpointError, both above).
     ih, iw = model.image_size
     if ih != iw:
         raise ValueError(f"{path}: explain reads square clips; the model expects {ih}x{iw}")

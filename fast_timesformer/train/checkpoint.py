@@ -34,7 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import CorruptCheckpointError, WriteFailedError
+from ..errors import CheckpointMismatchLineError, CorruptCheckpointError, WriteFailedError
 
 FORMAT = "fast_timesformer.train/1"
 META_KEY = "fast_timesformer"
@@ -255,6 +255,12 @@ def load_checkpoint(path: str, *, model: Optional[torch.nn.Module] = None,
     except Exception as e:
         raise _unreadable(path, e) from None
     if model is not None:
+        own = model.state_dict()
+        shapes = [f"{k} is {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+                  for k, v in groups["model"].items() if k in own and own[k].shape != v.shape]
+        if shapes:  # torch raises a multi-line RuntimeError for these even when strict=False
+            raise CheckpointMismatchLineError(f"{path}: the checkpoint does not fit the model: "
+                                              + "; ".join(shapes[:4]) + (" ..." if len(shapes) > 4 else ""))
         result = model.load_state_dict(groups["model"], strict=False)
         problems = []
         if result.missing_keys:
@@ -262,7 +268,8 @@ def load_checkpoint(path: str, *, model: Optional[torch.nn.Module] = None,
         if result.unexpected_keys:
             problems.append(f"unexpected {result.unexpected_keys[:8]}")
         if problems and strict:
-            raise RuntimeError(f"checkpoint {path} does not fit the model: " + "; ".join(problems))
+            raise CheckpointMismatchLineError(f"{path}: the checkpoint does not fit the model: "
+                                              + "; ".join(problems))
     if optimizer is not None:
         if "optimizer" not in meta:
             raise ValueError(f"checkpoint {path} has no optimizer state")
