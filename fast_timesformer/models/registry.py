@@ -15,6 +15,9 @@ timesformer_hr_patch16_448        16     448   768   TimeSformer-HR
 timesformer_large_patch16_224     96     224   768   TimeSformer-L (long clips, ViT-B width)
 timesformer_small_patch16_224     8      224   384   ViT-S/16 width, 6 heads (no official weights)
 timesformer_tiny_patch16_224      8      224   192   ViT-Ti/16 width, 3 heads (no official weights)
+tiny                              8      32    64    CPU runs and tests (depth 2, patch 8): the trainer's
+small                             8      32    128   default ``--model`` presets (the trainer sets frames,
+base                              8      32    768   image size and classes from its own options)
 ================================= ====== ===== ===== ============================================
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Callable, Optional
 
 from .timesformer import TimeSformer
 
-__all__ = ["register_model", "create_model", "list_models", "model_config", "is_model"]
+__all__ = ["register_model", "create_model", "list_models", "model_config", "is_model", "PRESETS"]
 
 _MODELS: dict[str, Callable[..., TimeSformer]] = {}
 _CONFIGS: dict[str, dict] = {}
@@ -97,3 +100,11 @@ _entry("timesformer_small_patch16_224", num_frames=8, image_size=224, patch_size
        num_classes=400)
 _entry("timesformer_tiny_patch16_224", num_frames=8, image_size=224, patch_size=16, dim=192, depth=12, heads=3,
        num_classes=400)
+
+# The training presets (``fast-timesformer train --model tiny|small|base``): small configurations for CPU
+# runs and tests. The trainer overrides frames, image size and classes with its own options.
+PRESETS = ("tiny", "small", "base")
+_PRESET = dict(num_frames=8, image_size=32, num_classes=4)
+_entry("tiny", dim=64, depth=2, heads=4, dim_head=16, patch_size=8, mlp_ratio=2.0, drop_path=0.0, **_PRESET)
+_entry("small", dim=128, depth=4, heads=4, dim_head=32, patch_size=8, mlp_ratio=4.0, drop_path=0.0, **_PRESET)
+_entry("base", dim=768, depth=12, heads=12, patch_size=16, mlp_ratio=4.0, drop_path=0.1, **_PRESET)

@@ -24,13 +24,18 @@ def _key_value(text: str):
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
+    from ..backends import list_backends
+    from ..models.registry import PRESETS
+    from ..schemes import list_schemes
+
     m.add_argument("--model", default="tiny",
-                   help="preset (tiny, small, base), a registered model name, a JSON object of constructor "
-                        "arguments or a .json file (default: tiny)")
+                   help=f"a registered model name (the presets {', '.join(PRESETS)} or any name `fast-timesformer "
+                        "models` lists), a JSON object of constructor arguments or a .json file (default: tiny)")
     m.add_argument("--scheme", default="divided_space_time",
-                   help="space_only, joint_space_time, divided_space_time, sparse_local_global, axial")
+                   help="a registered scheme: " + ", ".join(list_schemes()) + " (default: divided_space_time)")
     m.add_argument("--backend", default="regular",
-                   help="attention backend for every step, or per step: 'time=regular,space=performer'")
+                   help="attention backend for every step, or per step: 'time=regular,space=performer' "
+                        "(registered: " + ", ".join(list_backends()) + ", auto)")
     m.add_argument("--backend-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="backend option for every step, e.g. nb_features=64, or for one step, e.g. "
                         "space.nb_features=64 (repeatable)")

@@ -53,16 +53,14 @@ from ..errors import BadVideoError, CorruptCheckpointError, FastTimesformerError
 from . import checkpoint as ckpt
 from .data import BouncingShapes, ClipTransform, build_train_eval
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
+from ..backends.spec import parse_backend_spec
 
 __all__ = ["TrainConfig", "Trainer", "MODEL_PRESETS", "parse_backend", "build_model", "model_spec",
            "lr_at", "task_of", "load_trained_model", "predict_video"]
 
-# Small configurations for CPU runs and tests (any other name is looked up in the model registry).
-MODEL_PRESETS: dict[str, dict] = {
-    "tiny": dict(dim=64, depth=2, heads=4, dim_head=16, patch_size=8, mlp_ratio=2.0, drop_path=0.0),
-    "small": dict(dim=128, depth=4, heads=4, dim_head=32, patch_size=8, mlp_ratio=4.0, drop_path=0.0),
-    "base": dict(dim=768, depth=12, heads=12, patch_size=16, mlp_ratio=4.0, drop_path=0.1),
-}
+# The small CPU configurations are registered model names (fast_timesformer.models.registry): "tiny",
+# "small", "base"; any registered name works the same way.
+from ..models.registry import PRESETS as MODEL_PRESETS  # noqa: E402  (names; kept for imports of this one)
 
 
 @dataclass
@@ -127,17 +125,11 @@ class TrainConfig:
 
 # ---- helpers --------------------------------------------------------------------------------------
 def parse_backend(spec):
-    """"regular" -> "regular"; "time=triton,space=performer" -> {"time": "triton", "space": "performer"}."""
+    """"regular" -> "regular"; "time=triton,space=performer" -> {"time": "triton", "space": "performer"}
+    (:func:`~fast_timesformer.backends.spec.parse_backend_spec` does the parsing and checks the names)."""
     if not isinstance(spec, str) or "=" not in spec:
         return spec
-    out = {}
-    for part in spec.split(","):
-        step, sep, name = part.partition("=")
-        if not sep or not step.strip() or not name.strip():
-            raise ValueError(f"bad backend spec {spec!r}: use a name or step=name pairs, e.g. "
-                             "'time=regular,space=performer'")
-        out[step.strip()] = name.strip()
-    return out
+    return {step: name for step, (name, _) in parse_backend_spec(spec).steps.items()}
 
 
 def task_of(dataset: str) -> str:
@@ -154,9 +146,12 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int, min_ratio: float) 
 
 
 def _model_base(name: str) -> tuple[Optional[str], dict]:
-    """(registry name or None, keyword arguments) from --model."""
-    if name in MODEL_PRESETS:
-        return None, dict(MODEL_PRESETS[name])
+    """(registry name or None, keyword arguments) from --model: a registered name (the presets tiny, small,
+    base among them), a JSON object of constructor arguments or a .json file."""
+    from ..models.registry import is_model, list_models, model_config
+
+    if is_model(name):
+        return name, model_config(name)
     if name.lstrip().startswith("{"):
         try:
             return None, json.loads(name)
@@ -167,51 +162,28 @@ def _model_base(name: str) -> tuple[Optional[str], dict]:
             raise FileNotFoundError(f"model config {name} does not exist")
         with open(name) as f:
             return None, json.load(f)
-    try:
-        from ..models import list_models
-    except ImportError:
-        list_models = None
-    if list_models is not None and name in list_models():
-        return name, {}
-    known = sorted(MODEL_PRESETS) + (sorted(list_models()) if list_models is not None else [])
-    raise ValueError(f"unknown model {name!r}: use a preset or registered model ({', '.join(known)}), "
+    raise ValueError(f"unknown model {name!r}: use a registered model ({', '.join(list_models())}), "
                      "a JSON object of constructor arguments, or a .json file")
 
 
 def model_spec(cfg: TrainConfig, *, num_classes: int, channels: int = 3) -> dict:
     """Everything needed to rebuild the model (stored in checkpoints)."""
     registry, kwargs = _model_base(cfg.model)
-    backend = parse_backend(cfg.backend)
-    shared = {k: v for k, v in cfg.backend_options.items() if "." not in k}
-    per_step: dict[str, dict] = {}
-    for key, value in cfg.backend_options.items():
-        if "." in key:  # "space.nb_features": an option for one attention step only
-            step, _, name = key.partition(".")
-            per_step.setdefault(step, {})[name] = value
-    if per_step:
-        if not isinstance(backend, dict):
-            raise ValueError("step-qualified backend options (e.g. space.nb_features) need a per-step "
-                             "--backend such as 'time=regular,space=performer'")
-        missing = sorted(set(per_step) - set(backend))
-        if missing:
-            raise ValueError(f"backend options name step(s) {missing} that --backend does not set")
-        backend = {step: [name, per_step[step]] if step in per_step else name for step, name in backend.items()}
+    # "space.nb_features": an option for one attention step only; the others go to every step
+    parsed = parse_backend_spec(cfg.backend, cfg.backend_options)
+    backend, shared = parsed.to_json(), parsed.shared
     kwargs.update(num_frames=cfg.num_frames, image_size=cfg.image_size, channels=channels,
                   scheme=cfg.scheme, backend=backend, **shared)
     for key in ("attn_dropout", "ff_dropout", "drop_path"):
         if getattr(cfg, key) is not None:
             kwargs[key] = getattr(cfg, key)
     if task_of(cfg.dataset) == "predict":
-        # GenerativeTimeSformer is divided space-time by construction and has no stochastic depth
-        if registry is not None:
-            raise ValueError(f"{cfg.model!r} is a classification model; future-frame prediction builds a "
-                             "GenerativeTimeSformer from a preset or a JSON config")
-        if kwargs.pop("scheme") != "divided_space_time":
-            raise ValueError("future-frame prediction (GenerativeTimeSformer) uses divided space-time "
-                             f"attention only; got --scheme {cfg.scheme}")
+        # GenerativeTimeSformer: the registered configuration's sizes (what it does not take is left out by
+        # build_model), any registered scheme for its context encoder, no stochastic depth
         if cfg.drop_path:
             raise ValueError("GenerativeTimeSformer has no drop_path (stochastic depth)")
-        kwargs.pop("drop_path", None)
+        for key in ("drop_path", "num_classes", "cls_mode"):
+            kwargs.pop(key, None)
         kwargs.update(num_target_frames=cfg.num_target_frames, out_channels=channels)
         return {"class": "GenerativeTimeSformer", "registry": None, "kwargs": kwargs}
     kwargs["num_classes"] = num_classes
