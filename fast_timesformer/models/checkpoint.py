@@ -1,6 +1,9 @@
-"""Loading pretrained TimeSformer weights: official ``.pyth``/``.pth`` files and Hugging Face folders.
+"""The generic checkpoint reader and loader: formats, unwrapping, damage detection, :class:`LoadReport`.
 
-``TimeSformer.from_pretrained(path, strict=True, **overrides)`` delegates to :func:`load_pretrained`:
+It never imports a model: a model class hands it its :class:`CheckpointLayout` (how to rename a foreign
+state dict and read its configuration; TimeSformer's, the Hugging Face and official layouts, lives beside
+the model in :mod:`.timesformer_layouts`). ``TimeSformer.from_pretrained(path, strict=True, **overrides)``
+delegates to :func:`load_pretrained`:
 
 1. **Read** the tensors without running foreign code: ``*.safetensors`` with the safetensors package,
    everything else with ``torch.load(weights_only=True)``. A file that only arbitrary unpickling could
@@ -30,59 +33,71 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from .._names import unknown_name_error
 from ..errors import CheckpointConfigError, CorruptCheckpointError, DeviceUnavailableError, FastTimesformerError
 from .resample import resample_pos_embed, resample_time_embed, to_hw
 
 __all__ = [
-    "LoadReport", "CheckpointMismatchError", "CheckpointWarning", "UnsafeCheckpointError",
+    "LoadReport", "CheckpointMismatchError", "CheckpointWarning", "UnsafeCheckpointError", "CheckpointLayout",
     "from_pretrained", "load_pretrained", "load_state_dict_into", "read_checkpoint", "safe_torch_load",
-    "unwrap_state_dict",
+    "unwrap_state_dict", "set_default_model",
     "convert_hf_state_dict", "official_to_hf_key", "hf_to_official_key", "config_from_hf",
     "infer_config_from_state_dict", "HF_SCHEMES", "TRAIN_FORMAT", "check_device",
 ]
 
+# TimeSformer's layout functions, importable from here as before (they live in .timesformer_layouts, which
+# imports neither this module nor the model)
+_LAYOUT_NAMES = ("convert_hf_state_dict", "official_to_hf_key", "hf_to_official_key", "config_from_hf",
+                 "infer_config_from_state_dict", "HF_SCHEMES")
+
+
+def __getattr__(name):
+    if name in _LAYOUT_NAMES:
+        from . import timesformer_layouts
+
+        return getattr(timesformer_layouts, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """How one model family reads foreign checkpoints; the model class hands it to the loader
+    (``model_cls.checkpoint_layout``), so this module never imports a model.
+
+    ``convert(state) -> (state in the model's names, format name)``: an unwrapped state dict renamed.
+    ``configure(state, hf_config, extra, overrides, path) -> (config, notes, checkpoint_config,
+    layer_norm_eps)``: the constructor arguments (``overrides`` win), notes for the report, the
+    checkpoint's own image/patch sizes when they matter for resampling (or None), and a LayerNorm eps to
+    set (or None). A model class without a layout reads only ``fast-timesformer train`` checkpoints.
+    """
+
+    name: str
+    convert: Callable[[Mapping[str, torch.Tensor]], Tuple[Dict[str, torch.Tensor], str]]
+    configure: Callable[..., Tuple[Dict[str, Any], List[str], Optional[dict], Optional[float]]]
+
+
+_DEFAULT_MODEL: list = []  # the class load_pretrained builds without model_cls (TimeSformer registers itself)
+
+
+def set_default_model(model_cls) -> None:
+    """The model class :func:`load_pretrained` and :func:`read_checkpoint` use when given none."""
+    _DEFAULT_MODEL[:] = [model_cls]
+
+
+def _default_model():
+    if not _DEFAULT_MODEL:
+        import importlib
+
+        importlib.import_module("fast_timesformer.models")  # its TimeSformer registers itself
+    return _DEFAULT_MODEL[0]
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-
-#: Hugging Face ``attention_type`` -> this package's ``scheme``.
-HF_SCHEMES = {
-    "divided_space_time": "divided_space_time",
-    "space_only": "space_only",
-    "joint_space_time": "joint_space_time",
-}
-
-# Hugging Face name -> official name, for the tensors outside the blocks and inside block i.
-_HF_TOP = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.time_embeddings": "time_embed",
-    "embeddings.patch_embeddings.projection": "patch_embed.proj",
-    "layernorm": "norm",
-    "classifier": "head",
-}
-_HF_BLOCK = {
-    "layernorm_before": "norm1",
-    "attention.attention.qkv": "attn.qkv",
-    "attention.output.dense": "attn.proj",
-    "temporal_layernorm": "temporal_norm1",
-    "temporal_attention.attention.qkv": "temporal_attn.qkv",
-    "temporal_attention.output.dense": "temporal_attn.proj",
-    "temporal_dense": "temporal_fc",
-    "layernorm_after": "norm2",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-}
-_OFFICIAL_TOP = {v: k for k, v in _HF_TOP.items()}
-_OFFICIAL_BLOCK = {v: k for k, v in _HF_BLOCK.items()}
-_PARAM_SUFFIXES = ("weight", "bias")
-
 
 class CheckpointMismatchError(FastTimesformerError, RuntimeError):
     """A strict load found missing, unexpected or mis-shaped keys; ``.report`` holds them all (a user error:
@@ -411,9 +426,11 @@ def _is_official_release(raw: Any) -> bool:
         raw.get("cfg"), str)
 
 
-def _read_any(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[dict], str, dict]:
+def _read_any(path: PathLike, convert=None) -> Tuple[Dict[str, torch.Tensor], Optional[dict], str, dict]:
     """:func:`read_checkpoint` plus what else the file records: ``{"train": metadata}`` for a
-    ``fast-timesformer train`` checkpoint, ``{"official_release": True}`` for the official layout."""
+    ``fast-timesformer train`` checkpoint, ``{"official_release": True}`` for the official layout.
+    ``convert``: a layout's renaming (:attr:`CheckpointLayout.convert`); None keeps the names (format
+    ``"state_dict"``)."""
     path = Path(path)
     hf_config = None
     extra: dict = {}
@@ -439,179 +456,25 @@ def _read_any(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[dict], 
     else:
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = unwrap_state_dict(raw, str(path))
-    if any(_is_hf_key(k) for k in state):
-        return convert_hf_state_dict(state), hf_config, "huggingface", extra
-    return state, hf_config, "official", extra
+    if convert is None:
+        return state, hf_config, "state_dict", extra
+    state, fmt = convert(state)
+    return state, hf_config, fmt, extra
 
 
-def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Optional[dict], str]:
+def read_checkpoint(path: PathLike, layout: Optional[CheckpointLayout] = None
+                    ) -> Tuple[Dict[str, torch.Tensor], Optional[dict], str]:
     """Read ``path`` -> ``(state_dict with official names, hf_config or None, format)``.
 
     ``path``: a Hugging Face folder (``config.json`` + weights, or shards), one ``.pyth``/``.pth``/``.pt``/
     ``.bin``/``.safetensors`` file in official or Hugging Face naming, or a ``fast-timesformer train``
     checkpoint (format ``"fast_timesformer.train"``: the ``model.*`` tensors, names as this package's).
     A damaged file raises :class:`~fast_timesformer.errors.CorruptCheckpointError` naming it.
+    ``layout``: the naming to convert to (default: the default model's, TimeSformer's official names).
     """
-    state, hf_config, fmt, _ = _read_any(path)
+    layout = layout if layout is not None else _default_model().checkpoint_layout
+    state, hf_config, fmt, _ = _read_any(path, layout.convert)
     return state, hf_config, fmt
-
-
-# ---- key names -------------------------------------------------------------------------------------
-
-def _is_hf_key(key: str) -> bool:
-    return key.startswith(("timesformer.", "embeddings.patch_embeddings", "encoder.layer.")) or key.startswith(
-        "classifier.")
-
-
-def _split_param(key: str) -> Tuple[str, str]:
-    stem, _, last = key.rpartition(".")
-    return (stem, last) if last in _PARAM_SUFFIXES else (key, "")
-
-
-def _join(stem: str, last: str) -> str:
-    return f"{stem}.{last}" if last else stem
-
-
-def hf_to_official_key(key: str) -> Optional[str]:
-    """``timesformer.encoder.layer.3.temporal_dense.weight`` -> ``blocks.3.temporal_fc.weight``; None if
-    the name is not a Timesformer tensor."""
-    if key.startswith("timesformer."):
-        key = key[len("timesformer."):]
-    stem, last = _split_param(key)
-    if stem in _HF_TOP:
-        return _join(_HF_TOP[stem], last)
-    m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", stem)
-    if m and m.group(2) in _HF_BLOCK:
-        return _join(f"blocks.{m.group(1)}.{_HF_BLOCK[m.group(2)]}", last)
-    return None
-
-
-def official_to_hf_key(key: str) -> Optional[str]:
-    """The inverse of :func:`hf_to_official_key` (names of ``TimesformerForVideoClassification``)."""
-    stem, last = _split_param(key)
-    if stem in _OFFICIAL_TOP:
-        top = _OFFICIAL_TOP[stem]
-        return _join(top if top == "classifier" else f"timesformer.{top}", last)
-    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", stem)
-    if m and m.group(2) in _OFFICIAL_BLOCK:
-        return _join(f"timesformer.encoder.layer.{m.group(1)}.{_OFFICIAL_BLOCK[m.group(2)]}", last)
-    return None
-
-
-def convert_hf_state_dict(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename a Hugging Face Timesformer state dict to official names; unknown keys are kept as they are
-    (and then show up as unexpected)."""
-    out = {}
-    for k, v in state.items():
-        new = hf_to_official_key(k)
-        out[new if new is not None else k] = v
-    return out
-
-
-# ---- configuration ---------------------------------------------------------------------------------
-
-def _square_or_pair(v):
-    if isinstance(v, (list, tuple)):
-        h, w = (int(x) for x in v)
-        return h if h == w else (h, w)
-    return int(v)
-
-
-def config_from_hf(cfg: Mapping[str, Any], state: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, Any]:
-    """Hugging Face ``TimesformerConfig`` (as a dict) -> TimeSformer keyword arguments."""
-    if cfg.get("model_type", "timesformer") != "timesformer":
-        raise ValueError(f"config.json describes a {cfg.get('model_type')!r} model, not a Timesformer")
-    act = cfg.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise ValueError(f"hidden_act={act!r} is not supported: TimeSformer uses exact GELU ('gelu')")
-    attention_type = cfg.get("attention_type", "divided_space_time")
-    if attention_type not in HF_SCHEMES:
-        raise unknown_name_error("attention_type in config.json", attention_type, HF_SCHEMES)
-    dim = int(cfg.get("hidden_size", 768))
-    heads = int(cfg.get("num_attention_heads", 12))
-    if dim % heads:
-        raise ValueError(f"hidden_size={dim} is not divisible by num_attention_heads={heads}")
-    if state is not None and "head.weight" in state:
-        num_classes = int(state["head.weight"].shape[0])
-    elif state is not None:
-        num_classes = 0  # a TimesformerModel (no classifier)
-    elif cfg.get("id2label"):
-        num_classes = len(cfg["id2label"])
-    else:
-        num_classes = int(cfg.get("num_labels", 0))
-    return dict(
-        num_classes=num_classes,
-        num_frames=int(cfg.get("num_frames", 8)),
-        image_size=_square_or_pair(cfg.get("image_size", 224)),
-        patch_size=_square_or_pair(cfg.get("patch_size", 16)),
-        channels=int(cfg.get("num_channels", 3)),
-        dim=dim,
-        depth=int(cfg.get("num_hidden_layers", 12)),
-        heads=heads,
-        dim_head=dim // heads,
-        mlp_ratio=int(cfg.get("intermediate_size", 4 * dim)) / dim,
-        qkv_bias=bool(cfg.get("qkv_bias", True)),
-        attn_dropout=float(cfg.get("attention_probs_dropout_prob", 0.0)),
-        ff_dropout=float(cfg.get("hidden_dropout_prob", 0.0)),
-        drop_path=float(cfg.get("drop_path_rate", 0.0)),
-        scheme=HF_SCHEMES[attention_type],
-    )
-
-
-def infer_config_from_state_dict(state: Mapping[str, torch.Tensor], **given) -> Tuple[Dict[str, Any], List[str]]:
-    """Architecture of an official state dict from its tensor shapes, with ``given`` keyword arguments
-    taking precedence. Returns ``(config, notes)``; notes say what was assumed rather than read."""
-    notes: List[str] = []
-    for key in ("pos_embed", "patch_embed.proj.weight"):
-        if key not in state:
-            raise ValueError(f"not a TimeSformer state dict: {key!r} is missing (keys: {sorted(state)[:8]} ...)")
-    proj = state["patch_embed.proj.weight"]  # (dim, channels, p, p)
-    dim, channels = int(proj.shape[0]), int(proj.shape[1])
-    patch = _square_or_pair(tuple(proj.shape[-2:]))
-    blocks = {int(m.group(1)) for k in state for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
-    depth = max(blocks) + 1 if blocks else 0
-    cfg: Dict[str, Any] = dict(channels=channels, dim=dim, patch_size=patch, depth=depth)
-    n = state["pos_embed"].shape[1] - 1
-    side = math.isqrt(n)
-    if "image_size" not in given:
-        if side * side != n:
-            raise ValueError(f"pos_embed has {n} patch rows, not a square grid: pass image_size=(h, w)")
-        ph, pw = to_hw(patch)
-        cfg["image_size"] = side * ph if ph == pw else (side * ph, side * pw)
-    if "head.weight" in state:
-        cfg["num_classes"] = int(state["head.weight"].shape[0])
-    else:
-        cfg["num_classes"] = 0
-        notes.append("no head.weight: built without a classification head (num_classes=0)")
-    if "time_embed" in state:
-        cfg["num_frames"] = int(state["time_embed"].shape[1])
-    if "blocks.0.mlp.fc1.weight" in state:
-        cfg["mlp_ratio"] = state["blocks.0.mlp.fc1.weight"].shape[0] / dim
-    if "blocks.0.attn.qkv.weight" in state:
-        cfg["qkv_bias"] = "blocks.0.attn.qkv.bias" in state
-        inner = state["blocks.0.attn.qkv.weight"].shape[0] // 3
-    else:
-        inner = dim
-    if any(".temporal_attn." in k for k in state):
-        cfg["scheme"] = "divided_space_time"
-    elif "time_embed" in state:
-        cfg["scheme"] = "joint_space_time"
-    else:
-        cfg["scheme"] = "space_only"
-    if "scheme" not in given and cfg["scheme"] != "divided_space_time":
-        notes.append(f"scheme={cfg['scheme']!r} inferred from the keys (no temporal_attn"
-                     f"{'' if cfg['scheme'] == 'joint_space_time' else ', no time_embed'})")
-    if "heads" not in given:
-        # the shapes give the attention width, never how it splits into heads: 64-wide heads are only a
-        # convention (ViT-S/B/L), so guessing could build a different model that loads without complaint
-        example = f"; e.g. heads={inner // 64} if it used 64-wide heads as the ViT sizes do" if inner % 64 == 0 else ""
-        raise CheckpointConfigError(
-            f"the state dict does not record the number of attention heads (its attention width is {inner}): "
-            f"pass heads=N, the number the checkpoint was trained with{example}")
-    cfg.update(given)
-    if "dim_head" not in given and "heads" in cfg and inner % cfg["heads"] == 0:
-        cfg["dim_head"] = inner // cfg["heads"]
-    return cfg, notes
 
 
 # ---- loading into a model --------------------------------------------------------------------------
@@ -787,38 +650,27 @@ def load_pretrained(path: PathLike, *, strict: bool = True, model_cls=None, devi
     raises :class:`~fast_timesformer.errors.DeviceUnavailableError`).
     The model is returned in eval mode with ``model.load_report`` set."""
     if model_cls is None:
-        from .timesformer import TimeSformer as model_cls
+        model_cls = _default_model()
     if device is not None:
         device = check_device(device)
-    state, hf_config, fmt, extra = _read_any(path)
+    layout: Optional[CheckpointLayout] = getattr(model_cls, "checkpoint_layout", None)
+    state, hf_config, fmt, extra = _read_any(path, None if layout is None else layout.convert)
     notes: List[str] = []
     ckpt_config = None  # the grid is read from pos_embed (square) unless the checkpoint says otherwise
     eps = None
     train_meta = extra.get("train")
-    if train_meta is None and model_cls.__name__ == "GenerativeTimeSformer":
-        raise CheckpointConfigError(f"{path} is a {fmt} TimeSformer checkpoint, not a GenerativeTimeSformer: "
-                                    "GenerativeTimeSformer.from_pretrained reads checkpoints written by "
-                                    "fast-timesformer train; load this one with TimeSformer.from_pretrained")
+    if train_meta is None and layout is None:
+        default = _default_model()
+        _, fmt = default.checkpoint_layout.convert(state)
+        raise CheckpointConfigError(f"{path} is a {fmt} {default.__name__} checkpoint, not a {model_cls.__name__}: "
+                                    f"{model_cls.__name__}.from_pretrained reads checkpoints written by "
+                                    f"fast-timesformer train; load this one with {default.__name__}.from_pretrained")
     if train_meta is not None:
         config = _train_config(Path(path), train_meta, model_cls)
         ckpt_config = dict(config)
         config.update(overrides)
-    elif hf_config is not None:
-        config = config_from_hf(hf_config, state)
-        ckpt_config = dict(config)
-        eps = float(hf_config.get("layer_norm_eps", 1e-6))
-        config.update(overrides)
     else:
-        given = dict(overrides)
-        dim = state["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in state else None
-        if "heads" not in given and extra.get("official_release") and dim == 768:
-            given["heads"] = 12
-            notes.append("heads=12: the official TimeSformer code builds every model with 12 heads at width 768")
-        try:
-            config, more = infer_config_from_state_dict(state, **given)
-        except CheckpointConfigError as e:
-            raise CheckpointConfigError(f"{path}: {e}") from None
-        notes += more
+        config, notes, ckpt_config, eps = layout.configure(state, hf_config, extra, dict(overrides), path)
     model = model_cls(**config)
     if eps is not None and eps != 1e-6:
         for module in model.modules():

@@ -39,6 +39,8 @@ from ..backends.spec import parse_backend_spec
 from ..groups import TokenGroups
 from .layers import init_linear_and_norm_
 from ..schemes import Scheme, get_scheme
+from . import checkpoint
+from .timesformer_layouts import TIMESFORMER_LAYOUT
 
 __all__ = ["TimeSformer", "Block", "Mlp", "PatchEmbed", "DropPath", "CLS_MODES", "count_parameters"]
 
@@ -258,12 +260,14 @@ class TimeSformer(nn.Module):
             yield m
             stack.extend(m.children())
 
+    #: how foreign checkpoints map onto this model (Hugging Face and official names; the generic loader
+    #: is handed it and never imports the model)
+    checkpoint_layout = TIMESFORMER_LAYOUT
+
     @classmethod
     def from_pretrained(cls, path, **overrides) -> "TimeSformer":
         """Build a model from a Hugging Face Timesformer folder or an official ``.pyth``/``.pth`` file.
         See :mod:`fast_timesformer.models.checkpoint`."""
-        from . import checkpoint
-
         return checkpoint.from_pretrained(cls, path, **overrides)
 
     # ---- switches -------------------------------------------------------------------------------
@@ -388,6 +392,9 @@ class TimeSformer(nn.Module):
     def extra_repr(self) -> str:
         return (f"scheme={self.scheme.name!r}, frames={self.num_frames}, image={self.image_size}, "
                 f"patch={self.patch_size}, cls_mode={self.cls_mode!r}")
+
+
+checkpoint.set_default_model(TimeSformer)  # load_pretrained(path) without model_cls builds a TimeSformer
 
 
 def count_parameters(module: nn.Module) -> int:
