@@ -12,6 +12,8 @@ from .backends import (
 )
 from .attention import DividedAttention, set_backend, use_backend
 from .groups import TokenGroups
+from .schemes import Scheme, Step, get_scheme, list_schemes, register_scheme, scheme_color, unregister_scheme
+from .backends.spec import parse_backend_spec
 from .models.generative import GenerativeTimeSformer
 from .models.timesformer import TimeSformer
 from .models.registry import create_model, list_models
@@ -26,4 +28,6 @@ __all__ = [
     "unregister_backend", "use_backend",
     "TimeSformer", "GenerativeTimeSformer", "create_model", "list_models", "load_vit_weights_into_timesformer",
     "explain_clip",
+    "Scheme", "Step", "register_scheme", "unregister_scheme", "get_scheme", "list_schemes", "scheme_color",
+    "parse_backend_spec",
 ]
