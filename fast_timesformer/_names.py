@@ -29,6 +29,20 @@ def close_match(name: str, known: Iterable[str], aliases: Optional[Mapping[str, 
     return close[0] if close else None
 
 
+def lookup(registry: Mapping, name, kind: str, cls: type, *, what: str, also_known: Iterable[str] = ()):
+    """``registry[name]`` for a registry of ``cls`` objects (an instance of ``cls`` passes through): a name that
+    is not a str raises ``TypeError``, an unknown one :func:`unknown_name_error` listing ``registry`` and
+    ``also_known``. ``what``: the argument's name in the TypeError ("backend", "scheme")."""
+    if isinstance(name, cls):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a name (str), got {type(name).__name__}")
+    try:
+        return registry[name]
+    except KeyError:
+        raise unknown_name_error(kind, name, list(registry) + list(also_known)) from None
+
+
 def unknown_name_error(kind: str, name, known: Iterable[str],
                        aliases: Optional[Mapping[str, str]] = None) -> ValueError:
     """``UnknownNameError("unknown scheme 'divided'; known: ... Did you mean 'divided_space_time'?")``."""

@@ -42,7 +42,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
-from ._names import unknown_name_error
+from ._names import lookup
 from .groups import TokenGroups
 
 __all__ = ["Scheme", "Step", "StepModules", "get_scheme", "list_schemes", "register_scheme", "unregister_scheme",
@@ -270,14 +270,7 @@ def unregister_scheme(name: str) -> None:
 
 def get_scheme(name) -> Scheme:
     """The scheme named ``name`` (a :class:`Scheme` passes through); unknown names raise ``ValueError``."""
-    if isinstance(name, Scheme):
-        return name
-    if not isinstance(name, str):
-        raise TypeError(f"scheme must be a name (str), got {type(name).__name__}")
-    try:
-        return SCHEMES[name]
-    except KeyError:
-        raise unknown_name_error("scheme", name, SCHEMES) from None
+    return lookup(SCHEMES, name, "scheme", Scheme, what="scheme")
 
 
 def list_schemes() -> list:

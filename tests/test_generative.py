@@ -287,20 +287,26 @@ def bouncing_squares(batch, frames, size=16, side=4, generator=None):
     return video
 
 
+def fit(model, context, target, *, steps, lr=3e-3):
+    """``steps`` AdamW steps on the MSE of the predicted frames; the losses before each step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(model(context), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_loss_falls_on_bouncing_squares():
     g = torch.Generator().manual_seed(0)
     clips = bouncing_squares(8, 6, generator=g)
     context, target = clips[:, :4], clips[:, 4:]
     model = GenerativeTimeSformer(dim=32, image_size=16, patch_size=4, num_frames=4, num_target_frames=2,
                                   channels=1, depth=2, heads=2, dim_head=16)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(25):
-        loss = torch.nn.functional.mse_loss(model(context), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(model, context, target, steps=25)
     # it falls, and ends below the best prediction that ignores the context (the per-pixel mean target)
     best_constant = (target - target.mean(0, keepdim=True)).square().mean().item()
     assert losses[-1] < 0.75 * losses[0] and losses[-1] < best_constant, (best_constant, losses)
@@ -354,14 +360,7 @@ def test_any_registered_scheme_as_context_encoder_trains(scheme, target_attentio
     steps = set(model.attention_steps)
     assert steps == set(get_scheme(scheme).step_names) | {"space", "cross"}
     assert {m.step for m in model.modules() if hasattr(m, "backend_name")} == steps
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = torch.nn.functional.mse_loss(model(context), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(model, context, target, steps=8)
     assert losses[-1] < 0.8 * losses[0], losses
 
 

@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .._names import unknown_name_error
+from .._names import lookup, unknown_name_error
 from .common import per_group, with_prefix
 
 __all__ = [
@@ -454,14 +454,7 @@ def list_backends() -> list[str]:
 
 def get_backend(name: str) -> Backend:
     """The backend registered under ``name``; unknown names raise ``ValueError`` listing the known ones."""
-    if isinstance(name, Backend):
-        return name
-    if not isinstance(name, str):
-        raise TypeError(f"backend must be a name (str), got {type(name).__name__}")
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise unknown_name_error("attention backend", name, list_backends() + [AUTO]) from None
+    return lookup(_REGISTRY, name, "attention backend", Backend, what="backend", also_known=[AUTO])
 
 
 def resolve_backend(name: str, q, k=None, v=None, prefix_k=None, prefix_v=None, *,
