@@ -64,7 +64,7 @@ def _device_context():
 
 
 # set by pytest itself, and by torch the first time anything compiles (once per process, harmless)
-_ENV_SET_BY_OTHERS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
+_ENV_SET_BY_OTHERS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"}
 
 
 @pytest.fixture(autouse=True)

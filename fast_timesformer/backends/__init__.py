@@ -12,12 +12,13 @@ from .registry import (
     unregister_backend,
 )
 from . import fastformer as _fastformer
+from . import flex as _flex
 from . import performer as _performer
 from . import recording as _recording
 from . import regular as _regular
 from . import xformers_backend as _xformers
 
-for _mod in (_regular, _performer, _fastformer, _xformers, _recording):
+for _mod in (_regular, _performer, _fastformer, _xformers, _recording, _flex):
     register_backend(_mod.BACKEND)
 
 import importlib.util as _util
