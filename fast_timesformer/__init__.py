@@ -13,6 +13,7 @@ from .backends import (
 from .attention import DividedAttention, set_backend, use_backend
 from .groups import TokenGroups
 from .schemes import Scheme, Step, get_scheme, list_schemes, register_scheme, scheme_color, unregister_scheme
+from . import neighborhood as _neighborhood  # registers the mask-defined 'neighborhood' scheme
 from .backends.spec import parse_backend_spec
 from .models.generative import GenerativeTimeSformer
 from .models.timesformer import TimeSformer

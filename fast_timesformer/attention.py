@@ -36,7 +36,9 @@ from .backends import AttentionCore, get_backend, resolve_backend
 from ._names import unknown_name_error
 from .backends.registry import AUTO
 from .backends.spec import STEP_ALIASES, check_step_names, parse_backend_spec  # noqa: F401 (re-exported)
-from .groups import TokenGroups, _is_count
+from .backends.common import per_group
+from .backends.registry import BackendUnavailable
+from .groups import SequenceMask, TokenGroups, _is_count
 
 __all__ = ["DividedAttention", "use_backend", "set_backend", "CLS_MODES", "attention_groups_from_patterns",
            "check_step_names"]
@@ -275,6 +277,8 @@ class DividedAttention(nn.Module):
         groups.check_tokens(m)
         if cls == "official":
             cls = "exclude" if groups.is_time else "per_group"
+        if groups.mask is not None:  # a mask-defined step (e.g. neighborhood windows)
+            return self._attend_masked(x, groups, cls)
         return self._attend(x, groups, cls)
 
     def _attend(self, x, groups: TokenGroups, cls: str):
@@ -308,6 +312,52 @@ class DividedAttention(nn.Module):
                 out[:, :1] = core.attend_global_prefix(cq, ck, cv, q, k, v, scale=self.scale, dropout_p=dropout_p)
         y = self.proj(out.flatten(2))
         return self.proj_drop(y)
+
+    def _attend_masked(self, x, groups: TokenGroups, cls: str):
+        """A step whose groups carry a :class:`~fast_timesformer.groups.TokenMask`: the core gets every group
+        as one sequence ``[CLS; group]`` (no CLS for exclude/none) and a :class:`SequenceMask` (the CLS meets
+        everyone, patches meet where the mask allows), and runs it natively (``supports_mask``) or refuses.
+        ``per_group``: the CLS outputs are averaged over the groups; ``global``: for one group the same,
+        for several the CLS row attends to all tokens in one more call; ``exclude``: its row is 0."""
+        b = x.shape[0]
+        h, d = self.heads, self.dim_head
+        n_p = 1 if cls in ("global", "per_group") else 0
+        has_cls = cls != "none"
+        ng = groups.num_groups
+        qkv = self.qkv(x).unflatten(-1, (3, h, d))  # (b, [1 +] M, 3, h, d)
+        strides = [st for size, st in groups.seq if size > 1]
+        if n_p and ng == 1 and strides == sorted(strides, reverse=True):  # [CLS; tokens] in token order: views
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (b, h, 1 + M, d)
+        else:
+            q, k, v = (groups.split(t) for t in qkv[:, int(has_cls):].unbind(2))  # (b*G, h, S, d)
+            if n_p:
+                cq, ck, cv = (per_group(t.transpose(1, 2), ng) for t in qkv[:, :1].unbind(2))  # (b*G, h, 1, d)
+                q, k, v = torch.cat([cq, q], 2), torch.cat([ck, k], 2), torch.cat([cv, v], 2)
+        mask = SequenceMask(groups, n_p)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if self.backend_name == AUTO:
+            be = resolve_backend(AUTO, q, k, v, dropout_p=dropout_p, mask=mask)
+            if be.name not in self.cores:
+                self.cores[be.name] = self._new_core(be, {})
+            core = self.cores[be.name]
+        else:
+            core = self.cores[self.backend_name]
+            if not core.backend.supports_mask:  # refused here: a partition-only core's forward takes no mask
+                raise BackendUnavailable(core.backend.name, core.backend.why_not(q, k, v, dropout_p=dropout_p, mask=mask),
+                                         f"step {self.step!r}")
+        y = core(q, k, v, scale=self.scale, dropout_p=dropout_p, mask=mask)  # (b*G, h, P + S, d)
+        out = groups.merge(y[:, :, n_p:], b)  # (b, M, h, d)
+        if has_cls:
+            if cls == "exclude":
+                cls_out = out.new_zeros(b, 1, h, d)
+            elif cls == "global" and ng > 1:  # the CLS query over [CLS; every token], unmasked
+                _, ka, va = (t.transpose(1, 2) for t in qkv.unbind(2))
+                cls_out = core(qkv[:, :1, 0].transpose(1, 2), ka, va, scale=self.scale, dropout_p=dropout_p)
+                cls_out = cls_out.transpose(1, 2)
+            else:
+                cls_out = y[:, :, :1].reshape(b, ng, h, 1, d).mean(1).transpose(1, 2)  # (b, 1, h, d)
+            out = torch.cat([cls_out, out], 1)
+        return self.proj_drop(self.proj(out.flatten(2)))
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, backend={self.backend_name!r}, "

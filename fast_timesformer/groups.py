@@ -11,16 +11,23 @@ Examples (f frames, n = h * w patches)::
     time(f, n)   group ((n, 1),)          seq ((f, n),)           # same patch in every frame
     space(f, n)  group ((f, n),)          seq ((n, 1),)           # all patches of one frame
     joint(f, n)  group ()                 seq ((f * n, 1),)       # every patch with every patch
+
+A step may also restrict which tokens of a group meet by a :class:`TokenMask`, a predicate over the query's
+and the key's (frame, row, col) (``TokenGroups(..., mask=...)``; the neighbourhood windows of
+:mod:`fast_timesformer.neighborhood` are joint groups with a mask). A core receives it as a
+:class:`SequenceMask`: the mask over its ``[prefix; group]`` sequences, the prefix (CLS) meeting everyone.
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
-__all__ = ["TokenGroups"]
+__all__ = ["TokenGroups", "TokenMask", "SequenceMask"]
 
 Axis = tuple  # (size, stride) in tokens
 
@@ -44,10 +51,50 @@ def _check_sizes(kind: str, f, n) -> None:
 
 
 @dataclass(frozen=True)
+class TokenMask:
+    """Which patch tokens may meet, as a predicate over coordinates.
+
+    ``predicate(qt, qy, qx, kt, ky, kx, *, frames, rows, cols, **params) -> bool tensor``: the query's and
+    the key's frame, row and column (long tensors that broadcast against each other); written with tensor
+    operations only, so that it builds a dense mask and runs inside FlexAttention's ``mask_mod`` (vmap).
+    A module-level function (not a lambda) keeps models picklable. ``frames, rows, cols``: the clip's
+    patch grid (tokens frame-major, ``index = t * rows * cols + y * cols + x``); ``params``: the
+    predicate's keyword arguments as ``((name, value), ...)`` (hashable: masks are cache keys).
+    """
+
+    predicate: Callable
+    frames: int
+    rows: int
+    cols: int
+    params: tuple = ()
+    name: str = "mask"
+
+    @property
+    def num_tokens(self) -> int:
+        return self.frames * self.rows * self.cols
+
+    def coords(self, index: torch.Tensor):
+        """(frame, row, col) of token indices (any shape)."""
+        n = self.rows * self.cols
+        return index // n, (index % n) // self.cols, index % self.cols
+
+    def allows(self, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        """Whether the tokens ``q_index`` may attend to ``k_index`` (broadcasting token indices)."""
+        return self.predicate(*self.coords(q_index), *self.coords(k_index), frames=self.frames, rows=self.rows,
+                              cols=self.cols, **dict(self.params))
+
+    def dense(self) -> torch.Tensor:
+        """(M, M) bool over the tokens (query, key), token order. For tests and plain references."""
+        m = torch.arange(self.num_tokens)
+        return self.allows(m[:, None], m[None, :])
+
+
+@dataclass(frozen=True)
 class TokenGroups:
     group: tuple  # axes enumerating groups, outermost first
     seq: tuple  # axes inside a group, outermost first
     kind: str = "custom"  # "time" marks attention along the time axis (official CLS rule excludes CLS)
+    mask: Optional[TokenMask] = None  # within a group, only the token pairs it allows meet
 
     def __post_init__(self):
         object.__setattr__(self, "group", tuple(tuple(int(v) for v in a) for a in self.group))
@@ -72,6 +119,9 @@ class TokenGroups:
                     f"TokenGroups axes {axes} do not partition the tokens: axes sorted by stride must "
                     f"have stride = product of the sizes below them (expected stride {expected}, got {stride})")
             expected *= size
+        if self.mask is not None and self.mask.num_tokens != self.num_tokens:
+            raise ValueError(f"TokenGroups mask {self.mask.name!r} covers {self.mask.num_tokens} tokens "
+                             f"({self.mask.frames}x{self.mask.rows}x{self.mask.cols}), the groups {self.num_tokens}")
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -156,3 +206,73 @@ class TokenGroups:
         for size, stride in self.group + self.seq:
             idx = idx.unsqueeze(-1) + torch.arange(size) * stride
         return idx.reshape(self.num_groups, self.seq_len)
+
+
+@dataclass(frozen=True)
+class SequenceMask:
+    """The mask a core applies to the sequences of a masked step: every (batch item, group) is one sequence
+    ``[prefix; group's tokens]`` of length ``n_prefix + S`` (queries and keys alike), and position ``i`` may
+    attend to ``j`` when either is a prefix (CLS) row or ``groups.mask`` allows the two tokens. Sequences
+    are batch-major over the groups (``b * G + g``), as :meth:`TokenGroups.split` lays them out.
+
+    Hashable: cores cache what they build from it (a dense mask, a FlexAttention block mask).
+    """
+
+    groups: TokenGroups
+    n_prefix: int = 0
+
+    def __post_init__(self):
+        if self.groups.mask is None:
+            raise ValueError("SequenceMask needs TokenGroups with a mask")
+
+    @property
+    def num_groups(self) -> int:
+        return self.groups.num_groups
+
+    @property
+    def length(self) -> int:
+        return self.n_prefix + self.groups.seq_len
+
+    def tables(self, device=None) -> torch.Tensor:
+        """(G, S) token index of every group position (on ``device``)."""
+        return _tables(self.groups, str(device or "cpu"))
+
+    def allows(self, g, i, j, index: torch.Tensor) -> torch.Tensor:
+        """Whether position ``i`` of group ``g``'s sequence may attend to position ``j`` (tensor operations
+        only: broadcasts, and runs inside FlexAttention's vmap). ``index``: :meth:`tables`."""
+        p = self.n_prefix
+        qi = index[g, (i - p).clamp(min=0)]
+        kj = index[g, (j - p).clamp(min=0)]
+        return (i < p) | (j < p) | self.groups.mask.allows(qi, kj)
+
+    def mask_mod(self, device=None):
+        """FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` for sequences batch-major over the groups."""
+        index, ng = self.tables(device), self.num_groups
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return self.allows(b % ng, q_idx, kv_idx, index)
+
+        return mask_mod
+
+    def dense(self, device=None) -> torch.Tensor:
+        """(G, L, L) bool: which positions of each group's sequence meet (cached per device)."""
+        return _dense(self, str(device or "cpu"))
+
+    def pairs(self) -> int:
+        """Patch query-key pairs that meet, over all groups (the prefix rows and columns not counted)."""
+        p = self.n_prefix
+        return int(self.dense()[:, p:, p:].sum())
+
+
+@functools.lru_cache(maxsize=64)
+def _tables(groups: TokenGroups, device: str) -> torch.Tensor:
+    return groups.index().to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _dense(mask: SequenceMask, device: str) -> torch.Tensor:
+    ng, length = mask.num_groups, mask.length
+    g = torch.arange(ng)[:, None, None]
+    i = torch.arange(length)[None, :, None]
+    j = torch.arange(length)[None, None, :]
+    return mask.allows(g, i, j, mask.groups.index()).expand(ng, length, length).contiguous().to(device)

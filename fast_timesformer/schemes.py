@@ -28,6 +28,13 @@ Uneven sizes for ``sparse_local_global``: every axis that is split in two (t, h,
 step; h and w for the local windows) must be even or 1 (an axis of size 1 is not split). Odd sizes
 raise ``ValueError``: padding would add tokens that every query attends to, which changes the model.
 
+A step may also define which tokens meet by a mask (a predicate over the query's and the key's frame, row
+and column, :class:`~fast_timesformer.groups.TokenMask`) on top of its groups: ``neighborhood``
+(:mod:`fast_timesformer.neighborhood`) is joint groups with a 3-D window mask. Such steps run on the
+backends that declare ``supports_mask`` (regular, flex); the others refuse with a reason. A scheme may
+take options (``Scheme.options``, defaults; ``scheme.with_options(window=(1, 3, 3))``): they reach its
+group builders and ``why_not`` as keyword arguments.
+
 Adding a scheme is one registration; models, training, ``fast-timesformer models``, the tests and the
 benchmarks read it from here::
 
@@ -39,10 +46,10 @@ benchmarks read it from here::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
-from ._names import lookup
+from ._names import lookup, unknown_name_error
 from .groups import TokenGroups
 
 __all__ = ["Scheme", "Step", "StepModules", "get_scheme", "list_schemes", "register_scheme", "unregister_scheme",
@@ -87,6 +94,13 @@ class Step:
         object.__setattr__(self, "modules", mods)
 
 
+def _frozen(value):
+    """Option values hashable and comparable (lists from JSON or a command line become tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
 def _fits_any_size(f: int, gh: int, gw: int) -> list:
     """The default ``Scheme.why_not``: no reasons. A module-level function (not a lambda) so that a model
     holding its scheme can be pickled (``torch.save(model)``, ``copy.deepcopy``)."""
@@ -114,7 +128,9 @@ class Scheme:
     ``short``: the label in tables and plots. ``frame_independent``: the official ``space_only`` runs each
     frame as its own sequence with its own CLS copy through all blocks. ``time_embed``: whether the model
     has a ``time_embed``. The plot colour comes from :data:`PALETTE` by registration order
-    (:func:`scheme_color`).
+    (:func:`scheme_color`). ``options``: ``((name, value), ...)``, the scheme's options with their values
+    (the registered scheme holds the defaults; :meth:`with_options` makes a configured copy); when there
+    are any, the group builders and ``why_not`` get them as keyword arguments.
     """
 
     name: str
@@ -125,9 +141,12 @@ class Scheme:
     frame_independent: bool = False
     time_embed: bool = True
     description: str = ""
+    options: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "steps", tuple(self.steps))
+        opts = self.options.items() if isinstance(self.options, dict) else self.options
+        object.__setattr__(self, "options", tuple((str(k), _frozen(v)) for k, v in opts))
         if self.groups is None:
             missing = [s.name for s in self.steps if s.groups is None]
             if missing:
@@ -142,13 +161,34 @@ class Scheme:
     def color(self) -> str:
         return scheme_color(self.name)
 
+    @property
+    def option_values(self) -> dict:
+        """The options as a dict (empty for a scheme without options)."""
+        return dict(self.options)
+
+    def with_options(self, **options) -> "Scheme":
+        """A copy configured with ``options`` (the others keep their defaults); unknown names raise
+        ``ValueError`` listing the scheme's options."""
+        if not options:
+            return self
+        known = self.option_values
+        for name in options:
+            if name not in known:
+                if not known:
+                    raise ValueError(f"scheme {self.name!r} takes no options, got {sorted(options)}")
+                raise unknown_name_error(f"{self.name} scheme option", name, known)
+        return replace(self, options=tuple({**known, **options}.items()))  # values: checked by why_not
+
+    def _why_not(self, f, gh, gw) -> list:
+        return list(self.why_not(f, gh, gw, **self.option_values) if self.options else self.why_not(f, gh, gw))
+
     def reasons(self, frames: int, grid, gw: Optional[int] = None) -> list:
         """``why_not`` for ``frames`` frames on a patch grid given as an int (square) or (gh, gw)."""
         gh, gw = _grid(grid, gw)
-        return list(self.why_not(frames, gh, gw))
+        return self._why_not(frames, gh, gw)
 
     def check(self, f: int, gh: int, gw: int, what: str = "the input") -> None:
-        reasons = self.why_not(f, gh, gw)
+        reasons = self._why_not(f, gh, gw)
         if reasons:
             raise ValueError(f"scheme {self.name!r} cannot split {what} ({f} frames, {gh}x{gw} patch grid): "
                              + "; ".join(reasons))
@@ -156,9 +196,22 @@ class Scheme:
     def token_groups(self, f: int, gh: int, gw: int) -> tuple:
         """The groups of each step for a clip of ``f`` frames on a ``gh x gw`` patch grid."""
         self.check(f, gh, gw)
+        opts = self.option_values
         if self.groups is not None:
-            return tuple(self.groups(f, gh, gw))
-        return tuple(s.groups(f, gh, gw) for s in self.steps)
+            return tuple(self.groups(f, gh, gw, **opts))
+        return tuple(s.groups(f, gh, gw, **opts) for s in self.steps)
+
+    def attention_pairs(self, frames: int, grid, gw: Optional[int] = None) -> list:
+        """``[(step name, patch query-key pairs that meet)]`` for one block (the CLS not counted): the
+        attention FLOPs of a step are ``4 * heads * dim_head * pairs`` (QK^T and PV, 2 per multiply-add),
+        the cost a masked backend can skip down to (a dense mask computes every pair of each group)."""
+        from .groups import SequenceMask
+
+        out = []
+        for name, g in self.step_groups(frames, grid, gw):
+            pairs = SequenceMask(g).pairs() if g.mask is not None else g.num_groups * g.seq_len ** 2
+            out.append((name, pairs))
+        return out
 
     def step_groups(self, frames: int, grid, gw: Optional[int] = None) -> list:
         """``[(step name, TokenGroups)]`` for one block on ``frames`` frames and a patch grid (an int for a

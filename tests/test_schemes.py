@@ -35,9 +35,10 @@ INVARIANTS = {
     "height": lambda t, y, x: (t, x),
     "local": lambda t, y, x: (y // (GH // 2), x // (GW // 2)),
     "global": lambda t, y, x: (t % 2, y % 2, x % 2),
+    "neighborhood": lambda t, y, x: (),  # one group (joint); its mask is tested in test_neighborhood.py
 }
 SEQ_LEN = {"time": F_, "space": GH * GW, "joint": F_ * GH * GW, "width": GW, "height": GH,
-           "local": F_ * GH * GW // 4, "global": F_ * GH * GW // 8}
+           "local": F_ * GH * GW // 4, "global": F_ * GH * GW // 8, "neighborhood": F_ * GH * GW}
 
 
 @pytest.mark.parametrize("scheme", list_schemes())
@@ -145,7 +146,12 @@ def test_every_step_can_take_its_own_backend(scheme):
     model = tiny(scheme, backend=mapping)
     assert [m.backend for m in model.attention_modules()] == [
         "performer" if i % 2 else "fastformer" for i, _ in enumerate(steps)]
-    assert torch.isfinite(model(torch.randn(1, 2, 3, 16, 32))).all()
+    try:
+        out = model(torch.randn(1, 2, 3, 16, 32))
+    except BackendUnavailable as e:  # a mask-defined step (neighborhood): partition-only backends refuse it
+        assert "token mask" in str(e)
+        pytest.skip(str(e))
+    assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("scheme", list_schemes())

@@ -34,6 +34,20 @@ def group_ids(step: str, f: int, gh: int, gw: int) -> torch.Tensor:
     }[step]
 
 
+def neighborhood_allowed(f: int, gh: int, gw: int, window) -> list:
+    """allowed[i][j]: patch j lies in patch i's window (NATTEN: per axis the ``w`` positions starting at
+    ``i - w // 2``, moved inward at the borders; a window of at least the axis covers it), from loops."""
+    def seen(i, size, w):
+        w = min(w, size)
+        start = min(max(i - w // 2, 0), size - w)
+        return set(range(start, start + w))
+
+    t, y, x = (c.tolist() for c in _coords(f, gh, gw))
+    m = f * gh * gw
+    return [[t[j] in seen(t[i], f, window[0]) and y[j] in seen(y[i], gh, window[1]) and x[j] in seen(x[i], gw, window[2])
+             for j in range(m)] for i in range(m)]
+
+
 def _ln(x, norm):
     return F.layer_norm(x, x.shape[-1:], norm.weight.double(), norm.bias.double(), norm.eps)
 
@@ -42,8 +56,10 @@ def _linear(x, lin):
     return x @ lin.weight.double().T + (0 if lin.bias is None else lin.bias.double())
 
 
-def attention(layer, x, ids, cls_rule: str):
-    """x (b, 1 + M, D) float64; ids (M,) group ids; cls_rule: exclude / per_group / global."""
+def attention(layer, x, ids, cls_rule: str, allowed=None):
+    """x (b, 1 + M, D) float64; ids (M,) group ids; cls_rule: exclude / per_group / global. ``allowed``: an
+    (M, M) nested list, patch i attends only to the patches j of its group with allowed[i][j] (and the CLS
+    unless excluded); the CLS query is not restricted."""
     b, length, _ = x.shape
     h, d = layer.heads, layer.dim_head
     qkv = _linear(x, layer.qkv).view(b, length, 3, h, d)
@@ -61,6 +77,10 @@ def attention(layer, x, ids, cls_rule: str):
         tokens = idx if cls_rule == "exclude" else [0] + idx
         y = attend(tokens, tokens)
         out[:, idx] = y[:, -len(idx):]
+        if allowed is not None:  # each patch query over its own keys
+            for i in idx:
+                keys = [j for j in idx if allowed[i - 1][j - 1]]
+                out[:, i] = attend([i], keys if cls_rule == "exclude" else [0] + keys)[:, 0]
         if cls_rule == "per_group":
             cls_outs.append(y[:, 0])
     if cls_rule == "per_group":
@@ -80,7 +100,7 @@ def _cls_rule(cls_mode, step):
     return cls_mode
 
 
-def block(blk, x, f, gh, gw, cls_mode):
+def block(blk, x, f, gh, gw, cls_mode, window=None):
     prefixes = {"time": "temporal", "local": "local", "width": "width"}
     steps = [s.name for s in blk.steps]
     for i, step in enumerate(steps):
@@ -88,7 +108,11 @@ def block(blk, x, f, gh, gw, cls_mode):
         norm = blk.norm1 if last else getattr(blk, f"{prefixes[step]}_norm1")
         attn = blk.attn if last else getattr(blk, f"{prefixes[step]}_attn")
         rule = _cls_rule(cls_mode, step)
-        y = attention(attn, _ln(x, norm), group_ids(step, f, gh, gw), rule)
+        if step == "neighborhood":  # one group, each patch masked to its window
+            ids, allowed = torch.zeros(f * gh * gw, dtype=torch.long), neighborhood_allowed(f, gh, gw, window)
+        else:
+            ids, allowed = group_ids(step, f, gh, gw), None
+        y = attention(attn, _ln(x, norm), ids, rule, allowed)
         if not last:
             y = _linear(y, getattr(blk, f"{prefixes[step]}_fc"))
             if rule == "exclude":
@@ -129,7 +153,8 @@ def forward(model, video, pos=None, time=None) -> torch.Tensor:
         x = torch.stack(frames).mean(0)
     else:
         x = torch.cat([cls.expand(b, 1, -1), patches.flatten(1, 2)], 1)
+        window = dict(model.scheme.options).get("window")
         for blk in model.blocks:
-            x = block(blk, x, f, gh, gw, model.cls_mode)
+            x = block(blk, x, f, gh, gw, model.cls_mode, window)
     feat = _ln(x, model.norm)[:, 0]
     return _linear(feat, model.head)

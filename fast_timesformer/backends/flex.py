@@ -38,7 +38,8 @@ import torch
 
 from .._names import unknown_name_error
 from .common import empty_attention, per_group, with_prefix
-from .registry import EXACT_TOLERANCES, AttentionCore, Backend, BackendUnavailable, _describe, check_inputs
+from .registry import (EXACT_TOLERANCES, AttentionCore, Backend, BackendUnavailable, _describe, _mask_reasons,
+                       check_inputs)
 
 __all__ = ["FlexCore", "BACKEND", "LAYOUTS", "MASK_CACHE", "COMPILE_SECONDS", "CPU_BACKWARD_REASON",
            "COMPILED_DTYPES"]
@@ -144,16 +145,21 @@ class FlexCore(AttentionCore):
     def capabilities(self) -> Backend:
         return self.backend if self.compile else EAGER
 
-    def forward(self, q, k, v, prefix_k=None, prefix_v=None, *, scale=None, dropout_p: float = 0.0, **kw):
-        if not self.compile:  # the eager path also takes float64: check against its declaration
-            reasons = check_inputs(q, k, v, prefix_k, prefix_v, dim_head=self.dim_head, heads=self.heads)
-            reasons = reasons or EAGER.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
-            if reasons:
-                raise BackendUnavailable(self.backend.name, reasons, _describe(q, k, prefix_k))
-            if scale is None:
-                scale = q.shape[-1] ** -0.5
-            return self.attend(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p, **kw)
-        return super().forward(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p, **kw)
+    def forward(self, q, k, v, prefix_k=None, prefix_v=None, *, scale=None, dropout_p: float = 0.0, mask=None):
+        if self.compile:
+            return super().forward(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p, mask=mask)
+        # the eager path also takes float64: the same checks against its declaration (EAGER)
+        reasons = check_inputs(q, k, v, prefix_k, prefix_v, dim_head=self.dim_head, heads=self.heads)
+        reasons = reasons or EAGER.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p, mask=mask)
+        if mask is not None and not reasons:
+            reasons = _mask_reasons(q, k, prefix_k, mask)
+        if reasons:
+            raise BackendUnavailable(self.backend.name, reasons, _describe(q, k, prefix_k))
+        if scale is None:
+            scale = q.shape[-1] ** -0.5
+        if mask is not None:
+            return self.attend_masked(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+        return self.attend(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p)
 
     # ---- the call -----------------------------------------------------------------------------
     def _flex(self, q, k, v, block_mask, scale, mask_key=None):
@@ -197,6 +203,17 @@ class FlexCore(AttentionCore):
             return empty_attention(q, k, v, prefix_k, prefix_v)
         k, v = with_prefix(k, v, prefix_k, prefix_v)  # [prefix; group] keys: one copy of k and v
         return self._flex(q, k, v, None, scale)
+
+    def attend_masked(self, q, k, v, mask, *, scale, dropout_p):
+        """A mask-defined step (neighborhood windows): the step's mask as a block mask, built once per
+        (step, length, device) and shared (per batch size too when the groups differ in their masks)."""
+        if q.shape[0] == 0:
+            return empty_attention(q, k, v)
+        ng = mask.num_groups
+        batch = None if ng == 1 else q.shape[0]  # one group: the same mask for every sequence, broadcast
+        key = ("masked", mask)
+        bm = self.block_mask(key, mask.mask_mod(q.device), batch, mask.length, mask.length, q.device)
+        return self._flex(q, k, v, bm, scale, (key, batch))
 
     # ---- layout "mask": groups as a block mask over the clip's tokens ----------------------------
     def attend_groups(self, q, k, v, groups, *, prefix_k=None, prefix_v=None, prefix_q=None,
@@ -268,6 +285,7 @@ BACKEND = Backend(
     dtypes=COMPILED_DTYPES,  # float64 too with compile=False (see EAGER)
     supports_backward=True,  # on CUDA; on CPU refused with CPU_BACKWARD_REASON (see _checks)
     supports_dropout=False,  # FlexAttention has no attention dropout
+    supports_mask=True,  # mask-defined steps (neighborhood windows) as cached block masks
     # fp32 accumulation and an online softmax, like SDPA's fused kernels: the default exact tolerances
     # (registry.EXACT_TOLERANCES) follow from the dtype; checked in float64 (eager) and float32 (compiled)
     tolerances=EXACT_TOLERANCES,

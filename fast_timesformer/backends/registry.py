@@ -74,13 +74,17 @@ class AttentionCore(nn.Module):
         self.dim_head = dim_head
         self.heads = heads
 
-    def forward(self, q, k, v, prefix_k=None, prefix_v=None, *, scale=None, dropout_p: float = 0.0):
+    def forward(self, q, k, v, prefix_k=None, prefix_v=None, *, scale=None, dropout_p: float = 0.0, mask=None):
         reasons = check_inputs(q, k, v, prefix_k, prefix_v, dim_head=self.dim_head, heads=self.heads)
-        reasons += self.backend.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
+        reasons += self.backend.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p, mask=mask)
+        if mask is not None and not reasons:
+            reasons = _mask_reasons(q, k, prefix_k, mask)
         if reasons:
             raise BackendUnavailable(self.backend.name, reasons, _describe(q, k, prefix_k))
         if scale is None:
             scale = q.shape[-1] ** -0.5
+        if mask is not None:
+            return self.attend_masked(q, k, v, mask, scale=scale, dropout_p=dropout_p)
         return self.attend(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p)
 
     # pickling (torch.save(model), copy.deepcopy): the backend travels by its registered name and is looked
@@ -99,6 +103,12 @@ class AttentionCore(nn.Module):
 
     def attend(self, q, k, v, prefix_k, prefix_v, *, scale: float, dropout_p: float):  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} must implement attend()")
+
+    def attend_masked(self, q, k, v, mask, *, scale: float, dropout_p: float):  # pragma: no cover
+        """Backends declaring ``supports_mask``: q, k, v (B, heads, L, dim) are the sequences of a masked
+        step (:class:`~fast_timesformer.groups.SequenceMask`: ``[prefix; group]``, B = batch * groups,
+        batch-major) and position i attends to j only where ``mask`` allows. Returns (B, heads, L, dim)."""
+        raise NotImplementedError(f"{type(self).__name__} declares supports_mask but has no attend_masked()")
 
     # ---- token-layout entry points used by DividedAttention ----------------------------------
     # Backends with a fused kernel (triton) override these to read and write token layout directly;
@@ -165,6 +175,20 @@ class AttentionCore(nn.Module):
 def _describe(q, k, prefix_k) -> str:
     p = "" if prefix_k is None else f", prefix {tuple(prefix_k.shape)}"
     return f"q {tuple(q.shape)} {q.dtype} on {q.device.type}, k {tuple(k.shape)}{p}"
+
+
+def _mask_reasons(q, k, prefix_k, mask) -> list[str]:
+    """The shapes a masked call needs: self-attention over sequences of the mask's length, no prefix."""
+    out = []
+    if prefix_k is not None:
+        out.append("a masked call carries its prefix inside the sequences ([prefix; group]); got prefix_k too")
+    length, ng = mask.length, mask.num_groups
+    if q.shape[2] != length or k.shape[2] != length:
+        out.append(f"the mask is over sequences of {length} ({mask.n_prefix} prefix + {length - mask.n_prefix} "
+                   f"tokens); got {q.shape[2]} queries and {k.shape[2]} keys")
+    if q.shape[0] % ng:
+        out.append(f"batch {q.shape[0]} is not a multiple of the mask's {ng} groups")
+    return out
 
 
 def check_inputs(q, k, v, prefix_k=None, prefix_v=None, *, dim_head=None, heads=None) -> list[str]:
@@ -245,7 +269,8 @@ class Backend:
             parameters). ``exact=True``/``False`` (the older spelling) means ``"exact"``/``"approximate"``.
         devices, dtypes, max_head_dim: what it runs on.
         supports_backward, supports_dropout, supports_prefix (natively takes a shared prefix
-            ``prefix_k``/``prefix_v``), supports_cross (Sq may differ from Sk): capabilities.
+            ``prefix_k``/``prefix_v``), supports_cross (Sq may differ from Sk), supports_mask (runs the
+            mask-defined steps of a scheme, e.g. neighborhood windows: implements ``attend_masked``): capabilities.
         tolerances: ``{dtype: (atol, rtol)}`` of its output against the float64 reference (default for an
             exact backend: :data:`EXACT_TOLERANCES`; none for the others). Read with :meth:`tolerance`.
         deterministic: ``True``/``False``, or ``{"forward": bool, "backward": bool}``: whether two runs on
@@ -270,6 +295,7 @@ class Backend:
     supports_dropout: bool
     supports_prefix: bool
     supports_cross: bool
+    supports_mask: bool
     max_head_dim: Optional[int]
     requires: tuple
     pip_names: dict
@@ -285,7 +311,8 @@ class Backend:
                  devices: tuple = ("cpu", "cuda"),
                  dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16, torch.float64),
                  supports_backward: bool = True, supports_dropout: bool = False, supports_prefix: bool = True,
-                 supports_cross: bool = True, max_head_dim: Optional[int] = None, requires: tuple = (),
+                 supports_cross: bool = True, supports_mask: bool = False, max_head_dim: Optional[int] = None,
+                 requires: tuple = (),
                  pip_names: Optional[Mapping[str, str]] = None,
                  tolerances: Optional[Mapping[torch.dtype, tuple]] = None,
                  deterministic: Union[bool, Mapping[str, bool]] = True,
@@ -313,7 +340,8 @@ class Backend:
         values = dict(
             name=name, factory=factory, kind=kind, devices=tuple(devices), dtypes=tuple(dtypes),
             supports_backward=supports_backward, supports_dropout=supports_dropout, supports_prefix=supports_prefix,
-            supports_cross=supports_cross, max_head_dim=max_head_dim, requires=tuple(requires),
+            supports_cross=supports_cross, supports_mask=supports_mask, max_head_dim=max_head_dim,
+            requires=tuple(requires),
             pip_names=dict(pip_names or {}),
             tolerances={dt: (float(a), float(r)) for dt, (a, r) in tolerances.items()},
             deterministic=deterministic, priority_rule=priority, description=description, checks=checks,
@@ -373,8 +401,9 @@ class Backend:
         return out
 
     def why_not(self, q, k=None, v=None, prefix_k=None, prefix_v=None, *, dropout_p: float = 0.0,
-                needs_grad: Optional[bool] = None) -> list[str]:
-        """Reasons, in words, why this backend refuses these inputs ([] means it accepts them)."""
+                needs_grad: Optional[bool] = None, mask=None) -> list[str]:
+        """Reasons, in words, why this backend refuses these inputs ([] means it accepts them). ``mask``: the
+        :class:`~fast_timesformer.groups.SequenceMask` of a mask-defined step, if the call has one."""
         k = q if k is None else k
         v = k if v is None else v
         out = self.unavailable_reasons()
@@ -398,6 +427,9 @@ class Backend:
                        f"and {k.shape[-2]} keys")
         if prefix_k is not None and not self.supports_prefix:
             out.append("a shared prefix (CLS key/value) is not supported natively")
+        if mask is not None and not self.supports_mask:
+            out.append(f"a token mask ({mask.groups.mask.name}: a mask-defined scheme step) is not supported: "
+                       "this backend attends within whole groups only")
         if self.checks is not None and not out:
             out += list(self.checks(q, k, v, prefix_k, prefix_v, dropout_p))
         return out
@@ -417,6 +449,7 @@ class Backend:
             "deterministic": ("yes" if self.is_deterministic("forward") and self.is_deterministic("backward")
                               else "forward only" if self.is_deterministic("forward") else "no"),
             "dropout": "yes" if self.supports_dropout else "no",
+            "masks": "yes" if self.supports_mask else "no",
             "status": "available" if not reasons else "; ".join(reasons),
             "description": self.description,
         }
@@ -458,7 +491,7 @@ def get_backend(name: str) -> Backend:
 
 
 def resolve_backend(name: str, q, k=None, v=None, prefix_k=None, prefix_v=None, *,
-                    dropout_p: float = 0.0) -> Backend:
+                    dropout_p: float = 0.0, mask=None) -> Backend:
     """Map ``name`` to a backend that accepts the inputs. ``auto`` picks the highest-priority exact one.
 
     Never falls back silently: a named backend that refuses raises :class:`BackendUnavailable`, and
@@ -466,13 +499,13 @@ def resolve_backend(name: str, q, k=None, v=None, prefix_k=None, prefix_v=None, 
     """
     if name != AUTO:
         be = get_backend(name)
-        reasons = be.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
+        reasons = be.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p, mask=mask)
         if reasons:
             raise BackendUnavailable(be.name, reasons, _describe(q, q if k is None else k, prefix_k))
         return be
     refusals = {}
     for be in sorted((b for b in _REGISTRY.values() if b.exact), key=lambda b: b.priority):
-        reasons = be.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p)
+        reasons = be.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p, mask=mask)
         if not reasons:
             return be
         refusals[be.name] = reasons

@@ -49,12 +49,26 @@ class RegularCore(AttentionCore):
         with sdpa_context(self.sdpa_backend):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
 
+    def attend_masked(self, q, k, v, mask, *, scale, dropout_p):
+        """A mask-defined step: SDPA with the step's boolean mask (built once per step, length and device,
+        see :meth:`SequenceMask.dense <fast_timesformer.groups.SequenceMask.dense>`); exact and trainable."""
+        dense = mask.dense(q.device)  # (G, L, L)
+        ng, length = dense.shape[0], dense.shape[1]
+        if ng == 1:
+            attn_mask = dense[0]  # broadcast over batch and heads
+        else:  # sequences are batch-major over the groups: (b*G, 1, L, L)
+            attn_mask = dense.unsqueeze(0).expand(q.shape[0] // ng, ng, length, length).reshape(q.shape[0], 1, length,
+                                                                                                  length)
+        with sdpa_context(self.sdpa_backend):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+
 
 BACKEND = Backend(
     name="regular",
     factory=RegularCore,
     kind="exact",
     supports_dropout=True,
+    supports_mask=True,  # mask-defined steps (neighborhood windows) through SDPA's boolean attn_mask
     # SDPA computes in the input dtype with float32 softmax statistics: the default exact tolerances
     # (registry.EXACT_TOLERANCES: float64 1e-10, float32 2e-5, float16 2e-3, bfloat16 1.6e-2) follow from that.
     tolerances=EXACT_TOLERANCES,

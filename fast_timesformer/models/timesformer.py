@@ -39,7 +39,7 @@ from ..backends.spec import parse_backend_spec
 from ..groups import TokenGroups
 from .layers import init_linear_and_norm_
 from ..schemes import Scheme, get_scheme
-from . import checkpoint
+from . import checkpoint as checkpoint_io
 from .timesformer_layouts import TIMESFORMER_LAYOUT
 
 __all__ = ["TimeSformer", "Block", "Mlp", "PatchEmbed", "DropPath", "CLS_MODES", "count_parameters"]
@@ -268,7 +268,7 @@ class TimeSformer(nn.Module):
     def from_pretrained(cls, path, **overrides) -> "TimeSformer":
         """Build a model from a Hugging Face Timesformer folder or an official ``.pyth``/``.pth`` file.
         See :mod:`fast_timesformer.models.checkpoint`."""
-        return checkpoint.from_pretrained(cls, path, **overrides)
+        return checkpoint_io.from_pretrained(cls, path, **overrides)
 
     # ---- switches -------------------------------------------------------------------------------
     def set_backend(self, backend: Union[str, Mapping], **options) -> "TimeSformer":
@@ -394,7 +394,7 @@ class TimeSformer(nn.Module):
                 f"patch={self.patch_size}, cls_mode={self.cls_mode!r}")
 
 
-checkpoint.set_default_model(TimeSformer)  # load_pretrained(path) without model_cls builds a TimeSformer
+checkpoint_io.set_default_model(TimeSformer)  # load_pretrained(path) without model_cls builds a TimeSformer
 
 
 def count_parameters(module: nn.Module) -> int:

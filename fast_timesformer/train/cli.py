@@ -33,6 +33,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "models` lists), a JSON object of constructor arguments or a .json file (default: tiny)")
     m.add_argument("--scheme", default="divided_space_time",
                    help="a registered scheme: " + ", ".join(list_schemes()) + " (default: divided_space_time)")
+    m.add_argument("--scheme-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="scheme option, e.g. window=1,3,3 for neighborhood (frames, patch rows, patch "
+                        "columns; repeatable)")
     m.add_argument("--backend", default="regular",
                    help="attention backend for every step, or per step: 'time=regular,space=performer' "
                         "(registered: " + ", ".join(list_backends()) + ", auto)")
@@ -94,6 +97,7 @@ def config_from_args(args):
     fields = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["backend_options"] = dict(args.backend_option)
+    values["scheme_options"] = dict(args.scheme_option)
     if args.clip_grad is not None and args.clip_grad < 0:
         raise ValueError(f"--clip-grad must be a number > 0 (or 0 for no clipping), got {args.clip_grad!r}")
     values["clip_grad"] = args.clip_grad or None

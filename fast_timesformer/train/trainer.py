@@ -71,6 +71,7 @@ class TrainConfig:
     scheme: str = "divided_space_time"
     backend: Any = "regular"               # name, mapping step -> name, or "time=a,space=b"
     backend_options: dict = field(default_factory=dict)
+    scheme_options: dict = field(default_factory=dict)  # e.g. {"window": (1, 3, 3)} for neighborhood
     attn_dropout: Optional[float] = None
     ff_dropout: Optional[float] = None
     drop_path: Optional[float] = None
@@ -113,7 +114,7 @@ class TrainConfig:
 
     # the command-line option of each field (for messages that name what to change)
     OPTIONS = {"num_frames": "--frames", "num_target_frames": "--target-frames", "out_dir": "--out",
-               "backend_options": "--backend-option"}
+               "backend_options": "--backend-option", "scheme_options": "--scheme-option"}
 
     @classmethod
     def option(cls, name: str) -> str:
@@ -174,6 +175,8 @@ def model_spec(cfg: TrainConfig, *, num_classes: int, channels: int = 3) -> dict
     backend, shared = parsed.to_json(), parsed.shared
     kwargs.update(num_frames=cfg.num_frames, image_size=cfg.image_size, channels=channels,
                   scheme=cfg.scheme, backend=backend, **shared)
+    if cfg.scheme_options:
+        kwargs["scheme_options"] = dict(cfg.scheme_options)
     for key in ("attn_dropout", "ff_dropout", "drop_path"):
         if getattr(cfg, key) is not None:
             kwargs[key] = getattr(cfg, key)
@@ -182,6 +185,8 @@ def model_spec(cfg: TrainConfig, *, num_classes: int, channels: int = 3) -> dict
         # build_model), any registered scheme for its context encoder, no stochastic depth
         if cfg.drop_path:
             raise ValueError("GenerativeTimeSformer has no drop_path (stochastic depth)")
+        if cfg.scheme_options:
+            raise ValueError("GenerativeTimeSformer takes no scheme options (--scheme-option)")
         for key in ("drop_path", "num_classes", "cls_mode"):
             kwargs.pop(key, None)
         kwargs.update(num_target_frames=cfg.num_target_frames, out_channels=channels)
