@@ -167,7 +167,9 @@ class TimeSformer(nn.Module):
         attn_dropout: dropout on attention probabilities; ff_dropout: dropout in the MLP and after each
             attention projection; drop_path: stochastic depth of the last block (linear from 0).
         scheme: ``divided_space_time``, ``space_only``, ``joint_space_time``, ``sparse_local_global``,
-            ``axial`` (see :mod:`fast_timesformer.models.schemes`).
+            ``axial``, ``neighborhood`` or any registered scheme (see :mod:`fast_timesformer.schemes`).
+        scheme_options: the scheme's options, e.g. ``{"window": (1, 3, 3)}`` for ``neighborhood``
+            (:meth:`Scheme.with_options <fast_timesformer.schemes.Scheme.with_options>`).
         backend: a backend name (``"regular"``, ``"performer"``, ``"auto"``, ...) for every attention step,
             or a mapping step -> name or (name, options), e.g. ``{"time": "regular", "space":
             ("performer", {"nb_features": 64})}``; steps left out use ``"regular"``. Step names per scheme
@@ -181,14 +183,16 @@ class TimeSformer(nn.Module):
                  dim_head: Optional[int] = None, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  attn_dropout: float = 0.0, ff_dropout: float = 0.0, drop_path: float = 0.1,
                  scheme: str = "divided_space_time", backend: Union[str, Mapping] = "regular",
-                 cls_mode: str = "official", **backend_options):
+                 cls_mode: str = "official", scheme_options: Optional[Mapping] = None, **backend_options):
         super().__init__()
         self.config = dict(num_classes=num_classes, num_frames=num_frames, image_size=image_size,
                            patch_size=patch_size, channels=channels, dim=dim, depth=depth, heads=heads,
                            dim_head=dim_head, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, attn_dropout=attn_dropout,
                            ff_dropout=ff_dropout, drop_path=drop_path, scheme=scheme, backend=backend,
                            cls_mode=cls_mode, **backend_options)
-        self.scheme = get_scheme(scheme)
+        if scheme_options:  # kept out of the config when empty: configs saved before it load unchanged
+            self.config["scheme_options"] = dict(scheme_options)
+        self.scheme = get_scheme(scheme).with_options(**dict(scheme_options or {}))
         if cls_mode not in CLS_MODES:
             raise unknown_name_error("cls_mode", cls_mode, CLS_MODES)
         for name, v in (("num_frames", num_frames), ("channels", channels), ("dim", dim), ("depth", depth),
