@@ -34,6 +34,8 @@ from torch import nn
 
 from .backends import AttentionCore, get_backend, resolve_backend
 from ._names import unknown_name_error
+from .backends.common import (grouped_qkv, groups_are_views, is_token_order, prefixed_groups,
+                              tokens_from_groups)
 from .backends.registry import AUTO
 from .backends.spec import STEP_ALIASES, check_step_names, parse_backend_spec  # noqa: F401 (re-exported)
 from .backends.common import per_group
@@ -282,9 +284,51 @@ class DividedAttention(nn.Module):
         return self._attend(x, groups, cls)
 
     def _attend(self, x, groups: TokenGroups, cls: str):
+        dropout_p = self.attn_dropout if self.training else 0.0
+        core = self.cores[self.backend_name] if self.backend_name != AUTO else None
+        if core is not None and core.plain_sequences and cls != "global":
+            out = self._attend_sequences(core, x, groups, cls, dropout_p)
+        else:
+            out = self._attend_token_layout(x, groups, cls, dropout_p)
+        return self.proj_drop(self.proj(out.flatten(2)))
+
+    def _attend_sequences(self, core, x, groups: TokenGroups, cls: str, dropout_p: float):
+        """The layer lays the groups out as plain (b*groups, h, S, d) sequences for the core and puts the
+        result back in token layout (b, 1 + M, h, d) itself (cores with ``plain_sequences``).
+
+        ``per_group``: x is copied once into (b*groups, 1 + S, dim) rows, each group preceded by the CLS
+        row (the official layout), and projected in one GEMM; every sequence is then a view of that
+        output and one attention call gives the patches' and the per-group CLS outputs together (no
+        copy of k/v, no second call for the CLS). ``exclude``/``none``: the group views of the patches'
+        rows of the projection. Joint attention (one group in token order) needs no copy at all.
+        """
+        b = x.shape[0]
+        h, d = self.heads, self.dim_head
+        n_prefix = 0 if cls == "none" else 1
+        joint = is_token_order(groups)
+        if cls == "per_group":
+            rows = x if joint else prefixed_groups(x, groups, 1)  # (b*groups, 1 + S, dim)
+            qkv = self.qkv(rows).unflatten(-1, (3, h, d)).unbind(2)  # (b*groups, 1 + S, h, d) strided views
+            q, k, v = (t.transpose(1, 2) for t in qkv)  # (b*groups, h, 1 + S, d)
+            y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
+            if joint:
+                return y.transpose(1, 2)
+            return tokens_from_groups(y, groups, b, 1, y_has_prefix=True)
+        if groups_are_views(groups, b, x.shape[1]):
+            # all 1 + M rows go through the GEMM (one row more) so that no slice of x is taken: its
+            # backward would fill a zero tensor of x's size and copy into it
+            q, k, v = grouped_qkv(self.qkv(x), groups, n_prefix, h)  # (b*groups, h, S, d) views
+        else:  # e.g. time groups at batch > 1: group x (one copy) rather than q, k and v (three)
+            qkv = self.qkv(prefixed_groups(x, groups, n_prefix, keep_prefix=False)).unflatten(-1, (3, h, d))
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (b*groups, h, S, d) views
+        y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
+        return tokens_from_groups(y, groups, b, n_prefix)
+
+    def _attend_token_layout(self, x, groups: TokenGroups, cls: str, dropout_p: float):
+        """q/k/v in token layout through the core's ``attend_groups`` / ``attend_global_prefix`` (cores
+        with a fused token-layout kernel, ``auto``, and the ``global`` CLS)."""
         b, length, _ = x.shape
         h, d = self.heads, self.dim_head
-        dropout_p = self.attn_dropout if self.training else 0.0
         if cls == "none":
             cls_tok, patches = None, x
         else:
@@ -310,8 +354,7 @@ class DividedAttention(nn.Module):
                 out[:, :1] = cls_out
             else:  # global: CLS attends to itself and every patch token
                 out[:, :1] = core.attend_global_prefix(cq, ck, cv, q, k, v, scale=self.scale, dropout_p=dropout_p)
-        y = self.proj(out.flatten(2))
-        return self.proj_drop(y)
+        return out
 
     def _attend_masked(self, x, groups: TokenGroups, cls: str):
         """A step whose groups carry a :class:`~fast_timesformer.groups.TokenMask`: the core gets every group
