@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ..errors import DeviceUnavailableError
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "all_reduce_max", "barrier",
-           "resolve_device"]
+           "resolve_device", "unused_parameters", "wrap_ddp"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +120,43 @@ def all_reduce_max(values: list[float], info: DistInfo) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
+
+
+def unused_parameters(model: torch.nn.Module, *inputs) -> list[str]:
+    """Names of the trainable parameters that a forward pass of ``model(*inputs)`` leaves out of the
+    autograd graph (they would get no gradient in a step): e.g. the state of a backend a layer is not
+    using now, or a scheme's modules its forward never calls. One forward, in eval mode (no dropout, no
+    stochastic depth, no random draws), no backward; the model's mode is restored."""
+    params = {p: n for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        return []
+    was = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(*inputs)
+        outs = [t for t in (out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple))
+                            else [out]) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+        seen, used, stack = set(), set(), [t.grad_fn for t in outs]
+        while stack:  # the traversal DDP's find_unused_parameters would repeat every step
+            fn = stack.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            var = getattr(fn, "variable", None)
+            if var is not None:
+                used.add(var)
+            stack.extend(nxt for nxt, _ in fn.next_functions)
+    finally:
+        model.train(was)
+    return [n for p, n in params.items() if p not in used]
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, *sample) -> torch.nn.Module:
+    """``DistributedDataParallel(model)`` with ``find_unused_parameters`` only where a forward on
+    ``sample`` (a small batch of real inputs, e.g. one clip) leaves a trainable parameter unused: the
+    option makes DDP traverse the autograd graph after every forward. Without a sample it stays on
+    (always correct, slower)."""
+    find_unused = bool(unused_parameters(model, *sample)) if sample else True
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=find_unused)
