@@ -73,6 +73,13 @@ def test_registered_scheme_trains_and_is_on_the_command_line(time_then_joint, tm
     trainer = Trainer(cfg)
     trainer.fit()
     assert trainer.step == 1 and trainer.module.scheme.name == time_then_joint
+    # future-frame prediction: the GenerativeTimeSformer's context encoder runs it
+    predict = Trainer(TrainConfig(model="tiny", scheme=time_then_joint, dataset="bouncing", num_frames=4,
+                                  num_target_frames=2, image_size=16, train_samples=8, eval_samples=4, batch=4,
+                                  steps=1, out_dir=str(tmp_path / "predict"), progress=False, device="cpu"))
+    predict.fit()
+    assert predict.module.scheme.name == time_then_joint and predict.module.attention_steps == (
+        "time", "joint", "space", "cross")
     # the CLI in this process knows it: help text, the models table and a training run
     assert cli_main(["models", "tiny", "--scheme", time_then_joint]) == 0
     assert "T+ST" in capsys.readouterr().out
