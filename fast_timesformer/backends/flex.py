@@ -123,7 +123,7 @@ class FlexCore(AttentionCore):
     docstring).
 
     Attributes the tests and benchmarks read: ``masks_built`` (block masks this core built; a cached mask
-    is not rebuilt), ``compile_seconds`` (time of this core's first calls of shapes new to the process),
+    is not rebuilt) and ``mask_seconds`` (the time it took), ``compile_seconds`` (time of this core's first calls of shapes new to the process),
     ``compiled_shapes`` (their keys).
     """
 
@@ -137,6 +137,7 @@ class FlexCore(AttentionCore):
         # mask: the layer calls attend_groups with token layout, which this core masks itself
         self.plain_sequences = layout == "batch"
         self.masks_built = 0
+        self.mask_seconds = 0.0  # time this core spent building block masks
         self.compile_seconds = 0.0
         self.compiled_shapes: list = []
 
@@ -189,7 +190,9 @@ class FlexCore(AttentionCore):
         full = (key, B, q_len, kv_len, str(device))
         bm = MASK_CACHE.get(full)
         if bm is None:
+            start = time.perf_counter()
             bm = _flex_module().create_block_mask(mask_mod, B, None, q_len, kv_len, device=device)
+            self.mask_seconds += time.perf_counter() - start
             self.masks_built += 1
             MASK_CACHE[full] = bm
             while len(MASK_CACHE) > MASK_CACHE_SIZE:
