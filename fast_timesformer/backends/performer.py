@@ -85,6 +85,7 @@ BACKEND = Backend(
     # no tolerances: a random-feature estimate is not within round-off of softmax (its error is measured
     # instead). Deterministic: given its drawn features the computation is plain matmuls.
     deterministic=True,
+    error_sweep=({"nb_features": 16}, {"nb_features": 64}, {"nb_features": 256}),  # error vs feature count
     priority=200,
     description="FAVOR+ random features (performer-pytorch), linear in sequence length",
 )

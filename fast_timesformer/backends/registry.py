@@ -279,6 +279,9 @@ class Backend:
             they differ (``performer_pytorch`` -> ``performer-pytorch``).
         priority: an int, or a callable ``() -> int`` asked each time (the machine may decide it); among
             the exact backends ``auto`` tries the lowest first.
+        error_sweep: for a backend that is not exact, the option sets at which its deviation from exact
+            attention is measured (the experiment's swapped-in evaluations; e.g. performer's feature
+            counts); empty: once, with its default options.
         checks: ``checks(q, k, v, prefix_k, prefix_v, dropout_p) -> reasons``, backend-specific refusals.
         availability: ``() -> reasons`` why it cannot run on this machine at all (ops not built, no GPU).
 
@@ -302,6 +305,7 @@ class Backend:
     tolerances: dict
     deterministic: Union[bool, dict]
     priority_rule: Union[int, Callable[[], int]]  # the declared priority (read the int as .priority)
+    error_sweep: tuple
     description: str
     checks: Optional[Callable[..., list]]
     availability: Optional[Callable[[], list]]
@@ -318,7 +322,7 @@ class Backend:
                  deterministic: Union[bool, Mapping[str, bool]] = True,
                  priority: Union[int, Callable[[], int]] = 100, description: str = "",
                  checks: Optional[Callable[..., list]] = None, availability: Optional[Callable[[], list]] = None,
-                 priority_rule=None):
+                 error_sweep: Sequence[Mapping] = (), priority_rule=None):
         if priority_rule is not None:  # dataclasses.replace passes the stored field back
             priority = priority_rule
         if kind is None:
@@ -345,7 +349,7 @@ class Backend:
             pip_names=dict(pip_names or {}),
             tolerances={dt: (float(a), float(r)) for dt, (a, r) in tolerances.items()},
             deterministic=deterministic, priority_rule=priority, description=description, checks=checks,
-            availability=availability)
+            availability=availability, error_sweep=tuple(dict(o) for o in error_sweep))
         for key, value in values.items():
             object.__setattr__(self, key, value)
 

@@ -23,7 +23,7 @@ import torch
 
 from .trainer import TrainConfig, Trainer
 
-__all__ = ["PRESETS", "SWAPS", "run_experiment", "write_table", "plot_results"]
+__all__ = ["PRESETS", "SWAPS", "swaps", "run_experiment", "write_table", "plot_results"]
 
 PRESETS: dict[str, dict] = {
     "cpu": dict(model='{"dim": 32, "depth": 2, "heads": 4, "dim_head": 8, "patch_size": 4, "mlp_ratio": 2.0}',
@@ -34,13 +34,28 @@ PRESETS: dict[str, dict] = {
                 steps=3000, lr=1e-3, warmup=0.05, weight_decay=0.05, device="auto", workers=4),
 }
 
-# (label, backend, options) evaluated after training with "regular".
-SWAPS: list[tuple[str, str, dict]] = [
-    ("performer-16", "performer", {"nb_features": 16}),
-    ("performer-64", "performer", {"nb_features": 64}),
-    ("performer-256", "performer", {"nb_features": 256}),
-    ("fastformer (untrained)", "fastformer", {}),
-]
+def swaps() -> list[tuple[str, str, dict]]:
+    """(label, backend, options) evaluated after training with "regular": every registered backend that is
+    not exact (a user's too), at each option set of its ``Backend.error_sweep`` (or once, with its defaults).
+    A ``different_model`` backend brings its own, here untrained, parameters: its label says so."""
+    from ..backends import get_backend, list_backends
+
+    out = []
+    for name in list_backends():
+        be = get_backend(name)
+        if be.kind == "exact":
+            continue
+        for options in be.error_sweep or ({},):
+            label = "-".join([name] + [str(v) for v in options.values()])
+            if be.kind == "different_model":
+                label += " (untrained)"
+            out.append((label, name, dict(options)))
+    return out
+
+
+# the swaps with the built-in backends (performer-16/64/256, fastformer (untrained)); run_experiment asks
+# swaps() again, so a backend registered later is included
+SWAPS: list[tuple[str, str, dict]] = swaps()
 
 
 def _schemes(names: Optional[Sequence[str]]) -> list[str]:
@@ -99,6 +114,7 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
         settings["device"] = device
     os.makedirs(out_dir, exist_ok=True)
     rows = []
+    todo = swaps()
     for scheme in _schemes(schemes):
         cfg = TrainConfig(**settings, scheme=scheme, out_dir=os.path.join(out_dir, "runs", scheme))
         if os.path.exists(os.path.join(cfg.out_dir, "metrics.jsonl")):
@@ -110,7 +126,7 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
         row = {"scheme": scheme, "params": sum(p.numel() for p in trainer.module.parameters()),
                "train_seconds": round(seconds, 1), "steps": trainer.total_steps, "acc": final["acc"],
                "loss": final["loss"], "chance": final["chance"], "swaps": {}}
-        for label, backend, options in SWAPS:
+        for label, backend, options in todo:
             row["swaps"][label] = _swap_accuracy(trainer, backend, options, [seed + k for k in range(draws)])
         rows.append(row)
         print(f"{scheme}: acc {row['acc']:.3f} " + " ".join(
@@ -118,7 +134,7 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
             flush=True)
     results = {
         "preset": preset, "settings": settings, "draws": draws, "swaps": [{"label": l, "backend": b, "options": o}
-                                                          for l, b, o in SWAPS],
+                                                          for l, b, o in todo],
         "rows": rows, "environment": {"torch": torch.__version__, "python": platform.python_version(),
                                       "machine": platform.machine(), "threads": torch.get_num_threads(),
                                       "device": str(trainer.device)},
