@@ -48,7 +48,7 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def compare(size: int, mode: str, rounds: int, frames: int = 8, depth: int = 12) -> dict:
+def compare(size: int, mode: str, rounds: int, frames: int = 8, depth: int = 12, profile: int = 0) -> dict:
     w = Workload(impl="ours", scheme="divided_space_time", backend="regular", mode=mode, batch=1, frames=frames,
                  image_size=size, dim=768, depth=depth, heads=12, num_classes=400, dtype="float32", device="cpu")
     built = {"ours": build(w), "hf": build(w.replace(impl="hf"))}
@@ -63,6 +63,13 @@ def compare(size: int, mode: str, rounds: int, frames: int = 8, depth: int = 12)
             t0 = time.perf_counter()
             built[name].step()
             times[name].append(time.perf_counter() - t0)
+    if profile:  # one more call each under torch.profiler: where the time goes (self CPU time per op)
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        for name, b in built.items():
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                b.step()
+            res[f"{name}_profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile)
     ratios = [h / o for o, h in zip(times["ours"], times["hf"])]
     res.update(ours_times_s=times["ours"], hf_times_s=times["hf"],
                ours_median_s=statistics.median(times["ours"]), hf_median_s=statistics.median(times["hf"]),
@@ -91,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="timed pairs per size and mode")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--depth", type=int, default=12)
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="also profile one call of each (torch.profiler, top ROWS ops by self CPU time)")
     p.add_argument("--out", default=None, help="write the raw results (JSON) here")
     args = p.parse_args(argv)
     if args.threads:
@@ -106,7 +115,7 @@ def main(argv=None) -> int:
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
         for mode in args.modes.split(","):
-            r = compare(size, mode, args.rounds, depth=args.depth)
+            r = compare(size, mode, args.rounds, depth=args.depth, profile=args.profile)
             results.append(r)
             print(f"8x{size} {mode}: HF {r['hf_median_s']:.2f} s, ours {r['ours_median_s']:.2f} s, speed-up "
                   f"{r['speedup_median']:.2f}x [{r['speedup_min']:.2f}, {r['speedup_max']:.2f}], peak memory "
@@ -115,6 +124,10 @@ def main(argv=None) -> int:
     print(f"\n{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, commit {meta['commit']}, load average "
           f"before {meta['load_before'][0]:.1f}, after {meta['load_after'][0]:.1f}\n")
     print(table(results))
+    for r in results:
+        for name in ("ours", "hf"):
+            if f"{name}_profile" in r:
+                print(f"\n{name}, 8x{r['size']} {r['mode']}, one call:\n{r[name + '_profile']}")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"meta": meta, "results": results}, fh, indent=1)

@@ -290,7 +290,9 @@ class DividedAttention(nn.Module):
             out = self._attend_sequences(core, x, groups, cls, dropout_p)
         else:
             out = self._attend_token_layout(x, groups, cls, dropout_p)
-        return self.proj_drop(self.proj(out.flatten(2)))
+        if out.dim() == 4:  # (b, 1 + M, h, d), not projected yet
+            out = self.proj(out.flatten(2))
+        return self.proj_drop(out)
 
     def _attend_sequences(self, core, x, groups: TokenGroups, cls: str, dropout_p: float):
         """The layer lays the groups out as plain (b*groups, h, S, d) sequences for the core and puts the
@@ -299,7 +301,8 @@ class DividedAttention(nn.Module):
         ``per_group``: x is copied once into (b*groups, 1 + S, dim) rows, each group preceded by the CLS
         row (the official layout), and projected in one GEMM; every sequence is then a view of that
         output and one attention call gives the patches' and the per-group CLS outputs together (no
-        copy of k/v, no second call for the CLS). ``exclude``/``none``: the group views of the patches'
+        copy of k/v, no second call for the CLS); they are projected in that layout and the projected
+        rows put in token layout (b, 1 + M, dim), the CLS row their mean over the groups. ``exclude``/``none``: the group views of the patches'
         rows of the projection. Joint attention (one group in token order) needs no copy at all.
         """
         b = x.shape[0]
@@ -313,7 +316,11 @@ class DividedAttention(nn.Module):
             y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
             if joint:
                 return y.transpose(1, 2)
-            return tokens_from_groups(y, groups, b, 1, y_has_prefix=True)
+            # projected in the groups' layout (the official order: project, then average the CLS rows):
+            # the GEMM reads the attention output as it is (a view, saved once for both backwards) and the
+            # layout change moves the projected rows
+            rows = self.proj(y.transpose(1, 2).reshape(*y.shape[:1], y.shape[2], h * d))  # (b*groups, 1 + S, dim)
+            return tokens_from_groups(rows.unsqueeze(1), groups, b, 1, y_has_prefix=True).squeeze(2)
         if groups_are_views(groups, b, x.shape[1]):
             # all 1 + M rows go through the GEMM (one row more) so that no slice of x is taken: its
             # backward would fill a zero tensor of x's size and copy into it
