@@ -173,7 +173,17 @@ def test_checkpoints_respect_the_umask(tmp_path):
 
 
 # ---- interrupts -----------------------------------------------------------------------------------
-def test_interrupt_in_process_saves_a_consistent_checkpoint_and_resume_is_exact(tmp_path, monkeypatch):
+@pytest.fixture
+def sigint_default():
+    """Python's own SIGINT handler for the test: a test run started as a background job inherits SIGINT
+    ignored, and what the trainer restores (or a second Ctrl-C falls back to) is whatever was there."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_interrupt_in_process_saves_a_consistent_checkpoint_and_resume_is_exact(tmp_path, monkeypatch,
+                                                                               sigint_default):
     """A real SIGINT, delivered while step 2's metrics are written (with gradient accumulation and dropout):
     the run stops after step 2 with a checkpoint there; resuming gives the straight run bit for bit, and
     metrics.jsonl holds every step once."""
@@ -216,6 +226,67 @@ def _wait_for_metrics(path, proc, timeout=120):
             raise AssertionError(f"the run ended early: {proc.communicate()}")
         time.sleep(0.05)
     raise AssertionError("no metrics line in time")
+
+
+def test_an_interrupted_run_leaves_no_dataloader_worker_running(tmp_path, monkeypatch):
+    """While the TrainingInterrupted is still held (its traceback keeps fit()'s frame), no DataLoader worker
+    may be alive: workers ignore SIGTERM, so one left for interpreter exit makes multiprocessing's exit
+    hook SIGTERM it and wait for it forever (a hang seen about once in 15 real-signal runs). And a worker
+    starts with SIGINT/SIGTERM blocked, so a signal to the group while it forks cannot kill it."""
+    import multiprocessing
+
+    t = Trainer(tiny(tmp_path / "run", steps=50, workers=1))
+    log = t._log
+    seen = {}
+
+    def log_and_signal(record):
+        log(record)
+        if record.get("split") == "train" and record["step"] == 1:
+            seen["workers"] = len(multiprocessing.active_children())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(t, "_log", log_and_signal)
+    with pytest.raises(TrainingInterrupted) as info:
+        t.fit()
+    assert info.value.signum == signal.SIGTERM
+    assert seen["workers"] >= 1  # the worker was running when the signal came
+    alive = [p for p in multiprocessing.active_children() if p.is_alive()]
+    assert alive == [], f"DataLoader workers still running after the interrupt: {alive}"
+
+
+_MASK_AT_WORKER_START: set = set()
+
+
+def _record_mask_then_init(worker_id):
+    """Runs first in the worker: what the worker was started with, then the trainer's own init."""
+    from fast_timesformer.train import trainer as tr
+
+    _MASK_AT_WORKER_START.update(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    tr._worker_init(worker_id)
+
+
+class _WorkerSignalState(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):  # runs in the worker, after the init above
+        return torch.tensor([signal.SIGTERM in _MASK_AT_WORKER_START, signal.SIGINT in _MASK_AT_WORKER_START,
+                             signal.getsignal(signal.SIGTERM) == signal.SIG_IGN,
+                             signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])])
+
+
+def test_workers_start_with_the_stop_signals_blocked():
+    """_start_workers forks with SIGINT/SIGTERM blocked, so the worker holds them blocked from its first
+    instruction until _worker_init ignores and unblocks them; this process's own mask is restored."""
+    from torch.utils.data import DataLoader
+    from fast_timesformer.train import trainer as tr
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    loader = DataLoader(_WorkerSignalState(), batch_size=None, num_workers=1, worker_init_fn=_record_mask_then_init)
+    (term_blocked, int_blocked, ignored, still_blocked), = [x.tolist() for x in tr._start_workers(loader)]
+    assert term_blocked and int_blocked  # blocked from the start
+    assert ignored and not still_blocked  # then ignored and unblocked by _worker_init
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -324,7 +395,7 @@ def test_a_fresh_start_in_a_used_folder_replaces_the_old_metrics(tmp_path, capsy
     assert metric_steps(tmp_path / "metrics.jsonl") == [1, 2] and metric_steps(tmp_path / "metrics.jsonl", "eval") == [2]
 
 
-def test_a_second_ctrl_c_acts_at_once_and_says_what_is_saved(tmp_path, capsys, monkeypatch):
+def test_a_second_ctrl_c_acts_at_once_and_says_what_is_saved(tmp_path, capsys, monkeypatch, sigint_default):
     log = Trainer._log
 
     def log_and_signal_twice(self, record):

@@ -291,13 +291,33 @@ def _collate(items):
     return _Failed(problems) if problems else default_collate(items)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _worker_init(_worker_id: int) -> None:
     """DataLoader workers leave SIGINT and SIGTERM to the main process, which stops after the step and then
     shuts them down (Ctrl-C, or a scheduler's SIGTERM, reaches the whole process group; a worker killed by
     it would make the main process fail with a DataLoader error instead of saving). A worker whose main
-    process is gone exits by itself (PyTorch's watchdog)."""
+    process is gone exits by itself (PyTorch's watchdog). The worker was started with these signals
+    blocked (:func:`_start_workers`), so one that arrived while it started is dropped here, not fatal."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _start_workers(loader):
+    """``iter(loader)`` with SIGINT/SIGTERM blocked while the workers are forked: a signal sent to the
+    process group in that window would otherwise kill a worker before :func:`_worker_init` runs. This
+    process receives such a signal when the block is lifted (it is pending, not lost)."""
+    if not loader.num_workers or not hasattr(signal, "pthread_sigmask") \
+            or threading.current_thread() is not threading.main_thread():
+        return iter(loader)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _PeerFailed(FastTimesformerError):
@@ -645,6 +665,7 @@ class Trainer:
         last: dict = {}
         window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
         self.model.train()
+        it = loader = None
         try:
             with _StopSignals() as signals:
                 while self.step < end:
@@ -652,7 +673,7 @@ class Trainer:
                     _set_epoch(self.train_set, epoch)
                     loader = self._loader(self.train_set, self.train_batches(epoch, within),
                                           seed=cfg.seed * 100003 + epoch)
-                    it = iter(loader)
+                    it = _start_workers(loader)
                     while within < self.steps_per_epoch and self.step < end:
                         micro, problems = [], []
                         for _ in range(cfg.accum):
@@ -722,7 +743,13 @@ class Trainer:
                         if epoch_end or self.step == end or (cfg.save_every and self.step % cfg.save_every == 0):
                             self._save_last()
                     del it, loader
+                    it = loader = None
         finally:
+            # Drop the loader here, not at exit: its workers ignore SIGTERM (see _worker_init), so they must
+            # be told to stop through their queue (the iterator's shutdown) while this process still runs.
+            # An exception's traceback keeps this frame, and with it a live iterator, until interpreter
+            # exit, where multiprocessing would SIGTERM the ignoring worker and wait for it forever.
+            it = loader = None
             if bar is not None:
                 bar.close()
         return last
@@ -756,7 +783,7 @@ class Trainer:
         batches = [idx[i:i + per] for i in range(0, len(idx), per)]
         loss_sum = correct = top5 = count = 0.0
         problems: list = []
-        for batch in self._loader(dataset, batches, seed=0):
+        for batch in _start_workers(self._loader(dataset, batches, seed=0)):
             if isinstance(batch, _Failed):
                 problems += batch.problems
                 continue
