@@ -171,6 +171,23 @@ def format_comparison(res: dict, *, breakdown: bool = True) -> str:
     return "\n".join(lines)
 
 
+def _meta() -> dict:
+    import subprocess
+
+    meta = {"torch": torch.__version__}
+    try:
+        import transformers
+        meta["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    try:
+        meta["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                        check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return meta
+
+
 def main(argv: Optional[list] = None) -> int:
     import argparse
     import json
@@ -190,6 +207,7 @@ def main(argv: Optional[list] = None) -> int:
                           heads=args.heads, patch_size=args.patch_size, backend=args.backend)
     print(format_comparison(res))
     if args.json:
+        res["meta"] = _meta()
         with open(args.json, "w") as fh:
             json.dump(res, fh, indent=1)
     return 0
