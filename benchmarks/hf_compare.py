@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from fast_timesformer.bench.measure import peak_memory
+from fast_timesformer.bench.measure import _quiet_stderr, peak_memory
 from fast_timesformer.bench.workloads import Workload, build
 
 
@@ -67,8 +67,14 @@ def compare(size: int, mode: str, rounds: int, frames: int = 8, depth: int = 12,
         from torch.profiler import ProfilerActivity, profile as torch_profile
 
         for name, b in built.items():
-            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            prof = torch_profile(activities=[ProfilerActivity.CPU])
+            with _quiet_stderr():  # kineto prints a line at every start and stop
+                prof.__enter__()
+            try:
                 b.step()
+            finally:
+                with _quiet_stderr():
+                    prof.__exit__(None, None, None)
             res[f"{name}_profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile)
     ratios = [h / o for o, h in zip(times["ours"], times["hf"])]
     res.update(ours_times_s=times["ours"], hf_times_s=times["hf"],
