@@ -77,12 +77,20 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _checks(q, k, v, prefix_k, prefix_v, dropout_p) -> list:
-    # an empty batch never reaches FlexAttention (the core returns the empty result itself, connected to
-    # the inputs), so its backward runs anywhere
-    if q.device.type == "cpu" and q.numel() and _needs_grad(q, k, v, prefix_k, prefix_v):
-        return [CPU_BACKWARD_REASON]
-    return []
+@dataclasses.dataclass(frozen=True, init=False, eq=False, repr=False)
+class FlexBackend(Backend):
+    """``Backend`` with one device-dependent capability: backward runs on CUDA, not on CPU."""
+
+    def why_not(self, q, k=None, v=None, prefix_k=None, prefix_v=None, *, dropout_p: float = 0.0,
+                needs_grad=None, mask=None) -> list:
+        out = super().why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p, needs_grad=needs_grad, mask=mask)
+        # refused when the caller needs gradients or any input requires grad (FlexAttention then raises even in
+        # the forward); an empty batch never reaches FlexAttention (the core returns the empty result itself,
+        # connected to the inputs), so its backward runs anywhere
+        grad = bool(needs_grad) or _needs_grad(q, k, v, prefix_k, prefix_v)
+        if q.device.type == "cpu" and q.numel() and grad and CPU_BACKWARD_REASON not in out:
+            out.append(CPU_BACKWARD_REASON)
+        return out
 
 
 def _compiled():
@@ -281,12 +289,12 @@ class FlexCore(AttentionCore):
         return f"{super().extra_repr()}, compile={self.compile}, layout={self.layout!r}"
 
 
-BACKEND = Backend(
+BACKEND = FlexBackend(
     name="flex",
     factory=FlexCore,
     kind="exact",
     dtypes=COMPILED_DTYPES,  # float64 too with compile=False (see EAGER)
-    supports_backward=True,  # on CUDA; on CPU refused with CPU_BACKWARD_REASON (see _checks)
+    supports_backward=True,  # on CUDA; on CPU refused with CPU_BACKWARD_REASON (FlexBackend.why_not)
     supports_dropout=False,  # FlexAttention has no attention dropout
     supports_mask=True,  # mask-defined steps (neighborhood windows) as cached block masks
     # fp32 accumulation and an online softmax, like SDPA's fused kernels: the default exact tolerances
@@ -297,7 +305,6 @@ BACKEND = Backend(
     # after regular (50): auto never picks it where regular runs, so never on CPU; not measured faster
     # anywhere yet (see docs/flex.md)
     priority=60,
-    checks=_checks,
     availability=_availability,
     description="exact softmax attention via torch FlexAttention (compiled per shape; groups as batch or block mask)",
 )
