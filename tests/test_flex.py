@@ -115,6 +115,7 @@ def test_cpu_backward_is_refused_with_the_declared_reason():
     assert BE.why_not(q, q, q) == [flex.CPU_BACKWARD_REASON]
     with torch.no_grad():
         assert BE.why_not(q, q, q) == []
+        assert BE.why_not(q, q, q, needs_grad=True) == [flex.CPU_BACKWARD_REASON]  # the caller says grad is needed
     layer = DividedAttention(16, heads=2, dim_head=8, backend="flex", compile=False)
     with pytest.raises(BackendUnavailable) as e:
         layer(torch.randn(1, 1 + 6, 16), "b (f n) d", "(b f) n d", f=2)  # weights require grad
