@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fast_timesformer.backends.registry import BackendUnavailable
-from fast_timesformer.bench.workloads import SCHEME_SHORT, Skip, build
+from fast_timesformer.bench.workloads import Skip, build, scheme_label
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = "bfloat16" if DEVICE == "cuda" else "float32"
@@ -48,7 +48,7 @@ def run_workload(benchmark):
             built.step()  # warm-up, and backends refuse here with their reasons
         except (Skip, BackendUnavailable) as e:
             pytest.skip(str(e))
-        benchmark.group = f"{SCHEME_SHORT[w.scheme]} / {w.backend if w.impl in ('ours', 'attention') else w.impl}"
+        benchmark.group = f"{scheme_label(w.scheme)} / {w.backend if w.impl in ('ours', 'attention') else w.impl}"
         benchmark.extra_info.update(w.to_dict())
         benchmark.extra_info["tokens"] = w.tokens
         benchmark.extra_info["threads"] = torch.get_num_threads()

@@ -1,14 +1,17 @@
-"""Attention-level and model-level cases: every scheme x backend x mode at one size per device."""
+"""Attention-level and model-level cases: every registered scheme x benchmarked backend x mode at one size per
+device (the registries drive the cases: a registered scheme or backend is a case here with no edit)."""
 from __future__ import annotations
 
 import pytest
 
-from fast_timesformer.backends import list_backends
-from fast_timesformer.bench.workloads import SCHEMES, Workload
+from fast_timesformer.bench.suites import sweep_backends
+from fast_timesformer.bench.workloads import Workload
+from fast_timesformer.schemes import list_schemes
 
 from conftest import DEVICE, DTYPE
 
-BACKENDS = [b for b in list_backends()]
+SCHEMES = list_schemes()
+BACKENDS = sweep_backends()  # every backend but the diagnostic ones
 MODES = ("fwd", "fwd+bwd")
 
 if DEVICE == "cuda":
@@ -17,9 +20,9 @@ else:
     MODEL = dict(dim=192, heads=3, depth=2, frames=8, image_size=128, batch=1)
 
 
-def test_tiny_divided_regular_forward(run_workload):
+def test_tiny_divided_regular_forward(run_workload):  # the Workload defaults: divided, regular
     """The one case CI runs: the harness, the builder and pytest-benchmark wiring still work."""
-    w = Workload(impl="ours", scheme="divided_space_time", backend="regular", dim=32, heads=2, depth=1, frames=2,
+    w = Workload(impl="ours", dim=32, heads=2, depth=1, frames=2,
                  image_size=32, num_classes=5, device=DEVICE, dtype=DTYPE)
     run_workload(w)
 

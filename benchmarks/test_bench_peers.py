@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fast_timesformer.bench.workloads import Workload
+from fast_timesformer.bench.workloads import Workload, auto_backend
 
 from conftest import DEVICE, DTYPE
 
@@ -15,6 +15,6 @@ else:  # a reduced CPU form of the CPU target (B=1, 8x224, depth 12 runs in `fas
 
 @pytest.mark.parametrize("impl", ["ours", "hf", "lucidrains"])
 def test_divided_peers(run_workload, impl):
-    w = Workload(impl=impl, scheme="divided_space_time", backend="regular", device=DEVICE, dtype=DTYPE,
+    w = Workload(impl=impl, backend=auto_backend(DEVICE, DTYPE), device=DEVICE, dtype=DTYPE,
                  num_classes=400, **CONFIG)
     run_workload(w)

@@ -11,6 +11,7 @@ from fast_timesformer.bench import measure, runner, workloads
 from fast_timesformer.bench.runner import load_results, run_sweep
 from fast_timesformer.bench.suites import filter_points, get_suite
 from fast_timesformer.bench.workloads import Workload
+from fast_timesformer.schemes import list_schemes
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -36,9 +37,13 @@ def test_workload_key_roundtrip_and_validation():
         tiny(image_size=30)
 
 
-@pytest.mark.parametrize("scheme", workloads.SCHEMES)
-def test_scheme_steps_partition_every_token(scheme):
-    steps = workloads.scheme_steps(scheme, 4, 4)
+@pytest.mark.parametrize("scheme", list_schemes())
+def test_attention_stack_steps_partition_every_token(scheme):
+    """impl 'attention' runs the registry's step groups: every patch token in exactly one group per step."""
+    steps = workloads.AttentionStack(tiny(scheme=scheme, frames=4, image_size=64)).steps
+    from fast_timesformer.schemes import get_scheme
+
+    assert [name for name, _ in steps] == list(get_scheme(scheme).step_names)
     for _name, groups in steps:
         idx = groups.index().flatten().sort().values
         assert torch.equal(idx, torch.arange(4 * 16))
@@ -190,8 +195,15 @@ def test_suites_define_the_required_ranges():
     cpu, settings = get_suite("cpu")
     assert settings["sweep_base"]
     sweep = [p for p in cpu if p.group == "sweep"]
-    assert {p.scheme for p in sweep} == set(workloads.SCHEMES)
-    assert {"regular", "performer", "fastformer"} <= {p.backend for p in sweep}
+    assert {p.scheme for p in sweep} == set(list_schemes())
+    from fast_timesformer.backends import get_backend, list_backends
+
+    # every backend but the diagnostic ones, chosen by what they declare; errors measured where not exact
+    assert {p.backend for p in sweep} == {b for b in list_backends() if not workloads.is_diagnostic(get_backend(b))}
+    assert all(p.reference == (p.mode == "fwd" and not get_backend(p.backend).exact) for p in sweep)
+    approx = [p for p in cpu if p.group == "approx"]
+    assert {(p.backend, p.backend_options) for p in approx} == {
+        (b, tuple(sorted(o.items()))) for b in list_backends() for o in get_backend(b).error_sweep}
     assert {p.mode for p in sweep} == {"fwd", "fwd+bwd"}
     assert {p.frames for p in sweep} >= {2, 16} and {p.image_size for p in sweep} >= {64, 224}
     target = [p for p in cpu if p.group == "target"]
@@ -203,7 +215,7 @@ def test_suites_define_the_required_ranges():
     assert {p.frames for p in gs if p.image_size == 224} == {8, 16, 32, 64, 96}
     assert {p.image_size for p in gs if p.frames == 8} >= {224, 448}
     assert all(p.dtype == "bfloat16" and p.device == "cuda" for p in gpu)
-    assert {p.scheme for p in gs} == set(workloads.SCHEMES)
+    assert {p.scheme for p in gs} == set(list_schemes())
     assert len(filter_points(cpu, schemes=["axial"], modes=["fwd"])) < len(cpu)
 
 
@@ -212,7 +224,8 @@ def test_cli_bench_and_plot(tmp_path, capsys):
 
     out = tmp_path / "out"
     rc = main(["bench", "--suite", "tiny", "--out", str(out), "--schemes", "divided_space_time",
-               "--backends", "regular", "--groups", "sweep", "--limit", "2", "--no-progress"])
+               "--backends", "regular", "--groups", "sweep", "--limit", "2", "--no-progress",
+               "--threads", str(torch.get_num_threads())])  # 'auto' may drop to 1 thread on a busy machine
     assert rc == 0
     text = capsys.readouterr().out
     assert "median ms" in text and "summary:" in text
@@ -316,7 +329,7 @@ def _synthetic_gpu_results(tmp_path):
     """GPU-like results (no measuring): joint attention runs out of memory at the largest sizes; 32 frames at
     224 px and 8 frames at 448 px have the same token count (6272); spreads from 5 runs, one point timed once."""
     lines = []
-    for scheme in workloads.SCHEMES:
+    for scheme in list_schemes():
         for backend in ("regular", "performer"):
             for mode in ("fwd", "fwd+bwd"):
                 for f, s in ((8, 224), (16, 224), (32, 224), (8, 336), (8, 448)):

@@ -6,4 +6,4 @@ call; ``--dry-run`` on CPU). See ``docs/bench.md`` and ``docs/gpu.md``.
 """
 from .runner import load_results, measure_point, run_sweep  # noqa: F401
 from .suites import filter_points, get_suite, list_suites  # noqa: F401
-from .workloads import SCHEMES, Skip, Workload, build  # noqa: F401
+from .workloads import Skip, Workload, build  # noqa: F401

@@ -15,8 +15,8 @@ Stages and files (8 at most come back from a loan, so this is all of them)::
                                    fraction of the roofline, triton vs SDPA flash / efficient / cuDNN
     targets      targets.json      DividedAttention layer fwd+bwd; TimeSformer-Base training step (B=8, 8x224,
                                    bf16): ours regular, ours triton, Hugging Face, with peak memory
-    sweep        sweep.json        reduced Figure 3: 5 schemes x regular/triton, frames 8-96 at 224 px,
-                                   224-448 px at 8 frames, forward; OOM points recorded
+    sweep        sweep.json        reduced Figure 3: every registered scheme x regular/triton, frames 8-96 at
+                                   224 px, 224-448 px at 8 frames, forward; OOM points recorded
     report       summary.md, plots.png, and gpu_check.log (everything printed)
 
 See docs/gpu.md.
@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
+# the contenders, by design (docs/triton.md: our Triton kernel vs the best SDPA): named once, in .kernels
+from .kernels import CONTENDERS, KERNEL, SDPA, is_sdpa, sdpa_label  # noqa: E402
 LOG = "gpu_check.log"
 TOTAL_LIMIT_S = 480  # the issue's limit for the whole command on one H100/H200
 
@@ -56,7 +58,7 @@ STAGES = (
     Stage("correctness", "correctness.json", 130, 60, "every backend vs float64, output and gradients; model level"),
     Stage("kernels", "kernels.json", 75, 40, "kernel benchmark: time / space / joint, fwd / bwd / both, graphs"),
     Stage("targets", "targets.json", 75, 40, "layer fwd+bwd; TimeSformer-Base training step vs Hugging Face"),
-    Stage("sweep", "sweep.json", 90, 40, "reduced Figure 3 sweep, forward, 5 schemes x regular/triton"),
+    Stage("sweep", "sweep.json", 90, 40, "reduced Figure 3 sweep, forward, every scheme x regular/triton"),
 )
 REPORT_FILES = ("summary.md", "plots.png", LOG)
 # the stage's own checks stop starting new work at this fraction of its budget; the process is killed at 100 %
@@ -77,14 +79,14 @@ def config(dry: bool) -> dict:
             "model_dtypes": ["bfloat16", "float32"],
             "kernels": dict(batch=8, frames=8, patches=196, heads=12, dim_head=64, dtype="bfloat16", reps=100,
                             rep_ms=60, modes=["fwd", "bwd", "both"], steps=["temporal", "spatial", "joint"],
-                            backends=["triton", "regular", "xformers"]),  # the contenders (correctness checks all)
+                            backends=list(CONTENDERS)),  # the contenders (correctness checks all)
             "layer": dict(batch=8, frames=8, patches=196, heads=12, dim_head=64, dtype="bfloat16", reps=100, rep_ms=150,
-                          backends=["triton", "regular", "xformers"]),
+                          backends=list(CONTENDERS)),
             "train": dict(dim=768, depth=12, heads=12, frames=8, image_size=224, batch=8, dtype="bfloat16",
                           rep_ms=1200, num_classes=400),
             "sweep": dict(dim=768, depth=12, heads=12, dtype="bfloat16", frames=(8, 16, 32, 64, 96),
                           resolutions=(256, 320, 384, 448), base_frames=8, base_res=224, min_run_time=0.03,
-                          backends=("regular", "triton")),
+                          backends=(SDPA, KERNEL)),
         }
     return {
         "device": "cpu",
@@ -95,13 +97,13 @@ def config(dry: bool) -> dict:
         "model_dtypes": ["float32", "float16"],
         "kernels": dict(batch=1, frames=2, patches=4, heads=1, dim_head=16, dtype="float32", reps=2, rep_ms=10,
                         modes=["fwd", "bwd", "both"], steps=["temporal", "spatial", "joint"], time_interpreter=True,
-                        backends=["triton", "regular"]),
+                        backends=[KERNEL, SDPA]),
         "layer": dict(batch=1, frames=2, patches=4, heads=2, dim_head=16, dtype="float32", reps=2, rep_ms=10,
-                      time_interpreter=True, backends=["triton", "regular"]),
+                      time_interpreter=True, backends=[KERNEL, SDPA]),
         "train": dict(dim=32, depth=1, heads=2, frames=2, image_size=32, batch=2, dtype="float32", rep_ms=10,
                       num_classes=5),
         "sweep": dict(dim=32, depth=1, heads=2, dtype="float32", frames=(2, 4), resolutions=(64,), base_frames=2,
-                      base_res=32, min_run_time=0.0005, backends=("regular", "triton"),
+                      base_res=32, min_run_time=0.0005, backends=(SDPA, KERNEL),
                       interpreted_at_base_only=True),  # the interpreter is slow: triton at 2x32 only
     }
 
@@ -305,7 +307,7 @@ def attention_cases(ctx: Ctx) -> dict:
                 ref = reference(step, qkv64, cls64)
                 ref_grads = grads_of(ref, (qkv64, cls64), step.grad_out.double())
                 refs = [ref.detach(), *ref_grads]
-                for label, name, opts in candidates():
+                for label, name, opts in candidates(timed=False):
                     row = {**base, "backend": label}
                     be = get_backend(name)
                     q, k, v = (t.transpose(1, 2) for t in step.qkv.unbind(2))
@@ -334,7 +336,7 @@ def attention_cases(ctx: Ctx) -> dict:
                         msg = one_line(f"{type(e).__name__}: {e}", 300)
                         # a pinned SDPA implementation that cannot take these inputs (flash in fp32, cuDNN at some
                         # head dims) raises at the call: a refusal, not a wrong result
-                        pinned = label.startswith("regular[") and label != "regular[default]"
+                        pinned = is_sdpa(label) and label != sdpa_label("default")
                         status = "refused" if (pinned and isinstance(e, RuntimeError)) or "No viable backend" in msg \
                             or "not supported" in msg.lower() else "error"
                         rows.append({**row, "status": status, "reason": msg})
@@ -387,20 +389,20 @@ def model_check(ctx: Ctx) -> list:
                 worst = max(range(len(ge)), key=lambda i: ge[i])
                 return rel(got[0], ref[0]), ge[worst], names[worst]
 
-            tri = run("triton", amp)
+            tri = run(KERNEL, amp)
             if not amp:  # fp32: triton against regular directly
-                logit_err, grad_err, worst = errors(tri, run("regular", False))
+                logit_err, grad_err, worst = errors(tri, run(SDPA, False))
                 tol = 1e-4
                 ok = logit_err <= tol and grad_err <= tol
                 extra = {}
             else:  # bf16: both against regular in fp32; triton may not be worse than SDPA in the same dtype
-                ref32 = run("regular", False)
+                ref32 = run(SDPA, False)
                 logit_err, grad_err, worst = errors(tri, ref32)
-                reg_l, reg_g, _ = errors(run("regular", True), ref32)
+                reg_l, reg_g, _ = errors(run(SDPA, True), ref32)
                 tol = max(2 * reg_l, 2 * reg_g, 1e-3)
                 ok = logit_err <= max(2 * reg_l, 1e-3) and grad_err <= max(2 * reg_g, 1e-3)
                 extra = {"regular_same_dtype_logits_rel_err": reg_l, "regular_same_dtype_max_grad_rel_err": reg_g,
-                         "reference": "regular in float32"}
+                         "reference": f"{SDPA} in float32"}
             rows.append({**row, "status": "pass" if ok else "fail", "logits_rel_err": logit_err,
                          "max_grad_rel_err": grad_err, "worst_param": worst, "tolerance": tol, **extra,
                          "reason": "" if ok else (f"error above {tol:g}" if not amp else
@@ -449,7 +451,7 @@ def training_step(ctx: Ctx, impl: str, backend: Optional[str]) -> dict:
     from .workloads import Workload, build
 
     c, device = ctx.cfg["train"], ctx.cfg["device"]
-    w = Workload(impl=impl, backend=backend or "regular", scheme="divided_space_time", batch=c["batch"],
+    w = Workload(impl=impl, backend=backend or SDPA, batch=c["batch"],
                  frames=c["frames"], image_size=c["image_size"], dim=c["dim"], depth=c["depth"], heads=c["heads"],
                  num_classes=c["num_classes"], dtype="float32", device=device, mode="fwd+bwd", group="target")
     built = build(w)  # ours and HF get the same weights (seed 0)
@@ -498,7 +500,7 @@ def stage_targets(ctx: Ctx) -> dict:
     c = ctx.cfg["train"]
     ctx.log(f"training step: TimeSformer dim {c['dim']} depth {c['depth']}, B={c['batch']}, {c['frames']}x"
             f"{c['image_size']}, {c['dtype']} autocast, AdamW")
-    for impl, backend in (("ours", "regular"), ("ours", "triton"), ("hf", None)):
+    for impl, backend in (("ours", SDPA), ("ours", KERNEL), ("hf", None)):
         label = f"ours/{backend}" if impl == "ours" else "Hugging Face"
         if ctx.out_of_time():
             out["train"].append({"impl": impl, "backend": backend, "label": label, "status": "not run",
@@ -522,15 +524,20 @@ def stage_targets(ctx: Ctx) -> dict:
 
 # ---- stage: sweep --------------------------------------------------------------------------------------------
 def sweep_points(cfg: dict, device: str) -> list:
-    from .workloads import SCHEMES, Workload
+    """Every registered scheme x the contenders at each size; a point the scheme or the backend declares it
+    cannot run (the scheme's ``why_not`` at that size, a mask-defined step on a backend without masks, ...)
+    is not a point of the comparison and is left out."""
+    from ..schemes import list_schemes
+    from .workloads import Workload, refusals
 
     base = Workload(impl="ours", dim=cfg["dim"], heads=cfg["heads"], depth=cfg["depth"], num_classes=400,
                     device=device, dtype=cfg["dtype"], min_run_time=cfg["min_run_time"], mode="fwd", group="sweep")
     configs = [(f, cfg["base_res"]) for f in cfg["frames"]] + [(cfg["base_frames"], r) for r in cfg["resolutions"]]
-    return [base.replace(scheme=s, backend=b, frames=f, image_size=r)
-            for f, r in configs for s in SCHEMES for b in cfg["backends"]
-            if not (cfg.get("interpreted_at_base_only") and b == "triton"
-                    and (f, r) != (cfg["base_frames"], cfg["base_res"]))]
+    pts = [base.replace(scheme=s, backend=b, frames=f, image_size=r)
+           for f, r in configs for s in list_schemes() for b in cfg["backends"]
+           if not (cfg.get("interpreted_at_base_only") and b == KERNEL
+                   and (f, r) != (cfg["base_frames"], cfg["base_res"]))]
+    return [w for w in pts if not refusals(w, here=False)]
 
 
 def pack_sweep(work: Path, points=None) -> dict:
@@ -549,7 +556,7 @@ def stage_sweep(ctx: Ctx) -> dict:
     c = ctx.cfg["sweep"]
     points = sweep_points(c, ctx.cfg["device"])
     ctx.log(f"{len(points)} points: frames {list(c['frames'])} at {c['base_res']} px, {list(c['resolutions'])} px at "
-            f"{c['base_frames']} frames; 5 schemes x {', '.join(c['backends'])}; forward")
+            f"{c['base_frames']} frames; {len({p.scheme for p in points})} schemes x {', '.join(c['backends'])}; forward")
     settings = {"sweep_base": {"frames": c["base_frames"], "image_size": c["base_res"]}, "suite": "gpu-check sweep"}
     run_sweep(points, ctx.work / "sweep", progress=False, settings=settings, warm_up_s=1.0 if not ctx.dry else 0.0,
               deadline=ctx.deadline, log=ctx.log)

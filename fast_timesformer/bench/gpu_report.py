@@ -10,7 +10,11 @@ import json
 import sys
 from pathlib import Path
 
+from .kernels import KERNEL, SDPA, is_sdpa, sdpa_label
 from .measure import spread_text
+
+# the contenders are named once, in .kernels (our Triton kernel vs the best SDPA implementation, by design)
+KERNEL_LABEL, SDPA_LABEL = f"ours/{KERNEL}", f"ours/{SDPA}"
 
 # (id, what, threshold, source) - the thresholds are the project's stated targets
 TARGETS = (
@@ -44,7 +48,7 @@ def _row(rows, step, mode, backend):
 
 def _best_sdpa(rows, step, mode):
     cands = [r for r in rows if r.get("step") == step and r.get("mode") == mode and r.get("status") == "ok"
-             and r["backend"].startswith("regular[")]
+             and is_sdpa(r["backend"])]
     return min(cands, key=lambda r: r["ms"]) if cands else None
 
 
@@ -78,8 +82,8 @@ def evaluate_targets(results: dict, total_s: float, limit: float = 480, dry: boo
         add(tid, len(passed), (not bad) and not notrun if passed else None,
             f"{len(passed)} pass, {len(bad)} fail" + (f", {len(notrun)} not run" if notrun else ""), why)
 
-    correctness("correct-kernel", [r for r in att if r["backend"] in ("triton", "*")])
-    correctness("correct-backends", [r for r in att if r["backend"] not in ("triton",)])
+    correctness("correct-kernel", [r for r in att if r["backend"] in (KERNEL, "*")])
+    correctness("correct-backends", [r for r in att if r["backend"] != KERNEL])
     models = corr.get("model", [])
     if models:
         bad = [m for m in models if m["status"] != "pass"]
@@ -89,22 +93,23 @@ def evaluate_targets(results: dict, total_s: float, limit: float = 480, dry: boo
     else:
         add("correct-model", None, None, "-", "not measured")
 
-    tri = _row(kern, "temporal", "both", "triton")
+    tri = _row(kern, "temporal", "both", KERNEL)
     if tri:
         frac = tri["pct_bw"] / 100
         add("temporal-roofline", frac, frac >= thr("temporal-roofline"), f"{frac * 100:.0f} % ({tri['TB/s']:.2f} TB/s, {tri['ms']:.3f} ms)")
     else:
         add("temporal-roofline", None, None, "-", "triton temporal fwd+bwd not timed")
     for tid, step in (("temporal-speedup", "temporal"), ("spatial-speedup", "spatial")):
-        tri, best = _row(kern, step, "both", "triton"), _best_sdpa(kern, step, "both")
+        tri, best = _row(kern, step, "both", KERNEL), _best_sdpa(kern, step, "both")
         if tri and best:
             sp = best["ms"] / tri["ms"]
             add(tid, sp, sp >= thr(tid), f"{sp:.2f}x ({best['backend']} {best['ms']:.3f} ms vs {tri['ms']:.3f} ms)")
         else:
             add(tid, None, None, "-", "not timed (triton or every SDPA backend missing)")
     for tid, step in (("layer-temporal", "layer-temporal"), ("layer-spatial", "layer-spatial")):
-        tri = next((r for r in layer if r["step"] == step and r["backend"] == "triton" and r["status"] == "ok"), None)
-        reg = next((r for r in layer if r["step"] == step and r["backend"] == "regular[default]" and r["status"] == "ok"),
+        tri = next((r for r in layer if r["step"] == step and r["backend"] == KERNEL and r["status"] == "ok"), None)
+        reg = next((r for r in layer if r["step"] == step and r["backend"] == sdpa_label("default")
+                    and r["status"] == "ok"),
                    None)
         if tri and reg:
             sp = reg["ms"] / tri["ms"]
@@ -112,7 +117,7 @@ def evaluate_targets(results: dict, total_s: float, limit: float = 480, dry: boo
         else:
             add(tid, None, None, "-", "not timed")
     tr = {r.get("label"): r for r in train if r.get("status") == "ok"}
-    t_tri, t_reg, t_hf = tr.get("ours/triton"), tr.get("ours/regular"), tr.get("Hugging Face")
+    t_tri, t_reg, t_hf = tr.get(KERNEL_LABEL), tr.get(SDPA_LABEL), tr.get("Hugging Face")
     for tid, a, b in (("train-vs-hf", t_hf, t_tri), ("train-vs-regular", t_reg, t_tri)):
         if a and b:
             sp = a["median_s"] / b["median_s"]
@@ -182,8 +187,8 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import SCHEME_COLORS, readable_log_axis
-    from .workloads import SCHEME_SHORT, SCHEMES
+    from .plots import readable_log_axis, scheme_colour, schemes_in
+    from .workloads import scheme_label
 
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))
     kern = results.get("kernels", {}).get("rows", [])
@@ -200,7 +205,7 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
     ok = [r for r in kern if r.get("mode") == "both" and r.get("status") in ("ok", "bound")
           and not r["backend"].startswith("sdpa-only")]
     if ok:
-        backends = sorted({r["backend"] for r in ok}, key=lambda b: (b != "roofline", b != "triton", b))
+        backends = sorted({r["backend"] for r in ok}, key=lambda b: (b != "roofline", b != KERNEL, b))
         width = 0.8 / len(backends)
         for j, be in enumerate(backends):
             xs, ys, lo, hi = [], [], [], []
@@ -211,7 +216,7 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
                     ys.append(r["ms"])
                     lo.append(r["ms"] - r["q1_ms"] if r.get("q1_ms") is not None else 0)
                     hi.append(r["q3_ms"] - r["ms"] if r.get("q3_ms") is not None else 0)
-            color = "tab:red" if be == "triton" else "0.6" if be == "roofline" else None
+            color = "tab:red" if be == KERNEL else "0.6" if be == "roofline" else None
             ax.bar(xs, ys, width=width, label=be, color=color, yerr=[lo, hi], error_kw={"elinewidth": 0.7})
         ax.set_xticks(range(len(steps)))
         ax.set_xticklabels(steps)
@@ -224,21 +229,21 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
 
     # 2. fraction of roofline, triton and best SDPA, per step x mode
     ax = axes[0][1]
-    pts = [r for r in kern if r.get("status") == "ok" and "pct_bw" in r and (r["backend"] == "triton"
-                                                                           or r["backend"].startswith("regular["))]
+    pts = [r for r in kern if r.get("status") == "ok" and "pct_bw" in r and (r["backend"] == KERNEL
+                                                                           or is_sdpa(r["backend"]))]
     if pts:
         labels = [f"{s}\n{m}" for s in steps for m in ("fwd", "bwd", "both")]
-        for j, who in enumerate(("triton", "best SDPA")):
+        for j, who in enumerate((KERNEL, "best SDPA")):
             ys = []
             for s in steps:
                 for m in ("fwd", "bwd", "both"):
-                    if who == "triton":
-                        r = _row(kern, s, m, "triton")
+                    if who == KERNEL:
+                        r = _row(kern, s, m, KERNEL)
                     else:
                         r = _best_sdpa(kern, s, m)
                     ys.append(r["pct_bw"] if r else 0)
             ax.bar([i + (j - 0.5) * 0.4 for i in range(len(labels))], ys, width=0.4, label=who,
-                   color="tab:red" if who == "triton" else "tab:blue")
+                   color="tab:red" if who == KERNEL else "tab:blue")
         ax.axhline(70, color="k", lw=0.8, ls="--", label="target 70 % (temporal)")
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, fontsize=7)
@@ -254,7 +259,7 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
     layer = [r for r in results.get("targets", {}).get("layer", []) if r.get("status") == "ok"]
     if layer:
         kinds = sorted({r["step"] for r in layer})
-        backends = sorted({r["backend"] for r in layer}, key=lambda b: (b != "triton", b))
+        backends = sorted({r["backend"] for r in layer}, key=lambda b: (b != KERNEL, b))
         width = 0.8 / len(backends)
         for j, be in enumerate(backends):
             xs, ys = [], []
@@ -263,7 +268,7 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
                 if r:
                     xs.append(i + (j - (len(backends) - 1) / 2) * width)
                     ys.append(r["ms"])
-            ax.bar(xs, ys, width=width, label=be, color="tab:red" if be == "triton" else None)
+            ax.bar(xs, ys, width=width, label=be, color="tab:red" if be == KERNEL else None)
         ax.set_xticks(range(len(kinds)))
         ax.set_xticklabels(kinds)
         ax.set_ylim(bottom=0)
@@ -280,7 +285,7 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
         xs = range(len(train))
         lo = [r["median_s"] - r["q1_s"] if r.get("q1_s") is not None else 0 for r in train]
         hi = [r["q3_s"] - r["median_s"] if r.get("q3_s") is not None else 0 for r in train]
-        ax.bar(xs, [r["median_s"] * 1e3 for r in train], color=["tab:red" if r["label"] == "ours/triton" else "0.5"
+        ax.bar(xs, [r["median_s"] * 1e3 for r in train], color=["tab:red" if r["label"] == KERNEL_LABEL else "0.5"
                                                                   for r in train],
                yerr=[[v * 1e3 for v in lo], [v * 1e3 for v in hi]])
         for x, r in zip(xs, train):
@@ -305,17 +310,18 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
         if not any(r["status"] == "ok" for r in sel):
             empty(ax, f"latency vs {xlabel}", "sweep stage: no points")
             continue
-        for scheme in SCHEMES:
-            for be, style in (("regular", "-"), ("triton", "--")):
+        for scheme in schemes_in(sel):
+            colour = scheme_colour(scheme)
+            for be, style in ((SDPA, "-"), (KERNEL, "--")):
                 line = sorted((r for r in sel if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be),
                               key=lambda r: r["workload"][x_field])
                 okl = [r for r in line if r["status"] == "ok"]
                 if okl:
                     ax.plot([r["workload"][x_field] for r in okl], [r["median_s"] * 1e3 for r in okl], style,
-                            marker="o", ms=3, color=SCHEME_COLORS[scheme], label=f"{SCHEME_SHORT[scheme]} {be}")
+                            marker="o", ms=3, color=colour, label=f"{scheme_label(scheme)} {be}")
                 for r in line:
                     if r["status"] == "oom":
-                        ax.scatter([r["workload"][x_field]], [0.96], marker="x", color=SCHEME_COLORS[scheme],
+                        ax.scatter([r["workload"][x_field]], [0.96], marker="x", color=colour,
                                    transform=ax.get_xaxis_transform())
         ax.set_yscale("log")
         xs = sorted({r["workload"][x_field] for r in sel})

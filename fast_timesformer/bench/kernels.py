@@ -43,8 +43,26 @@ import torch
 from ..backends import get_backend, list_backends
 from ..groups import TokenGroups
 from .measure import gpu_times_ms, summarize
+from .workloads import is_diagnostic
 
 SDPA_IMPLS = ("flash", "efficient", "cudnn", "math")
+
+# The kernel benchmark and gpu-check's targets compare *our Triton kernel* with *the best SDPA implementation*
+# by design ("triton vs best SDPA", docs/triton.md): the two contenders are named here, once. Every other
+# backend is read from the registry by what it declares.
+KERNEL = "triton"  # the backend running our fused Triton kernel
+SDPA = "regular"  # the backend running torch's scaled_dot_product_attention, timed once per implementation
+XFORMERS = "xformers"  # the other fused memory-efficient kernel, timed beside them on a GPU for reference
+CONTENDERS = (KERNEL, SDPA, XFORMERS)
+
+
+def sdpa_label(impl: str) -> str:
+    """The row label of the SDPA backend pinned to one implementation (``"default"``: torch's choice)."""
+    return f"{SDPA}[{impl}]"
+
+
+def is_sdpa(label: str) -> bool:
+    return label.startswith(f"{SDPA}[")
 MODES = ("fwd", "bwd", "both")
 STEPS = ("temporal", "spatial", "joint")
 STEP_CLS = {"temporal": "exclude", "spatial": "per_group", "joint": "global"}
@@ -213,16 +231,17 @@ def callables(step, core):
     return {"fwd": fwd, "bwd": bwd, "both": both}, prep_bwd
 
 
-def candidates():
-    """(label, backend name, options) for every exact backend; regular once per SDPA implementation."""
+def candidates(timed: bool = True):
+    """(label, backend name, options) for every exact backend (with ``timed``, only the benchmarked ones:
+    not ``Backend.diagnostic``); :data:`SDPA` once per SDPA implementation."""
     out = []
     for name in list_backends():
         be = get_backend(name)
-        if not be.exact:
+        if not be.exact or (timed and is_diagnostic(be)):
             continue
-        if name == "regular":
-            out += [(f"regular[{impl}]", name, {"sdpa_backend": impl}) for impl in SDPA_IMPLS]
-            out.append(("regular[default]", name, {}))
+        if name == SDPA:
+            out += [(sdpa_label(impl), name, {"sdpa_backend": impl}) for impl in SDPA_IMPLS]
+            out.append((sdpa_label("default"), name, {}))
         else:
             out.append((name, name, {}))
     return out
@@ -266,7 +285,7 @@ def bench_steps(cfg, dtype, peak_gbps, spec_bps=None, deadline=None, log=print):
     device = cfg["device"]
     for kind in cfg["steps"]:
         step = Step(kind, cfg["batch"], cfg["frames"], cfg["patches"], cfg["heads"], cfg["dim_head"], dtype, device)
-        ref_core = get_backend("regular").build(cfg["dim_head"], cfg["heads"], sdpa_backend="math")
+        ref_core = get_backend(SDPA).build(cfg["dim_head"], cfg["heads"], sdpa_backend="math")
         for label, name, opts in candidates():
             if cfg.get("backends") and name not in cfg["backends"] and label not in cfg["backends"]:
                 continue
@@ -276,9 +295,9 @@ def bench_steps(cfg, dtype, peak_gbps, spec_bps=None, deadline=None, log=print):
                 continue
             be = get_backend(name)
             reasons = _refusal(be, step, device)
-            if device == "cpu" and name == "triton" and not cfg.get("time_interpreter"):
+            if device == "cpu" and name == KERNEL and not cfg.get("time_interpreter"):
                 reasons = reasons or ["CPU: the Triton interpreter runs programs one by one; timing it is meaningless"]
-            if device == "cuda" and label == "regular[math]":
+            if device == "cuda" and label == sdpa_label("math"):
                 reasons = reasons or ["math is the reference, not a contender (not timed on the GPU)"]
             if reasons:
                 rows.append({**base, "status": "skipped: " + "; ".join(reasons)})
@@ -389,8 +408,8 @@ def bench_layer(cfg, dtype, deadline=None, log=print):
         for label, name, opts in candidates():
             if cfg.get("backends") and name not in cfg["backends"] and label not in cfg["backends"]:
                 continue
-            if (device == "cpu" and name == "triton" and not cfg.get("time_interpreter")) or \
-                    (device == "cuda" and label == "regular[math]"):
+            if (device == "cpu" and name == KERNEL and not cfg.get("time_interpreter")) or \
+                    (device == "cuda" and label == sdpa_label("math")):
                 continue
             base = {"step": f"layer-{kind}", "backend": label, "dtype": str(dtype).replace("torch.", ""),
                     "mode": "both"}
@@ -421,8 +440,8 @@ def speedups(rows):
     for step, mode in sorted(keys):
         ok = [r for r in rows if r["step"] == step and r.get("mode") == mode and r.get("status") == "ok"
               and not r["backend"].startswith("sdpa-only")]
-        tri = [r for r in ok if r["backend"] == "triton"]
-        others = [r for r in ok if r["backend"] != "triton"]
+        tri = [r for r in ok if r["backend"] == KERNEL]
+        others = [r for r in ok if r["backend"] != KERNEL]
         if tri and others:
             best = min(others, key=lambda r: r["ms"])
             out.append({"step": step, "mode": mode, "triton_ms": tri[0]["ms"], "best_other": best["backend"],
@@ -538,7 +557,7 @@ def main(argv=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
     print(f"\nsaved {os.path.relpath(path)}")
-    failed = [r for r in data["rows"] if r["status"].startswith("failed check") and r["backend"] == "triton"]
+    failed = [r for r in data["rows"] if r["status"].startswith("failed check") and r["backend"] == KERNEL]
     return 1 if failed else 0
 
 

@@ -3,15 +3,21 @@
 ``plot_all(results_dir)`` writes PNGs next to the results (matplotlib, Agg backend) and returns their
 paths; every figure is skipped, not faked, when the results hold no points for it.
 
+Schemes and backends are styled from the registries, never by name: a scheme's label is its ``short`` and
+its colour :func:`~fast_timesformer.scheme_color` (the palette by registration index); a backend's colour
+is :data:`BACKEND_PALETTE` by registration index and its error marker is its declared ``kind``. The
+baseline (``ours/<baseline>``, the error reference) is the exact backend ``auto`` picked
+(:func:`~fast_timesformer.bench.runner.baseline_backend`).
+
 - ``latency_vs_frames.png`` / ``latency_vs_resolution.png``: rows = fwd / fwd+bwd, columns = backends,
   one line per scheme; OOM points are marked with an x at the top of the panel.
-- ``memory_vs_tokens.png``: peak memory of the training step vs patch tokens, per scheme (backend
-  ``regular``) and per backend (divided and joint schemes).
+- ``memory_vs_tokens.png``: peak memory of the training step vs patch tokens, per scheme (the baseline
+  backend) and per backend (the first registered scheme and the one with the most attention pairs).
 - ``backend_bars.png``: latency of every scheme x backend at the sweep's base workload.
-- ``error_vs_speed.png``: output error against backend ``regular`` at equal weights vs speed-up over
-  ``regular``. Performer is an approximation of softmax attention (error shrinks with more features);
-  fastformer is a different model with its own parameters, so its point is a deviation, drawn with
-  another marker and labelled so.
+- ``error_vs_speed.png``: output error against the baseline at equal weights vs speed-up over it. An
+  ``approximate`` backend (performer) estimates softmax attention (its error shrinks with more features);
+  a ``different_model`` backend (fastformer) has its own parameters, so its point is a deviation, drawn
+  with another marker and labelled so.
 - ``flops_vs_frames_resolution.png``: FLOPs per clip (forward) vs frames and vs resolution, like the
   paper's Figure 3, with OOM points marked.
 - ``peers.png``: the target comparison (ours vs Hugging Face vs lucidrains) when present.
@@ -21,16 +27,43 @@ from __future__ import annotations
 from pathlib import Path
 
 from .measure import spread_text
-from .runner import latest_by_key, load_meta, load_results
-from .workloads import SCHEME_SHORT, SCHEMES
+from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results
+from .workloads import scheme_label
 
-SCHEME_COLORS = {"space_only": "#1f77b4", "joint_space_time": "#d62728", "divided_space_time": "#2ca02c",
-                 "sparse_local_global": "#9467bd", "axial": "#ff7f0e"}
-BACKEND_STYLES = {"regular": "-", "triton": "--", "xformers": "-.", "performer": ":", "fastformer": (0, (5, 2, 1, 2))}
-BACKEND_COLORS = {"regular": "#333333", "triton": "#17becf", "xformers": "#8c564b", "performer": "#e377c2",
-                  "fastformer": "#bcbd22"}
+#: backend colours, given by registration index (cycling)
+BACKEND_PALETTE = ("#333333", "#e377c2", "#bcbd22", "#8c564b", "#9467bd", "#17becf", "#ff7f0e", "#1f77b4")
 MODES = ("fwd", "fwd+bwd")
-ERROR_MARKERS = {"performer": "o", "fastformer": "s"}
+#: the error plot's marker per declared backend kind
+KIND_MARKERS = {"approximate": "o", "different_model": "s", "exact": "^"}
+
+
+def _registered_index(name: str, names: list) -> tuple:
+    """Sort key: registration order first, then names this process does not register, alphabetically."""
+    return (names.index(name) if name in names else len(names), name)
+
+
+def schemes_in(recs) -> list:
+    """The schemes of ``recs``, in registration order (unregistered ones after, by name)."""
+    from ..schemes import list_schemes
+
+    return sorted({r["workload"]["scheme"] for r in recs}, key=lambda s: _registered_index(s, list_schemes()))
+
+
+def scheme_colour(name: str) -> str:
+    """The registry's colour of a scheme (:func:`~fast_timesformer.scheme_color`); for a scheme not
+    registered in this process, a palette colour from its name."""
+    from ..schemes import PALETTE, SCHEMES, scheme_color
+
+    return scheme_color(name) if name in SCHEMES else PALETTE[sum(map(ord, name)) % len(PALETTE)]
+
+
+def backend_colour(name: str) -> str:
+    """:data:`BACKEND_PALETTE` at the backend's registration index (unregistered: after the registered)."""
+    from ..backends import list_backends
+
+    names = list_backends()
+    i = names.index(name) if name in names else len(names) + sum(map(ord, name))
+    return BACKEND_PALETTE[i % len(BACKEND_PALETTE)]
 
 
 def _plt():
@@ -122,10 +155,12 @@ def _device_title(meta):
     return runs[-1].get("device", "")
 
 
-def _backends_in(recs):
-    seen = {r["workload"]["backend"] for r in recs if r["status"] == "ok"}
-    order = list(BACKEND_STYLES)
-    return sorted(seen, key=lambda b: (order.index(b) if b in order else 99, b))
+def _backends_in(recs, status=("ok",)):
+    """Backends of ``recs`` (with a point of ``status``), in registration order."""
+    from ..backends import list_backends
+
+    seen = {r["workload"]["backend"] for r in recs if r["status"] in status}
+    return sorted(seen, key=lambda b: _registered_index(b, list_backends()))
 
 
 def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title, path):
@@ -139,17 +174,18 @@ def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title,
     for i, mode in enumerate(MODES):
         for j, be in enumerate(backends):
             ax = axes[i][j]
-            for scheme in SCHEMES:
+            for scheme in schemes_in(pts):
                 sel = sorted((r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be
                               and r["workload"]["mode"] == mode and not r["workload"]["backend_options"]),
                              key=lambda r: r["workload"][x_field])
                 ok = [r for r in sel if r["status"] == "ok"]
+                colour = scheme_colour(scheme)
                 if ok:
                     ax.plot([r["workload"][x_field] for r in ok], [r["median_s"] * 1e3 for r in ok], "o-",
-                            color=SCHEME_COLORS[scheme], label=SCHEME_SHORT[scheme], ms=4)
+                            color=colour, label=scheme_label(scheme), ms=4)
                     ax.errorbar([r["workload"][x_field] for r in ok], [r["median_s"] * 1e3 for r in ok],
-                                yerr=_yerr(ok), fmt="none", ecolor=SCHEME_COLORS[scheme], alpha=0.5)
-                _mark_oom(ax, [r for r in sel if r["status"] == "oom"], x_field, SCHEME_COLORS[scheme])
+                                yerr=_yerr(ok), fmt="none", ecolor=colour, alpha=0.5)
+                _mark_oom(ax, [r for r in sel if r["status"] == "oom"], x_field, colour)
             ax.set_yscale("log")
             ax.set_xscale("log", base=2)
             ax.set_title(f"{be} - {mode}", fontsize=10)
@@ -212,7 +248,10 @@ def plot_memory_vs_tokens(plt, recs, meta, out):
     pts = [r for r in pts if r["workload"]["mode"] == mode]
     if not any(r["status"] == "ok" for r in pts) or f0 is None:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    base = baseline_backend(pts)
+    per_backend = _memory_schemes(pts, f0, s0)
+    fig, axes = plt.subplots(1, 1 + len(per_backend), figsize=(5 * (1 + len(per_backend)), 4.8), squeeze=False)
+    axes = list(axes[0])
     axes_of_sweep = (("frames", "image_size", s0, "-", "o", f"frames sweep at {s0} px"),
                      ("image_size", "frames", f0, "--", "s", f"resolution sweep at {f0} frames"))
 
@@ -226,15 +265,15 @@ def plot_memory_vs_tokens(plt, recs, meta, out):
             _mark_oom(ax, [r for r in one if r["status"] == "oom"], "tokens", color)
 
     ax = axes[0]
-    for scheme in SCHEMES:
-        lines(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == "regular"],
-              SCHEME_COLORS[scheme], SCHEME_SHORT[scheme])
-    ax.set_title(f"per scheme (backend regular, {mode})", fontsize=10)
-    for ax, scheme in zip(axes[1:], ("divided_space_time", "joint_space_time")):
+    for scheme in schemes_in(pts):
+        lines(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == base],
+              scheme_colour(scheme), scheme_label(scheme))
+    ax.set_title(f"per scheme (backend {base}, {mode})", fontsize=10)
+    for ax, scheme in zip(axes[1:], per_backend):
         for be in _backends_in(pts):
             lines(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be],
-                  BACKEND_COLORS.get(be, "k"), be)
-        ax.set_title(f"per backend ({SCHEME_SHORT[scheme]}, {mode})", fontsize=10)
+                  backend_colour(be), be)
+        ax.set_title(f"per backend ({scheme_label(scheme)}, {mode})", fontsize=10)
     from matplotlib.lines import Line2D
 
     style_handles = [Line2D([], [], color="gray", linestyle=st, marker=mk, ms=3, label=lab)
@@ -258,21 +297,41 @@ def plot_memory_vs_tokens(plt, recs, meta, out):
     return path
 
 
+def _memory_schemes(pts, frames, image_size) -> list:
+    """The per-backend memory panels: the first registered scheme with points, and the one with the most
+    attention pairs at the base size (the registry's ``Scheme.attention_pairs``), if another."""
+    from ..schemes import SCHEMES
+
+    names = [s for s in schemes_in([r for r in pts if r["status"] == "ok"]) if s in SCHEMES]
+    if not names:
+        return []
+
+    def pairs(name):
+        scheme = SCHEMES[name]
+        grid = image_size // pts[0]["workload"]["patch_size"]
+        if scheme.reasons(frames, grid):
+            return -1
+        return sum(n for _step, n in scheme.attention_pairs(frames, grid))
+
+    costliest = max(names, key=pairs)
+    return [names[0]] + ([costliest] if costliest != names[0] else [])
+
+
 def plot_backend_bars(plt, recs, meta, out):
     f, s = _sweep_base(recs, meta)
     pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["frames"] == f
            and r["workload"]["image_size"] == s and not r["workload"]["backend_options"]]
     if not any(r["status"] == "ok" for r in pts):
         return None
-    backends = sorted({r["workload"]["backend"] for r in pts},
-                      key=lambda b: (list(BACKEND_STYLES).index(b) if b in BACKEND_STYLES else 99, b))
+    backends = _backends_in(pts, status=("ok", "oom", "skipped", "error"))
+    schemes = schemes_in(pts)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     width = 0.8 / max(len(backends), 1)
     notes = {}
     for ax, mode in zip(axes, MODES):
         for j, be in enumerate(backends):
             xs, ys, errs = [], [], []
-            for i, scheme in enumerate(SCHEMES):
+            for i, scheme in enumerate(schemes):
                 r = next((r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be
                           and r["workload"]["mode"] == mode), None)
                 if r is None:
@@ -285,11 +344,11 @@ def plot_backend_bars(plt, recs, meta, out):
                     notes.setdefault(be, f"{r['status']}: {r['reason'].split(';')[0][:120]}")
                     ax.text(i + (j - (len(backends) - 1) / 2) * width, 0.02, r["status"][:4], rotation=90,
                             fontsize=6, ha="center", va="bottom", transform=ax.get_xaxis_transform(),
-                            color=BACKEND_COLORS.get(be, "k"))
-            ax.bar(xs, ys, width=width, color=BACKEND_COLORS.get(be, "k"), label=be if xs else None,
+                            color=backend_colour(be))
+            ax.bar(xs, ys, width=width, color=backend_colour(be), label=be if xs else None,
                    yerr=_yerr(errs) if errs else None, error_kw={"elinewidth": 0.8, "capsize": 1.5})
-        ax.set_xticks(range(len(SCHEMES)))
-        ax.set_xticklabels([SCHEME_SHORT[s_] for s_ in SCHEMES])
+        ax.set_xticks(range(len(schemes)))
+        ax.set_xticklabels([scheme_label(s_) for s_ in schemes])
         ax.set_ylim(bottom=0)  # a linear axis from 0: bar lengths compare (on a log axis they do not)
         ax.set_ylabel("median latency (ms)")
         ax.set_title(mode, fontsize=10)
@@ -308,10 +367,11 @@ def plot_backend_bars(plt, recs, meta, out):
     return path
 
 
-def _regular_twin(recs, w):
+def _baseline_twin(recs, w, baseline):
+    """The ``baseline`` backend's point at the same workload as ``w``."""
     for r in recs:
         v = r["workload"]
-        if r["status"] == "ok" and v["backend"] == "regular" and v["impl"] == w["impl"] and all(
+        if r["status"] == "ok" and v["backend"] == baseline and v["impl"] == w["impl"] and all(
                 v[k] == w[k] for k in ("scheme", "mode", "batch", "frames", "image_size", "dim", "depth", "heads",
                                        "dtype", "device")):
             return r
@@ -320,9 +380,10 @@ def _regular_twin(recs, w):
 
 def plot_error_vs_speed(plt, recs, meta, out):
     pts = [r for r in recs if r["status"] == "ok" and r.get("rel_error") is not None]
+    base = baseline_backend(recs)
     rows = []
     for r in pts:
-        twin = _regular_twin(recs, r["workload"])
+        twin = _baseline_twin(recs, r["workload"], r.get("reference_backend") or base)
         if twin is not None:
             rows.append((r, twin["median_s"] / r["median_s"]))
     if not rows:
@@ -332,20 +393,21 @@ def plot_error_vs_speed(plt, recs, meta, out):
 
     for r, speedup in rows:
         w = r["workload"]
-        be = w["backend"]
-        ax.scatter([speedup], [r["rel_error"]], marker=ERROR_MARKERS.get(be, "^"), color=SCHEME_COLORS[w["scheme"]],
-                   edgecolors="k" if be == "fastformer" else "none", s=44 if w["group"] == "approx" else 22,
+        kind = kind_of(r)
+        ax.scatter([speedup], [r["rel_error"]], marker=KIND_MARKERS.get(kind, "^"), color=scheme_colour(w["scheme"]),
+                   edgecolors="k" if kind == "different_model" else "none", s=44 if w["group"] == "approx" else 22,
                    alpha=0.9 if w["group"] == "approx" else 0.6)
-        if w["backend_options"].get("nb_features"):
-            ax.annotate(f"m={w['backend_options']['nb_features']}", (speedup, r["rel_error"]), fontsize=7,
-                        xytext=(4, 2), textcoords="offset points")
-    backends = sorted({r["workload"]["backend"] for r, _ in rows})
-    kinds = [Line2D([], [], ls="", marker=ERROR_MARKERS.get(b, "^"), color="gray",
-                    markeredgecolor="k" if b == "fastformer" else "gray",
-                    label="fastformer: different model (deviation, not approximation)" if b == "fastformer"
-                    else f"{b}: approximation error") for b in backends]
-    schemes = [Line2D([], [], ls="", marker="o", color=SCHEME_COLORS[s_], label=SCHEME_SHORT[s_])
-               for s_ in SCHEMES if any(r["workload"]["scheme"] == s_ for r, _ in rows)]
+        if w["backend_options"]:  # an error_sweep option set: name its values
+            ax.annotate(",".join(f"{v}" for v in w["backend_options"].values()), (speedup, r["rel_error"]),
+                        fontsize=7, xytext=(4, 2), textcoords="offset points")
+    kind_of_backend = {r["workload"]["backend"]: kind_of(r) for r, _ in rows}
+    kinds = [Line2D([], [], ls="", marker=KIND_MARKERS.get(k, "^"), color="gray",
+                    markeredgecolor="k" if k == "different_model" else "gray",
+                    label=f"{b}: different model (deviation, not approximation)" if k == "different_model"
+                    else f"{b}: approximation error") for b, k in
+             ((b, kind_of_backend[b]) for b in _backends_in([r for r, _ in rows]))]
+    schemes = [Line2D([], [], ls="", marker="o", color=scheme_colour(s_), label=scheme_label(s_))
+               for s_ in schemes_in([r for r, _ in rows])]
     leg = ax.legend(handles=kinds, fontsize=7, loc="upper left")
     ax.add_artist(leg)
     ax.legend(handles=schemes, fontsize=7, loc="lower right", title="scheme", title_fontsize=7)
@@ -354,8 +416,8 @@ def plot_error_vs_speed(plt, recs, meta, out):
     ax.set_yscale("log")
     readable_log_axis(ax, "x")
     readable_log_axis(ax, "y")
-    ax.set_xlabel("speed-up over backend 'regular' at the same workload (x)")
-    ax.set_ylabel("relative error of the output vs 'regular', same weights")
+    ax.set_xlabel(f"speed-up over backend {base!r} at the same workload (x)")
+    ax.set_ylabel(f"relative error of the output vs {base!r}, same weights")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(f"Approximation error vs speed (forward) - {_device_title(meta)}\n"
                  "large markers: feature sweep at the base workload; small: the frames/resolution sweep",
@@ -369,7 +431,8 @@ def plot_error_vs_speed(plt, recs, meta, out):
 
 def plot_flops(plt, recs, meta, out):
     f, s = _sweep_base(recs, meta)
-    pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["backend"] == "regular"
+    base = baseline_backend(recs)
+    pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["backend"] == base
            and r["workload"]["mode"] == "fwd" and r["status"] in ("ok", "oom")]
     if not any(r["status"] == "ok" for r in pts):
         return None
@@ -379,13 +442,13 @@ def plot_flops(plt, recs, meta, out):
     for ax, (x_field, fixed_field, fixed, xlabel) in zip(axes, (("frames", "image_size", s, "frames"),
                                                                 ("image_size", "frames", f, "resolution (px)"))):
         sel_all = [r for r in pts if r["workload"][fixed_field] == fixed]
-        for scheme in SCHEMES:
+        for scheme in schemes_in(sel_all):
             sel = sorted((r for r in sel_all if r["workload"]["scheme"] == scheme), key=lambda r: r["workload"][x_field])
             ok = [r for r in sel if r["status"] == "ok"]
             if ok:
                 ax.plot([r["workload"][x_field] for r in ok], [r["flops"] * scale for r in ok], "o-",
-                        color=SCHEME_COLORS[scheme], label=SCHEME_SHORT[scheme], ms=4)
-            _mark_oom(ax, [r for r in sel if r["status"] == "oom"], x_field, SCHEME_COLORS[scheme])
+                        color=scheme_colour(scheme), label=scheme_label(scheme), ms=4)
+            _mark_oom(ax, [r for r in sel if r["status"] == "oom"], x_field, scheme_colour(scheme))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{unit} per clip (forward)")
         ax.set_title(f"vs {xlabel} ({'at %d px' % s if x_field == 'frames' else 'at %d frames' % f})", fontsize=10)
@@ -434,19 +497,21 @@ def plot_peers(plt, recs, meta, out):
 
 
 def _size_pairs(recs):
-    """{(frames, image_size): {"ours": rec, "hf": rec}} from the target and sizes groups (forward)."""
+    """{(frames, image_size): {"ours": rec, "hf": rec}} from the target and sizes groups (forward); ours =
+    the baseline backend (:func:`~fast_timesformer.bench.runner.baseline_backend`)."""
     pairs = {}
+    recs = [r for r in recs if r["status"] == "ok" and r["workload"]["group"] in ("target", "sizes")
+            and r["workload"]["mode"] == "fwd"]
+    base = baseline_backend(recs)
     for r in recs:
         w = r["workload"]
-        if r["status"] != "ok" or w["group"] not in ("target", "sizes") or w["mode"] != "fwd":
-            continue
-        if w["impl"] == "hf" or (w["impl"] == "ours" and w["backend"] == "regular"):
+        if w["impl"] == "hf" or (w["impl"] == "ours" and w["backend"] == base):
             pairs.setdefault((w["frames"], w["image_size"]), {})[w["impl"]] = r
     return {k: v for k, v in sorted(pairs.items()) if "ours" in v and "hf" in v}
 
 
 def plot_hf_sizes(plt, recs, meta, out):
-    """Ours (regular) vs Hugging Face at every measured size: latency, and the speed and memory ratios
+    """Ours (the baseline backend) vs Hugging Face at every measured size: latency, and the speed and memory ratios
     along the resolution axis (one line, one sweep axis)."""
     pairs = _size_pairs(recs)
     if len(pairs) < 2:
@@ -455,7 +520,8 @@ def plot_hf_sizes(plt, recs, meta, out):
     labels = [f"{f}x{s_}" for f, s_ in sizes]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
     ax = axes[0]
-    for j, (impl, color, name) in enumerate((("ours", "#2ca02c", "ours (regular)"), ("hf", "#7f7f7f", "Hugging Face"))):
+    ours_name = f"ours ({pairs[sizes[0]]['ours']['workload']['backend']})"
+    for j, (impl, color, name) in enumerate((("ours", "#2ca02c", ours_name), ("hf", "#7f7f7f", "Hugging Face"))):
         rs = [pairs[k][impl] for k in sizes]
         xs = [i + (j - 0.5) * 0.38 for i in range(len(sizes))]
         ax.bar(xs, [r["median_s"] for r in rs], width=0.38, color=color, label=name, yerr=_yerr(rs, 1.0),

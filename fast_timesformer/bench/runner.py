@@ -25,7 +25,7 @@ import torch
 
 from ..errors import FastTimesformerError
 from . import measure
-from .workloads import Skip, Workload, build
+from .workloads import Skip, Workload, backend_kind, build
 
 RESULTS = "results.jsonl"
 META = "meta.json"
@@ -100,8 +100,16 @@ def run_metadata(settings: Optional[dict] = None) -> dict:
 
 # ---- one point -------------------------------------------------------------------------------
 def _new_record(w: Workload) -> dict:
+    """A record; ``backend_kind``: the backend's declared kind (what the plots style it by, also where the
+    results are read in a process that does not register it)."""
+    kind = backend_kind(w.backend) if w.impl in ("attention", "ours") else None
     return {"key": w.key, "workload": w.to_dict(), "label": w.label, "tokens": w.tokens,
-            "status": "ok", "reason": "", "notes": []}
+            "status": "ok", "reason": "", "notes": [], "backend_kind": kind}
+
+
+#: what a non-exact backend's relative error against the exact baseline means, by its declared kind
+ERROR_KINDS = {"approximate": "approximation error", "different_model": "deviation (different model)",
+               "exact": "rounding difference"}
 
 
 def _fail(rec: dict, e: BaseException) -> None:
@@ -139,8 +147,8 @@ def _finish(w: Workload, rec: dict, built) -> None:
         rec["tflops_s"] = rec["flops"] / rec["median_s"] / 1e12
         if built.reference_output is not None:
             rec["rel_error"] = measure.relative_error(built.output(), built.reference_output())
-            rec["error_kind"] = ("deviation (different model)" if w.backend == "fastformer"
-                                 else "approximation error")
+            rec["error_kind"] = ERROR_KINDS.get(rec.get("backend_kind"), "error")
+            rec["reference_backend"] = built.reference_backend
     except Exception as e:  # noqa: BLE001
         _fail(rec, e)
 
@@ -445,17 +453,38 @@ SAME_CONFIG = ("scheme", "mode", "batch", "frames", "image_size", "patch_size", 
                "device", "group")
 
 
+def kind_of(rec: dict) -> str:
+    """A record's backend kind: stored with it, else the registry's (older results), else ``exact``."""
+    return rec.get("backend_kind") or backend_kind(rec["workload"]["backend"]) or "exact"
+
+
+def baseline_backend(records: Iterable[dict]) -> Optional[str]:
+    """The exact backend the others are compared with: the one the error measurements ran against
+    (``reference_backend``), else the first exact backend, in registration order, with a measured point."""
+    from ..backends import list_backends
+
+    records = [r for r in records if r.get("status") == "ok" and r["workload"]["impl"] in ("attention", "ours")]
+    for r in records:
+        if r.get("reference_backend"):
+            return r["reference_backend"]
+    exact = {r["workload"]["backend"] for r in records if kind_of(r) == "exact"}
+    order = list_backends()
+    return min(exact, key=lambda b: (order.index(b) if b in order else len(order), b)) if exact else None
+
+
 def peer_ratios(records: Iterable[dict]) -> list:
     """Speed and memory ratios at equal configs in one results file, for the ``target`` group and peers:
-    every ``ours/<backend>`` against each peer (hf, lucidrains) and against ``ours/regular``."""
+    every ``ours/<backend>`` against each peer (hf, lucidrains) and against ``ours/<baseline>``
+    (:func:`baseline_backend`)."""
     records = [r for r in records if r.get("status") == "ok"]
     ours = [r for r in records if r["workload"]["impl"] == "ours"]
+    base = baseline_backend([r for r in ours if r["workload"]["group"] == "target"])
     refs = [r for r in records if r["workload"]["impl"] in ("hf", "lucidrains")]
-    refs += [r for r in ours if r["workload"]["backend"] == "regular" and r["workload"]["group"] == "target"]
+    refs += [r for r in ours if r["workload"]["backend"] == base and r["workload"]["group"] == "target"]
     out = []
     for ref in refs:
         pw = ref["workload"]
-        peer = pw["impl"] if pw["impl"] != "ours" else "ours/regular"
+        peer = pw["impl"] if pw["impl"] != "ours" else f"ours/{base}"
         for o in ours:
             ow = o["workload"]
             if o is ref or not all(ow[f] == pw[f] for f in SAME_CONFIG):

@@ -2,8 +2,17 @@
 
 Each suite is a function returning the points in run order plus ``settings`` (stored in the run's
 metadata; the plots read ``sweep_base`` from it). Registering a function with :func:`suite` puts it
-on the command line (``fast-timesformer bench --suite NAME``). Backends come from the registry, so a
-newly registered backend joins the sweeps (and shows as skipped, with its reason, where it cannot run).
+on the command line (``fast-timesformer bench --suite NAME``). Schemes and backends come from their
+registries and are chosen by what they declare, never by name, so a newly registered scheme or backend
+joins the sweeps (and shows as skipped, with its reasons, where it cannot run):
+
+- the sweeps: every registered scheme x every benchmarked backend (not ``Backend.diagnostic``: the diagnostic
+  ``recording`` backend is not timed);
+- the error measurement (``reference=True``): every backend whose ``kind`` is not ``exact``, against the
+  exact backend ``auto`` picks (:func:`~fast_timesformer.bench.workloads.auto_backend`), in the sweep's
+  forward points and at each option set of its ``error_sweep`` (group ``approx``);
+- the targets: the backend ``auto`` picks (CPU), or every exact backend declaring the device, dtype and
+  backward (GPU), against the peers.
 
 - ``cpu`` (default of ``make bench``, ~5 min on 2 cores): ViT-Tiny width (dim 192, 3 heads, depth 2),
   float32, frames 2..16 at 128 px and 64..224 px at 8 frames, five schemes x every registered backend,
@@ -23,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from .workloads import SCHEMES, Workload
+from .workloads import Workload, auto_backend, backend_kind, benchmarked_backends
 
 SUITES: dict = {}
 
@@ -47,12 +56,37 @@ def get_suite(name: str, **kw):
 
 
 def sweep_backends() -> list:
-    """Every registered backend except ``auto`` (those that cannot run here are recorded as skipped)."""
-    from ..backends import list_backends
+    """Every benchmarked backend, in registration order (those that cannot run here are recorded as
+    skipped, with their reasons)."""
+    return benchmarked_backends()
 
-    order = ["regular", "triton", "xformers", "performer", "fastformer"]
-    names = list_backends()
-    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+def exact_backends(device: str, dtype: str, backward: bool = False) -> list:
+    """Benchmarked exact backends that declare ``device`` and ``dtype`` (and backward, if asked)."""
+    from ..backends import get_backend
+    from .workloads import DTYPES
+
+    dev = device.split(":")[0]
+    out = []
+    for name in benchmarked_backends():
+        be = get_backend(name)
+        if be.exact and dev in be.devices and DTYPES[dtype] in be.dtypes and (be.supports_backward or not backward):
+            out.append(name)
+    return out
+
+
+def inexact_backends(device: str) -> list:
+    """Benchmarked backends whose ``kind`` is not ``exact`` (their error is measured) that declare ``device``."""
+    from ..backends import get_backend
+
+    return [n for n in benchmarked_backends() if not get_backend(n).exact
+            and device.split(":")[0] in get_backend(n).devices]
+
+
+def _schemes() -> list:
+    from ..schemes import list_schemes
+
+    return list_schemes()
 
 
 def models_available() -> bool:
@@ -63,26 +97,33 @@ def models_available() -> bool:
     return True
 
 
-def _sweep(base: Workload, frames_list, res_list, base_frames, base_res, backends, modes, schemes=SCHEMES):
-    """frames sweep at ``base_res`` + resolution sweep at ``base_frames``, all schemes x backends x modes."""
+def _sweep(base: Workload, frames_list, res_list, base_frames, base_res, backends, modes, schemes=None):
+    """frames sweep at ``base_res`` + resolution sweep at ``base_frames``, all registered schemes x backends x
+    modes; the forward points of a backend that is not exact also measure its error."""
     configs = [(f, base_res) for f in frames_list]
     configs += [(base_frames, r) for r in res_list if (base_frames, r) not in configs]
     points = []
     for f, r in configs:
-        for scheme in schemes:
+        for scheme in schemes or _schemes():
             for be in backends:
                 for mode in modes:
                     points.append(base.replace(scheme=scheme, backend=be, mode=mode, frames=f, image_size=r,
-                                               group="sweep", reference=(mode == "fwd" and be != "regular")))
+                                               group="sweep",
+                                               reference=(mode == "fwd" and backend_kind(be) != "exact")))
     return points
 
 
-def _approx(base: Workload, nb_features=(16, 64, 256), schemes=("divided_space_time", "joint_space_time")):
+def _approx(base: Workload, schemes=None):
+    """Group ``approx``: every non-exact backend at each option set of its ``error_sweep`` (e.g. performer's
+    feature counts), forward, its error measured, for every registered scheme."""
+    from ..backends import get_backend
+
     pts = []
-    for scheme in schemes:
-        for m in nb_features:
-            pts.append(base.replace(scheme=scheme, backend="performer", backend_options={"nb_features": m},
-                                    mode="fwd", group="approx", reference=True))
+    for name in inexact_backends(base.device):
+        for opts in get_backend(name).error_sweep:
+            for scheme in schemes or _schemes():
+                pts.append(base.replace(scheme=scheme, backend=name, backend_options=opts, mode="fwd",
+                                        group="approx", reference=True))
     return pts
 
 
@@ -92,7 +133,7 @@ def _target(device: str, dtype: str, batch: int, mode: str, backends, min_run_ti
                     depth=12, heads=12, num_classes=400, dtype=dtype, device=device, mode=mode, group="target",
                     min_run_time=min_run_time, interleave=interleave)
     pts = [base.replace(backend=b) for b in backends]
-    pts += [base.replace(impl=p, backend="regular") for p in peers]
+    pts += [base.replace(impl=p) for p in peers]  # a peer runs its own attention (the backend field is unused)
     return pts
 
 
@@ -107,7 +148,7 @@ def cpu_suite(device: str = "cpu", impl: str = None, target: bool = True):
     if target:
         # per implementation: one warm-up (the FLOP count) + one memory pass, then 3 single timed calls
         # taken round-robin with the peers (ours, HF, lucidrains, ours, ...), ~3-6 s each
-        points += _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0, interleave=3)
+        points += _target(device, "float32", 1, "fwd", [auto_backend(device)], min_run_time=5.0, interleave=3)
         # ours vs Hugging Face at larger sizes (8x224 is the target above): attention weighs more as the
         # clip grows; each size's two implementations are timed round-robin
         points += hf_sizes(device, sizes=(336, 448))
@@ -117,11 +158,12 @@ def cpu_suite(device: str = "cpu", impl: str = None, target: bool = True):
 
 def hf_sizes(device: str = "cpu", sizes=(336, 448), frames: int = 8, dim: int = 768, depth: int = 12,
              heads: int = 12, rounds: int = 3):
-    """Group ``sizes``: ours (``regular``) and Hugging Face, B=1, forward, float32, at each resolution;
-    the two are timed alternately (``rounds`` single calls each) after a FLOP-count and a memory pass."""
+    """Group ``sizes``: ours (the backend ``auto`` picks) and Hugging Face, B=1, forward, float32, at each
+    resolution; the two are timed alternately (``rounds`` single calls each) after a FLOP-count and a memory
+    pass."""
     pts = []
     for s in sizes:
-        w = Workload(impl="ours", scheme="divided_space_time", batch=1, frames=frames, image_size=s, dim=dim,
+        w = Workload(impl="ours", backend=auto_backend(device), batch=1, frames=frames, image_size=s, dim=dim,
                      depth=depth, heads=heads, num_classes=400, dtype="float32", device=device, mode="fwd",
                      group="sizes", min_run_time=1.0, interleave=rounds)
         pts += [w, w.replace(impl="hf")]
@@ -131,7 +173,7 @@ def hf_sizes(device: str = "cpu", sizes=(336, 448), frames: int = 8, dim: int = 
 @suite("hf-sizes")
 def hf_sizes_suite(device: str = "cpu"):
     """Only the size comparison: ours vs Hugging Face at 8x224 (the target group), 8x336 and 8x448."""
-    pts = _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0, interleave=3, peers=("hf",))
+    pts = _target(device, "float32", 1, "fwd", [auto_backend(device)], min_run_time=5.0, interleave=3, peers=("hf",))
     return pts + hf_sizes(device), {"target": "CPU: B=1, 8 frames at 224/336/448 px, ViT-Base depth 12, fwd, float32"}
 
 
@@ -141,38 +183,44 @@ def gpu_suite(device: str = "cuda", impl: str = "ours", target: bool = True):
                     min_run_time=0.2)
     points = _sweep(base, frames_list=(8, 16, 32, 64, 96), res_list=(224, 256, 320, 384, 448), base_frames=8,
                     base_res=224, backends=sweep_backends(), modes=("fwd", "fwd+bwd"))
-    points += _approx(base.replace(frames=8, image_size=224), nb_features=(64, 128, 256, 512))
+    points += _approx(base.replace(frames=8, image_size=224))
     if target:
-        points += _target(device, "bfloat16", 8, "fwd+bwd", [b for b in sweep_backends()
-                                                             if b in ("regular", "triton", "xformers")],
-                          min_run_time=0.5, peers=("hf",))
-        points += _target(device, "bfloat16", 8, "fwd", ["regular", "triton"], min_run_time=0.5, peers=("hf",))
+        points += _gpu_targets(device)
     return points, {"sweep_base": {"frames": 8, "image_size": 224}, "level": impl,
                     "width": "ViT-Base: dim 768, 12 heads, depth 12, patch 16, batch 1, bfloat16"}
+
+
+def _gpu_targets(device: str, fwd_peers=("hf",)) -> list:
+    """The GPU target (B=8, 8x224, bfloat16): every exact backend declaring the device and backward, training
+    step and forward, against Hugging Face."""
+    pts = _target(device, "bfloat16", 8, "fwd+bwd", exact_backends(device, "bfloat16", backward=True),
+                  min_run_time=0.5, peers=("hf",))
+    return pts + _target(device, "bfloat16", 8, "fwd", exact_backends(device, "bfloat16"), min_run_time=0.5,
+                         peers=fwd_peers)
 
 
 @suite("models")
 def models_suite(device: str = None):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
-        pts = _target(device, "bfloat16", 8, "fwd+bwd", ["regular", "triton"], min_run_time=0.5, peers=("hf",))
-        pts += _target(device, "bfloat16", 8, "fwd", ["regular", "triton"], min_run_time=0.5)
+        pts = _gpu_targets(device, fwd_peers=("hf", "lucidrains"))
     else:
-        pts = _target(device, "float32", 1, "fwd", ["regular"], min_run_time=5.0, interleave=3)
+        pts = _target(device, "float32", 1, "fwd", [auto_backend(device)], min_run_time=5.0, interleave=3)
     return pts, {"target": "CPU: B=1 8x224 depth 12 fwd float32; GPU: B=8 8x224 bf16 training step"}
 
 
 @suite("tiny")
 def tiny_suite(device: str = "cpu", impl: str = "attention", peers: bool = False):
+    """Seconds: the exact backend ``auto`` picks on the device, and every backend that is not exact (its error
+    measured, also at each option set of its ``error_sweep``)."""
     base = Workload(impl=impl, dim=32, heads=2, depth=1, num_classes=5, device=device, patch_size=16,
                     min_run_time=0.01)
     points = _sweep(base, frames_list=(2, 4), res_list=(32, 64), base_frames=2, base_res=32,
-                    backends=[b for b in ("regular", "performer", "fastformer") if b in sweep_backends()],
-                    modes=("fwd", "fwd+bwd"))
-    points += _approx(base.replace(frames=2, image_size=32), nb_features=(8, 32))
+                    backends=[auto_backend(device)] + inexact_backends(device), modes=("fwd", "fwd+bwd"))
+    points += _approx(base.replace(frames=2, image_size=32))
     if peers:
-        t = Workload(impl="ours", dim=32, heads=2, depth=1, frames=2, image_size=32, num_classes=5, device=device,
-                     group="target", min_run_time=0.01, interleave=3)
+        t = Workload(impl="ours", backend=auto_backend(device), dim=32, heads=2, depth=1, frames=2, image_size=32,
+                     num_classes=5, device=device, group="target", min_run_time=0.01, interleave=3)
         points += [t, t.replace(impl="hf"), t.replace(impl="lucidrains")]
         points += hf_sizes(device, sizes=(48, 64), frames=2, dim=32, depth=1, heads=2)
     return points, {"sweep_base": {"frames": 2, "image_size": 32}, "level": impl}

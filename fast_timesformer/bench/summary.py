@@ -5,9 +5,9 @@ from collections import Counter
 from pathlib import Path
 
 from .measure import spread_text
-from .plots import _size_pairs, _sweep_base
-from .runner import latest_by_key, load_meta, load_results, peer_ratios
-from .workloads import SCHEME_SHORT, SCHEMES
+from .plots import _size_pairs, _sweep_base, schemes_in
+from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results, peer_ratios
+from .workloads import scheme_label
 
 PLOT_TITLES = {
     "peers.png": "Target workload: ours vs the peers (same run)",
@@ -82,7 +82,8 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                              "peak MiB ours/peer", "memory ratio"]), ""]
         pairs = _size_pairs(recs)
         if len(pairs) >= 2:
-            lines += ["Ours (`regular`) vs Hugging Face by size (forward, same weights, timed alternately): "
+            base = next(iter(pairs.values()))["ours"]["workload"]["backend"]
+            lines += [f"Ours (`{base}`) vs Hugging Face by size (forward, same weights, timed alternately): "
                       + "; ".join(f"{f}x{s_}: {p['hf']['median_s'] / p['ours']['median_s']:.2f}x faster, memory "
                                   f"{p['ours']['peak_mem_bytes'] / p['hf']['peak_mem_bytes']:.2f}x of HF's "
                                   f"(ours {_ms(p['ours']['median_s'])} ms, {spread_text(p['ours'])}; HF "
@@ -96,23 +97,30 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
         if name in plots:
             lines += [f"## {PLOT_TITLES[name]}", "", f"![{PLOT_TITLES[name]}]({name})", ""]
             if name == "error_vs_speed.png":
-                lines += ["Performer is an approximation of softmax attention: its error is measured against "
-                          "backend `regular` with the same projection weights. Fastformer is a different model "
-                          "(its own parameters, additive attention): its point is the output *deviation* from "
-                          "softmax attention at equal projection weights, not an approximation error. The error is taken on "
-                          "the model's output features, after residual connections and the MLPs, so it is smaller "
-                          "than the error of the attention output alone.", ""]
+                kinds = {}
+                for r in recs:
+                    if r.get("rel_error") is not None:
+                        kinds.setdefault(kind_of(r), set()).add(r["workload"]["backend"])
+                approx = ", ".join(sorted(kinds.get("approximate", ()))) or "none"
+                other = ", ".join(sorted(kinds.get("different_model", ()))) or "none"
+                lines += [f"Approximate backends ({approx}) estimate softmax attention: their error is measured "
+                          f"against backend `{baseline_backend(recs)}` (the exact backend `auto` picks) with the "
+                          f"same projection weights. Backends that are a different model ({other}: their own "
+                          "parameters) show the output *deviation* from softmax attention at equal projection "
+                          "weights, not an approximation error. The error is taken on the model's output "
+                          "features, after residual connections and the MLPs, so it is smaller than the error of "
+                          "the attention output alone.", ""]
 
     f, s = _sweep_base(recs, meta)
     base = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["frames"] == f
             and r["workload"]["image_size"] == s and r["status"] != "skipped"]  # skips: listed below
     if base:
         rows = []
-        for scheme in SCHEMES:
+        for scheme in schemes_in(base):
             for r in sorted((r for r in base if r["workload"]["scheme"] == scheme),
                             key=lambda r: (r["workload"]["backend"], r["workload"]["mode"])):
                 ok = r["status"] == "ok"
-                rows.append({"scheme": SCHEME_SHORT[scheme], "backend": r["workload"]["backend"],
+                rows.append({"scheme": scheme_label(scheme), "backend": r["workload"]["backend"],
                              "mode": r["workload"]["mode"], "status": r["status"],
                              "median ms": _ms(r.get("median_s")) if ok else "-",
                              "IQR ms (n)": spread_text(r) if ok else "-",

@@ -18,6 +18,12 @@ lucidrains ``timesformer_pytorch.TimeSformer`` at the same config (its own rando
 
 ``mode`` is ``"fwd"`` (inference mode, eval) or ``"fwd+bwd"`` (train mode, forward, mean of the
 output, backward into the parameters; no optimizer step).
+
+Schemes and backends are read from their registries (:func:`~fast_timesformer.list_schemes`,
+:func:`~fast_timesformer.list_backends`): a scheme's label is its ``short``, its groups come from
+``Scheme.step_groups`` and a size it cannot split is a :class:`Skip` with its ``why_not`` reasons; what a
+backend can run (devices, dtypes, backward, masks, availability) is what it declares. There is no list of
+scheme or backend names here.
 """
 from __future__ import annotations
 
@@ -29,9 +35,6 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-SCHEMES = ("space_only", "joint_space_time", "divided_space_time", "sparse_local_global", "axial")
-SCHEME_SHORT = {"space_only": "S", "joint_space_time": "ST", "divided_space_time": "T+S",
-                "sparse_local_global": "L+G", "axial": "T+W+H"}
 IMPLS = ("attention", "ours", "hf", "lucidrains")
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,6 +42,88 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class Skip(Exception):
     """A point that cannot run here (the reason is recorded, the sweep goes on)."""
+
+
+# ---- what the registries say --------------------------------------------------------------------
+def scheme_label(name: str) -> str:
+    """The scheme's ``short`` label; the name itself for a scheme not registered in this process (results
+    measured elsewhere)."""
+    from ..schemes import SCHEMES as REGISTERED
+
+    return REGISTERED[name].short if name in REGISTERED else name
+
+
+def is_diagnostic(be) -> bool:
+    """``Backend.diagnostic``: a backend for looking inside a model (``recording``), never timed."""
+    return bool(getattr(be, "diagnostic", False))  # TRANSITIONAL: until registry.py declares the field
+
+
+def benchmarked_backends() -> list:
+    """Registered backends that are measured (not ``Backend.diagnostic``), in
+    registration order; those that cannot run here are recorded as skipped, with their reasons."""
+    from ..backends import get_backend, list_backends
+
+    return [n for n in list_backends() if not is_diagnostic(get_backend(n))]
+
+
+def auto_backend(device: str = "cpu", dtype: str = "float32") -> str:
+    """The exact backend ``auto`` picks on ``device`` for a small ``dtype`` query (the registry's
+    :func:`~fast_timesformer.backends.resolve_backend`): the baseline that speed-ups and errors are
+    measured against. Where the device is absent, the first exact ``auto`` backend by declared priority
+    that lists it."""
+    from ..backends import get_backend, list_backends, resolve_backend
+
+    try:
+        q = torch.zeros(1, 1, 16, 64, device=device, dtype=DTYPES[dtype])
+        return resolve_backend("auto", q).name
+    except Exception:  # noqa: BLE001 - no such device here, or nothing takes it: fall back to the declarations
+        dev = torch.device(device).type
+        cands = [get_backend(n) for n in list_backends()]
+        cands = [b for b in cands
+                 if b.exact and not is_diagnostic(b) and dev in b.devices and DTYPES[dtype] in b.dtypes]
+        if not cands:
+            raise ValueError(f"no exact backend declares {device} / {dtype}") from None
+        return min(cands, key=lambda b: b.priority).name
+
+
+def backend_kind(name: str) -> Optional[str]:
+    """The registered backend's ``kind`` (exact, approximate, different_model); None if not registered."""
+    from ..backends import get_backend, list_backends
+
+    return get_backend(name).kind if name in list_backends() else None
+
+
+def refusals(w: "Workload", *, here: bool = True) -> list:
+    """Why ``w`` cannot run, from what the scheme and the backend declare: the scheme's ``why_not`` at this
+    size; the backend's devices, dtypes, backward and masks; with ``here``, whether it is available on this
+    machine. [] = nothing declared against it (it may still refuse its inputs at run time)."""
+    from ..schemes import get_scheme
+
+    scheme = get_scheme(w.scheme)
+    reasons = scheme.reasons(w.frames, w.grid)
+    if reasons:
+        return [f"scheme {w.scheme!r} cannot split {w.frames} frames on a {w.grid}x{w.grid} patch grid: "
+                + "; ".join(reasons)]
+    if w.impl not in ("attention", "ours"):
+        return []
+    from ..backends import get_backend, list_backends
+
+    if w.backend not in list_backends():
+        get_backend(w.backend)  # raises ValueError naming the known ones
+    be = get_backend(w.backend)
+    out = be.unavailable_reasons() if here else []
+    if w.device.split(":")[0] not in be.devices:
+        out.append(f"device {w.device!r} not supported (supports {', '.join(be.devices)})")
+    if DTYPES[w.dtype] not in be.dtypes:
+        out.append(f"dtype {w.dtype} not supported")
+    if w.mode == "fwd+bwd" and not be.supports_backward:
+        out.append("backward is not supported")
+    if not be.supports_mask:
+        masked = [name for name, g in scheme.step_groups(w.frames, w.grid) if g.mask is not None]
+        if masked:
+            out.append(f"scheme {w.scheme!r} step(s) {masked} are defined by a mask; this backend does not "
+                       "take masks (supports_mask=False)")
+    return [f"backend {w.backend!r}: {r}" for r in out]
 
 
 @dataclass(frozen=True)
@@ -61,13 +146,14 @@ class Workload:
     group: str = "default"  # which sweep/plot the point belongs to ("frames", "resolution", ...)
     min_run_time: float = 0.25  # seconds of timed runs (CPU: torch.utils.benchmark blocked_autorange)
     interleave: int = 0  # CPU: time this point round-robin with the other interleaved points of its group
-    reference: bool = False  # also measure the output's relative error against backend "regular"
+    reference: bool = False  # also measure the output's relative error against the exact backend auto picks
 
     def __post_init__(self):
+        from ..schemes import get_scheme
+
         if self.impl not in IMPLS:
             raise ValueError(f"unknown impl {self.impl!r}; choose from {', '.join(IMPLS)}")
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"unknown scheme {self.scheme!r}; choose from {', '.join(SCHEMES)}")
+        get_scheme(self.scheme)  # an unregistered name raises ValueError listing the registered ones
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
         if self.dtype not in DTYPES:
@@ -102,7 +188,7 @@ class Workload:
     def label(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in self.backend_options)
         be = self.backend + (f"[{opts}]" if opts else "")
-        return (f"{self.impl}/{SCHEME_SHORT[self.scheme]}/{be}/{self.mode} b{self.batch} "
+        return (f"{self.impl}/{scheme_label(self.scheme)}/{be}/{self.mode} b{self.batch} "
                 f"{self.frames}x{self.image_size} d{self.dim}x{self.depth}")
 
     def to_dict(self) -> dict:
@@ -124,42 +210,16 @@ class Workload:
         return Workload.from_dict(d)
 
 
-# ---- the schemes' attention steps as token groups (impl="attention") ----------------------------
-def scheme_steps(scheme: str, frames: int, grid: int):
-    """[(step name, TokenGroups)] for one block of ``scheme`` on an f x grid x grid clip."""
-    from ..groups import TokenGroups
-
-    f, h, w = frames, grid, grid
-    n = h * w
-    if scheme == "space_only":
-        return [("space", TokenGroups.space(f, n))]
-    if scheme == "joint_space_time":
-        return [("joint", TokenGroups.joint(f, n))]
-    if scheme == "divided_space_time":
-        return [("time", TokenGroups.time(f, n)), ("space", TokenGroups.space(f, n))]
-    if scheme == "axial":
-        return [("time", TokenGroups.time(f, n)),
-                ("width", TokenGroups(group=((f, n), (h, w)), seq=((w, 1),), kind="width")),
-                ("height", TokenGroups(group=((f, n), (w, 1)), seq=((h, w),), kind="height"))]
-    if scheme == "sparse_local_global":
-        if h % 2 or w % 2 or f % 2:
-            raise Skip(f"sparse_local_global needs even frames and patch grid, got {f} x {h} x {w}")
-        local = TokenGroups(group=((2, (h // 2) * w), (2, w // 2)), seq=((f, n), (h // 2, w), (w // 2, 1)),
-                            kind="local")
-        sparse = TokenGroups(group=((2, n), (2, w), (2, 1)), seq=((f // 2, 2 * n), (h // 2, 2 * w), (w // 2, 2)),
-                             kind="global")
-        return [("local", local), ("global", sparse)]
-    raise ValueError(f"unknown scheme {scheme!r}")
-
-
 class AttentionStack(nn.Module):
-    """``depth`` x the attention steps of one scheme block, each a pre-norm residual."""
+    """``depth`` x the attention steps of one scheme block (the registry's ``Scheme.step_groups``), each a
+    pre-norm residual."""
 
     def __init__(self, w: Workload):
         super().__init__()
         from ..attention import DividedAttention
+        from ..schemes import get_scheme
 
-        self.steps = scheme_steps(w.scheme, w.frames, w.grid)
+        self.steps = get_scheme(w.scheme).step_groups(w.frames, w.grid)
         opts = dict(w.backend_options)
         self.norms = nn.ModuleList()
         self.attns = nn.ModuleList()
@@ -189,26 +249,17 @@ class Built:
     output: Callable[[], torch.Tensor]
     notes: list = field(default_factory=list)
     reference_output: Optional[Callable[[], torch.Tensor]] = None
+    reference_backend: Optional[str] = None  # the exact backend reference_output runs (auto's choice here)
 
 
-def _check_backend(w: Workload):
-    if w.impl not in ("attention", "ours"):
-        return
-    from ..backends import get_backend
-
+def _check(w: Workload):
+    """Raise :class:`Skip` with the declared reasons why ``w`` cannot run here."""
     try:
-        be = get_backend(w.backend)
-    except ValueError as e:
+        reasons = refusals(w)
+    except ValueError as e:  # an unknown backend name
         raise Skip(str(e)) from None
-    reasons = be.unavailable_reasons()
-    if w.device.split(":")[0] not in be.devices:
-        reasons.append(f"device {w.device!r} not supported (supports {', '.join(be.devices)})")
-    if DTYPES[w.dtype] not in be.dtypes:
-        reasons.append(f"dtype {w.dtype} not supported")
-    if w.mode == "fwd+bwd" and not be.supports_backward:
-        reasons.append("backward is not supported")
     if reasons:
-        raise Skip(f"backend {w.backend!r}: " + "; ".join(reasons))
+        raise Skip("; ".join(reasons))
 
 
 def _ours(w: Workload) -> nn.Module:
@@ -222,8 +273,11 @@ def _ours(w: Workload) -> nn.Module:
                        scheme=w.scheme, backend=backend, **dict(w.backend_options))
 
 
-HF_SCHEMES = {"divided_space_time": "divided_space_time", "space_only": "space_only",
-              "joint_space_time": "joint_space_time"}
+def hf_attention_type(scheme: str) -> Optional[str]:
+    """Hugging Face Timesformer's ``attention_type`` for our scheme (the checkpoint layout's table), or None."""
+    from ..models.timesformer_layouts import HF_SCHEMES
+
+    return next((hf for hf, ours in HF_SCHEMES.items() if ours == scheme), None)
 
 
 def _hf(w: Workload, ours: Optional[nn.Module]):
@@ -231,12 +285,13 @@ def _hf(w: Workload, ours: Optional[nn.Module]):
         from transformers import TimesformerConfig, TimesformerForVideoClassification
     except ImportError as e:
         raise Skip(f"transformers is not installed: {e}") from None
-    if w.scheme not in HF_SCHEMES:
+    attention_type = hf_attention_type(w.scheme)
+    if attention_type is None:
         raise Skip(f"Hugging Face Timesformer has no {w.scheme} scheme")
     cfg = TimesformerConfig(image_size=w.image_size, patch_size=w.patch_size, num_channels=3,
                             num_frames=w.frames, hidden_size=w.dim, num_hidden_layers=w.depth,
                             num_attention_heads=w.heads, intermediate_size=4 * w.dim,
-                            attention_type=HF_SCHEMES[w.scheme], num_labels=w.num_classes)  # dropouts default 0
+                            attention_type=attention_type, num_labels=w.num_classes)  # dropouts default 0
     model = TimesformerForVideoClassification(cfg)
     notes = []
     if ours is not None:
@@ -246,38 +301,15 @@ def _hf(w: Workload, ours: Optional[nn.Module]):
     return model, notes
 
 
-def hf_key(key: str) -> str:
-    """Our (official) parameter name -> Hugging Face Timesformer's (REFERENCE.md section 2)."""
-    block = {"norm1": "layernorm_before", "attn.qkv": "attention.attention.qkv",
-             "attn.proj": "attention.output.dense", "temporal_norm1": "temporal_layernorm",
-             "temporal_attn.qkv": "temporal_attention.attention.qkv",
-             "temporal_attn.proj": "temporal_attention.output.dense", "temporal_fc": "temporal_dense",
-             "norm2": "layernorm_after", "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
-    top = {"cls_token": "timesformer.embeddings.cls_token",
-           "pos_embed": "timesformer.embeddings.position_embeddings",
-           "time_embed": "timesformer.embeddings.time_embeddings",
-           "patch_embed.proj.weight": "timesformer.embeddings.patch_embeddings.projection.weight",
-           "patch_embed.proj.bias": "timesformer.embeddings.patch_embeddings.projection.bias",
-           "norm.weight": "timesformer.layernorm.weight", "norm.bias": "timesformer.layernorm.bias",
-           "head.weight": "classifier.weight", "head.bias": "classifier.bias"}
-    if key in top:
-        return top[key]
-    if key.startswith("blocks."):
-        _, i, rest = key.split(".", 2)
-        name, leaf = rest.rsplit(".", 1)
-        if name in block:
-            return f"timesformer.encoder.layer.{i}.{block[name]}.{leaf}"
-    raise KeyError(key)
-
-
 def copy_ours_into_hf(ours: nn.Module, hf: nn.Module) -> str:
     """Copy our weights into the HF model when every tensor maps 1:1; else say why not."""
+    from ..models.timesformer_layouts import official_to_hf_key
+
     theirs = hf.state_dict()
     mapped = {}
     for k, v in ours.state_dict().items():
-        try:
-            hk = hf_key(k)
-        except KeyError:
+        hk = official_to_hf_key(k)
+        if hk is None:
             if ".cores." in k:  # backend-owned state (none for "regular")
                 continue
             return f"weights: HF random init (our tensor {k} has no HF counterpart)"
@@ -317,10 +349,11 @@ def _construct(w: Workload, seed: int):
             model = _ours(w)
         elif w.impl == "hf":
             ours = None
-            if w.scheme in HF_SCHEMES:
+            if hf_attention_type(w.scheme) is not None:
                 try:
                     torch.manual_seed(seed)
-                    ours = _ours(w.replace(impl="ours", backend="regular", backend_options={}))
+                    ours = _ours(w.replace(impl="ours", backend=auto_backend(w.device, w.dtype),
+                                           backend_options={}))
                 except Skip:
                     ours = None
             torch.manual_seed(seed)
@@ -333,7 +366,7 @@ def _construct(w: Workload, seed: int):
 
 def build(w: Workload, *, seed: int = 0) -> Built:
     """Build the model and inputs of ``w`` and the closures that run it. Raises :class:`Skip`."""
-    _check_backend(w)
+    _check(w)
     device, dtype = torch.device(w.device), DTYPES[w.dtype]
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Skip("CUDA is not available on this machine")
@@ -373,12 +406,15 @@ def build(w: Workload, *, seed: int = 0) -> Built:
         finally:
             model.train(was)
 
-    ref = None
-    if w.reference and w.impl in ("attention", "ours") and w.backend != "regular":
+    ref, baseline = None, None
+    if w.reference and w.impl in ("attention", "ours"):
+        baseline = auto_backend(w.device, w.dtype)
+    if baseline is not None and baseline != w.backend:
         from ..attention import use_backend
 
         def ref():
-            with use_backend(model, "regular"):
+            with use_backend(model, baseline):
                 return output()
 
-    return Built(model=model, inputs=x, step=step, output=output, notes=notes, reference_output=ref)
+    return Built(model=model, inputs=x, step=step, output=output, notes=notes, reference_output=ref,
+                 reference_backend=baseline if ref is not None else None)
