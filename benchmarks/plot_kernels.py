@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fast_timesformer.bench.kernels import KERNEL  # noqa: E402  (the contender named once: our Triton kernel)
+
 
 def plot(data: dict, path: Path) -> Path:
     rows = [r for r in data["rows"] if r.get("status") in ("ok", "bound") and "ms" in r]
@@ -20,7 +22,7 @@ def plot(data: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.5), squeeze=False)
     for ax, (step, mode) in zip(axes[0], panels):
         sel = sorted((r for r in rows if r["step"] == step and r["mode"] == mode), key=lambda r: r["ms"])
-        colors = ["tab:red" if r["backend"] == "triton" else "tab:gray" if r["backend"] == "roofline"
+        colors = ["tab:red" if r["backend"] == KERNEL else "tab:gray" if r["backend"] == "roofline"
                   else "tab:blue" for r in sel]
         ax.barh([r["backend"] for r in sel], [r["ms"] for r in sel], color=colors)
         ax.set_title(f"{step} {mode}", fontsize=9)

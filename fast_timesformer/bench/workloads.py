@@ -130,7 +130,7 @@ def refusals(w: "Workload", *, here: bool = True) -> list:
 class Workload:
     impl: str = "ours"
     scheme: str = "divided_space_time"
-    backend: str = "regular"
+    backend: str = "regular"  # the default point (keys of saved results keep it); suites set the backend
     mode: str = "fwd"
     batch: int = 1
     frames: int = 8
@@ -310,7 +310,7 @@ def copy_ours_into_hf(ours: nn.Module, hf: nn.Module) -> str:
     for k, v in ours.state_dict().items():
         hk = official_to_hf_key(k)
         if hk is None:
-            if ".cores." in k:  # backend-owned state (none for "regular")
+            if ".cores." in k:  # backend-owned state (none for a stateless exact backend)
                 continue
             return f"weights: HF random init (our tensor {k} has no HF counterpart)"
         if hk not in theirs or theirs[hk].shape != v.shape:
