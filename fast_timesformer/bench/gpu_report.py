@@ -178,6 +178,16 @@ def _needed(t) -> str:
     return f">= {thr:g}x"
 
 
+def _bar_panel(ax, labels, ylabel: str, title: str, small_ticks: bool = False) -> None:
+    """A bar panel's axes: one tick per label, a linear axis from 0, legend and title."""
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, **({"fontsize": 7} if small_ticks else {}))
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+
+
 # ---- plots.png ------------------------------------------------------------------------------------------------
 def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
     """One PNG, six panels: kernel times (fwd+bwd), % of the roofline, the layer, the training step (time and
@@ -218,12 +228,7 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
                     hi.append(r["q3_ms"] - r["ms"] if r.get("q3_ms") is not None else 0)
             color = "tab:red" if be == KERNEL else "0.6" if be == "roofline" else None
             ax.bar(xs, ys, width=width, label=be, color=color, yerr=[lo, hi], error_kw={"elinewidth": 0.7})
-        ax.set_xticks(range(len(steps)))
-        ax.set_xticklabels(steps)
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel("ms per fwd+bwd (median, q1-q3)")
-        ax.legend(fontsize=7)
-        ax.set_title("attention step, forward+backward (eager)", fontsize=10)
+        _bar_panel(ax, steps, "ms per fwd+bwd (median, q1-q3)", "attention step, forward+backward (eager)")
     else:
         empty(ax, "attention step, forward+backward", results.get("kernels", {}).get("reason", "kernels stage not run"))
 
@@ -245,12 +250,8 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
             ax.bar([i + (j - 0.5) * 0.4 for i in range(len(labels))], ys, width=0.4, label=who,
                    color="tab:red" if who == KERNEL else "tab:blue")
         ax.axhline(70, color="k", lw=0.8, ls="--", label="target 70 % (temporal)")
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize=7)
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel("% of the roofline (minimum bytes / measured copy bandwidth)")
-        ax.legend(fontsize=7)
-        ax.set_title("achieved bandwidth", fontsize=10)
+        _bar_panel(ax, labels, "% of the roofline (minimum bytes / measured copy bandwidth)", "achieved bandwidth",
+                   small_ticks=True)
     else:
         empty(ax, "achieved bandwidth", "no timed kernel rows")
 
@@ -269,12 +270,7 @@ def draw_plots(results: dict, path: Path, dry: bool = False) -> Path:
                     xs.append(i + (j - (len(backends) - 1) / 2) * width)
                     ys.append(r["ms"])
             ax.bar(xs, ys, width=width, label=be, color="tab:red" if be == KERNEL else None)
-        ax.set_xticks(range(len(kinds)))
-        ax.set_xticklabels(kinds)
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel("ms per forward+backward (median)")
-        ax.legend(fontsize=7)
-        ax.set_title("DividedAttention layer (qkv + attention + proj)", fontsize=10)
+        _bar_panel(ax, kinds, "ms per forward+backward (median)", "DividedAttention layer (qkv + attention + proj)")
     else:
         empty(ax, "DividedAttention layer", "targets stage: no layer rows")
 

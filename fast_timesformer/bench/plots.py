@@ -75,6 +75,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path, layout: bool = True):
+    """Lay the figure out (unless the caller did), write it as a PNG, close it; returns the path."""
+    if layout:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def NullFormatter():
     from matplotlib.ticker import NullFormatter as _NullFormatter
 
@@ -290,11 +299,7 @@ def plot_memory_vs_tokens(plt, recs, meta, out):
     axes[0].set_ylabel("peak memory above start (MiB)")
     method = next((r.get("mem_method") for r in pts if r.get("mem_method")), "")
     fig.suptitle(f"Peak memory vs tokens - {_device_title(meta)}\n({method})", fontsize=10)
-    fig.tight_layout()
-    path = out / "memory_vs_tokens.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "memory_vs_tokens.png")
 
 
 def _memory_schemes(pts, frames, image_size) -> list:
@@ -361,10 +366,7 @@ def plot_backend_bars(plt, recs, meta, out):
         fig.tight_layout(rect=(0, 0.06 * (1 + note.count("\n")), 1, 1))
     else:
         fig.tight_layout()
-    path = out / "backend_bars.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "backend_bars.png", layout=False)
 
 
 def _baseline_twin(recs, w, baseline):
@@ -422,11 +424,7 @@ def plot_error_vs_speed(plt, recs, meta, out):
     ax.set_title(f"Approximation error vs speed (forward) - {_device_title(meta)}\n"
                  "large markers: feature sweep at the base workload; small: the frames/resolution sweep",
                  fontsize=9)
-    fig.tight_layout()
-    path = out / "error_vs_speed.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "error_vs_speed.png")
 
 
 def plot_flops(plt, recs, meta, out):
@@ -458,11 +456,7 @@ def plot_flops(plt, recs, meta, out):
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Compute cost per clip (torch.utils.flop_counter), like the paper's Figure 3 - "
                  f"{_device_title(meta)}", fontsize=10)
-    fig.tight_layout()
-    path = out / "flops_vs_frames_resolution.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "flops_vs_frames_resolution.png")
 
 
 def plot_peers(plt, recs, meta, out):
@@ -489,11 +483,7 @@ def plot_peers(plt, recs, meta, out):
     w = pts[0]["workload"]
     fig.suptitle(f"Target: B={w['batch']}, {w['frames']}x{w['image_size']}, depth {w['depth']}, "
                  f"{w['dtype']} - {_device_title(meta)}", fontsize=10)
-    fig.tight_layout()
-    path = out / "peers.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "peers.png")
 
 
 def _size_pairs(recs):
@@ -558,11 +548,7 @@ def plot_hf_sizes(plt, recs, meta, out):
     w = pairs[sizes[0]]["ours"]["workload"]
     fig.suptitle(f"Ours vs Hugging Face by size: B={w['batch']}, dim {w['dim']}, depth {w['depth']}, {w['dtype']}, "
                  f"forward, same weights, timed alternately in one run - {_device_title(meta)}", fontsize=9)
-    fig.tight_layout()
-    path = out / "hf_sizes.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "hf_sizes.png")
 
 
 PLOTS = (plot_latency_vs_frames, plot_latency_vs_resolution, plot_memory_vs_tokens, plot_backend_bars,
