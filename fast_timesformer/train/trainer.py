@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from ..errors import BadVideoError, CorruptCheckpointError, FastTimesformerError, TrainingInterrupted, WriteFailedError
 from . import checkpoint as ckpt
 from .data import BouncingShapes, ClipTransform, build_train_eval
-from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed
+from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed, wrap_ddp
 from ..backends.spec import parse_backend_spec
 
 __all__ = ["TrainConfig", "Trainer", "MODEL_PRESETS", "parse_backend", "build_model", "model_spec",
@@ -409,9 +409,11 @@ class Trainer:
         self.model = build_model(self.spec).to(self.device)
         self.module = self.model  # the bare model, also under DDP
         if self.dist.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+            # find_unused_parameters (a traversal of the autograd graph after every forward) only where a
+            # forward really leaves a trainable parameter out, e.g. a backend's state kept for a later
+            # switch; decided once from one training clip, the same on every process
+            sample = self.train_set[0][0][None].to(self.device)
+            self.model = wrap_ddp(self.model, self.device, sample)
         self.optimizer = torch.optim.AdamW(_param_groups(self.module, cfg.weight_decay), lr=cfg.lr,
                                            betas=(0.9, 0.999))
         amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
