@@ -199,7 +199,7 @@ def test_suites_define_the_required_ranges():
     from fast_timesformer.backends import get_backend, list_backends
 
     # every backend but the diagnostic ones, chosen by what they declare; errors measured where not exact
-    assert {p.backend for p in sweep} == {b for b in list_backends() if not workloads.is_diagnostic(get_backend(b))}
+    assert {p.backend for p in sweep} == {b for b in list_backends() if not get_backend(b).diagnostic}
     assert all(p.reference == (p.mode == "fwd" and not get_backend(p.backend).exact) for p in sweep)
     approx = [p for p in cpu if p.group == "approx"]
     assert {(p.backend, p.backend_options) for p in approx} == {

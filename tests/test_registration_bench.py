@@ -14,7 +14,7 @@ from fast_timesformer.bench.plots import plot_all
 from fast_timesformer.bench.runner import load_results, run_sweep
 from fast_timesformer.bench.suites import SUITES, filter_points, get_suite
 from fast_timesformer.bench.summary import write_summary
-from fast_timesformer.bench.workloads import Workload, auto_backend, is_diagnostic
+from fast_timesformer.bench.workloads import Workload, auto_backend
 from fast_timesformer.schemes import joint_groups, time_groups
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -133,9 +133,7 @@ def test_registered_approximate_backend_gets_its_error_measured(user_topk, tmp_p
 
 
 def test_diagnostic_backends_are_in_no_suite_and_never_auto():
-    if not hasattr(get_backend("recording"), "diagnostic"):  # TRANSITIONAL: until registry.py declares it
-        pytest.skip("Backend.diagnostic is not declared yet")
-    diagnostic = [b for b in list_backends() if is_diagnostic(get_backend(b))]
+    diagnostic = [b for b in list_backends() if get_backend(b).diagnostic]
     assert diagnostic, "the recording backend declares diagnostic=True"
     for name in SUITES:
         device = "cpu" if name != "gpu" else "cuda"

@@ -145,5 +145,6 @@ BACKEND = Backend(
     kind="exact",  # plain softmax (fp16/bf16 computed in float32): the default exact tolerances hold
     supports_dropout=False,  # it records the probabilities the model used; dropout would hide them
     priority=1_000_000,  # never a speed choice: auto tries every other exact backend first
+    diagnostic=True,  # for looking inside a model: auto never picks it, the benchmarks never time it
     description="exact softmax in plain torch that keeps the attention probabilities (for explain)",
 )

@@ -282,6 +282,8 @@ class Backend:
         error_sweep: for a backend that is not exact, the option sets at which its deviation from exact
             attention is measured (the experiment's swapped-in evaluations; e.g. performer's feature
             counts); empty: once, with its default options.
+        diagnostic: a backend for looking inside a model, not for speed (``recording``: it materialises the
+            attention probabilities): ``auto`` never picks it and the benchmarks never time it.
         checks: ``checks(q, k, v, prefix_k, prefix_v, dropout_p) -> reasons``, backend-specific refusals.
         availability: ``() -> reasons`` why it cannot run on this machine at all (ops not built, no GPU).
 
@@ -306,6 +308,7 @@ class Backend:
     deterministic: Union[bool, dict]
     priority_rule: Union[int, Callable[[], int]]  # the declared priority (read the int as .priority)
     error_sweep: tuple
+    diagnostic: bool
     description: str
     checks: Optional[Callable[..., list]]
     availability: Optional[Callable[[], list]]
@@ -322,7 +325,7 @@ class Backend:
                  deterministic: Union[bool, Mapping[str, bool]] = True,
                  priority: Union[int, Callable[[], int]] = 100, description: str = "",
                  checks: Optional[Callable[..., list]] = None, availability: Optional[Callable[[], list]] = None,
-                 error_sweep: Sequence[Mapping] = (), priority_rule=None):
+                 error_sweep: Sequence[Mapping] = (), diagnostic: bool = False, priority_rule=None):
         if priority_rule is not None:  # dataclasses.replace passes the stored field back
             priority = priority_rule
         if kind is None:
@@ -349,7 +352,7 @@ class Backend:
             pip_names=dict(pip_names or {}),
             tolerances={dt: (float(a), float(r)) for dt, (a, r) in tolerances.items()},
             deterministic=deterministic, priority_rule=priority, description=description, checks=checks,
-            availability=availability, error_sweep=tuple(dict(o) for o in error_sweep))
+            availability=availability, error_sweep=tuple(dict(o) for o in error_sweep), diagnostic=bool(diagnostic))
         for key, value in values.items():
             object.__setattr__(self, key, value)
 
@@ -496,7 +499,8 @@ def get_backend(name: str) -> Backend:
 
 def resolve_backend(name: str, q, k=None, v=None, prefix_k=None, prefix_v=None, *,
                     dropout_p: float = 0.0, mask=None) -> Backend:
-    """Map ``name`` to a backend that accepts the inputs. ``auto`` picks the highest-priority exact one.
+    """Map ``name`` to a backend that accepts the inputs. ``auto`` picks the highest-priority exact one (never a
+    ``diagnostic`` one).
 
     Never falls back silently: a named backend that refuses raises :class:`BackendUnavailable`, and
     ``auto`` with no taker raises with every exact backend's reasons.
@@ -508,7 +512,7 @@ def resolve_backend(name: str, q, k=None, v=None, prefix_k=None, prefix_v=None, 
             raise BackendUnavailable(be.name, reasons, _describe(q, q if k is None else k, prefix_k))
         return be
     refusals = {}
-    for be in sorted((b for b in _REGISTRY.values() if b.exact), key=lambda b: b.priority):
+    for be in sorted((b for b in _REGISTRY.values() if b.exact and not b.diagnostic), key=lambda b: b.priority):
         reasons = be.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p, mask=mask)
         if not reasons:
             return be

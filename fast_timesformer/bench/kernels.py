@@ -43,7 +43,6 @@ import torch
 from ..backends import get_backend, list_backends
 from ..groups import TokenGroups
 from .measure import gpu_times_ms, summarize
-from .workloads import is_diagnostic
 
 SDPA_IMPLS = ("flash", "efficient", "cudnn", "math")
 
@@ -237,7 +236,7 @@ def candidates(timed: bool = True):
     out = []
     for name in list_backends():
         be = get_backend(name)
-        if not be.exact or (timed and is_diagnostic(be)):
+        if not be.exact or (timed and be.diagnostic):
             continue
         if name == SDPA:
             out += [(sdpa_label(impl), name, {"sdpa_backend": impl}) for impl in SDPA_IMPLS]

@@ -53,17 +53,12 @@ def scheme_label(name: str) -> str:
     return REGISTERED[name].short if name in REGISTERED else name
 
 
-def is_diagnostic(be) -> bool:
-    """``Backend.diagnostic``: a backend for looking inside a model (``recording``), never timed."""
-    return bool(getattr(be, "diagnostic", False))  # TRANSITIONAL: until registry.py declares the field
-
-
 def benchmarked_backends() -> list:
     """Registered backends that are measured (not ``Backend.diagnostic``), in
     registration order; those that cannot run here are recorded as skipped, with their reasons."""
     from ..backends import get_backend, list_backends
 
-    return [n for n in list_backends() if not is_diagnostic(get_backend(n))]
+    return [n for n in list_backends() if not get_backend(n).diagnostic]
 
 
 def auto_backend(device: str = "cpu", dtype: str = "float32") -> str:
@@ -80,7 +75,7 @@ def auto_backend(device: str = "cpu", dtype: str = "float32") -> str:
         dev = torch.device(device).type
         cands = [get_backend(n) for n in list_backends()]
         cands = [b for b in cands
-                 if b.exact and not is_diagnostic(b) and dev in b.devices and DTYPES[dtype] in b.dtypes]
+                 if b.exact and not b.diagnostic and dev in b.devices and DTYPES[dtype] in b.dtypes]
         if not cands:
             raise ValueError(f"no exact backend declares {device} / {dtype}") from None
         return min(cands, key=lambda b: b.priority).name
