@@ -32,7 +32,7 @@ def cmd_backends(args) -> int:
     from . import get_backend, list_backends
 
     rows = [get_backend(n).describe() for n in list_backends()]
-    print(format_table(rows, ["name", "kind", "devices", "dtypes", "backward", "dropout", "status"]))
+    print(format_table(rows, ["name", "kind", "devices", "dtypes", "backward", "dropout", "masks", "status"]))
     return 0
 
 
