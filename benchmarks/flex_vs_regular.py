@@ -37,6 +37,7 @@ import torch.utils.benchmark as tb
 
 from fast_timesformer import TimeSformer, get_scheme, list_schemes
 from fast_timesformer.backends import flex
+from fast_timesformer.bench.measure import spread_text
 
 # float32 vs float32 through another kernel (reduction order only): ~1e-6 on O(1) logits through 2 blocks
 ATOL = RTOL = 1e-4
@@ -100,12 +101,12 @@ def _line(r) -> str:
     if r["status"] != "ok":
         return f"{r['scheme']:>22} {r['frames']:>2}x{r['image_size']:<3} {r['contender']:<11} {r['error']}"
     return (f"{r['scheme']:>22} {r['frames']:>2}x{r['image_size']:<3} {r['contender']:<11} "
-            f"{r['median_s'] * 1e3:8.2f} ms (IQR {r['iqr_s'] * 1e3:.2f})  compile {r['compile_s']:6.1f} s  "
+            f"{r['median_s'] * 1e3:8.2f} ms (IQR {spread_text(r)})  compile {r['compile_s']:6.1f} s  "
             f"masks {r['masks_built']} in {r['mask_s'] * 1e3:.1f} ms  diff {r['max_abs_diff_vs_regular']:.1e}")
 
 
 def summary(rows) -> str:
-    lines = ["| scheme | frames x px | contender | median ms (IQR) | vs regular | compile s | masks (ms) | exact |",
+    lines = ["| scheme | frames x px | contender | median ms (IQR ms, n blocks) | vs regular | compile s | masks (ms) | exact |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] != "ok":
@@ -113,7 +114,7 @@ def summary(rows) -> str:
             continue
         sp = r.get("speedup_vs_regular")
         lines.append(f"| {r['scheme']} | {r['frames']}x{r['image_size']} | {r['contender']} | "
-                     f"{r['median_s'] * 1e3:.2f} ({r['iqr_s'] * 1e3:.2f}) | {'-' if sp is None else f'{sp:.2f}x'} | "
+                     f"{r['median_s'] * 1e3:.2f} ({spread_text(r)}) | {'-' if sp is None else f'{sp:.2f}x'} | "
                      f"{r['compile_s']:.1f} | {r['masks_built']} ({r['mask_s'] * 1e3:.1f}) | "
                      f"{'yes' if r['exact'] else 'NO'} |")
     return "\n".join(lines) + "\n"
