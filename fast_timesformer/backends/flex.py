@@ -38,8 +38,7 @@ import torch
 
 from .._names import unknown_name_error
 from .common import empty_attention, per_group, with_prefix
-from .registry import (EXACT_TOLERANCES, AttentionCore, Backend, BackendUnavailable, _describe, _mask_reasons,
-                       check_inputs)
+from .registry import EXACT_TOLERANCES, AttentionCore, Backend, BackendUnavailable, _describe, check_inputs
 
 __all__ = ["FlexCore", "BACKEND", "LAYOUTS", "MASK_CACHE", "COMPILE_SECONDS", "CPU_BACKWARD_REASON",
            "COMPILED_DTYPES"]
@@ -153,22 +152,6 @@ class FlexCore(AttentionCore):
     @property
     def capabilities(self) -> Backend:
         return self.backend if self.compile else EAGER
-
-    def forward(self, q, k, v, prefix_k=None, prefix_v=None, *, scale=None, dropout_p: float = 0.0, mask=None):
-        if self.compile:
-            return super().forward(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p, mask=mask)
-        # the eager path also takes float64: the same checks against its declaration (EAGER)
-        reasons = check_inputs(q, k, v, prefix_k, prefix_v, dim_head=self.dim_head, heads=self.heads)
-        reasons = reasons or EAGER.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p, mask=mask)
-        if mask is not None and not reasons:
-            reasons = _mask_reasons(q, k, prefix_k, mask)
-        if reasons:
-            raise BackendUnavailable(self.backend.name, reasons, _describe(q, k, prefix_k))
-        if scale is None:
-            scale = q.shape[-1] ** -0.5
-        if mask is not None:
-            return self.attend_masked(q, k, v, mask, scale=scale, dropout_p=dropout_p)
-        return self.attend(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p)
 
     # ---- the call -----------------------------------------------------------------------------
     def _flex(self, q, k, v, block_mask, scale, mask_key=None):

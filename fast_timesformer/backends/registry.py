@@ -76,7 +76,7 @@ class AttentionCore(nn.Module):
 
     def forward(self, q, k, v, prefix_k=None, prefix_v=None, *, scale=None, dropout_p: float = 0.0, mask=None):
         reasons = check_inputs(q, k, v, prefix_k, prefix_v, dim_head=self.dim_head, heads=self.heads)
-        reasons += self.backend.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p, mask=mask)
+        reasons += self.capabilities.why_not(q, k, v, prefix_k, prefix_v, dropout_p=dropout_p, mask=mask)
         if mask is not None and not reasons:
             reasons = _mask_reasons(q, k, prefix_k, mask)
         if reasons:
@@ -86,6 +86,12 @@ class AttentionCore(nn.Module):
         if mask is not None:
             return self.attend_masked(q, k, v, mask, scale=scale, dropout_p=dropout_p)
         return self.attend(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p)
+
+    @property
+    def capabilities(self) -> "Backend":
+        """The declaration this core's inputs are checked against: its backend's, unless an option changes
+        what it takes (flex with ``compile=False`` also takes float64)."""
+        return self.backend
 
     # pickling (torch.save(model), copy.deepcopy): the backend travels by its registered name and is looked
     # up again on loading, so the copy's core uses the registry's Backend object (and no lambdas or
