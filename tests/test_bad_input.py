@@ -297,6 +297,22 @@ def test_training_checkpoint_loads_through_from_pretrained(tmp_path):
         GenerativeTimeSformer.from_pretrained(path)
 
 
+def test_a_strict_mismatch_names_the_file_and_the_counts_in_its_first_line(tmp_path):
+    from fast_timesformer.models.checkpoint import CheckpointMismatchError
+
+    _, path = _train(tmp_path)
+    with pytest.raises(CheckpointMismatchError) as info:
+        TimeSformer.from_pretrained(path, num_classes=3)  # the head: weight and bias
+    first, *detail = str(info.value).splitlines()
+    assert first == f"{path}: the checkpoint does not fit the model (strict=True): 2 mis-shaped keys"
+    assert any("head.weight (2, 32) in the checkpoint, (3, 32) in the model" in line for line in detail)
+    with pytest.raises(CheckpointMismatchError) as info:
+        TimeSformer.from_pretrained(path, depth=2)  # a block more: its keys are missing
+    first = str(info.value).splitlines()[0]
+    n = len(info.value.report.missing)
+    assert n > 1 and first == f"{path}: the checkpoint does not fit the model (strict=True): {n} missing keys"
+
+
 def test_generative_training_checkpoint(tmp_path):
     trainer, path = _train(tmp_path, dataset="bouncing", num_target_frames=1, backend="space=fastformer")
     with pytest.raises(ValueError, match=r"holds a GenerativeTimeSformer.*GenerativeTimeSformer\.from_pretrained"):

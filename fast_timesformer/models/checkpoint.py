@@ -105,7 +105,12 @@ class CheckpointMismatchError(FastTimesformerError, RuntimeError):
 
     def __init__(self, report: "LoadReport"):
         self.report = report
-        super().__init__(f"checkpoint does not fit the model (strict=True):\n{report.describe()}\n"
+        # the first line alone (what a log or the command line shows first) names the file and the counts
+        kinds = [(len(keys), what) for what, keys in (("missing", report.missing), ("unexpected", report.unexpected),
+                                                       ("mis-shaped", report.mismatched)) if keys]
+        counts = ", ".join(f"{n} {what}" for n, what in kinds) + (" keys" if sum(n for n, _ in kinds) > 1 else " key")
+        head = f"{report.source}: the checkpoint" if report.source else "the state dict"
+        super().__init__(f"{head} does not fit the model (strict=True): {counts}\n{report.describe()}\n"
                          "Pass strict=False to load what fits (the report is then attached to the model as "
                          "model.load_report and a CheckpointWarning is issued).")
 
