@@ -25,6 +25,7 @@ none       x has no CLS token                                   -
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import re
 from typing import Mapping, Optional, Union
@@ -250,6 +251,13 @@ class DividedAttention(nn.Module):
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, from_pattern: Optional[str] = None, to_pattern: Optional[str] = None, *,
                 groups: Optional[TokenGroups] = None, cls: Optional[str] = None, **sizes) -> torch.Tensor:
+        groups, cls = self._prepare(x, from_pattern, to_pattern, groups, cls, sizes)
+        if groups.mask is not None:  # a mask-defined step (e.g. neighborhood windows)
+            return self._attend_masked(x, groups, cls)
+        return self._attend(x, groups, cls)
+
+    def _prepare(self, x, from_pattern, to_pattern, groups, cls, sizes):
+        """Check x and the call's arguments; return the TokenGroups and the CLS mode to run."""
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
             raise ValueError(f"x must be (batch, tokens, dim), got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -279,14 +287,12 @@ class DividedAttention(nn.Module):
         groups.check_tokens(m)
         if cls == "official":
             cls = "exclude" if groups.is_time else "per_group"
-        if groups.mask is not None:  # a mask-defined step (e.g. neighborhood windows)
-            return self._attend_masked(x, groups, cls)
-        return self._attend(x, groups, cls)
+        return groups, cls
 
     def _attend(self, x, groups: TokenGroups, cls: str):
         dropout_p = self.attn_dropout if self.training else 0.0
-        core = self.cores[self.backend_name] if self.backend_name != AUTO else None
-        if core is not None and core.plain_sequences and cls != "global":
+        core = self._plain_core(cls)
+        if core is not None:
             out = self._attend_sequences(core, x, groups, cls, dropout_p)
         else:
             out = self._attend_token_layout(x, groups, cls, dropout_p)
@@ -294,7 +300,61 @@ class DividedAttention(nn.Module):
             out = self.proj(out.flatten(2))
         return self.proj_drop(out)
 
-    def _attend_sequences(self, core, x, groups: TokenGroups, cls: str, dropout_p: float):
+    def _plain_core(self, cls: str) -> Optional[AttentionCore]:
+        """The core when it takes plain sequences laid out by the layer (and the CLS mode allows), else None."""
+        core = self.cores[self.backend_name] if self.backend_name != AUTO else None
+        return core if core is not None and core.plain_sequences and cls != "global" else None
+
+    # ---- a block's residual branch, fused for training memory ----------------------------------------
+    def residual_branch(self, x: torch.Tensor, groups: TokenGroups, *, norm: Optional[nn.LayerNorm] = None,
+                        fc: Optional[nn.Linear] = None, drop: Optional[nn.Module] = None,
+                        zero_cls: bool = False) -> torch.Tensor:
+        """A pre-norm block's residual branch through this layer: ``fc(drop(self(norm(x), groups=groups)))``,
+        its CLS row set to 0 with ``zero_cls`` (the official temporal step: the CLS takes no part, and
+        ``temporal_fc``'s output row for it is dropped).
+
+        The same result, to float round-off, as that composition, which runs as written unless training
+        (grad enabled) with a plain-sequence core (``regular``, flex's batch layout) and plain modules
+        without hooks (:func:`fast_timesformer.fused.fusable`). Then the branch keeps fewer activations for
+        backward: the norm's output is recomputed from x (:func:`~fast_timesformer.fused.layer_norm_linear`),
+        and where the CLS is left out or absent and nothing random sits between ``proj`` and ``fc``, the two
+        projections run in the groups' layout keeping only the attention output
+        (:func:`~fast_timesformer.fused.linear_linear`): 5 rows of width ``dim`` per token instead of 7.
+        """
+        from . import fused
+
+        groups, cls = self._prepare(x, None, None, groups, None, {})
+        core = self._plain_core(cls) if groups.mask is None else None
+        fuse_norm = (core is not None and norm is not None and fused.no_hooks(self)
+                     and fused.fusable(x, norm, self.qkv))
+        # between proj and fc: proj_drop (must be inactive) and drop, inactive or a per-sample factor
+        # (DropPath.sample_scale, drawn here as its forward would)
+        scale_ok = drop is None or not (drop.training and getattr(drop, "p", 1.0) > 0) or hasattr(drop, "sample_scale")
+        fuse_fc = (fuse_norm and fc is not None and scale_ok and not (self.training and self.proj_drop.p > 0)
+                   and (cls == "none" or (cls == "exclude" and zero_cls))
+                   and fused.no_hooks(drop) and fused.fusable(x, self.proj, fc))
+        fc_scale = drop.sample_scale(x) if fuse_fc and drop is not None and hasattr(drop, "sample_scale") else None
+        if not fuse_norm:
+            y = self(x if norm is None else norm(x), groups=groups)
+        else:
+            dropout_p = self.attn_dropout if self.training else 0.0
+            y = self._attend_sequences(core, x, groups, cls, dropout_p, norm=norm, fc=fc if fuse_fc else None,
+                                       fc_scale=fc_scale)
+            if fuse_fc:
+                return y  # (b, [1 +] M, dim), the CLS row 0
+            if y.dim() == 4:
+                y = self.proj(y.flatten(2))
+            y = self.proj_drop(y)
+        if drop is not None:
+            y = drop(y)
+        if fc is not None:
+            y = fc(y)
+            if zero_cls:
+                y[:, :1] = 0  # in place on fc's fresh output (cheaper than re-concatenating x)
+        return y
+
+    def _attend_sequences(self, core, x, groups: TokenGroups, cls: str, dropout_p: float, *, norm=None, fc=None,
+                          fc_scale=None):
         """The layer lays the groups out as plain (b*groups, h, S, d) sequences for the core and puts the
         result back in token layout (b, 1 + M, h, d) itself (cores with ``plain_sequences``).
 
@@ -302,16 +362,28 @@ class DividedAttention(nn.Module):
         row (the official layout), and projected in one GEMM; every sequence is then a view of that
         output and one attention call gives the patches' and the per-group CLS outputs together (no
         copy of k/v, no second call for the CLS); they are projected in that layout and the projected
-        rows put in token layout (b, 1 + M, dim), the CLS row their mean over the groups. ``exclude``/``none``: the group views of the patches'
-        rows of the projection. Joint attention (one group in token order) needs no copy at all.
+        rows put in token layout (b, 1 + M, dim), the CLS row their mean over the groups.
+        ``exclude``/``none``: the group views of the patches' rows of the projection. Joint attention (one
+        group in token order) needs no copy at all.
+
+        ``norm`` (from :meth:`residual_branch`): x is the norm's input; the norm runs fused with the q/k/v
+        GEMM (:func:`~fast_timesformer.fused.layer_norm_linear`; LayerNorm is per row, so it commutes with
+        the regrouping). ``fc`` (``exclude``/``none`` only): proj then fc in the groups' layout, reading the
+        attention output as a view (:func:`~fast_timesformer.fused.linear_linear`), and the result in token
+        layout (b, [1 +] M, dim) with the CLS row 0.
         """
+        from .fused import attend_linear_linear, layer_norm_linear, linear_linear
+
+        def project(rows):
+            return self.qkv(rows) if norm is None else layer_norm_linear(rows, norm, self.qkv)
+
         b = x.shape[0]
         h, d = self.heads, self.dim_head
         n_prefix = 0 if cls == "none" else 1
         joint = is_token_order(groups)
         if cls == "per_group":
             rows = x if joint else prefixed_groups(x, groups, 1)  # (b*groups, 1 + S, dim)
-            qkv = self.qkv(rows).unflatten(-1, (3, h, d)).unbind(2)  # (b*groups, 1 + S, h, d) strided views
+            qkv = project(rows).unflatten(-1, (3, h, d)).unbind(2)  # (b*groups, 1 + S, h, d) strided views
             q, k, v = (t.transpose(1, 2) for t in qkv)  # (b*groups, h, 1 + S, d)
             y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
             if joint:
@@ -324,10 +396,22 @@ class DividedAttention(nn.Module):
         if groups_are_views(groups, b, x.shape[1]):
             # all 1 + M rows go through the GEMM (one row more) so that no slice of x is taken: its
             # backward would fill a zero tensor of x's size and copy into it
-            q, k, v = grouped_qkv(self.qkv(x), groups, n_prefix, h)  # (b*groups, h, S, d) views
+            q, k, v = grouped_qkv(project(x), groups, n_prefix, h)  # (b*groups, h, S, d) views
         else:  # e.g. time groups at batch > 1: group x (one copy) rather than q, k and v (three)
-            qkv = self.qkv(prefixed_groups(x, groups, n_prefix, keep_prefix=False)).unflatten(-1, (3, h, d))
+            qkv = project(prefixed_groups(x, groups, n_prefix, keep_prefix=False)).unflatten(-1, (3, h, d))
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (b*groups, h, S, d) views
+        if fc is not None:
+            s = None if fc_scale is None else fc_scale.repeat_interleave(groups.num_groups, 0)  # (b*groups, 1, 1)
+            # (the core runs inside a Function there, without grad: only where it accepts these inputs with grad)
+            if dropout_p == 0 and 8 * q.shape[2] <= self.dim and not core.capabilities.why_not(q, k, v):
+                # attention over short sequences (time: 8 frames) costs ~1% of the two projections: recomputed
+                # in backward rather than keeping its output
+                attend = functools.partial(core, scale=self.scale, dropout_p=0.0)
+                rows = attend_linear_linear(q, k, v, attend, self.proj, fc, s)
+            else:  # (b*groups, S, h*d): a view where the core's output is laid out (B, S, h, d)
+                y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
+                rows = linear_linear(y.transpose(1, 2).reshape(y.shape[0], y.shape[2], h * d), self.proj, fc, s)
+            return tokens_from_groups(rows.unsqueeze(1), groups, b, n_prefix).squeeze(2)
         y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
         return tokens_from_groups(y, groups, b, n_prefix)
 

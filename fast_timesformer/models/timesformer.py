@@ -37,6 +37,7 @@ from .._names import unknown_name_error
 from ..attention import DividedAttention
 from ..backends.spec import parse_backend_spec
 from ..groups import TokenGroups
+from .. import fused
 from .layers import init_linear_and_norm_
 from ..schemes import Scheme, get_scheme
 from . import checkpoint as checkpoint_io
@@ -66,11 +67,16 @@ class DropPath(nn.Module):
         self.p = p
 
     def forward(self, x):
+        scale = self.sample_scale(x)
+        return x if scale is None else x * scale
+
+    def sample_scale(self, x) -> Optional[torch.Tensor]:
+        """The per-sample factor forward multiplies x by, (b, 1, ..., 1): 0 or 1/keep, drawn from the global
+        generator; None when inactive (p = 0 or eval). Fused residual branches apply it themselves."""
         if self.p == 0.0 or not self.training:
-            return x
+            return None
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
 
     def extra_repr(self):
         return f"p={self.p:.3f}"
@@ -88,6 +94,16 @@ class Mlp(nn.Module):
 
     def forward(self, x):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+    def residual_branch(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """``self(norm(x))``; in training (grad enabled, dropout inactive, plain modules without hooks) as one
+        Function that keeps x, the norm's statistics and fc1's output for backward, not the norm's or the
+        GELU's output (:func:`fast_timesformer.fused.layer_norm_mlp`): 5 rows of width ``dim`` per token
+        instead of 10 at mlp_ratio 4."""
+        if (not (self.drop.training and self.drop.p > 0) and fused.no_hooks(self, self.drop)
+                and fused.fusable(x, norm, self.fc1, self.act, self.fc2)):
+            return fused.layer_norm_mlp(x, norm, self.fc1, self.act, self.fc2)
+        return self(norm(x))
 
 
 class PatchEmbed(nn.Module):
@@ -141,15 +157,11 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, groups: tuple) -> torch.Tensor:
         """x: (b, 1 + f*n, dim) with the CLS first; ``groups``: one TokenGroups per step."""
         for (step, norm, attn, fc), g in zip(self.attention_layers(), groups):
-            y = self.drop_path(attn(norm(x), groups=g))
-            if fc is None:
-                x = x + y
-                continue
-            y = fc(y)
-            if self._cls_left_out(g):  # the CLS is no part of this step: only the patches change
-                y[:, :1] = 0  # in place on fc's fresh output (cheaper than re-concatenating x)
-            x = x + y
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+            # drop_path(attn(norm(x))), then fc; the CLS row of fc's output 0 where the CLS is no part of
+            # this step (only the patches change); fused in training to keep fewer activations
+            x = x + attn.residual_branch(x, g, norm=norm, fc=fc, drop=self.drop_path,
+                                         zero_cls=fc is not None and self._cls_left_out(g))
+        return x + self.drop_path(self.mlp.residual_branch(x, self.norm2))
 
     def _cls_left_out(self, groups: TokenGroups) -> bool:
         return self.cls_mode == "official" and groups.is_time

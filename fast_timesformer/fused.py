@@ -1,0 +1,319 @@
+"""Training-memory savers: a block's LayerNorm, MLP and output projections as autograd Functions that keep
+fewer activations for backward and recompute the cheap ones (elementwise) instead.
+
+What plain autograd keeps for ``linear(layer_norm(x))`` is x (for the norm) *and* the norm's output (for
+the GEMM's weight gradient); for ``fc2(gelu(fc1(z)))`` it keeps z, fc1's output *and* gelu's output; for
+``fc(proj(a))`` it keeps a *and* proj's output. Per token of a ViT-B TimeSformer block that is 24 rows of
+width ``dim`` in all; with these Functions it is 15 (x and the norm's statistics, fc1's output, a):
+
+========================= =================================== ==========================================
+Function                  keeps for backward                  recomputes in backward
+========================= =================================== ==========================================
+``layer_norm_linear``     x, mean, rstd                       the norm's output (one elementwise pass)
+``layer_norm_mlp``        x, mean, rstd, fc1's output h       the norm's output, gelu(h)
+``linear_linear``         the first linear's input a          nothing: fc's weight gradient is
+                                                              ``(g^T a) proj.W^T + (g^T 1) proj.b^T``
+                                                              (a dim x dim GEMM instead of keeping
+                                                              proj's output)
+========================= =================================== ==========================================
+
+The GEMMs, the norm and the GELU are the same ATen kernels autograd would run (``native_layer_norm`` and
+its backward, ``gelu_backward``), so results agree with the plain path to float round-off (tested in
+float64 against it). Why not :mod:`torch.utils.checkpoint` (selective activation checkpointing): it
+keeps every GEMM's output it is told to save, the ones backward never reads included (fc2's, proj's), and
+reruns the region's Python and layout copies in backward; these Functions keep exactly what backward reads.
+
+They are used only where they are exact drop-ins (see :func:`fusable`): eager (under ``torch.compile``
+the partitioner of AOTAutograd decides what to keep and recompute), grad enabled, no autocast, no
+functorch transform, plain ``nn.LayerNorm``/``nn.Linear``/``nn.GELU`` modules without hooks. Double
+backward (``create_graph=True``) through them raises :class:`DoubleBackwardError` at once (never a
+silently missing second-order term); run the forward under :func:`unfused` for that.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["layer_norm_linear", "layer_norm_mlp", "linear_linear", "attend_linear_linear", "fusable", "no_hooks", "unfused", "DoubleBackwardError"]
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def unfused():
+    """Run the plain (unfused) modules inside this context: e.g. for double backward, or to compare."""
+    before = getattr(_STATE, "off", False)
+    _STATE.off = True
+    try:
+        yield
+    finally:
+        _STATE.off = before
+
+
+def _global_hooks() -> bool:
+    m = nn.modules.module
+    return any(getattr(m, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                                   "_global_backward_hooks", "_global_backward_pre_hooks",
+                                                   "_global_forward_hooks_always_called"))
+
+
+def no_hooks(*modules: Optional[nn.Module]) -> bool:
+    """No forward/backward hook on any of the modules (a fused path skips their ``__call__``)."""
+    return not any(m is not None and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                                      or getattr(m, "_backward_pre_hooks", None)) for m in modules)
+
+
+_KINDS = (nn.LayerNorm, nn.Linear, nn.GELU)
+
+
+def fusable(x: torch.Tensor, *modules: Optional[nn.Module]) -> bool:
+    """Whether the fused Functions may replace these modules' plain calls here: training with grad
+    (otherwise nothing is kept anyway and the plain path runs), no autocast (the Functions do not
+    re-cast), no functorch transform, no hooks, and every module exactly nn.LayerNorm / nn.Linear /
+    nn.GELU (a subclass or wrapper, e.g. LoRA or quantized, keeps its own forward)."""
+    if getattr(_STATE, "off", False) or not torch.is_grad_enabled():
+        return False
+    if torch.compiler.is_compiling():  # the compiler's partitioner chooses what to keep and recompute itself
+        return False
+    if torch.is_autocast_enabled(x.device.type) or torch._C._are_functorch_transforms_active():
+        return False
+    if _global_hooks() or not no_hooks(*modules):
+        return False
+    if any(m is not None and type(m) not in _KINDS for m in modules):
+        return False
+    if not (x.requires_grad or any(p.requires_grad for m in modules if m is not None for p in m.parameters())):
+        return False
+    return True
+
+
+def _norm_parts(norm: nn.LayerNorm):
+    if len(norm.normalized_shape) != 1:
+        raise ValueError("fused layer norm takes a norm over the last axis only")
+    return norm.normalized_shape, norm.weight, norm.bias, norm.eps
+
+
+class DoubleBackwardError(RuntimeError):
+    """Backward with ``create_graph=True`` through a fused Function (they compute first derivatives only)."""
+
+
+def _first_order_only() -> None:
+    # grad mode is on inside a Function's backward exactly when the caller asked for create_graph=True
+    if torch.is_grad_enabled():
+        raise DoubleBackwardError(
+            "fast_timesformer's fused training path computes first derivatives only, and this backward was "
+            "asked for create_graph=True (double backward, e.g. a gradient penalty): run the forward under "
+            "`with fast_timesformer.fused.unfused():`")
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def _weight_grad(g2, inp2, needs: bool):
+    return g2.t().mm(inp2) if needs else None
+
+
+def _bias_grad(g2, bias, needs: bool):
+    return g2.sum(0) if (bias is not None and needs) else None
+
+
+class _LayerNormLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, shape, ln_w, ln_b, eps, w, b):
+        xn, mean, rstd = torch.native_layer_norm(x, shape, ln_w, ln_b, eps)
+        y = F.linear(xn, w, b)
+        ctx.shape, ctx.eps, ctx.has_b = shape, eps, b is not None
+        ctx.save_for_backward(x, mean, rstd, ln_w, ln_b, w)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        _first_order_only()
+        x, mean, rstd, ln_w, ln_b, w = ctx.saved_tensors
+        nx, _, nlw, nlb, _, nw, nb = ctx.needs_input_grad
+        g2 = _rows(gy)
+        dw = None
+        if nw:
+            xn = torch.native_layer_norm(x, ctx.shape, ln_w, ln_b, ctx.eps)[0]  # the forward's output, again
+            dw = g2.t().mm(_rows(xn))
+            del xn
+        db = g2.sum(0) if (ctx.has_b and nb) else None
+        dx = dlw = dlb = None
+        if nx or nlw or nlb:
+            dxn = gy.matmul(w)
+            dx, dlw, dlb = torch.ops.aten.native_layer_norm_backward(
+                dxn, x, ctx.shape, mean, rstd, ln_w, ln_b, [nx, nlw and ln_w is not None, nlb and ln_b is not None])
+        return dx, None, dlw, dlb, None, dw, db
+
+
+def layer_norm_linear(x: torch.Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> torch.Tensor:
+    """``linear(norm(x))``, keeping x and the norm's statistics for backward, not the norm's output."""
+    shape, lw, lb, eps = _norm_parts(norm)
+    return _LayerNormLinear.apply(x, shape, lw, lb, eps, linear.weight, linear.bias)
+
+
+class _LayerNormMlp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, shape, ln_w, ln_b, eps, w1, b1, w2, b2, approximate):
+        xn, mean, rstd = torch.native_layer_norm(x, shape, ln_w, ln_b, eps)
+        h = F.linear(xn, w1, b1)
+        del xn
+        y = F.linear(F.gelu(h, approximate=approximate), w2, b2)
+        ctx.shape, ctx.eps, ctx.approximate = shape, eps, approximate
+        ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
+        ctx.save_for_backward(x, mean, rstd, ln_w, ln_b, w1, w2, h)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        _first_order_only()
+        x, mean, rstd, ln_w, ln_b, w1, w2, h = ctx.saved_tensors
+        nx, _, nlw, nlb, _, nw1, nb1, nw2, nb2, _ = ctx.needs_input_grad
+        g2 = _rows(gy)
+        h2 = _rows(h)
+        dw2 = None
+        if nw2:
+            a = F.gelu(h2, approximate=ctx.approximate)  # recomputed: one elementwise pass over h
+            dw2 = g2.t().mm(a)
+            del a
+        db2 = g2.sum(0) if (ctx.has_b2 and nb2) else None
+        dh = g2.mm(w2)
+        # gelu's backward written into dh's own buffer (an elementwise kernel reading and writing the same
+        # element): one hidden-width buffer live here, not two
+        torch.ops.aten.gelu_backward.grad_input(dh, h2, approximate=ctx.approximate, grad_input=dh)
+        dw1 = db1 = None
+        if nw1:
+            xn = torch.native_layer_norm(x, ctx.shape, ln_w, ln_b, ctx.eps)[0]
+            dw1 = dh.t().mm(_rows(xn))
+            del xn
+        if ctx.has_b1 and nb1:
+            db1 = dh.sum(0)
+        dx = dlw = dlb = None
+        if nx or nlw or nlb:
+            dxn = dh.mm(w1).view(x.shape[:-1] + (w1.shape[1],))
+            del dh
+            dx, dlw, dlb = torch.ops.aten.native_layer_norm_backward(
+                dxn, x, ctx.shape, mean, rstd, ln_w, ln_b, [nx, nlw and ln_w is not None, nlb and ln_b is not None])
+        return dx, None, dlw, dlb, None, dw1, db1, dw2, db2, None
+
+
+def layer_norm_mlp(x: torch.Tensor, norm: nn.LayerNorm, fc1: nn.Linear, act: nn.GELU, fc2: nn.Linear) -> torch.Tensor:
+    """``fc2(act(fc1(norm(x))))`` keeping x, the norm's statistics and fc1's output; the norm's output and
+    the GELU's are recomputed in backward (elementwise)."""
+    shape, lw, lb, eps = _norm_parts(norm)
+    return _LayerNormMlp.apply(x, shape, lw, lb, eps, fc1.weight, fc1.bias, fc2.weight, fc2.bias, act.approximate)
+
+
+def _rows_scale(scale, a):
+    """A per-sequence factor (B, 1, 1) as one factor per row of a's (B*S, width) rows, or None."""
+    if scale is None:
+        return None
+    return scale.expand(a.shape[0], a.shape[1], 1).reshape(-1, 1)
+
+
+def _two_linear_grads(needs, g2, a2, w1, b1, w2, s_rows, has_b2):
+    """Gradients of ``y = linear(s * linear(a, w1, b1), w2, b2)`` from g = dL/dy (rows), without the
+    first linear's output p: ``dw2 = (s g)^T p = ((s g)^T a) w1^T + (s g)^T 1 b1^T``. The two products
+    with a (``dp^T a`` for dw1, ``(s g)^T a`` for dw2) are one GEMM over [dp, s g] side by side, so the
+    backward makes as many GEMM calls as plain autograd's (4); the fifth is the small square one."""
+    na, nw1, nb1, nw2, nb2 = needs
+    n, d_out = g2.shape
+    d_mid = w2.shape[1]
+    both = g2.new_empty(n, d_mid + d_out)  # [dp, s g]
+    dp, sg = both[:, :d_mid], both[:, d_mid:]
+    torch.mm(g2, w2, out=dp)
+    if s_rows is None:
+        sg.copy_(g2)
+    else:
+        dp.mul_(s_rows)
+        torch.mul(g2, s_rows, out=sg)
+    dw1 = dw2 = None
+    if nw1 or nw2:
+        products = both.t().mm(a2)  # (d_mid + d_out, width of a)
+        dw1 = products[:d_mid] if nw1 else None
+        if nw2:
+            dw2 = products[d_mid:].mm(w1.t())
+            if b1 is not None:
+                dw2.addr_(sg.sum(0), b1)
+    db2 = g2.sum(0) if (has_b2 and nb2) else None
+    db1 = dp.sum(0) if (b1 is not None and nb1) else None
+    da = dp.mm(w1) if na else None
+    return da, dw1, db1, dw2, db2
+
+
+def _forward_two_linears(a, w1, b1, w2, b2, scale):
+    p = F.linear(a, w1, b1)
+    if scale is not None:
+        p.mul_(scale)
+    return F.linear(p, w2, b2)
+
+
+class _LinearLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, w1, b1, w2, b2, scale):
+        ctx.has_b2 = b2 is not None
+        ctx.save_for_backward(a, w1, b1, w2, scale)
+        return _forward_two_linears(a, w1, b1, w2, b2, scale)
+
+    @staticmethod
+    def backward(ctx, gy):
+        _first_order_only()
+        a, w1, b1, w2, scale = ctx.saved_tensors
+        da, dw1, db1, dw2, db2 = _two_linear_grads(ctx.needs_input_grad[:5], _rows(gy), _rows(a), w1, b1, w2,
+                                                   _rows_scale(scale, a), ctx.has_b2)
+        return None if da is None else da.view(a.shape), dw1, db1, dw2, db2, None
+
+
+def linear_linear(a: torch.Tensor, first: nn.Linear, second: nn.Linear,
+                  scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``second(scale * first(a))`` keeping only a (and the per-sequence ``scale``, (B, 1, 1): a drop-path
+    mask): second's weight gradient is rebuilt from a and first's parameters (one square GEMM of the
+    output width) instead of keeping first's output."""
+    return _LinearLinear.apply(a, first.weight, first.bias, second.weight, second.bias, scale)
+
+
+def _attention_rows(out: torch.Tensor) -> torch.Tensor:
+    """(B, h, S, d) attention output -> (B, S, h*d) rows (a view when laid out (B, S, h, d))."""
+    return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], out.shape[1] * out.shape[3])
+
+
+class _AttendLinearLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, w1, b1, w2, b2, scale, attend):
+        ctx.attend, ctx.has_b2 = attend, b2 is not None
+        ctx.save_for_backward(q, k, v, w1, b1, w2, scale)
+        return _forward_two_linears(_attention_rows(attend(q, k, v)), w1, b1, w2, b2, scale)
+
+    @staticmethod
+    def backward(ctx, gy):
+        _first_order_only()
+        q, k, v, w1, b1, w2, scale = ctx.saved_tensors
+        nq, nk, nv = ctx.needs_input_grad[:3]
+        with torch.enable_grad():  # the attention again (cheap: short sequences), with its graph this time
+            inputs = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), (nq, nk, nv))]
+            out = ctx.attend(*inputs)
+        a = _attention_rows(out.detach())
+        needs = (nq or nk or nv,) + tuple(ctx.needs_input_grad[3:7])
+        da, dw1, db1, dw2, db2 = _two_linear_grads(needs, _rows(gy), _rows(a), w1, b1, w2,
+                                                   _rows_scale(scale, a), ctx.has_b2)
+        dq = dk = dv = None
+        if da is not None:
+            want = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, want, da.view(a.shape).unflatten(-1, out.shape[1:2] + out.shape[3:])
+                                             .transpose(1, 2)))
+            dq, dk, dv = (next(grads) if t.requires_grad else None for t in inputs)
+        return dq, dk, dv, dw1, db1, dw2, db2, None, None
+
+
+def attend_linear_linear(q, k, v, attend, first: nn.Linear, second: nn.Linear,
+                         scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``second(scale * first(rows(attend(q, k, v))))`` keeping q, k and v only (views of the q/k/v
+    projection, kept anyway): the attention output is recomputed in backward, for steps whose attention
+    costs little next to the two projections (the temporal step: 8 frames against width 768). ``attend``
+    must be deterministic (no attention dropout)."""
+    return _AttendLinearLinear.apply(q, k, v, first.weight, first.bias, second.weight, second.bias, scale, attend)
