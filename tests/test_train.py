@@ -294,3 +294,52 @@ def test_future_frame_prediction_trains(tmp_path):
     model, _ = load_trained_model(str(tmp_path / "last.safetensors"))
     x, _ = t.eval_set[0]
     torch.testing.assert_close(model(x[None]), t.module.eval()(x[None]))
+
+
+# ---- the command line: --no-eval; a used --out folder (refused, --overwrite, --resume auto) ------------
+MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
+ARGS = ["--model", MODEL, "--frames", "4", "--image-size", "16", "--train-samples", "12", "--eval-samples", "4",
+        "--batch", "4", "--lr", "3e-3", "--warmup", "1", "--device", "cpu", "--no-progress", "--log-every", "1"]
+
+
+def run_cli(args, capsys):
+    from fast_timesformer.cli import console
+
+    rc = console(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def folder_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def records(path, split=None):
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def one_error_line(err):
+    assert err.count("\n") == 1 and err.startswith("fast-timesformer: error: ") and "Traceback" not in err, err
+    return err[len("fast-timesformer: error: "):-1]
+
+
+def test_no_eval_runs_no_evaluation(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(["train", *ARGS, "--steps", "6", "--out", str(out), "--no-eval"], capsys)
+    assert rc == 0 and err == ""
+    rows = records(out / "metrics.jsonl")
+    assert rows[0]["split"] == "data" and rows[0]["evaluation"] == "none (--no-eval)"
+    assert {r["split"] for r in rows} == {"data", "train"}  # not after epochs 1 and 2, not at the end either
+    assert "best.safetensors" not in os.listdir(out)
+    summary, where = stdout.splitlines()
+    assert json.loads(summary)["split"] == "train" and "acc" not in json.loads(summary)
+    assert where == f"checkpoints in {out}, metrics in {out / 'metrics.jsonl'}; no evaluation (--no-eval)"
+    # without it: each epoch (3 steps) and the end; from Python, eval_each_epoch=False: the end only
+    rc, stdout, _ = run_cli(["train", *ARGS, "--steps", "6", "--out", str(tmp_path / "eval")], capsys)
+    assert [r["step"] for r in records(tmp_path / "eval" / "metrics.jsonl", "eval")] == [3, 6]
+    assert json.loads(stdout.splitlines()[0])["split"] == "eval"
+    t = Trainer(tiny(tmp_path / "end", model=MODEL, eval_samples=4, steps=6, eval_each_epoch=False))
+    t.fit()
+    assert [r["step"] for r in records(tmp_path / "end" / "metrics.jsonl", "eval")] == [6]
+    assert records(tmp_path / "end" / "metrics.jsonl")[0]["evaluation"] == "at the end"

@@ -83,7 +83,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                                                    "(default OUT/metrics.jsonl)")
     b.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: epoch ends only)")
     b.add_argument("--log-every", type=int, default=10)
-    b.add_argument("--no-eval", dest="eval_each_epoch", action="store_false", help="skip per-epoch evaluation")
+    b.add_argument("--no-eval", dest="evaluate", action="store_false",
+                   help="no evaluation at all: neither after each epoch nor at the end (no best.safetensors)")
     b.add_argument("--no-progress", dest="progress", action="store_false")
     b.add_argument("--resume", default=None,
                    help="checkpoint to continue from, or 'auto' (OUT/last.safetensors if present)")
@@ -131,7 +132,8 @@ def cmd_train(args) -> int:
             if trainer.dist.is_main:
                 shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
                 print(json.dumps(shown))
-                print(f"checkpoints in {cfg.out_dir}, metrics in {trainer.metrics_path}")
+                print(f"checkpoints in {cfg.out_dir}, metrics in {trainer.metrics_path}"
+                      + ("" if cfg.evaluate else "; no evaluation (--no-eval)"))
     except TrainingInterrupted as e:
         cleanup_distributed(sync=False)
         if trainer is None or trainer.dist.is_main:

@@ -102,7 +102,8 @@ class TrainConfig:
     # bookkeeping
     out_dir: str = "runs/train"
     metrics: Optional[str] = None          # JSONL file; default <out_dir>/metrics.jsonl
-    eval_each_epoch: bool = True
+    evaluate: bool = True                  # False (--no-eval): no evaluation at all, no best.safetensors
+    eval_each_epoch: bool = True           # False: evaluate at the end of the run only
     save_every: int = 0                    # steps; 0: at epoch ends and at the end only
     log_every: int = 10
     progress: bool = True
@@ -110,7 +111,7 @@ class TrainConfig:
 
     # fields that may differ between a run and its resumption
     RESUMABLE_CHANGES = ("resume", "workers", "progress", "out_dir", "metrics", "log_every", "save_every",
-                         "device", "eval_each_epoch", "skip_bad_videos")
+                         "device", "evaluate", "eval_each_epoch", "skip_bad_videos")
 
     # the command-line option of each field (for messages that name what to change)
     OPTIONS = {"num_frames": "--frames", "num_target_frames": "--target-frames", "out_dir": "--out",
@@ -658,7 +659,13 @@ class Trainer:
             return {}
         if self.step == 0 and self.resumed_from is None:
             self._fresh_metrics()
-            self._log({"split": "data", "step": 0, **self.data_info})
+            if self.eval_set is None:
+                evaluation = "none (no evaluation set)"
+            elif not cfg.evaluate:
+                evaluation = "none (--no-eval)"
+            else:
+                evaluation = "each epoch and at the end" if cfg.eval_each_epoch else "at the end"
+            self._log({"split": "data", "step": 0, **self.data_info, "evaluation": evaluation})
         bar = None
         if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
@@ -727,8 +734,8 @@ class Trainer:
                             self._log(last)
                             window_loss, window_n, t0 = 0.0, 0, time.perf_counter()
                         epoch_end = within == self.steps_per_epoch
-                        if self.eval_set is not None and ((epoch_end and cfg.eval_each_epoch)
-                                                          or self.step == self.total_steps):
+                        if self.eval_set is not None and cfg.evaluate and (
+                                (epoch_end and cfg.eval_each_epoch) or self.step == self.total_steps):
                             try:
                                 last = self.evaluate()
                             except (BadVideoError, _PeerFailed) as e:
