@@ -386,12 +386,16 @@ def test_a_failing_metrics_write_leaves_no_partial_line(tmp_path, monkeypatch):
     assert (tmp_path / "metrics.jsonl").read_bytes() == before
 
 
-def test_a_fresh_start_in_a_used_folder_replaces_the_old_metrics(tmp_path, capsys):
+def test_resume_auto_without_a_checkpoint_replaces_the_old_metrics(tmp_path, capsys):
+    """(A fresh start without --resume in a used folder is refused: tests/test_train.py.)"""
     Trainer(tiny(tmp_path, steps=2)).fit()
+    for name in ("last.safetensors", "best.safetensors"):
+        os.remove(tmp_path / name)  # the metrics alone are left
     capsys.readouterr()
-    Trainer(tiny(tmp_path, steps=2)).fit()  # no --resume: a new run, from step 0
+    Trainer(tiny(tmp_path, steps=2, resume="auto")).fit()  # nothing to resume: a new run, from step 0
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "held records of an earlier run; this run starts at step 0 and replaces" in err
+    assert err == (f"fast-timesformer: {tmp_path / 'metrics.jsonl'} held records of an earlier run, but --resume auto "
+                   f"found no checkpoint in {tmp_path} to continue: this run starts at step 0 and replaces them\n")
     assert metric_steps(tmp_path / "metrics.jsonl") == [1, 2] and metric_steps(tmp_path / "metrics.jsonl", "eval") == [2]
 
 

@@ -324,6 +324,159 @@ def one_error_line(err):
     return err[len("fast-timesformer: error: "):-1]
 
 
+def test_a_fresh_start_in_a_used_folder_is_refused_and_touches_nothing(tmp_path, capsys):
+    from fast_timesformer.train.trainer import EarlierRunError
+
+    out = tmp_path / "run"
+    first = ["train", *ARGS, "--steps", "6", "--save-every", "1", "--out", str(out)]
+    assert run_cli(first + ["--stop-at", "3"], capsys)[0] == 0  # epoch end at 3: last, previous, best
+    before = folder_bytes(out)
+    assert sorted(before) == ["best.safetensors", "last.safetensors", "metrics.jsonl", "previous.safetensors"]
+
+    rc, stdout, err = run_cli(first, capsys)  # the same command again, without --resume
+    assert rc == 2 and stdout == ""
+    assert one_error_line(err) == (
+        f"{out} already holds an earlier run (last.safetensors at step 3, previous.safetensors at step 2, "
+        "best.safetensors at step 3, metrics.jsonl): --resume auto continues it from step 3; --overwrite starts "
+        "this run afresh and replaces those files when it saves its first checkpoint (they stay as they are until "
+        "then); or give another --out")
+    assert folder_bytes(out) == before  # byte for byte, and nothing added
+    # other settings: --resume auto is not offered as if it would work
+    rc, _, err = run_cli(first[:-2] + ["--lr", "1e-2", "--out", str(out)], capsys)
+    assert rc == 2 and "--resume auto would continue it only with its own settings (these differ: --lr)" in \
+        one_error_line(err)
+    # from Python: the same refusal (a FileExistsError too), before anything is built
+    with pytest.raises(EarlierRunError, match="already holds an earlier run") as info:
+        Trainer(tiny(out, model=MODEL, eval_samples=4, steps=6, save_every=1, device="cpu"))
+    assert isinstance(info.value, FileExistsError) and len(info.value.files) == 4
+    assert folder_bytes(out) == before
+    # --resume auto is unchanged: it continues the run
+    rc, _, err = run_cli(first + ["--resume", "auto"], capsys)
+    assert rc == 0 and err == ""
+    assert ckpt.read_metadata(str(out / "last.safetensors"))["step"] == 6
+    assert [r["step"] for r in records(out / "metrics.jsonl", "train")] == [1, 2, 3, 4, 5, 6]
+    # a finished run: said so, and no --resume hint
+    rc, _, err = run_cli(first, capsys)
+    assert rc == 2 and "metrics.jsonl): it is complete (step 6 of 6); --overwrite starts" in one_error_line(err)
+    # only metrics (no checkpoint): refused too, without a --resume hint that would not continue anything
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "metrics.jsonl").write_text('{"split": "train", "step": 1, "loss": 1.0}\n')
+    rc, _, err = run_cli(["train", *ARGS, "--steps", "2", "--out", str(bare)], capsys)
+    assert rc == 2 and one_error_line(err).startswith(
+        f"{bare} already holds an earlier run (metrics.jsonl): it has no checkpoint --resume auto could continue; "
+        "--overwrite starts")
+    assert (bare / "metrics.jsonl").read_text() == '{"split": "train", "step": 1, "loss": 1.0}\n'
+    # --overwrite and --resume contradict each other
+    rc, _, err = run_cli(first + ["--overwrite", "--resume", "auto"], capsys)
+    assert rc == 2 and one_error_line(err) == ("--overwrite starts a new run and --resume auto continues one: give "
+                                               "one of them")
+
+
+def test_overwrite_replaces_the_earlier_run_at_its_first_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["train", *ARGS, "--steps", "3", "--save-every", "1", "--out", str(out)], capsys)[0] == 0
+    assert ckpt.read_metadata(str(out / "previous.safetensors"))["step"] == 2
+    new = ["train", *ARGS, "--steps", "3", "--lr", "1e-2", "--out", str(out)]
+    rc, stdout, err = run_cli(new + ["--overwrite", "--stop-at", "2"], capsys)
+    assert rc == 0
+    assert err == (f"fast-timesformer: --overwrite: {out} holds an earlier run (last.safetensors at step 3, "
+                   "previous.safetensors at step 2, best.safetensors at step 3, metrics.jsonl); they stay as they are "
+                   "until this run saves its first checkpoint, which replaces them (until then its metrics go to "
+                   f"{out / 'metrics.jsonl'}.new)\n")
+    # only the new run is left: its last (no evaluation yet, so no best); the earlier previous and best are gone;
+    # the metrics are the new run's
+    assert sorted(os.listdir(out)) == ["last.safetensors", "metrics.jsonl"]
+    meta = ckpt.read_metadata(str(out / "last.safetensors"))
+    assert meta["step"] == 2 and meta["config"]["lr"] == 1e-2 and meta["config"]["overwrite"] is True
+    rows = records(out / "metrics.jsonl")
+    assert rows[0]["split"] == "data" and [r["step"] for r in rows[1:]] == [1, 2]
+    # it resumes as any run (overwrite is not a setting a resumed run must repeat)
+    rc, _, err = run_cli(new + ["--resume", "auto"], capsys)
+    assert rc == 0 and err == ""
+    assert sorted(os.listdir(out)) == ["best.safetensors", "last.safetensors", "metrics.jsonl", "previous.safetensors"]
+    assert ckpt.read_metadata(str(out / "best.safetensors"))["step"] == 3
+    assert [r["step"] for r in records(out / "metrics.jsonl", "train")] == [1, 2, 3]
+    # a first checkpoint at an epoch end: the best one (written first, to its pending twin) replaces the earlier too
+    rc, _, err = run_cli(["train", *ARGS, "--steps", "3", "--lr", "5e-3", "--out", str(out), "--overwrite"], capsys)
+    assert rc == 0 and err.count("\n") == 1
+    assert sorted(os.listdir(out)) == ["best.safetensors", "last.safetensors", "metrics.jsonl"]
+    for name in ("best", "last"):
+        meta = ckpt.read_metadata(str(out / f"{name}.safetensors"))
+        assert meta["step"] == 3 and meta["config"]["lr"] == 5e-3
+    assert [r["split"] for r in records(out / "metrics.jsonl")] == ["data", "train", "train", "train", "eval"]
+    # --overwrite into an empty folder is a plain fresh start
+    rc, _, err = run_cli(["train", *ARGS, "--steps", "1", "--out", str(tmp_path / "new"), "--overwrite"], capsys)
+    assert rc == 0 and err == "" and sorted(os.listdir(tmp_path / "new")) == ["best.safetensors", "last.safetensors",
+                                                                              "metrics.jsonl"]
+
+
+def test_an_overwrite_that_fails_before_its_first_checkpoint_loses_nothing(tmp_path, monkeypatch, capsys):
+    """A crash of an --overwrite run before it saves anything leaves the earlier run byte for byte, loadable and
+    resumable; an interrupt before its first step saves nothing; an interrupt after a step saves, replacing."""
+    import signal
+
+    from fast_timesformer.errors import TrainingInterrupted
+
+    out = tmp_path / "run"
+    kw = dict(model=MODEL, eval_samples=4, device="cpu", steps=6, save_every=1)
+    Trainer(tiny(out, **kw)).fit(stop_at=4)  # last 4, previous 3, best 3
+    before = folder_bytes(out)
+    capsys.readouterr()
+
+    class PowerCut(Exception):
+        pass
+
+    new = tiny(out, **{**kw, "lr": 1e-2, "save_every": 0, "overwrite": True})  # first checkpoint: step 3
+    t = Trainer(new)
+    log = t._log
+
+    def crash_at_step_2(record):
+        if record.get("split") == "train" and record["step"] == 2:
+            raise PowerCut
+        log(record)
+
+    monkeypatch.setattr(t, "_log", crash_at_step_2)
+    with pytest.raises(PowerCut):
+        t.fit()
+    after = folder_bytes(out)
+    assert after.pop("metrics.jsonl.new")  # the new run's records so far, beside the earlier ones
+    assert after == before
+    model, meta = __import__("fast_timesformer.train.trainer", fromlist=["x"]).load_trained_model(
+        str(out / "last.safetensors"))
+    assert meta["step"] == 4 and meta["config"]["lr"] == 3e-3
+    resumed = Trainer(tiny(out, **kw, resume="auto"))
+    assert resumed.step == 4 and resumed.resumed_from == str(out / "last.safetensors")
+
+    # an interrupt before the first step: nothing is saved, the earlier run stays
+    with monkeypatch.context() as m:
+        t = Trainer(new)
+        # the signal comes inside the training loop, as its first epoch's batches are drawn
+        m.setattr(t, "train_batches", lambda *a, draw=t.train_batches: (os.kill(os.getpid(), signal.SIGINT),
+                                                                          draw(*a))[1])
+        with pytest.raises(TrainingInterrupted) as info:
+            t.fit()
+    assert str(info.value) == (f"interrupted by SIGINT before the first step: nothing was saved, and the earlier "
+                               f"run's files in {out} are unchanged (--overwrite replaces them only when this run "
+                               "saves a checkpoint)")
+    after = folder_bytes(out)
+    assert [r["split"] for r in records(out / "metrics.jsonl.new")] == ["data"]  # the pending twin, started afresh
+    after.pop("metrics.jsonl.new")
+    assert after == before
+
+    # an interrupt after step 2 saves there, and that first checkpoint replaces the earlier run
+    with monkeypatch.context() as m:
+        t = Trainer(new)
+        m.setattr(t, "_log", lambda record, log=t._log: (log(record), record.get("split") == "train"
+                                                         and record["step"] == 2
+                                                         and os.kill(os.getpid(), signal.SIGINT)))
+        with pytest.raises(TrainingInterrupted, match="at step 2 of 6: checkpoint saved"):
+            t.fit()
+    assert sorted(os.listdir(out)) == ["last.safetensors", "metrics.jsonl"]
+    assert ckpt.read_metadata(str(out / "last.safetensors"))["config"]["lr"] == 1e-2
+    assert [r["step"] for r in records(out / "metrics.jsonl", "train")] == [1, 2]
+
+
 def test_no_eval_runs_no_evaluation(tmp_path, capsys):
     out = tmp_path / "run"
     rc, stdout, err = run_cli(["train", *ARGS, "--steps", "6", "--out", str(out), "--no-eval"], capsys)
@@ -343,3 +496,24 @@ def test_no_eval_runs_no_evaluation(tmp_path, capsys):
     t.fit()
     assert [r["step"] for r in records(tmp_path / "end" / "metrics.jsonl", "eval")] == [6]
     assert records(tmp_path / "end" / "metrics.jsonl")[0]["evaluation"] == "at the end"
+
+
+def test_experiment_refuses_a_used_folder_and_overwrite_replaces_it(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from fast_timesformer.train.experiment import run_experiment
+    from fast_timesformer.train.trainer import EarlierRunError
+
+    small = dict(schemes=["space_only"], steps=1, progress=False, train_samples=8, eval_samples=4, batch=4, draws=1)
+    run_experiment("cpu", out_dir=str(tmp_path), **small)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(EarlierRunError) as info:
+        run_experiment("cpu", out_dir=str(tmp_path), **small)
+    assert str(info.value) == (
+        f"{tmp_path} already holds an earlier experiment (results.json, results.md, accuracy.png; runs/space_only: "
+        "last.safetensors at step 1, best.safetensors at step 1, metrics.jsonl): --overwrite replaces it (each "
+        "scheme's run when its new run saves its first checkpoint, the results at the end); or give another --out")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    res = run_experiment("cpu", out_dir=str(tmp_path), overwrite=True, **{**small, "steps": 2})
+    assert res["settings"]["steps"] == 2
+    assert ckpt.read_metadata(str(tmp_path / "runs" / "space_only" / "last.safetensors"))["step"] == 2
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["steps"] == 2

@@ -88,6 +88,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--no-progress", dest="progress", action="store_false")
     b.add_argument("--resume", default=None,
                    help="checkpoint to continue from, or 'auto' (OUT/last.safetensors if present)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds an earlier run (without it such a start is refused): "
+                        "its checkpoints and metrics stay as they are until this run saves its first checkpoint, "
+                        "which replaces them")
     b.add_argument("--stop-at", type=int, default=None,
                    help="stop (with a checkpoint) at this step; a later --resume continues the same run")
 
@@ -159,6 +163,9 @@ def _interrupted_at_once(trainer) -> str:
     from . import checkpoint as ckpt
 
     last = trainer.last_path
+    if trainer._replacing:  # --overwrite, before this run's first checkpoint: what is there is the earlier run's
+        return (f"interrupted at once at step {trainer.step} (a second Ctrl-C); this run saved no checkpoint, and "
+                f"the earlier run's files in {trainer.out_dir} are unchanged")
     if os.path.isfile(last) and ckpt.check_checkpoint(last) is None:
         saved = ckpt.read_metadata(last).get("step")
         return (f"interrupted at once at step {trainer.step} (a second Ctrl-C); the last checkpoint is {last} "
@@ -185,7 +192,8 @@ def cmd_experiment(args) -> int:
     from .experiment import run_experiment
 
     run_experiment(preset=args.preset, out_dir=args.out, schemes=args.schemes, steps=args.steps,
-                   seed=args.seed, device=args.device, progress=args.progress, draws=args.draws)
+                   seed=args.seed, device=args.device, progress=args.progress, draws=args.draws,
+                   overwrite=args.overwrite)
     return 0
 
 
@@ -217,6 +225,10 @@ def add_subcommands(sub) -> None:
                    help="random draws (performer features, fastformer parameters) per swapped-in backend")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--no-progress", dest="progress", action="store_false")
+    e.add_argument("--overwrite", action="store_true",
+                   help="run in an --out that holds an earlier experiment (without it that is refused): each "
+                        "scheme's earlier run is replaced when its new run saves its first checkpoint, the "
+                        "results files at the end")
     e.set_defaults(func=cmd_experiment)
 
 

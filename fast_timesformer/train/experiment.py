@@ -9,6 +9,11 @@
 3. Write ``results.json`` (raw numbers, settings, versions), ``results.md`` (the table) and
    ``accuracy.png`` (the plot) to the output folder.
 
+An output folder that holds an earlier experiment (those files, or a scheme's run under ``runs/``) is
+refused before anything is trained, unless ``overwrite``: then each scheme's earlier run is replaced when
+its new run saves its first checkpoint (as ``fast-timesformer train --overwrite`` does), the three result
+files at the end.
+
 Presets: ``cpu`` finishes in minutes on 2 cores; ``gpu`` trains a larger model on more data for longer.
 """
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .trainer import TrainConfig, Trainer
+from .trainer import EarlierRunError, TrainConfig, Trainer, describe_files, earlier_run_files
 
 __all__ = ["PRESETS", "SWAPS", "swaps", "run_experiment", "write_table", "plot_results"]
 
@@ -98,9 +103,9 @@ def _drop_cores(layers, backend: str) -> None:
 
 def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", schemes: Optional[Sequence[str]] = None,
                    steps: Optional[int] = None, seed: int = 0, device: Optional[str] = None,
-                   progress: bool = True, draws: int = 3, **overrides) -> dict:
+                   progress: bool = True, draws: int = 3, overwrite: bool = False, **overrides) -> dict:
     """Train every scheme, evaluate the backend swaps (``draws`` random draws each), write results.json/.md
-    and accuracy.png."""
+    and accuracy.png. ``overwrite``: replace an earlier experiment in ``out_dir`` (else it is refused)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
@@ -112,13 +117,14 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
         settings["steps"] = steps
     if device not in (None, "auto"):
         settings["device"] = device
+    names = _schemes(schemes)
+    _check_out_dir(out_dir, names, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     rows = []
     todo = swaps()
-    for scheme in _schemes(schemes):
-        cfg = TrainConfig(**settings, scheme=scheme, out_dir=os.path.join(out_dir, "runs", scheme))
-        if os.path.exists(os.path.join(cfg.out_dir, "metrics.jsonl")):
-            os.remove(os.path.join(cfg.out_dir, "metrics.jsonl"))
+    for scheme in names:
+        cfg = TrainConfig(**settings, scheme=scheme, out_dir=os.path.join(out_dir, "runs", scheme),
+                          overwrite=overwrite)
         t0 = time.perf_counter()
         trainer = Trainer(cfg)
         final = trainer.fit()
@@ -146,6 +152,31 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
     plot_results(results, os.path.join(out_dir, "accuracy.png"))
     print(write_table(results))
     return results
+
+
+RESULT_FILES = ("results.json", "results.md", "accuracy.png")
+
+
+def _check_out_dir(out_dir: str, schemes: Sequence[str], overwrite: bool) -> None:
+    """Refuse (:class:`~fast_timesformer.train.trainer.EarlierRunError`, one line) an ``out_dir`` that holds
+    an earlier experiment's results or a run of one of ``schemes``, unless ``overwrite``."""
+    if overwrite:
+        return
+    found = [os.path.join(out_dir, n) for n in RESULT_FILES if os.path.exists(os.path.join(out_dir, n))]
+    parts = [", ".join(os.path.basename(p) for p in found)] if found else []
+    runs = {s: earlier_run_files(os.path.join(out_dir, "runs", s)) for s in schemes}
+    runs = {s: files for s, files in runs.items() if files}
+    if len(runs) == 1:
+        (scheme, files), = runs.items()
+        parts.append(f"runs/{scheme}: {describe_files(os.path.join(out_dir, 'runs', scheme), files)}")
+    elif runs:
+        parts.append(f"the runs of {', '.join(runs)} under runs/ (checkpoints, metrics)")
+    found += [f for files in runs.values() for f in files]
+    if found:
+        raise EarlierRunError(out_dir, found, (
+            f"{out_dir} already holds an earlier experiment ({'; '.join(parts)}): --overwrite replaces it (each "
+            "scheme's run when its new run saves its first checkpoint, the results at the end); or give "
+            "another --out"))
 
 
 def write_table(results: dict) -> str:

@@ -24,6 +24,15 @@ decoded during training (in a DataLoader worker or not) stops the run the same w
 one before as ``previous.safetensors``; ``--resume auto`` falls back to it, saying so, when ``last`` is
 damaged. A resumed run drops the metrics records past its checkpoint's step, so each step is logged once.
 
+A used folder. A run started afresh (no ``resume``) in an ``out_dir`` that holds an earlier run's checkpoints
+(last, previous, best) or a metrics file with records is refused with :class:`EarlierRunError` (one line
+naming the folder, its files and the ways out: ``--resume auto``, ``--overwrite``), and nothing is touched.
+With ``overwrite`` the earlier files stay as they are until the new run writes its first
+``last.safetensors`` (meanwhile its metrics go to ``<metrics>.new`` and a best checkpoint of that same step to
+``best.safetensors.new``); that write replaces ``last``, then ``best`` and the metrics are moved into place and
+the earlier ``previous`` is removed. A crash or failure before it leaves the earlier run whole and resumable;
+an interrupt before the first optimizer step saves nothing (an interrupt later saves, and so replaces).
+
 Learning rate: AdamW, linear warmup from 0 over ``warmup`` steps, then cosine decay to
 ``min_lr_ratio * lr`` at the last step. Weight decay applies to matrices only (not to biases, norms,
 embeddings or the CLS token).
@@ -56,7 +65,8 @@ from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init
 from ..backends.spec import parse_backend_spec
 
 __all__ = ["TrainConfig", "Trainer", "MODEL_PRESETS", "parse_backend", "build_model", "model_spec",
-           "lr_at", "task_of", "load_trained_model", "predict_video"]
+           "lr_at", "task_of", "load_trained_model", "predict_video", "EarlierRunError", "earlier_run_files",
+           "describe_files"]
 
 # The small CPU configurations are registered model names (fast_timesformer.models.registry): "tiny",
 # "small", "base"; any registered name works the same way.
@@ -108,10 +118,11 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     resume: Optional[str] = None           # checkpoint path or "auto" (<out_dir>/last.safetensors)
+    overwrite: bool = False                # start afresh in an out_dir holding an earlier run (see the module doc)
 
     # fields that may differ between a run and its resumption
     RESUMABLE_CHANGES = ("resume", "workers", "progress", "out_dir", "metrics", "log_every", "save_every",
-                         "device", "evaluate", "eval_each_epoch", "skip_bad_videos")
+                         "device", "evaluate", "eval_each_epoch", "skip_bad_videos", "overwrite")
 
     # the command-line option of each field (for messages that name what to change)
     OPTIONS = {"num_frames": "--frames", "num_target_frames": "--target-frames", "out_dir": "--out",
@@ -261,7 +272,45 @@ def _set_epoch(dataset, epoch: int) -> None:
         dataset.set_epoch(epoch)
 
 
-LAST, PREVIOUS = "last.safetensors", "previous.safetensors"
+LAST, PREVIOUS, BEST, METRICS = "last.safetensors", "previous.safetensors", "best.safetensors", "metrics.jsonl"
+PENDING = ".new"  # suffix of the files an overwriting run writes before its first checkpoint
+
+
+class EarlierRunError(FastTimesformerError, FileExistsError):
+    """A run started afresh (no ``resume``) in a folder that holds an earlier run's checkpoints or metrics,
+    without ``overwrite``; nothing was changed. ``.folder`` and ``.files`` (paths); the one-line message
+    names them and the ways out."""
+
+    def __init__(self, folder, files, message: str):
+        self.folder, self.files, self.message = str(folder), [str(f) for f in files], message
+        FastTimesformerError.__init__(self, message)
+
+    def __str__(self) -> str:  # OSError would format (errno, strerror); ours is the one sentence
+        return self.message
+
+
+def earlier_run_files(out_dir: str, metrics: Optional[str] = None) -> list[str]:
+    """What an earlier run left that a new run in ``out_dir`` would replace: its checkpoints (last, previous,
+    best) and a metrics file with records (``metrics``: its path; default ``<out_dir>/metrics.jsonl``)."""
+    found = [p for p in (os.path.join(out_dir, n) for n in (LAST, PREVIOUS, BEST)) if os.path.exists(p)]
+    metrics = metrics or os.path.join(out_dir, METRICS)
+    if os.path.isfile(metrics) and os.path.getsize(metrics):
+        found.append(metrics)
+    return found
+
+
+def describe_files(out_dir: str, files: list[str]) -> str:
+    """"last.safetensors at step 40, best.safetensors at step 30, metrics.jsonl": names inside ``out_dir``
+    (a path for one outside it), a checkpoint's step, or "unreadable"."""
+    folder = os.path.abspath(out_dir)
+    parts = []
+    for path in files:
+        name = os.path.basename(path) if os.path.dirname(os.path.abspath(path)) == folder else str(path)
+        if path.endswith(".safetensors"):
+            readable = ckpt.check_checkpoint(path) is None
+            name += f" at step {ckpt.read_metadata(path).get('step')}" if readable else " (unreadable)"
+        parts.append(name)
+    return ", ".join(parts)
 
 
 class _Failed:
@@ -375,6 +424,11 @@ class Trainer:
         self.device = self.dist.device
         self.task = task_of(cfg.dataset)
         self._check_config()
+        self.out_dir = cfg.out_dir
+        self.metrics_path = cfg.metrics or os.path.join(cfg.out_dir, METRICS)
+        # the earlier run's files an overwriting run replaces at its first checkpoint (empty: nothing pending)
+        self._replacing: list[str] = [] if cfg.resume else self._earlier_run()
+        self._began = False  # fit() has been called
 
         self.train_set, self.eval_set, info = build_train_eval(
             cfg.dataset, train_samples=cfg.train_samples, eval_samples=cfg.eval_samples,
@@ -424,8 +478,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype is torch.float16)
         self.step = 0
         self.best: Optional[float] = None
-        self.out_dir = cfg.out_dir
-        self.metrics_path = cfg.metrics or os.path.join(cfg.out_dir, "metrics.jsonl")
         self._baseline: Optional[float] = None
         self.resumed_from: Optional[str] = None
         self._saved_step: Optional[int] = None  # the step of the last.safetensors this process wrote
@@ -478,6 +530,56 @@ class Trainer:
                 number(name, 0, 1)
         if cfg.val_fraction is not None:
             number("val_fraction", 0, 1)
+        if cfg.overwrite and cfg.resume:
+            raise ValueError(f"--overwrite starts a new run and --resume {cfg.resume} continues one: give one of them")
+
+    def _earlier_run(self) -> list[str]:
+        """A fresh start: the earlier run's files in the folder. Without ``overwrite`` they make the run
+        refuse (:class:`EarlierRunError`, naming them and the ways out); with it they are returned, to be
+        replaced when this run saves its first checkpoint."""
+        files = earlier_run_files(self.out_dir, self.metrics_path)
+        if not files:
+            return []
+        what = describe_files(self.out_dir, files)
+        if self.cfg.overwrite:
+            self._note(f"--overwrite: {self.out_dir} holds an earlier run ({what}); they stay as they are until this "
+                       f"run saves its first checkpoint, which replaces them (until then its metrics go to "
+                       f"{self.metrics_path}{PENDING})")
+            return files
+        resumable = next((p for p in (self.last_path, self.previous_path)
+                          if os.path.exists(p) and ckpt.check_checkpoint(p) is None), None)
+        if resumable is None:
+            resume = "it has no checkpoint --resume auto could continue"
+        else:
+            meta = ckpt.read_metadata(resumable)
+            diff = self._settings_differ(meta.get("config", {}))
+            step, total = meta.get("step"), (meta.get("scheduler") or {}).get("total_steps")
+            if not diff and total is not None and step >= total:
+                resume = f"it is complete (step {step} of {total})"
+            elif diff:
+                resume = (f"--resume auto would continue it only with its own settings (these differ: "
+                          f"{', '.join(TrainConfig.option(k) for k in diff)})")
+            else:
+                resume = f"--resume auto continues it from step {step}"
+                if resumable == self.previous_path:
+                    resume += f" ({PREVIOUS}: {LAST} is not whole)"
+        where, other = self.out_dir, "--out"
+        if os.path.dirname(os.path.abspath(self.metrics_path)) != os.path.abspath(self.out_dir):
+            where += f" (with --metrics {self.metrics_path})"
+            inside = [f for f in files if f != self.metrics_path]
+            other = "--out and --metrics" if inside else "--metrics"
+        raise EarlierRunError(self.out_dir, files, (
+            f"{where} already holds an earlier run ({what}): {resume}; --overwrite starts this run afresh "
+            f"and replaces those files when it saves its first checkpoint (they stay as they are until then); "
+            f"or give another {other}"))
+
+    def _settings_differ(self, saved: dict) -> list[str]:
+        """The settings that differ from those of the run that wrote a checkpoint (``saved``: its config) and
+        that a resumed run may not change."""
+        mine = self.cfg.to_dict()
+        # compared as JSON values: 1 and 1.0 are the same setting (the CLI gives floats, Python often ints)
+        return sorted(k for k in mine if k not in TrainConfig.RESUMABLE_CHANGES and k in saved
+                      and json.loads(json.dumps(saved[k])) != json.loads(json.dumps(mine[k])))
 
     def _note(self, text: str) -> None:
         """One line for the user (stderr; rank 0 only)."""
@@ -511,6 +613,15 @@ class Trainer:
     def previous_path(self) -> str:
         return os.path.join(self.out_dir, PREVIOUS)
 
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.out_dir, BEST)
+
+    @property
+    def _metrics_file(self) -> str:
+        """Where records go now: the metrics file, or its pending twin while an overwrite is pending."""
+        return self.metrics_path + PENDING if self._replacing else self.metrics_path
+
     def _auto_checkpoint(self) -> Optional[str]:
         """``--resume auto``: last.safetensors if whole; else previous.safetensors (saying so); None if
         neither exists (a fresh start)."""
@@ -527,7 +638,8 @@ class Trainer:
             return prev
         why = (f"the checkpoint before it, {prev}, is damaged too" if os.path.exists(prev)
                else "there is no earlier checkpoint")
-        raise CorruptCheckpointError(last, f"{problem}; {why} (move it away to start the run afresh)")
+        raise CorruptCheckpointError(last, f"{problem}; {why} (--overwrite instead of --resume starts the run "
+                                           "afresh)")
 
     def _resume(self, path: str) -> None:
         if path == "auto":
@@ -549,9 +661,7 @@ class Trainer:
         meta = ckpt.read_metadata(path)
         saved = meta.get("config", {})
         mine = self.cfg.to_dict()
-        # compared as JSON values: 1 and 1.0 are the same setting (the CLI gives floats, Python often ints)
-        diff = sorted(k for k in mine if k not in TrainConfig.RESUMABLE_CHANGES and k in saved
-                      and json.loads(json.dumps(saved[k])) != json.loads(json.dumps(mine[k])))
+        diff = self._settings_differ(saved)
         if diff:
             raise ValueError(f"cannot resume from {path}: the run's settings differ in {diff} "
                              f"(checkpoint: {[saved[k] for k in diff]}, now: {[mine[k] for k in diff]})")
@@ -570,10 +680,11 @@ class Trainer:
 
     def _fresh_metrics(self) -> None:
         """A run that starts at step 0 starts its metrics file afresh (saying so if it held records), so that
-        each step is in it once."""
+        each step is in it once. (A fresh start without --resume never finds records: it refuses a used
+        folder, or replaces it with --overwrite; this is --resume auto finding no checkpoint.)"""
         if self.dist.is_main and os.path.isfile(self.metrics_path) and os.path.getsize(self.metrics_path):
-            self._note(f"{self.metrics_path} held records of an earlier run; this run starts at step 0 and replaces "
-                       "them (--resume auto continues a run instead)")
+            self._note(f"{self.metrics_path} held records of an earlier run, but --resume {self.cfg.resume} found no "
+                       f"checkpoint in {self.out_dir} to continue: this run starts at step 0 and replaces them")
             self._truncate_metrics(-1)
 
     def _truncate_metrics(self, step: int) -> None:
@@ -658,7 +769,17 @@ class Trainer:
         if self.step >= end:
             return {}
         if self.step == 0 and self.resumed_from is None:
-            self._fresh_metrics()
+            if not self._began and not cfg.resume and not self._replacing:
+                # checked when this trainer was built; another run may have written there since (every process
+                # looks before rank 0 writes anything)
+                self._replacing = self._earlier_run()
+                barrier(self.dist)
+            if self._replacing:  # pending twins left by an earlier attempt that saved nothing are not this run's
+                for twin in (self.metrics_path + PENDING, self.best_path + PENDING):
+                    if self.dist.is_main and os.path.exists(twin):
+                        os.remove(twin)
+            else:
+                self._fresh_metrics()
             if self.eval_set is None:
                 evaluation = "none (no evaluation set)"
             elif not cfg.evaluate:
@@ -666,6 +787,7 @@ class Trainer:
             else:
                 evaluation = "each epoch and at the end" if cfg.eval_each_epoch else "at the end"
             self._log({"split": "data", "step": 0, **self.data_info, "evaluation": evaluation})
+        self._began = True
         bar = None
         if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
@@ -696,8 +818,14 @@ class Trainer:
                         if failed:
                             raise self._stopped(BadVideoError(problems) if problems else _peer_failed())
                         if signum:
-                            path = self._save_last()
+                            path = self._stop_checkpoint()
                             name = signal.Signals(int(signum)).name
+                            if path is None:
+                                raise TrainingInterrupted(
+                                    int(signum), self.step, self.out_dir,
+                                    f"interrupted by {name} before the first step: nothing was saved, and the "
+                                    f"earlier run's files in {self.out_dir} are unchanged (--overwrite replaces "
+                                    "them only when this run saves a checkpoint)")
                             raise TrainingInterrupted(
                                 int(signum), self.step, path,
                                 f"interrupted by {name} at step {self.step} of {self.total_steps}: checkpoint "
@@ -748,7 +876,7 @@ class Trainer:
                                                            else last[key] < self.best)
                             if better:
                                 self.best = last[key]
-                                self.save(os.path.join(self.out_dir, "best.safetensors"))
+                                self.save(self.best_path)
                         if epoch_end or self.step == end or (cfg.save_every and self.step % cfg.save_every == 0):
                             self._save_last()
                     del it, loader
@@ -770,11 +898,23 @@ class Trainer:
             self.save(self.last_path, rotate=True)
         return self.last_path
 
+    def _stop_checkpoint(self) -> Optional[str]:
+        """The checkpoint of a run that stops early (a signal, a data error): last.safetensors at this step,
+        except before the first step of a run whose overwrite is pending (None: nothing is saved, and the
+        earlier run stays whole)."""
+        if self._replacing and self.step == 0:
+            return None
+        return self._save_last()
+
     def _stopped(self, error: Exception) -> Exception:
         """A data error stops the run: checkpoint at the last completed step, and say where in the error's
         one line."""
-        path = self._save_last()
-        error.args = (f"{error}; the run stopped at step {self.step} with a checkpoint in {path}",)
+        path = self._stop_checkpoint()
+        if path is None:
+            error.args = (f"{error}; the run stopped before its first step: nothing was saved, and the earlier "
+                          f"run's files in {self.out_dir} are unchanged",)
+        else:
+            error.args = (f"{error}; the run stopped at step {self.step} with a checkpoint in {path}",)
         return error
 
     # ---- evaluation -----------------------------------------------------------------------------
@@ -834,11 +974,12 @@ class Trainer:
         if not self.dist.is_main:
             return
         data = (json.dumps({**record, "time": time.time()}) + "\n").encode()
+        path = self._metrics_file
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
-            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         except OSError as e:
-            raise WriteFailedError(self.metrics_path, f"cannot open the metrics file ({e.strerror or e})") from None
+            raise WriteFailedError(path, f"cannot open the metrics file ({e.strerror or e})") from None
         try:
             start = os.lseek(fd, 0, os.SEEK_END)
             try:
@@ -851,7 +992,7 @@ class Trainer:
                 except OSError:
                     pass
                 why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-                raise WriteFailedError(self.metrics_path, f"could not append to the metrics ({why}); the "
+                raise WriteFailedError(path, f"could not append to the metrics ({why}); the "
                                                           "records before are unchanged") from None
         finally:
             os.close(fd)
@@ -873,9 +1014,12 @@ class Trainer:
 
     def save(self, path: str, *, rotate: bool = False) -> None:
         """Checkpoint (rank 0 writes; every process waits for it). ``rotate``: this is last.safetensors,
-        and the whole one it replaces is kept as previous.safetensors."""
+        and the whole one it replaces is kept as previous.safetensors. While an overwrite is pending, the
+        best checkpoint goes to its pending twin and the first last.safetensors replaces the earlier run."""
         if self.dist.is_main:
             cfg = self.cfg
+            if self._replacing and os.path.abspath(path) == os.path.abspath(self.best_path):
+                path = self.best_path + PENDING
             ckpt.save_checkpoint(
                 path, model=self.module, optimizer=self.optimizer, scaler=self.scaler, step=self.step,
                 epoch=self.step // self.steps_per_epoch, config=self.checkpoint_config(), classes=self.classes,
@@ -884,9 +1028,32 @@ class Trainer:
                 extra={"model_spec": self.spec, "task": self.task, "best": self.best,
                        "transform": self.inference_transform(), "data": self.data_info},
                 previous=self.previous_path if rotate and self._last_good else None)
+            if rotate and self._replacing:
+                self._replace_earlier_run()
         barrier(self.dist)
         if rotate:
             self._saved_step, self._last_good = self.step, True
+            self._replacing = []
+
+    def _replace_earlier_run(self) -> None:
+        """This overwriting run's first last.safetensors has just replaced the earlier run's: move its pending
+        best checkpoint and metrics into place and remove the rest of the earlier run (its previous.safetensors,
+        a best or metrics file this run has not written yet)."""
+        for final in (self.best_path, self.metrics_path):
+            try:
+                if os.path.exists(final + PENDING):
+                    os.replace(final + PENDING, final)
+                elif final in self._replacing and os.path.exists(final):
+                    os.remove(final)
+            except OSError as e:
+                raise WriteFailedError(final, f"could not replace the earlier run's file ({e.strerror or e}); "
+                                              f"this run's checkpoint is {self.last_path}") from None
+        if self.previous_path in self._replacing and os.path.exists(self.previous_path):
+            try:
+                os.remove(self.previous_path)
+            except OSError as e:
+                raise WriteFailedError(self.previous_path, f"could not remove the earlier run's checkpoint "
+                                                           f"({e.strerror or e})") from None
 
 
 # ---- inference ------------------------------------------------------------------------------------
