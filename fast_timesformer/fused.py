@@ -209,11 +209,31 @@ def layer_norm_mlp(x: torch.Tensor, norm: nn.LayerNorm, fc1: nn.Linear, act: nn.
     return _LayerNormMlp.apply(x, shape, lw, lb, eps, fc1.weight, fc1.bias, fc2.weight, fc2.bias, act.approximate)
 
 
-def _rows_scale(scale, a):
-    """A per-sequence factor (B, 1, 1) as one factor per row of a's (B*S, width) rows, or None."""
+def _seq_rows(t: torch.Tensor):
+    """(B, S, W) sequences -> ((B*S, W) rows, s_major) in t's memory order: a view where t is laid out
+    (B, S, W) or (S, B, W) (SDPA's CPU kernels write (S, B, h, d)); a B-major copy otherwise. The GEMMs
+    do not care about the order of rows, so none is forced on them."""
+    if t.shape[0] > 1 and t.shape[1] > 1 and t.transpose(0, 1).is_contiguous():
+        return t.transpose(0, 1).reshape(-1, t.shape[2]), True
+    return t.reshape(-1, t.shape[2]), False
+
+
+def _rows_like(t: torch.Tensor, s_major: bool) -> torch.Tensor:
+    """Another (B, S, W) tensor (a gradient) as rows in the same order."""
+    return (t.transpose(0, 1) if s_major else t).reshape(-1, t.shape[2])
+
+
+def _unrows(r: torch.Tensor, b: int, s: int, s_major: bool) -> torch.Tensor:
+    """Rows back to a (B, S, W) view."""
+    return r.view(s, b, -1).transpose(0, 1) if s_major else r.view(b, s, -1)
+
+
+def _scale_rows(scale, b: int, s: int, s_major: bool):
+    """A per-sequence factor (B, 1, 1) as one factor per row, or None."""
     if scale is None:
         return None
-    return scale.expand(a.shape[0], a.shape[1], 1).reshape(-1, 1)
+    f = scale.reshape(b, 1)
+    return (f.unsqueeze(0).expand(s, b, 1) if s_major else f.unsqueeze(1).expand(b, s, 1)).reshape(-1, 1)
 
 
 def _two_linear_grads(needs, g2, a2, w1, b1, w2, s_rows, has_b2):
@@ -247,10 +267,21 @@ def _two_linear_grads(needs, g2, a2, w1, b1, w2, s_rows, has_b2):
 
 
 def _forward_two_linears(a, w1, b1, w2, b2, scale):
-    p = F.linear(a, w1, b1)
+    """(B, S, W) -> (B, S, out) through both linears, rows in a's memory order (no copy of a)."""
+    b, n = a.shape[:2]
+    a2, s_major = _seq_rows(a)
+    p = F.linear(a2, w1, b1)
     if scale is not None:
-        p.mul_(scale)
-    return F.linear(p, w2, b2)
+        p.mul_(_scale_rows(scale, b, n, s_major))
+    return _unrows(F.linear(p, w2, b2), b, n, s_major)
+
+
+def _backward_two_linears(needs, gy, a, w1, b1, w2, scale, has_b2):
+    b, n = a.shape[:2]
+    a2, s_major = _seq_rows(a)
+    da, dw1, db1, dw2, db2 = _two_linear_grads(needs, _rows_like(gy, s_major), a2, w1, b1, w2,
+                                               _scale_rows(scale, b, n, s_major), has_b2)
+    return (None if da is None else _unrows(da, b, n, s_major)), dw1, db1, dw2, db2
 
 
 class _LinearLinear(torch.autograd.Function):
@@ -264,22 +295,24 @@ class _LinearLinear(torch.autograd.Function):
     def backward(ctx, gy):
         _first_order_only()
         a, w1, b1, w2, scale = ctx.saved_tensors
-        da, dw1, db1, dw2, db2 = _two_linear_grads(ctx.needs_input_grad[:5], _rows(gy), _rows(a), w1, b1, w2,
-                                                   _rows_scale(scale, a), ctx.has_b2)
-        return None if da is None else da.view(a.shape), dw1, db1, dw2, db2, None
+        grads = _backward_two_linears(ctx.needs_input_grad[:5], gy, a, w1, b1, w2, scale, ctx.has_b2)
+        return (*grads, None)
 
 
 def linear_linear(a: torch.Tensor, first: nn.Linear, second: nn.Linear,
                   scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``second(scale * first(a))`` keeping only a (and the per-sequence ``scale``, (B, 1, 1): a drop-path
-    mask): second's weight gradient is rebuilt from a and first's parameters (one square GEMM of the
-    output width) instead of keeping first's output."""
+    """``second(scale * first(a))`` for a (B, S, width) keeping only a (and the per-sequence ``scale``,
+    (B, 1, 1): a drop-path mask): second's weight gradient is rebuilt from a and first's parameters (one
+    square GEMM of the output width) instead of keeping first's output."""
     return _LinearLinear.apply(a, first.weight, first.bias, second.weight, second.bias, scale)
 
 
 def _attention_rows(out: torch.Tensor) -> torch.Tensor:
-    """(B, h, S, d) attention output -> (B, S, h*d) rows (a view when laid out (B, S, h, d))."""
-    return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], out.shape[1] * out.shape[3])
+    """(B, h, S, d) attention output -> (B, S, h*d) (a view when laid out (B, S, h, d) or (S, B, h, d))."""
+    t = out.transpose(1, 2)  # (B, S, h, d)
+    if t.shape[0] > 1 and t.shape[1] > 1 and t.transpose(0, 1).is_contiguous():
+        return t.transpose(0, 1).flatten(2).transpose(0, 1)
+    return t.reshape(out.shape[0], out.shape[2], out.shape[1] * out.shape[3])
 
 
 class _AttendLinearLinear(torch.autograd.Function):
@@ -297,15 +330,14 @@ class _AttendLinearLinear(torch.autograd.Function):
         with torch.enable_grad():  # the attention again (cheap: short sequences), with its graph this time
             inputs = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), (nq, nk, nv))]
             out = ctx.attend(*inputs)
-        a = _attention_rows(out.detach())
         needs = (nq or nk or nv,) + tuple(ctx.needs_input_grad[3:7])
-        da, dw1, db1, dw2, db2 = _two_linear_grads(needs, _rows(gy), _rows(a), w1, b1, w2,
-                                                   _rows_scale(scale, a), ctx.has_b2)
+        da, dw1, db1, dw2, db2 = _backward_two_linears(needs, gy, _attention_rows(out.detach()), w1, b1, w2,
+                                                       scale, ctx.has_b2)
         dq = dk = dv = None
-        if da is not None:
+        if da is not None:  # (B, S, h*d) -> out's (B, h, S, d)
+            g_out = da.unflatten(-1, (out.shape[1], out.shape[3])).transpose(1, 2)
             want = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(out, want, da.view(a.shape).unflatten(-1, out.shape[1:2] + out.shape[3:])
-                                             .transpose(1, 2)))
+            grads = iter(torch.autograd.grad(out, want, g_out))
             dq, dk, dv = (next(grads) if t.requires_grad else None for t in inputs)
         return dq, dk, dv, dw1, db1, dw2, db2, None, None
 

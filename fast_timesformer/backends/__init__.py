@@ -4,6 +4,7 @@ from .registry import (
     AttentionCore,
     Backend,
     BackendUnavailable,
+    Compiled,
     check_inputs,
     get_backend,
     list_backends,
@@ -29,6 +30,6 @@ if _util.find_spec(f"{__name__}.triton_backend") is not None:  # the fused Trito
     register_backend(_triton.BACKEND)
 
 __all__ = [
-    "AttentionCore", "Backend", "BackendUnavailable", "check_inputs", "get_backend", "list_backends",
+    "AttentionCore", "Backend", "BackendUnavailable", "Compiled", "check_inputs", "get_backend", "list_backends",
     "register_backend", "resolve_backend", "unregister_backend", "reference_attention",
 ]

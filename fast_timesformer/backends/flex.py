@@ -24,7 +24,11 @@ and never time it. Past dynamo's recompile limit a call raises instead of silent
 
 What this torch cannot do is declared, not worked around: backward on CPU (FlexAttention raises for any
 CPU input that requires grad, even in a forward call), float64 compiled (inductor's FlexAttention kernels
-take float32/float16/bfloat16; float64 runs eager), attention dropout (FlexAttention has none).
+take float32/float16/bfloat16; float64 runs eager), attention dropout (FlexAttention has none), a call
+under a TorchDispatchMode such as ``FlopCounterMode`` (FlexAttention, eager path included, goes through
+torch.compile, which cannot trace under one). ``BACKEND.compiled`` says so to the benchmarks, which time
+flex outside any mode after an untimed first call and count its FLOPs on ``regular`` (layout ``batch``:
+the same calls).
 """
 from __future__ import annotations
 
@@ -38,10 +42,11 @@ import torch
 
 from .._names import unknown_name_error
 from .common import empty_attention, per_group, with_prefix
-from .registry import EXACT_TOLERANCES, AttentionCore, Backend, BackendUnavailable, _describe, check_inputs
+from .registry import (EXACT_TOLERANCES, AttentionCore, Backend, BackendUnavailable, Compiled, _describe,
+                       check_inputs)
 
 __all__ = ["FlexCore", "BACKEND", "LAYOUTS", "MASK_CACHE", "COMPILE_SECONDS", "CPU_BACKWARD_REASON",
-           "COMPILED_DTYPES"]
+           "DISPATCH_MODE_REASON", "COMPILED_DTYPES"]
 
 LAYOUTS = ("batch", "mask")
 #: the dtypes inductor's FlexAttention kernels take (CPU: "`torch.float`, `torch.float16` and
@@ -50,6 +55,9 @@ COMPILED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CPU_BACKWARD_REASON = (f"backward on CPU: FlexAttention in torch {torch.__version__.split('+')[0]} raises "
                        "'FlexAttention does not support backward on CPU' for any CPU input that requires grad "
                        "(run it under torch.no_grad(), or on CUDA)")
+DISPATCH_MODE_REASON = ("under a TorchDispatchMode (e.g. torch.utils.flop_counter.FlopCounterMode): FlexAttention "
+                        "runs through torch.compile, even with compile=False, and torch.compile cannot trace under "
+                        "one (after such a refusal dynamo would skip FlexAttention for the rest of the process)")
 
 #: (mask key, B, device) -> BlockMask, least recently used dropped past MASK_CACHE_SIZE; shared by all cores
 MASK_CACHE: "collections.OrderedDict" = collections.OrderedDict()
@@ -76,6 +84,16 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _under_dispatch_mode() -> bool:
+    """Whether a (non-infra) TorchDispatchMode is active: dynamo's own test for skipping a frame."""
+    if torch.compiler.is_compiling():  # traced as part of a compiled model: dynamo handles the call itself
+        return False
+    from torch.utils import _python_dispatch as pd
+
+    on_stack = getattr(pd, "any_torch_dispatch_mode_on_stack", None)
+    return bool(on_stack()) if on_stack is not None else pd.is_in_torch_dispatch_mode(include_infra_modes=False)
+
+
 @dataclasses.dataclass(frozen=True, init=False, eq=False, repr=False)
 class FlexBackend(Backend):
     """``Backend`` with one device-dependent capability: backward runs on CUDA, not on CPU."""
@@ -89,6 +107,9 @@ class FlexBackend(Backend):
         grad = bool(needs_grad) or _needs_grad(q, k, v, prefix_k, prefix_v)
         if q.device.type == "cpu" and q.numel() and grad and CPU_BACKWARD_REASON not in out:
             out.append(CPU_BACKWARD_REASON)
+        # refused before dynamo is asked: a refused trace would break every later FlexAttention call too
+        if q.numel() and _under_dispatch_mode():
+            out.append(DISPATCH_MODE_REASON)
         return out
 
 
@@ -288,6 +309,16 @@ BACKEND = FlexBackend(
     # after regular (50): auto never picks it where regular runs, so never on CPU; not measured faster
     # anywhere yet (see docs/flex.md)
     priority=60,
+    # torch.compile (its eager path too: FlexAttention wraps itself in torch.compile(backend="eager")), so never
+    # under FlopCounterMode: the benchmarks count its FLOPs on regular, which makes the same calls
+    compiled=Compiled(
+        flops_backend="regular",
+        flops_options={"layout": "batch"},
+        flops_why=("with layout 'batch' flex makes regular's attention calls shape for shape (the groups as "
+                   "[prefix; group] sequences, a masked step as one masked call per sequence), and torch's FLOP "
+                   "formula for a flex_attention call is SDPA's (a block mask's skipped blocks are not subtracted, "
+                   "as SDPA's boolean mask is counted dense)"),
+    ),
     availability=_availability,
     description="exact softmax attention via torch FlexAttention (compiled per shape; groups as batch or block mask)",
 )

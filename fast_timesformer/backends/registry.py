@@ -23,7 +23,8 @@ Equivalent PyTorch code (softmax backends)::
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -35,6 +36,7 @@ from .common import per_group, with_prefix
 __all__ = [
     "AttentionCore",
     "Backend",
+    "Compiled",
     "BackendUnavailable",
     "register_backend",
     "unregister_backend",
@@ -67,6 +69,9 @@ class AttentionCore(nn.Module):
     """
 
     backend: "Backend"
+    #: seconds this core spent compiling (a backend that runs through torch.compile, ``Backend.compiled``: the
+    #: first calls of shapes new to the process); 0 for the others. The benchmarks report it apart from the timings.
+    compile_seconds: float = 0.0
 
     def __init__(self, backend: "Backend", dim_head: int, heads: int):
         super().__init__()
@@ -261,6 +266,49 @@ EXACT_TOLERANCES = {
 _DIRECTIONS = ("forward", "backward")
 
 
+@dataclass(frozen=True, eq=False)
+class Compiled:
+    """``Backend.compiled``: the backend runs through ``torch.compile``, and what follows from that.
+
+    torch.compile cannot trace under a ``TorchDispatchMode`` (``torch.utils.flop_counter.FlopCounterMode``,
+    :class:`~fast_timesformer.bench.counts.OpCounter`): dynamo skips the frame ("non-infra torch dispatch mode
+    present") and, in torch 2.13, goes on skipping it for the rest of the process, so later calls fail too.
+    The benchmarks therefore never run such a backend under one: its first call (the compile) runs untimed,
+    outside any mode, with its cores' :attr:`AttentionCore.compile_seconds` reported apart from the timings,
+    and its FLOPs are counted on ``flops_backend`` instead.
+
+    Args:
+        flops_backend: a registered backend that makes the same attention calls, shape for shape, so that
+            FlopCounterMode's count of it is this backend's FLOPs by definition: the benchmarks swap it into
+            the same model (``use_backend``) and count one call there. None: there is none; the FLOPs are
+            not counted and the point records why.
+        flops_options: the options of this backend under which that holds (an option not given takes its
+            factory default); with other values the FLOPs are not counted and the point records why.
+        flops_why: why the FLOPs are the same, in words (the record's ``flops_method`` quotes it).
+    """
+
+    flops_backend: Optional[str] = None
+    flops_options: Mapping = field(default_factory=dict)
+    flops_why: str = ""
+
+    def flops_refusal(self, backend: "Backend", options: Optional[Mapping] = None) -> str:
+        """Why the FLOPs of ``backend`` built with ``options`` cannot be counted on ``flops_backend``
+        ("" when they can)."""
+        if self.flops_backend is None:
+            return (f"backend {backend.name!r} runs through torch.compile, which cannot run under FlopCounterMode "
+                    "(a TorchDispatchMode), and declares no backend that makes the same attention calls to count "
+                    "its FLOPs on (Compiled.flops_backend)")
+        values = backend.option_values(options)
+        off = {k: values.get(k) for k, v in self.flops_options.items() if values.get(k) != v}
+        if off:
+            given = ", ".join(f"{k}={v!r}" for k, v in off.items())
+            needed = ", ".join(f"{k}={v!r}" for k, v in self.flops_options.items())
+            return (f"backend {backend.name!r} runs through torch.compile, which cannot run under FlopCounterMode "
+                    f"(a TorchDispatchMode); its FLOPs equal {self.flops_backend!r}'s only with {needed}, and with "
+                    f"{given} its attention calls differ")
+        return ""
+
+
 @dataclass(frozen=True, init=False, eq=False, repr=False)
 class Backend:
     """What a backend can do, as data, plus a factory for its per-layer :class:`AttentionCore`.
@@ -290,6 +338,9 @@ class Backend:
             counts); empty: once, with its default options.
         diagnostic: a backend for looking inside a model, not for speed (``recording``: it materialises the
             attention probabilities): ``auto`` never picks it and the benchmarks never time it.
+        compiled: a :class:`Compiled` for a backend that runs through ``torch.compile`` (``flex``): it cannot run
+            under a ``TorchDispatchMode``, so the benchmarks time it after an untimed first call (the compile,
+            reported apart) and count its FLOPs where :class:`Compiled` says; None (the default) for the others.
         checks: ``checks(q, k, v, prefix_k, prefix_v, dropout_p) -> reasons``, backend-specific refusals.
         availability: ``() -> reasons`` why it cannot run on this machine at all (ops not built, no GPU).
 
@@ -315,6 +366,7 @@ class Backend:
     priority_rule: Union[int, Callable[[], int]]  # the declared priority (read the int as .priority)
     error_sweep: tuple
     diagnostic: bool
+    compiled: Optional[Compiled]
     description: str
     checks: Optional[Callable[..., list]]
     availability: Optional[Callable[[], list]]
@@ -331,7 +383,8 @@ class Backend:
                  deterministic: Union[bool, Mapping[str, bool]] = True,
                  priority: Union[int, Callable[[], int]] = 100, description: str = "",
                  checks: Optional[Callable[..., list]] = None, availability: Optional[Callable[[], list]] = None,
-                 error_sweep: Sequence[Mapping] = (), diagnostic: bool = False, priority_rule=None):
+                 error_sweep: Sequence[Mapping] = (), diagnostic: bool = False,
+                 compiled: Optional[Compiled] = None, priority_rule=None):
         if priority_rule is not None:  # dataclasses.replace passes the stored field back
             priority = priority_rule
         if kind is None:
@@ -350,6 +403,8 @@ class Backend:
             deterministic = {d: bool(deterministic.get(d, True)) for d in _DIRECTIONS}
         if tolerances is None:
             tolerances = EXACT_TOLERANCES if kind == "exact" else {}
+        if compiled is not None and not isinstance(compiled, Compiled):
+            raise TypeError(f"Backend {name!r}: compiled= takes a Compiled (or None), got {type(compiled).__name__}")
         values = dict(
             name=name, factory=factory, kind=kind, devices=tuple(devices), dtypes=tuple(dtypes),
             supports_backward=supports_backward, supports_dropout=supports_dropout, supports_prefix=supports_prefix,
@@ -358,7 +413,8 @@ class Backend:
             pip_names=dict(pip_names or {}),
             tolerances={dt: (float(a), float(r)) for dt, (a, r) in tolerances.items()},
             deterministic=deterministic, priority_rule=priority, description=description, checks=checks,
-            availability=availability, error_sweep=tuple(dict(o) for o in error_sweep), diagnostic=bool(diagnostic))
+            availability=availability, error_sweep=tuple(dict(o) for o in error_sweep), diagnostic=bool(diagnostic),
+            compiled=compiled)
         for key, value in values.items():
             object.__setattr__(self, key, value)
 
@@ -397,6 +453,20 @@ class Backend:
     def pip_name(self, module: str) -> str:
         """The pip package that provides ``module`` (the install hint when it is missing)."""
         return self.pip_names.get(module, module)
+
+    def option_values(self, options: Optional[Mapping] = None) -> dict:
+        """``options`` with the factory's defaults filled in for the options not given (the keyword
+        parameters of ``factory`` after ``backend, dim_head, heads``)."""
+        out = {}
+        try:
+            params = inspect.signature(self.factory).parameters.values()
+        except (TypeError, ValueError):  # no signature to read (a builtin): the options given only
+            params = ()
+        for p in params:
+            if p.name not in ("backend", "dim_head", "heads") and p.default is not inspect.Parameter.empty:
+                out[p.name] = p.default
+        out.update(options or {})
+        return out
 
     def build(self, dim_head: int, heads: int, **options) -> AttentionCore:
         """A fresh per-layer core. Unknown ``options`` raise ``TypeError`` naming them."""

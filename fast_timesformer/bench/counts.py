@@ -121,9 +121,18 @@ def count_step(step: Callable[[], object]) -> dict:
 def count_training_step(workload) -> dict:
     """Counts of one training step (forward, mean of the logits, backward) of ``workload``
     (:class:`~fast_timesformer.bench.workloads.Workload`; impl "ours" or "hf", mode forced to fwd+bwd).
-    One step runs first, uncounted, so that lazy initialisation is not counted."""
+    One step runs first, uncounted, so that lazy initialisation is not counted. A backend that runs through
+    torch.compile (``Backend.compiled``) is refused with a ValueError: it cannot run under :class:`OpCounter`
+    (a TorchDispatchMode), and its uncompiled path would issue other ops than the ones it runs."""
     from .workloads import build
 
+    if workload.impl == "ours":
+        from ..backends import get_backend, list_backends
+
+        if workload.backend in list_backends() and get_backend(workload.backend).compiled is not None:
+            raise ValueError(f"backend {workload.backend!r} runs through torch.compile, which cannot run under "
+                             "OpCounter (a TorchDispatchMode): its ops are not counted (count a backend that runs "
+                             "eagerly, e.g. regular)")
     w = workload.replace(mode="fwd+bwd")
     built = build(w)
     built.step()

@@ -9,7 +9,9 @@
   is replayed in time order and the highest running total above the start is the peak (the same
   quantity as on the GPU: bytes live at once that the call itself allocated).
 - FLOPs: one call under :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions,
-  SDPA; elementwise work is not counted), forward only or forward + backward as the step does.
+  SDPA; elementwise work is not counted), forward only or forward + backward as the step does. A backend
+  that runs through torch.compile (``Backend.compiled``) cannot run under the counter: the runner counts
+  its FLOPs where its declaration says (the record's ``flops_method``), or records why not.
 """
 from __future__ import annotations
 
@@ -196,6 +198,9 @@ def _cpu_sdpa_formulas() -> dict:
         if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
             out[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd
     return out
+
+
+FLOPS_METHOD = "torch.utils.flop_counter.FlopCounterMode over one call (2 per multiply-add)"
 
 
 def count_flops(step: Callable[[], object]) -> int:

@@ -442,7 +442,7 @@ def plot_flops(plt, recs, meta, out):
         sel_all = [r for r in pts if r["workload"][fixed_field] == fixed]
         for scheme in schemes_in(sel_all):
             sel = sorted((r for r in sel_all if r["workload"]["scheme"] == scheme), key=lambda r: r["workload"][x_field])
-            ok = [r for r in sel if r["status"] == "ok"]
+            ok = [r for r in sel if r["status"] == "ok" and r.get("flops") is not None]
             if ok:
                 ax.plot([r["workload"][x_field] for r in ok], [r["flops"] * scale for r in ok], "o-",
                         color=scheme_colour(scheme), label=scheme_label(scheme), ms=4)

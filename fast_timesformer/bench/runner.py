@@ -3,7 +3,9 @@
 Files in the output folder:
 
 - ``results.jsonl``: one JSON object per measured point (``key``, ``workload``, ``status`` in
-  ok / oom / skipped / error, ``reason``, the metrics, ``run_id``). Written and flushed per point, so
+  ok / oom / skipped / error, ``reason``, the metrics, ``run_id``; ``not_measured``: ``{figure: why}`` for a
+  figure of an ok point that could not be taken, e.g. the FLOPs of a compiled backend that declares nowhere to
+  count them; ``compile_s`` / ``first_call_s`` for a compiled backend). Written and flushed per point, so
   an interrupted run loses nothing; ``resume=True`` skips every point whose key is already there
   with status ok, oom or skipped (errors are retried).
 - ``meta.json``: ``{"runs": [...]}``, one entry per run: device, library versions, git commit, suite,
@@ -125,14 +127,71 @@ def _fail(rec: dict, e: BaseException) -> None:
                    traceback=traceback.format_exc(limit=6)[-4000:])
 
 
+def _declared(w: Workload):
+    """The registered :class:`~fast_timesformer.backends.Backend` of an attention/ours point (None for the peers)."""
+    if w.impl not in ("attention", "ours"):
+        return None
+    from ..backends import get_backend, list_backends
+
+    return get_backend(w.backend) if w.backend in list_backends() else None
+
+
+def _first_call(w: Workload, built) -> dict:
+    """A compiled backend's first call, untimed and outside any dispatch mode: it compiles the shapes new to the
+    process (and raises the backend's run-time refusals). ``compile_s``: what the model's attention cores
+    recorded compiling in it (:attr:`AttentionCore.compile_seconds`; 0 where an earlier point or the sweep's
+    warm-up compiled the same shapes); ``first_call_s``: its wall time, compile included."""
+    from ..backends import AttentionCore
+
+    cores = [m for m in built.model.modules() if isinstance(m, AttentionCore)]
+    before = sum(c.compile_seconds for c in cores)
+    measure.sync(w.device)
+    start = time.perf_counter()
+    built.step()
+    measure.sync(w.device)
+    first = time.perf_counter() - start
+    return {"compile_s": sum(c.compile_seconds for c in cores) - before, "first_call_s": first}
+
+
+def _compiled_flops(w: Workload, be, built) -> dict:
+    """FLOPs of a backend that cannot run under FlopCounterMode: counted on the same model with the backend its
+    :class:`~fast_timesformer.backends.Compiled` declaration names swapped in, or ``not_measured`` says why not."""
+    decl = be.compiled
+    why = decl.flops_refusal(be, dict(w.backend_options))
+    if why:
+        return {"flops": None, "not_measured": {"flops": why}}
+    from ..attention import use_backend
+
+    try:
+        with use_backend(built.model, decl.flops_backend):
+            flops = measure.count_flops(built.step)
+    except Exception as e:  # noqa: BLE001 - the point's own figures stand; its FLOPs say why they are missing
+        first = (str(e).splitlines() or [""])[0][:300]
+        return {"flops": None, "not_measured": {"flops": f"counting the FLOPs of {be.name!r} on "
+                                                         f"{decl.flops_backend!r} failed: {type(e).__name__}: {first}"}}
+    method = (f"{measure.FLOPS_METHOD}, of the same model with backend {decl.flops_backend!r} swapped in: "
+              f"{be.name!r} runs through torch.compile, which cannot run under the counter")
+    return {"flops": flops, "flops_method": method + (f"; {decl.flops_why}" if decl.flops_why else "")}
+
+
 def _prepare(w: Workload, builder) -> tuple:
-    """Build, count FLOPs (first call: also the warm-up and the refusal check), measure peak memory."""
+    """Build, count FLOPs (first call: also the warm-up and the refusal check), measure peak memory.
+
+    A backend that runs through torch.compile (``Backend.compiled``) never runs under a dispatch mode: its first
+    call is a plain, untimed one (the compile, reported apart as ``compile_s``) and its FLOPs are counted where
+    its declaration says (:func:`_compiled_flops`)."""
     rec, built = _new_record(w), None
     try:
         built = builder(w)
         rec["notes"] = list(built.notes)
         rec["params"] = sum(p.numel() for p in built.model.parameters())
-        rec["flops"] = measure.count_flops(built.step)
+        be = _declared(w)
+        if be is not None and be.compiled is not None:
+            rec.update(_first_call(w, built))
+            rec.update(_compiled_flops(w, be, built))
+        else:
+            rec["flops"] = measure.count_flops(built.step)
+            rec["flops_method"] = measure.FLOPS_METHOD
         measure.sync(w.device)
         rec.update(measure.peak_memory(built.step, w.device))
     except Exception as e:  # noqa: BLE001 - a sweep records failures and goes on
@@ -144,7 +203,7 @@ def _prepare(w: Workload, builder) -> tuple:
 def _finish(w: Workload, rec: dict, built) -> None:
     try:
         rec["throughput_clips_s"] = w.batch / rec["median_s"]
-        rec["tflops_s"] = rec["flops"] / rec["median_s"] / 1e12
+        rec["tflops_s"] = None if rec.get("flops") is None else rec["flops"] / rec["median_s"] / 1e12
         if built.reference_output is not None:
             rec["rel_error"] = measure.relative_error(built.output(), built.reference_output())
             rec["error_kind"] = ERROR_KINDS.get(rec.get("backend_kind"), "error")
@@ -405,15 +464,20 @@ def _one_line(text: str) -> str:
     return " ".join((text or "").split())
 
 
+def not_measured_text(rec: dict) -> str:
+    """``"flops not measured: <why>"`` for each figure an ok point could not take ("" when none)."""
+    return "; ".join(f"{k} not measured: {v}" for k, v in (rec.get("not_measured") or {}).items())
+
+
 def summary_rows(records: Iterable[dict], notes: Optional[list] = None) -> list:
-    """Table rows; a point's reason is a note number (``[1]``), its full text kept once in ``notes``
-    (so the table never cuts a sentence mid-word)."""
+    """Table rows; a point's reason (or, for an ok point, why a figure is missing) is a note number (``[1]``),
+    its full text kept once in ``notes`` (so the table never cuts a sentence mid-word)."""
     rows = []
     notes = [] if notes is None else notes
     for r in records:
         w = r["workload"]
         ok = r["status"] == "ok"
-        reason = _one_line(r.get("reason") or "")
+        reason = _one_line(r.get("reason") or (not_measured_text(r) if ok else ""))
         if reason and r["status"] == "error":
             reason = reason.split(" Traceback")[0]
         if reason and reason not in notes:
@@ -426,6 +490,7 @@ def summary_rows(records: Iterable[dict], notes: Optional[list] = None) -> list:
             "GFLOP": _fmt(r.get("flops"), 1e-9) if ok else "-",
             "clips/s": _fmt(r.get("throughput_clips_s")) if ok else "-",
             "rel err": _fmt(r.get("rel_error"), 1, 2) if ok else "-",
+            "compile s": _fmt(r.get("compile_s")) if ok else "-",
             "reason": f"[{notes.index(reason) + 1}]" if reason else "",
         })
     return rows
@@ -439,11 +504,15 @@ def format_summary(records: Iterable[dict]) -> str:
     """The console table, then the reasons in full, one numbered line each."""
     from ..cli import format_table
 
+    records = list(records)
     notes: list = []
     rows = summary_rows(records, notes)
     if not rows:
         return "(no points)"
-    text = format_table(rows, TABLE_COLUMNS)
+    columns = list(TABLE_COLUMNS)
+    if any(r.get("compile_s") is not None for r in records):  # a compiled backend: its compile time, apart
+        columns.insert(columns.index("reason"), "compile s")
+    text = format_table(rows, columns)
     if notes:
         text += "\n\nreasons:\n" + "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1))
     return text

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .measure import spread_text
 from .plots import _size_pairs, _sweep_base, schemes_in
+from .measure import FLOPS_METHOD
 from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results, peer_ratios
 from .workloads import scheme_label
 
@@ -68,6 +69,15 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
               "FlopCounterMode (matmul/conv/SDPA, counted as 2 per multiply-add); throughput = batch / median. "
               "`fwd` runs in `torch.inference_mode()` in eval mode; `fwd+bwd` is forward, mean of the output, "
               "backward (no optimizer step). Raw points: `results.jsonl`, run metadata: `meta.json`.", ""]
+    other = Counter((r["workload"]["backend"], r["flops_method"]) for r in recs
+                    if r["status"] == "ok" and r.get("flops_method") not in (None, FLOPS_METHOD))
+    compiled = [r for r in recs if r["status"] == "ok" and r.get("compile_s") is not None]
+    if other or compiled:
+        lines += ["Compiled backends (`Backend.compiled`: torch.compile cannot run under FlopCounterMode) are timed "
+                  "outside any dispatch mode after an untimed first call, which compiles; that compile time is in "
+                  "no latency and is listed below. Their FLOPs:"]
+        lines += [f"- `{b}` ({n} points): {m}" for (b, m), n in sorted(other.items())]
+        lines += [""]
 
     ratios = peer_ratios(recs)
     if ratios:
@@ -125,7 +135,7 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                              "median ms": _ms(r.get("median_s")) if ok else "-",
                              "IQR ms (n)": spread_text(r) if ok else "-",
                              "peak MiB": _mb(r.get("peak_mem_bytes")) if ok else "-",
-                             "GFLOP": f"{r['flops'] / 1e9:.2f}" if ok else "-",
+                             "GFLOP": f"{r['flops'] / 1e9:.2f}" if ok and r.get("flops") is not None else "-",
                              "clips/s": f"{r['throughput_clips_s']:.3g}" if ok else "-",
                              "rel. error": f"{r['rel_error']:.3f}" if ok and r.get("rel_error") is not None else "-"})
         w = base[0]["workload"]
@@ -141,6 +151,21 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                   _md_table([{"status": s_, "backend": b, "points": n, "reason": reason.replace("|", "/")}
                              for (s_, b, reason), n in sorted(odd.items())], ["status", "backend", "points", "reason"]),
                   ""]
+    missing = Counter((r["workload"]["backend"], k, v[:300]) for r in recs if r["status"] == "ok"
+                      for k, v in (r.get("not_measured") or {}).items())
+    if missing:
+        lines += ["## Figures not measured (points otherwise ok)", "",
+                  _md_table([{"backend": b, "figure": k, "points": n, "reason": why.replace("|", "/")}
+                             for (b, k, why), n in sorted(missing.items())], ["backend", "figure", "points", "reason"]),
+                  ""]
+    if compiled:
+        lines += ["## Compile time (compiled backends; in no latency)", "",
+                  "`compile s`: seconds the point's untimed first call spent compiling shapes new to the process "
+                  "(0: compiled earlier in the run, by the warm-up or a point of the same shapes); `first call s`: "
+                  "that call's wall time.", "",
+                  _md_table([{"point": r["label"], "compile s": f"{r['compile_s']:.2f}",
+                              "first call s": f"{r['first_call_s']:.2f}" if r.get("first_call_s") is not None else "-"}
+                             for r in compiled], ["point", "compile s", "first call s"]), ""]
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines))
     return path
