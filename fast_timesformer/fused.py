@@ -225,7 +225,8 @@ def _rows_like(t: torch.Tensor, s_major: bool) -> torch.Tensor:
 
 def _unrows(r: torch.Tensor, b: int, s: int, s_major: bool) -> torch.Tensor:
     """Rows back to a (B, S, W) view."""
-    return r.view(s, b, -1).transpose(0, 1) if s_major else r.view(b, s, -1)
+    w = r.shape[-1]
+    return r.view(s, b, w).transpose(0, 1) if s_major else r.view(b, s, w)
 
 
 def _scale_rows(scale, b: int, s: int, s_major: bool):
