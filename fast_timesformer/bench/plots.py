@@ -24,6 +24,7 @@ baseline (``ours/<baseline>``, the error reference) is the exact backend ``auto`
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from .measure import spread_text
@@ -183,6 +184,12 @@ def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title,
     for i, mode in enumerate(MODES):
         for j, be in enumerate(backends):
             ax = axes[i][j]
+            if not any(r["workload"]["backend"] == be and r["workload"]["mode"] == mode for r in pts):
+                # an empty panel says why (the points' recorded reason), not just nothing
+                why = sorted({r.get("reason", "") for r in recs if r["workload"]["backend"] == be
+                              and r["workload"]["mode"] == mode and r["status"] == "skipped"} - {""})
+                ax.text(0.5, 0.5, "not measured:\n" + textwrap.fill(why[0], 38) if why else "no points",
+                        ha="center", va="center", fontsize=7, transform=ax.transAxes, wrap=True)
             for scheme in schemes_in(pts):
                 sel = sorted((r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be
                               and r["workload"]["mode"] == mode and not r["workload"]["backend_options"]),
