@@ -269,3 +269,37 @@ def test_inference_path_unchanged():
     with fused.unfused(), torch.inference_mode():
         b = model(video)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("target_attention", ["per_position", "all_context"])
+def test_generative_training_step_fused_equals_unfused(target_attention):
+    from fast_timesformer.models import GenerativeTimeSformer
+
+    torch.manual_seed(0)
+    model = GenerativeTimeSformer(dim=24, image_size=16, patch_size=4, num_frames=4, num_target_frames=2, depth=2,
+                                  heads=2, dim_head=12, target_attention=target_attention).double().train()
+    _randomize(model)
+    video = torch.randn(2, 4, 3, 16, 16, dtype=torch.float64)
+    params = list(model.parameters())
+
+    def step(ctx):
+        def run():
+            with ctx:
+                return model(video)
+        return _grads(run, params)
+
+    _same(step(contextlib.nullcontext()), step(fused.unfused()))
+    # the fused path ran: each MLP (context and target, 2 layers) kept its hidden layer once (h, 3-d), not
+    # GELU's output for fc2 (a (rows, 96) view)
+    param_storage = {p.untyped_storage().data_ptr() for p in params}
+    kept = []
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in param_storage:
+            kept.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(video)
+    hidden = [shape for shape in kept if shape[-1] == 96]
+    assert len(hidden) == 4 and all(len(shape) == 3 for shape in hidden), hidden

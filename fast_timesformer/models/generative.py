@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .. import fused
 from .._names import unknown_name_error
 from ..attention import DividedAttention
 from ..backends import BackendUnavailable
@@ -158,6 +159,15 @@ class FeedForward(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
                          nn.Dropout(dropout))
 
+    def residual_branch(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """``self(norm(x))``, in training as one Function keeping x, the norm's statistics and the first
+        linear's output (:func:`fast_timesformer.fused.layer_norm_mlp`) where that is a drop-in."""
+        fc1, act, drop1, fc2, drop2 = self
+        quiet = not any(d.training and d.p > 0 for d in (drop1, drop2))
+        if quiet and fused.no_hooks(self, drop1, drop2) and fused.fusable(x, norm, fc1, act, fc2):
+            return fused.layer_norm_mlp(x, norm, fc1, act, fc2)
+        return self(norm(x))
+
 
 def _norm(dim):
     return nn.LayerNorm(dim, eps=1e-6)
@@ -181,9 +191,9 @@ class ContextBlock(nn.Module):
 
     def forward(self, x, groups: tuple):
         """``groups``: the scheme's TokenGroups per step for the context clip."""
-        for step, g in zip(self.step_names, groups):
-            x = x + getattr(self, f"{step}_attn")(getattr(self, f"{step}_norm")(x), groups=g)
-        return x + self.mlp(self.mlp_norm(x))
+        for step, g in zip(self.step_names, groups):  # attn(norm(x)), fused in training (DividedAttention)
+            x = x + getattr(self, f"{step}_attn").residual_branch(x, g, norm=getattr(self, f"{step}_norm"))
+        return x + self.mlp.residual_branch(x, self.mlp_norm)
 
 
 class TargetBlock(nn.Module):
@@ -211,8 +221,8 @@ class TargetBlock(nn.Module):
             groups, context_groups = TokenGroups.time(t, n), TokenGroups.time(f, n)
         y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), groups=groups,
                                 context_groups=context_groups)
-        y = y + self.space_attn(self.space_norm(y), groups=TokenGroups.space(t, n))
-        return y + self.mlp(self.mlp_norm(y))
+        y = y + self.space_attn.residual_branch(y, TokenGroups.space(t, n), norm=self.space_norm)
+        return y + self.mlp.residual_branch(y, self.mlp_norm)
 
 
 class GenerativeLayer(nn.Module):
