@@ -24,10 +24,15 @@ keeps every GEMM's output it is told to save, the ones backward never reads incl
 reruns the region's Python and layout copies in backward; these Functions keep exactly what backward reads.
 
 They are used only where they are exact drop-ins (see :func:`fusable`): eager (under ``torch.compile``
-the partitioner of AOTAutograd decides what to keep and recompute), grad enabled, no autocast, no
-functorch transform, plain ``nn.LayerNorm``/``nn.Linear``/``nn.GELU`` modules without hooks. Double
+the partitioner of AOTAutograd decides what to keep and recompute), grad enabled, no functorch
+transform, plain ``nn.LayerNorm``/``nn.Linear``/``nn.GELU`` modules without hooks. Double
 backward (``create_graph=True``) through them raises :class:`DoubleBackwardError` at once (never a
 silently missing second-order term); run the forward under :func:`unfused` for that.
+
+Under autocast they do what autocast does to the plain modules: the weights are cast to autocast's dtype
+outside the Function (so their gradients come back in the parameters' dtype), LayerNorm runs in its
+parameters' dtype (float32) and the GEMMs, GELU and the kept fc1 output in autocast's (bf16 training
+keeps h in bf16, as the plain path does).
 """
 from __future__ import annotations
 
@@ -73,14 +78,13 @@ _KINDS = (nn.LayerNorm, nn.Linear, nn.GELU)
 
 def fusable(x: torch.Tensor, *modules: Optional[nn.Module]) -> bool:
     """Whether the fused Functions may replace these modules' plain calls here: training with grad
-    (otherwise nothing is kept anyway and the plain path runs), no autocast (the Functions do not
-    re-cast), no functorch transform, no hooks, and every module exactly nn.LayerNorm / nn.Linear /
+    (otherwise nothing is kept anyway and the plain path runs), no functorch transform, no hooks, and every module exactly nn.LayerNorm / nn.Linear /
     nn.GELU (a subclass or wrapper, e.g. LoRA or quantized, keeps its own forward)."""
     if getattr(_STATE, "off", False) or not torch.is_grad_enabled():
         return False
     if torch.compiler.is_compiling():  # the compiler's partitioner chooses what to keep and recompute itself
         return False
-    if torch.is_autocast_enabled(x.device.type) or torch._C._are_functorch_transforms_active():
+    if torch._C._are_functorch_transforms_active():
         return False
     if _global_hooks() or not no_hooks(*modules):
         return False
@@ -118,6 +122,24 @@ def _weight_grad(g2, inp2, needs: bool):
     return g2.t().mm(inp2) if needs else None
 
 
+def _autocast_dtype(x: torch.Tensor):
+    """The autocast dtype in force for x's device, or None."""
+    d = x.device.type
+    return torch.get_autocast_dtype(d) if torch.is_autocast_enabled(d) else None
+
+
+def _cast(t, dtype):
+    """t in ``dtype`` (an autograd cast outside the Functions, like autocast's own: gradients return in
+    the parameter's dtype), or t unchanged."""
+    return t if (t is None or dtype is None or t.dtype == dtype) else t.to(dtype)
+
+
+def _norm_input(x, ln_w):
+    """LayerNorm's input: under autocast x may be lower precision than the norm's (float32) parameters;
+    the norm runs in theirs, as autocast runs layer_norm in float32."""
+    return x if ln_w is None or x.dtype == ln_w.dtype else x.to(ln_w.dtype)
+
+
 def _bias_grad(g2, bias, needs: bool):
     return g2.sum(0) if (bias is not None and needs) else None
 
@@ -125,8 +147,9 @@ def _bias_grad(g2, bias, needs: bool):
 class _LayerNormLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shape, ln_w, ln_b, eps, w, b):
-        xn, mean, rstd = torch.native_layer_norm(x, shape, ln_w, ln_b, eps)
-        y = F.linear(xn, w, b)
+        with torch.autocast(x.device.type, enabled=False):  # the wrapper cast w and b to autocast's dtype
+            xn, mean, rstd = torch.native_layer_norm(_norm_input(x, ln_w), shape, ln_w, ln_b, eps)
+            y = F.linear(xn.to(w.dtype), w, b)
         ctx.shape, ctx.eps, ctx.has_b = shape, eps, b is not None
         ctx.save_for_backward(x, mean, rstd, ln_w, ln_b, w)
         return y
@@ -139,31 +162,35 @@ class _LayerNormLinear(torch.autograd.Function):
         g2 = _rows(gy)
         dw = None
         if nw:
-            xn = torch.native_layer_norm(x, ctx.shape, ln_w, ln_b, ctx.eps)[0]  # the forward's output, again
-            dw = g2.t().mm(_rows(xn))
+            xn = torch.native_layer_norm(_norm_input(x, ln_w), ctx.shape, ln_w, ln_b, ctx.eps)[0]  # again
+            dw = g2.t().mm(_rows(xn.to(w.dtype)))
             del xn
         db = g2.sum(0) if (ctx.has_b and nb) else None
         dx = dlw = dlb = None
         if nx or nlw or nlb:
-            dxn = gy.matmul(w)
+            xin = _norm_input(x, ln_w)
+            dxn = gy.matmul(w).to(xin.dtype)
             dx, dlw, dlb = torch.ops.aten.native_layer_norm_backward(
-                dxn, x, ctx.shape, mean, rstd, ln_w, ln_b, [nx, nlw and ln_w is not None, nlb and ln_b is not None])
+                dxn, xin, ctx.shape, mean, rstd, ln_w, ln_b, [nx, nlw and ln_w is not None, nlb and ln_b is not None])
+            dx = _cast(dx, x.dtype)
         return dx, None, dlw, dlb, None, dw, db
 
 
 def layer_norm_linear(x: torch.Tensor, norm: nn.LayerNorm, linear: nn.Linear) -> torch.Tensor:
     """``linear(norm(x))``, keeping x and the norm's statistics for backward, not the norm's output."""
     shape, lw, lb, eps = _norm_parts(norm)
-    return _LayerNormLinear.apply(x, shape, lw, lb, eps, linear.weight, linear.bias)
+    dt = _autocast_dtype(x)
+    return _LayerNormLinear.apply(x, shape, lw, lb, eps, _cast(linear.weight, dt), _cast(linear.bias, dt))
 
 
 class _LayerNormMlp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shape, ln_w, ln_b, eps, w1, b1, w2, b2, approximate):
-        xn, mean, rstd = torch.native_layer_norm(x, shape, ln_w, ln_b, eps)
-        h = F.linear(xn, w1, b1)
-        del xn
-        y = F.linear(F.gelu(h, approximate=approximate), w2, b2)
+        with torch.autocast(x.device.type, enabled=False):  # the wrapper cast the weights to autocast's dtype
+            xn, mean, rstd = torch.native_layer_norm(_norm_input(x, ln_w), shape, ln_w, ln_b, eps)
+            h = F.linear(xn.to(w1.dtype), w1, b1)
+            del xn
+            y = F.linear(F.gelu(h, approximate=approximate), w2, b2)
         ctx.shape, ctx.eps, ctx.approximate = shape, eps, approximate
         ctx.has_b1, ctx.has_b2 = b1 is not None, b2 is not None
         ctx.save_for_backward(x, mean, rstd, ln_w, ln_b, w1, w2, h)
@@ -188,17 +215,19 @@ class _LayerNormMlp(torch.autograd.Function):
         torch.ops.aten.gelu_backward.grad_input(dh, h2, approximate=ctx.approximate, grad_input=dh)
         dw1 = db1 = None
         if nw1:
-            xn = torch.native_layer_norm(x, ctx.shape, ln_w, ln_b, ctx.eps)[0]
-            dw1 = dh.t().mm(_rows(xn))
+            xn = torch.native_layer_norm(_norm_input(x, ln_w), ctx.shape, ln_w, ln_b, ctx.eps)[0]
+            dw1 = dh.t().mm(_rows(xn.to(w1.dtype)))
             del xn
         if ctx.has_b1 and nb1:
             db1 = dh.sum(0)
         dx = dlw = dlb = None
         if nx or nlw or nlb:
-            dxn = dh.mm(w1).view(x.shape[:-1] + (w1.shape[1],))
+            xin = _norm_input(x, ln_w)
+            dxn = dh.mm(w1).view(x.shape[:-1] + (w1.shape[1],)).to(xin.dtype)
             del dh
             dx, dlw, dlb = torch.ops.aten.native_layer_norm_backward(
-                dxn, x, ctx.shape, mean, rstd, ln_w, ln_b, [nx, nlw and ln_w is not None, nlb and ln_b is not None])
+                dxn, xin, ctx.shape, mean, rstd, ln_w, ln_b, [nx, nlw and ln_w is not None, nlb and ln_b is not None])
+            dx = _cast(dx, x.dtype)
         return dx, None, dlw, dlb, None, dw1, db1, dw2, db2, None
 
 
@@ -206,7 +235,9 @@ def layer_norm_mlp(x: torch.Tensor, norm: nn.LayerNorm, fc1: nn.Linear, act: nn.
     """``fc2(act(fc1(norm(x))))`` keeping x, the norm's statistics and fc1's output; the norm's output and
     the GELU's are recomputed in backward (elementwise)."""
     shape, lw, lb, eps = _norm_parts(norm)
-    return _LayerNormMlp.apply(x, shape, lw, lb, eps, fc1.weight, fc1.bias, fc2.weight, fc2.bias, act.approximate)
+    dt = _autocast_dtype(x)
+    return _LayerNormMlp.apply(x, shape, lw, lb, eps, _cast(fc1.weight, dt), _cast(fc1.bias, dt), _cast(fc2.weight, dt),
+                               _cast(fc2.bias, dt), act.approximate)
 
 
 def _seq_rows(t: torch.Tensor):
@@ -268,21 +299,23 @@ def _two_linear_grads(needs, g2, a2, w1, b1, w2, s_rows, has_b2):
 
 
 def _forward_two_linears(a, w1, b1, w2, b2, scale):
-    """(B, S, W) -> (B, S, out) through both linears, rows in a's memory order (no copy of a)."""
+    """(B, S, W) -> (B, S, out) through both linears, rows in a's memory order (no copy of a); in the
+    weights' dtype (autocast's, where the wrapper cast them)."""
     b, n = a.shape[:2]
     a2, s_major = _seq_rows(a)
-    p = F.linear(a2, w1, b1)
-    if scale is not None:
-        p.mul_(_scale_rows(scale, b, n, s_major))
-    return _unrows(F.linear(p, w2, b2), b, n, s_major)
+    with torch.autocast(a.device.type, enabled=False):
+        p = F.linear(a2.to(w1.dtype), w1, b1)
+        if scale is not None:
+            p.mul_(_scale_rows(scale, b, n, s_major))
+        return _unrows(F.linear(p, w2, b2), b, n, s_major)
 
 
 def _backward_two_linears(needs, gy, a, w1, b1, w2, scale, has_b2):
     b, n = a.shape[:2]
     a2, s_major = _seq_rows(a)
-    da, dw1, db1, dw2, db2 = _two_linear_grads(needs, _rows_like(gy, s_major), a2, w1, b1, w2,
+    da, dw1, db1, dw2, db2 = _two_linear_grads(needs, _rows_like(gy, s_major), a2.to(w1.dtype), w1, b1, w2,
                                                _scale_rows(scale, b, n, s_major), has_b2)
-    return (None if da is None else _unrows(da, b, n, s_major)), dw1, db1, dw2, db2
+    return (None if da is None else _cast(_unrows(da, b, n, s_major), a.dtype)), dw1, db1, dw2, db2
 
 
 class _LinearLinear(torch.autograd.Function):
@@ -305,7 +338,9 @@ def linear_linear(a: torch.Tensor, first: nn.Linear, second: nn.Linear,
     """``second(scale * first(a))`` for a (B, S, width) keeping only a (and the per-sequence ``scale``,
     (B, 1, 1): a drop-path mask): second's weight gradient is rebuilt from a and first's parameters (one
     square GEMM of the output width) instead of keeping first's output."""
-    return _LinearLinear.apply(a, first.weight, first.bias, second.weight, second.bias, scale)
+    dt = _autocast_dtype(a)
+    return _LinearLinear.apply(a, _cast(first.weight, dt), _cast(first.bias, dt), _cast(second.weight, dt),
+                               _cast(second.bias, dt), scale)
 
 
 def _attention_rows(out: torch.Tensor) -> torch.Tensor:
@@ -321,7 +356,9 @@ class _AttendLinearLinear(torch.autograd.Function):
     def forward(ctx, q, k, v, w1, b1, w2, b2, scale, attend):
         ctx.attend, ctx.has_b2 = attend, b2 is not None
         ctx.save_for_backward(q, k, v, w1, b1, w2, scale)
-        return _forward_two_linears(_attention_rows(attend(q, k, v)), w1, b1, w2, b2, scale)
+        with torch.autocast(q.device.type, enabled=False):  # as in backward's recompute (no autocast there)
+            out = attend(q, k, v)
+        return _forward_two_linears(_attention_rows(out), w1, b1, w2, b2, scale)
 
     @staticmethod
     def backward(ctx, gy):
@@ -349,4 +386,6 @@ def attend_linear_linear(q, k, v, attend, first: nn.Linear, second: nn.Linear,
     projection, kept anyway): the attention output is recomputed in backward, for steps whose attention
     costs little next to the two projections (the temporal step: 8 frames against width 768). ``attend``
     must be deterministic (no attention dropout)."""
-    return _AttendLinearLinear.apply(q, k, v, first.weight, first.bias, second.weight, second.bias, scale, attend)
+    dt = _autocast_dtype(q)
+    return _AttendLinearLinear.apply(q, k, v, _cast(first.weight, dt), _cast(first.bias, dt), _cast(second.weight, dt),
+                                     _cast(second.bias, dt), scale, attend)
