@@ -319,7 +319,9 @@ class DividedAttention(nn.Module):
         backward: the norm's output is recomputed from x (:func:`~fast_timesformer.fused.layer_norm_linear`),
         and where the CLS is left out or absent and nothing random sits between ``proj`` and ``fc``, the two
         projections run in the groups' layout keeping only the attention output
-        (:func:`~fast_timesformer.fused.linear_linear`): 5 rows of width ``dim`` per token instead of 7.
+        (:func:`~fast_timesformer.fused.linear_linear`), or only q/k/v where the attention is short enough
+        to recompute (:func:`~fast_timesformer.fused.attend_linear_linear`): 4 rows of width ``dim`` per
+        token for the official temporal step instead of 7.
         """
         from . import fused
 
@@ -372,7 +374,7 @@ class DividedAttention(nn.Module):
         attention output as a view (:func:`~fast_timesformer.fused.linear_linear`), and the result in token
         layout (b, [1 +] M, dim) with the CLS row 0.
         """
-        from .fused import attend_linear_linear, layer_norm_linear, linear_linear
+        from .fused import attend_linear_linear, attention_rows, layer_norm_linear, linear_linear
 
         def project(rows):
             return self.qkv(rows) if norm is None else layer_norm_linear(rows, norm, self.qkv)
@@ -391,7 +393,7 @@ class DividedAttention(nn.Module):
             # projected in the groups' layout (the official order: project, then average the CLS rows):
             # the GEMM reads the attention output as it is (a view, saved once for both backwards) and the
             # layout change moves the projected rows
-            rows = self.proj(y.transpose(1, 2).reshape(*y.shape[:1], y.shape[2], h * d))  # (b*groups, 1 + S, dim)
+            rows = self.proj(attention_rows(y))  # (b*groups, 1 + S, dim)
             return tokens_from_groups(rows.unsqueeze(1), groups, b, 1, y_has_prefix=True).squeeze(2)
         if groups_are_views(groups, b, x.shape[1]):
             # all 1 + M rows go through the GEMM (one row more) so that no slice of x is taken: its
@@ -402,15 +404,15 @@ class DividedAttention(nn.Module):
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (b*groups, h, S, d) views
         if fc is not None:
             s = None if fc_scale is None else fc_scale.repeat_interleave(groups.num_groups, 0)  # (b*groups, 1, 1)
-            # (the core runs inside a Function there, without grad: only where it accepts these inputs with grad)
             if dropout_p == 0 and 8 * q.shape[2] <= self.dim and not core.capabilities.why_not(q, k, v):
                 # attention over short sequences (time: 8 frames) costs ~1% of the two projections: recomputed
-                # in backward rather than keeping its output
+                # in backward rather than keeping its output (the core then runs inside a Function, without
+                # grad: only where it accepts these inputs with grad, so that its refusals still reach here)
                 attend = functools.partial(core, scale=self.scale, dropout_p=0.0)
                 rows = attend_linear_linear(q, k, v, attend, self.proj, fc, s)
-            else:  # (b*groups, S, h*d): a view where the core's output is laid out (B, S, h, d)
+            else:
                 y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
-                rows = linear_linear(y.transpose(1, 2).reshape(y.shape[0], y.shape[2], h * d), self.proj, fc, s)
+                rows = linear_linear(attention_rows(y), self.proj, fc, s)
             return tokens_from_groups(rows.unsqueeze(1), groups, b, n_prefix).squeeze(2)
         y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
         return tokens_from_groups(y, groups, b, n_prefix)

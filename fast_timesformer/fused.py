@@ -3,8 +3,9 @@ fewer activations for backward and recompute the cheap ones (elementwise) instea
 
 What plain autograd keeps for ``linear(layer_norm(x))`` is x (for the norm) *and* the norm's output (for
 the GEMM's weight gradient); for ``fc2(gelu(fc1(z)))`` it keeps z, fc1's output *and* gelu's output; for
-``fc(proj(a))`` it keeps a *and* proj's output. Per token of a ViT-B TimeSformer block that is 24 rows of
-width ``dim`` in all; with these Functions it is 15 (x and the norm's statistics, fc1's output, a):
+``fc(proj(a))`` it keeps a *and* proj's output. Per token of a ViT-B TimeSformer block (divided) that is
+24 rows of width ``dim`` in all; with these Functions it is 14 (each step's x and q/k/v, the space step's
+attention output, the MLP's x and fc1's output):
 
 ========================= =================================== ==========================================
 Function                  keeps for backward                  recomputes in backward
@@ -15,6 +16,7 @@ Function                  keeps for backward                  recomputes in back
                                                               ``(g^T a) proj.W^T + (g^T 1) proj.b^T``
                                                               (a dim x dim GEMM instead of keeping
                                                               proj's output)
+``attend_linear_linear``  q, k, v (kept anyway)               the attention (short sequences: time)
 ========================= =================================== ==========================================
 
 The GEMMs, the norm and the GELU are the same ATen kernels autograd would run (``native_layer_norm`` and
@@ -44,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["layer_norm_linear", "layer_norm_mlp", "linear_linear", "attend_linear_linear", "fusable", "no_hooks", "unfused", "DoubleBackwardError"]
+__all__ = ["layer_norm_linear", "layer_norm_mlp", "linear_linear", "attend_linear_linear", "attention_rows",
+           "fusable", "mlp_fusable", "no_hooks", "unfused", "DoubleBackwardError"]
 
 _STATE = threading.local()
 
@@ -77,9 +80,10 @@ _KINDS = (nn.LayerNorm, nn.Linear, nn.GELU)
 
 
 def fusable(x: torch.Tensor, *modules: Optional[nn.Module]) -> bool:
-    """Whether the fused Functions may replace these modules' plain calls here: training with grad
-    (otherwise nothing is kept anyway and the plain path runs), no functorch transform, no hooks, and every module exactly nn.LayerNorm / nn.Linear /
-    nn.GELU (a subclass or wrapper, e.g. LoRA or quantized, keeps its own forward)."""
+    """Whether the fused Functions may replace these modules' plain calls here: eager, training with grad
+    (otherwise nothing is kept anyway and the plain path runs), no functorch transform, no hooks, and
+    every module exactly nn.LayerNorm / nn.Linear / nn.GELU (a subclass or wrapper, e.g. LoRA or
+    quantized, keeps its own forward)."""
     if getattr(_STATE, "off", False) or not torch.is_grad_enabled():
         return False
     if torch.compiler.is_compiling():  # the compiler's partitioner chooses what to keep and recompute itself
@@ -93,6 +97,13 @@ def fusable(x: torch.Tensor, *modules: Optional[nn.Module]) -> bool:
     if not (x.requires_grad or any(p.requires_grad for m in modules if m is not None for p in m.parameters())):
         return False
     return True
+
+
+def mlp_fusable(x: torch.Tensor, norm, fc1, act, fc2, *around: nn.Module) -> bool:
+    """:func:`fusable` for ``fc2(act(fc1(norm(x))))``; ``around``: the MLP module itself and its dropouts,
+    which must carry no hooks and (dropouts) be inactive, as the fused Function skips them."""
+    active = any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in around)
+    return not active and no_hooks(*around) and fusable(x, norm, fc1, act, fc2)
 
 
 def _norm_parts(norm: nn.LayerNorm):
@@ -118,10 +129,6 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
-def _weight_grad(g2, inp2, needs: bool):
-    return g2.t().mm(inp2) if needs else None
-
-
 def _autocast_dtype(x: torch.Tensor):
     """The autocast dtype in force for x's device, or None."""
     d = x.device.type
@@ -140,10 +147,6 @@ def _norm_input(x, ln_w):
     return x if ln_w is None or x.dtype == ln_w.dtype else x.to(ln_w.dtype)
 
 
-def _bias_grad(g2, bias, needs: bool):
-    return g2.sum(0) if (bias is not None and needs) else None
-
-
 class _LayerNormLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shape, ln_w, ln_b, eps, w, b):
@@ -160,15 +163,15 @@ class _LayerNormLinear(torch.autograd.Function):
         x, mean, rstd, ln_w, ln_b, w = ctx.saved_tensors
         nx, _, nlw, nlb, _, nw, nb = ctx.needs_input_grad
         g2 = _rows(gy)
+        xin = _norm_input(x, ln_w)
         dw = None
         if nw:
-            xn = torch.native_layer_norm(_norm_input(x, ln_w), ctx.shape, ln_w, ln_b, ctx.eps)[0]  # again
+            xn = torch.native_layer_norm(xin, ctx.shape, ln_w, ln_b, ctx.eps)[0]  # the forward's, again
             dw = g2.t().mm(_rows(xn.to(w.dtype)))
             del xn
         db = g2.sum(0) if (ctx.has_b and nb) else None
         dx = dlw = dlb = None
         if nx or nlw or nlb:
-            xin = _norm_input(x, ln_w)
             dxn = gy.matmul(w).to(xin.dtype)
             dx, dlw, dlb = torch.ops.aten.native_layer_norm_backward(
                 dxn, xin, ctx.shape, mean, rstd, ln_w, ln_b, [nx, nlw and ln_w is not None, nlb and ln_b is not None])
@@ -213,16 +216,16 @@ class _LayerNormMlp(torch.autograd.Function):
         # gelu's backward written into dh's own buffer (an elementwise kernel reading and writing the same
         # element): one hidden-width buffer live here, not two
         torch.ops.aten.gelu_backward.grad_input(dh, h2, approximate=ctx.approximate, grad_input=dh)
+        xin = _norm_input(x, ln_w)
         dw1 = db1 = None
         if nw1:
-            xn = torch.native_layer_norm(_norm_input(x, ln_w), ctx.shape, ln_w, ln_b, ctx.eps)[0]
+            xn = torch.native_layer_norm(xin, ctx.shape, ln_w, ln_b, ctx.eps)[0]
             dw1 = dh.t().mm(_rows(xn.to(w1.dtype)))
             del xn
         if ctx.has_b1 and nb1:
             db1 = dh.sum(0)
         dx = dlw = dlb = None
         if nx or nlw or nlb:
-            xin = _norm_input(x, ln_w)
             dxn = dh.mm(w1).view(x.shape[:-1] + (w1.shape[1],)).to(xin.dtype)
             del dh
             dx, dlw, dlb = torch.ops.aten.native_layer_norm_backward(
@@ -343,12 +346,10 @@ def linear_linear(a: torch.Tensor, first: nn.Linear, second: nn.Linear,
                                _cast(second.bias, dt), scale)
 
 
-def _attention_rows(out: torch.Tensor) -> torch.Tensor:
-    """(B, h, S, d) attention output -> (B, S, h*d) (a view when laid out (B, S, h, d) or (S, B, h, d))."""
-    t = out.transpose(1, 2)  # (B, S, h, d)
-    if t.shape[0] > 1 and t.shape[1] > 1 and t.transpose(0, 1).is_contiguous():
-        return t.transpose(0, 1).flatten(2).transpose(0, 1)
-    return t.reshape(out.shape[0], out.shape[2], out.shape[1] * out.shape[3])
+def attention_rows(out: torch.Tensor) -> torch.Tensor:
+    """(B, h, S, d) attention output -> (B, S, h*d): a view wherever h and d are adjacent in memory, whatever
+    the order of B and S (SDPA's CPU kernels write (S, B, h, d)); the projections read it as it is."""
+    return out.transpose(1, 2).flatten(2)
 
 
 class _AttendLinearLinear(torch.autograd.Function):
@@ -358,7 +359,7 @@ class _AttendLinearLinear(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, w1, b1, w2, scale)
         with torch.autocast(q.device.type, enabled=False):  # as in backward's recompute (no autocast there)
             out = attend(q, k, v)
-        return _forward_two_linears(_attention_rows(out), w1, b1, w2, b2, scale)
+        return _forward_two_linears(attention_rows(out), w1, b1, w2, b2, scale)
 
     @staticmethod
     def backward(ctx, gy):
@@ -369,7 +370,7 @@ class _AttendLinearLinear(torch.autograd.Function):
             inputs = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), (nq, nk, nv))]
             out = ctx.attend(*inputs)
         needs = (nq or nk or nv,) + tuple(ctx.needs_input_grad[3:7])
-        da, dw1, db1, dw2, db2 = _backward_two_linears(needs, gy, _attention_rows(out.detach()), w1, b1, w2,
+        da, dw1, db1, dw2, db2 = _backward_two_linears(needs, gy, attention_rows(out.detach()), w1, b1, w2,
                                                        scale, ctx.has_b2)
         dq = dk = dv = None
         if da is not None:  # (B, S, h*d) -> out's (B, h, S, d)

@@ -240,6 +240,12 @@ def test_plain_path_where_fusing_is_no_drop_in():
         assert not fused.fusable(x, norm, lin)
     with fused.unfused():
         assert not fused.fusable(x, norm, lin)
+    mlp = block.mlp
+    assert fused.mlp_fusable(x.new_ones(2, 5, 48, requires_grad=True), block.norm2, mlp.fc1, mlp.act, mlp.fc2, mlp,
+                             mlp.drop)
+    mlp.drop.p = 0.1  # an active dropout sits inside: the plain Mlp runs
+    assert not fused.mlp_fusable(x.new_ones(2, 5, 48, requires_grad=True), block.norm2, mlp.fc1, mlp.act, mlp.fc2,
+                                 mlp, mlp.drop)
     frozen = torch.randn(2, 5, 8, dtype=torch.float64)
     for p in (*norm.parameters(), *lin.parameters()):
         p.requires_grad_(False)

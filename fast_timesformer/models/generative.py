@@ -163,8 +163,7 @@ class FeedForward(nn.Sequential):
         """``self(norm(x))``, in training as one Function keeping x, the norm's statistics and the first
         linear's output (:func:`fast_timesformer.fused.layer_norm_mlp`) where that is a drop-in."""
         fc1, act, drop1, fc2, drop2 = self
-        quiet = not any(d.training and d.p > 0 for d in (drop1, drop2))
-        if quiet and fused.no_hooks(self, drop1, drop2) and fused.fusable(x, norm, fc1, act, fc2):
+        if fused.mlp_fusable(x, norm, fc1, act, fc2, self, drop1, drop2):
             return fused.layer_norm_mlp(x, norm, fc1, act, fc2)
         return self(norm(x))
 

@@ -100,8 +100,7 @@ class Mlp(nn.Module):
         Function that keeps x, the norm's statistics and fc1's output for backward, not the norm's or the
         GELU's output (:func:`fast_timesformer.fused.layer_norm_mlp`): 5 rows of width ``dim`` per token
         instead of 10 at mlp_ratio 4."""
-        if (not (self.drop.training and self.drop.p > 0) and fused.no_hooks(self, self.drop)
-                and fused.fusable(x, norm, self.fc1, self.act, self.fc2)):
+        if fused.mlp_fusable(x, norm, self.fc1, self.act, self.fc2, self, self.drop):
             return fused.layer_norm_mlp(x, norm, self.fc1, self.act, self.fc2)
         return self(norm(x))
 
