@@ -86,3 +86,9 @@ class CheckpointConfigError(FastTimesformerError, ValueError):
 class CheckpointMismatchLineError(FastTimesformerError, ValueError):
     """A readable checkpoint whose tensors do not fit the model it is loaded into (missing, unexpected or
     mis-shaped keys), said in one line naming the file."""
+
+
+def first_line(e: BaseException) -> str:
+    """``"TypeName: first non-empty line of the message"``: an exception from a library quoted in our one line."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

@@ -38,7 +38,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..errors import CheckpointConfigError, CorruptCheckpointError, DeviceUnavailableError, FastTimesformerError
+from ..errors import CheckpointConfigError, CorruptCheckpointError, FastTimesformerError
+from ..errors import first_line as _first_line
+from ..devices import check_device  # noqa: F401 (re-exported: models.checkpoint.check_device)
 from .resample import resample_pos_embed, resample_time_embed, to_hw
 
 __all__ = [
@@ -229,12 +231,6 @@ def _zip_crc_failure(path: Path) -> Optional[str]:
             return zf.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         return f"? ({_first_line(e)})"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _pickle_globals(stream) -> List[str]:
@@ -601,33 +597,6 @@ def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], *,
                       CheckpointWarning, stacklevel=3)
     model.load_report = report
     return report
-
-
-def check_device(device) -> torch.device:
-    """``torch.device(device)`` if this machine has it, else :class:`~fast_timesformer.errors.DeviceUnavailableError`
-    naming it (an unknown name, CUDA without a CUDA device, ``cuda:3`` on a 1-GPU machine, ...)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise DeviceUnavailableError(f"device={device!r} is not a device name torch knows "
-                                     f"({_first_line(e)})") from None
-    if dev.type in ("cpu", "meta"):
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(f"device={device!r}: this machine has no CUDA device "
-                                         "(torch.cuda.is_available() is False)")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise DeviceUnavailableError(f"device={device!r}: this machine has {count} CUDA device(s), "
-                                         f"cuda:0 to cuda:{count - 1}")
-        return dev
-    try:
-        torch.empty(0, device=dev)
-    except Exception as e:  # noqa: BLE001 - mps, xpu, ...: whatever torch says about it
-        raise DeviceUnavailableError(f"device={device!r} is not available on this machine "
-                                     f"({_first_line(e)})") from None
-    return dev
 
 
 def _train_config(path: Path, meta: dict, model_cls) -> Dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import DeviceUnavailableError
+from ..devices import check_device
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "all_reduce_max", "barrier",
            "resolve_device", "unused_parameters", "wrap_ddp"]
@@ -72,20 +72,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type != "cuda":
+    if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    if not torch.cuda.is_available():
-        why = ("this torch build has no CUDA support" if torch.version.cuda is None
-               else "torch.cuda.is_available() is False: no GPU or driver found")
-        raise DeviceUnavailableError(f"--device {device}: no CUDA device on this machine ({why}); "
-                                     "use --device cpu")
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        raise DeviceUnavailableError(f"--device {device}: this machine has {count} CUDA device(s), "
-                                     f"numbered 0..{count - 1}")
-    return dev
+    return check_device(dev, label=f"--device {device}", hint="; use --device cpu")
 
 
 def cleanup_distributed(sync: bool = True) -> None:
