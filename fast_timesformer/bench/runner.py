@@ -166,9 +166,10 @@ def _compiled_flops(w: Workload, be, built) -> dict:
         with use_backend(built.model, decl.flops_backend):
             flops = measure.count_flops(built.step)
     except Exception as e:  # noqa: BLE001 - the point's own figures stand; its FLOPs say why they are missing
-        first = (str(e).splitlines() or [""])[0][:300]
+        from ..errors import first_line
+
         return {"flops": None, "not_measured": {"flops": f"counting the FLOPs of {be.name!r} on "
-                                                         f"{decl.flops_backend!r} failed: {type(e).__name__}: {first}"}}
+                                                         f"{decl.flops_backend!r} failed: {first_line(e)[:300]}"}}
     method = (f"{measure.FLOPS_METHOD}, of the same model with backend {decl.flops_backend!r} swapped in: "
               f"{be.name!r} runs through torch.compile, which cannot run under the counter")
     return {"flops": flops, "flops_method": method + (f"; {decl.flops_why}" if decl.flops_why else "")}
