@@ -13,6 +13,6 @@ export PYTHONPATH=/tmp/ft_site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 bash tools/gpu_install.sh "$PY" > /tmp/ft_gpu_install.log 2>&1
 cat /tmp/ft_gpu_install.log
-# run from outside the tree: its fast_timesformer/ (kernels/ lives beside it) must not shadow the install
+# run from outside the tree: its fast_timesformer/ must not shadow the install
 cd /tmp
 exec $PY -m fast_timesformer.cli gpu-check --out "$OUT" --install-log /tmp/ft_gpu_install.log "$@"

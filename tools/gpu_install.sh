@@ -26,8 +26,7 @@ elif $PY -m pip install -q --no-deps --no-build-isolation --no-index --target "$
     echo "install: editable install failed ($(head -c 300 /tmp/ft_pip_err.txt)); plain install into $SITE"
 else
     echo "install: pip could not install the package ($(tail -c 300 /tmp/ft_pip_err.txt)); copying the sources into $SITE"
-    mkdir -p "$SITE" && cp -r fast_timesformer "$SITE/" && rm -rf "$SITE/fast_timesformer/kernels" \
-        && cp -r kernels "$SITE/fast_timesformer/kernels"
+    mkdir -p "$SITE" && cp -r fast_timesformer "$SITE/"
 fi
 (cd /tmp && $PY -c 'import fast_timesformer.kernels.divided_attention as k, fast_timesformer as f; print("install: import ok,", f.__file__)') \
     || echo "install: fast_timesformer does not import (see above)"

@@ -157,7 +157,7 @@ BACKEND = Backend(
     # ~6 ulp, checked against regular in tests/test_triton_backend.py); bfloat16 the same count of its ulp
     # (u = 3.9e-3): 2.4e-2.
     tolerances={torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3), torch.bfloat16: (2.4e-2, 2.4e-2)},
-    # the backward is one fused kernel per group with per-program sums, no atomics (kernels/divided_attention.py)
+    # the backward is one fused kernel per group with per-program sums, no atomics (fast_timesformer/kernels/divided_attention.py)
     deterministic=True,
     priority=_priority,  # 30 on CUDA, 150 without CUDA or under the interpreter
     description="fused Triton divided attention on token layout (no rearrange copies), fwd+bwd; no "

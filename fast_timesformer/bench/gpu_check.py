@@ -131,22 +131,17 @@ def one_line(text, limit: int = 400) -> str:
     return cut + " ..."
 
 
-def source_fingerprint(pkg_dir: Optional[Path] = None, kernels_dir: Optional[Path] = None) -> str:
+def source_fingerprint(pkg_dir: Optional[Path] = None) -> str:
     """sha256 over the package's Python sources (name inside the package + content), the same for a source
     tree, an editable or a plain install: tells which code ran where the copy of the tree has no .git.
     ``fast-timesformer gpu-check --fingerprint`` prints it here, to compare."""
-    if pkg_dir is None or kernels_dir is None:
+    if pkg_dir is None:
         import fast_timesformer
-        import fast_timesformer.kernels
 
         pkg_dir = Path(fast_timesformer.__file__).parent
-        kernels_dir = Path(fast_timesformer.kernels.__file__).parent
-    files = [("fast_timesformer/" + str(p.relative_to(pkg_dir)), p) for p in Path(pkg_dir).rglob("*.py")
-             if "kernels" not in p.relative_to(pkg_dir).parts[:1]]
-    files += [("fast_timesformer/kernels/" + str(p.relative_to(kernels_dir)), p) for p in Path(kernels_dir).rglob("*.py")]
     h = hashlib.sha256()
-    for name, p in sorted(files):
-        h.update(name.encode() + b"\0" + p.read_bytes() + b"\0")
+    for p in sorted(Path(pkg_dir).rglob("*.py")):
+        h.update(("fast_timesformer/" + p.relative_to(pkg_dir).as_posix()).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 

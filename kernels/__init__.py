@@ -1,1 +1,0 @@
-"""Triton kernels, installed as ``fast_timesformer.kernels`` (see setup.cfg's package_dir)."""
