@@ -64,7 +64,8 @@ def compare(size: int, mode: str, rounds: int, frames: int = 8, depth: int = 12,
             built[name].step()
             times[name].append(time.perf_counter() - t0)
     if profile:  # one more call each under torch.profiler: where the time goes (self CPU time per op)
-        from torch.profiler import ProfilerActivity, profile as torch_profile
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
 
         for name, b in built.items():
             prof = torch_profile(activities=[ProfilerActivity.CPU])

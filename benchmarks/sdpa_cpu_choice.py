@@ -9,8 +9,13 @@ Shapes are (batch*groups, heads, seq, dim_head) of ViT-B TimeSformer steps: time
 (1568 sequences of 8 frames), time at 8x448 with B=1 (784 sequences), space at 8x224 and 8x448 (8
 sequences of 197 / 785 tokens), time at 16 and 32 frames (196 sequences).
 """
-import time, statistics, torch, torch.nn.functional as F
-from torch.nn.attention import sdpa_kernel, SDPBackend
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
 torch.set_num_threads(2)
 def bench(shape, impl, train, reps=7):
     B, h, S, d = shape

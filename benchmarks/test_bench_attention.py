@@ -3,12 +3,11 @@ device (the registries drive the cases: a registered scheme or backend is a case
 from __future__ import annotations
 
 import pytest
+from conftest import DEVICE, DTYPE
 
 from fast_timesformer.bench.suites import sweep_backends
 from fast_timesformer.bench.workloads import Workload
 from fast_timesformer.schemes import list_schemes
-
-from conftest import DEVICE, DTYPE
 
 SCHEMES = list_schemes()
 BACKENDS = sweep_backends()  # every backend but the diagnostic ones

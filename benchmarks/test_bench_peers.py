@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import DEVICE, DTYPE
 
 from fast_timesformer.bench.workloads import Workload, auto_backend
-
-from conftest import DEVICE, DTYPE
 
 if DEVICE == "cuda":  # the GPU target: B=8, 8x224, ViT-Base, training step
     CONFIG = dict(dim=768, heads=12, depth=12, frames=8, image_size=224, batch=8, mode="fwd+bwd")

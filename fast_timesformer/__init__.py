@@ -1,4 +1,6 @@
 """fast_timesformer: pluggable attention backends and the five space-time schemes for video transformers."""
+from . import neighborhood as _neighborhood  # registers the mask-defined 'neighborhood' scheme
+from .attention import DividedAttention, set_backend, use_backend
 from .backends import (
     AttentionCore,
     Backend,
@@ -10,16 +12,14 @@ from .backends import (
     resolve_backend,
     unregister_backend,
 )
-from .attention import DividedAttention, set_backend, use_backend
-from .groups import TokenGroups
-from .schemes import Scheme, Step, get_scheme, list_schemes, register_scheme, scheme_color, unregister_scheme
-from . import neighborhood as _neighborhood  # registers the mask-defined 'neighborhood' scheme
 from .backends.spec import parse_backend_spec
-from .models.generative import GenerativeTimeSformer
-from .models.timesformer import TimeSformer
-from .models.registry import create_model, list_models
-from .models.vit import load_vit_weights_into_timesformer
 from .explain import explain_clip
+from .groups import TokenGroups
+from .models.generative import GenerativeTimeSformer
+from .models.registry import create_model, list_models
+from .models.timesformer import TimeSformer
+from .models.vit import load_vit_weights_into_timesformer
+from .schemes import Scheme, Step, get_scheme, list_schemes, register_scheme, scheme_color, unregister_scheme
 
 __version__ = "0.1.0"
 

@@ -33,14 +33,18 @@ from typing import Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .backends import AttentionCore, get_backend, resolve_backend
 from ._names import unknown_name_error
-from .backends.common import (grouped_qkv, groups_are_views, is_token_order, prefixed_groups,
-                              tokens_from_groups)
-from .backends.registry import AUTO
+from .backends import AttentionCore, get_backend, resolve_backend
+from .backends.common import (
+    grouped_qkv,
+    groups_are_views,
+    is_token_order,
+    per_group,
+    prefixed_groups,
+    tokens_from_groups,
+)
+from .backends.registry import AUTO, BackendUnavailable
 from .backends.spec import STEP_ALIASES, check_step_names, parse_backend_spec  # noqa: F401 (re-exported)
-from .backends.common import per_group
-from .backends.registry import BackendUnavailable
 from .groups import SequenceMask, TokenGroups, _is_count
 
 __all__ = ["DividedAttention", "use_backend", "set_backend", "CLS_MODES", "attention_groups_from_patterns",

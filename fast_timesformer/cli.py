@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
-
 import importlib
-import os
 import importlib.util
+import os
+import sys
 
 # Modules that add their own subcommands: each defines ``add_subcommands(subparsers)``; a subcommand's
 # handler is set with ``parser.set_defaults(func=...)`` and returns an exit code.

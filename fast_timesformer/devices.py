@@ -6,7 +6,8 @@ from typing import Optional
 
 import torch
 
-from .errors import DeviceUnavailableError, first_line as _first_line
+from .errors import DeviceUnavailableError
+from .errors import first_line as _first_line
 
 __all__ = ["check_device"]
 

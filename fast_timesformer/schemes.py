@@ -46,8 +46,8 @@ benchmarks read it from here::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from dataclasses import dataclass, replace
+from typing import Callable, NamedTuple, Optional, Union
 
 from ._names import lookup, unknown_name_error
 from .groups import TokenGroups

@@ -3,11 +3,10 @@ import math
 
 import pytest
 import torch
+from attn_reference import grouped_reference
 
 from fast_timesformer import BackendUnavailable, get_backend, list_backends
 from fast_timesformer.backends.registry import check_inputs
-
-from attn_reference import grouped_reference
 
 # Parametrised from the registry by kind (a backend registered before collection is tested too; see
 # tests/test_registration.py): exact ones against the float64 reference within their declared tolerances,

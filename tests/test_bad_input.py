@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from fast_timesformer import (
-    DividedAttention, GenerativeTimeSformer, TimeSformer, TokenGroups, get_backend, list_backends, set_backend,
+    DividedAttention,
+    GenerativeTimeSformer,
+    TimeSformer,
+    TokenGroups,
+    get_backend,
+    list_backends,
+    set_backend,
 )
 from fast_timesformer.errors import UnknownNameError
 

@@ -384,9 +384,8 @@ def test_bench_on_a_missing_cuda_device_is_one_line_and_exit_2(tmp_path, capsys)
 
 
 def test_bench_never_exits_0_with_every_point_skipped(tmp_path, capsys):
-    from fast_timesformer.cli import main
-
     from fast_timesformer.backends import get_backend
+    from fast_timesformer.cli import main
 
     if not get_backend("xformers").unavailable_reasons():
         pytest.skip("xformers runs here")

@@ -11,7 +11,11 @@ transformers = pytest.importorskip("transformers", reason="transformers is a tes
 from transformers import TimesformerConfig, TimesformerForVideoClassification  # noqa: E402
 
 from fast_timesformer.models.checkpoint import (  # noqa: E402
-    CheckpointMismatchError, CheckpointWarning, UnsafeCheckpointError, hf_to_official_key, official_to_hf_key,
+    CheckpointMismatchError,
+    CheckpointWarning,
+    UnsafeCheckpointError,
+    hf_to_official_key,
+    official_to_hf_key,
 )
 from fast_timesformer.models.timesformer import TimeSformer  # noqa: E402
 

@@ -1,11 +1,17 @@
 """DividedAttention: semantics vs an explicit float64 reference, grouping, CLS conventions, switching."""
 import pytest
 import torch
-
-from fast_timesformer import BackendUnavailable, DividedAttention, TokenGroups, get_backend, list_backends
-from fast_timesformer import set_backend, use_backend
-
 from attn_reference import divided_reference
+
+from fast_timesformer import (
+    BackendUnavailable,
+    DividedAttention,
+    TokenGroups,
+    get_backend,
+    list_backends,
+    set_backend,
+    use_backend,
+)
 
 CASES = [  # (b, f, n, heads, dim_head)
     (1, 1, 7, 2, 40),  # f = 1

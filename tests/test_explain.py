@@ -2,19 +2,18 @@
 backend swap and restore, the command line (train and Hugging Face checkpoints, bad input), and a
 trained model's rollout on moving shapes."""
 import json
-import sys
 import math
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from timesformer_reference import _cls_rule, _linear, _ln, _mlp, attention, embed, group_ids
 
 from fast_timesformer import TimeSformer, TokenGroups
 from fast_timesformer.attention import DividedAttention
 from fast_timesformer.explain import clip_layout, clip_rollout, explain_clip, record_attention, save_explanation
 from fast_timesformer.models.schemes import SCHEMES, Scheme, Step, list_schemes
-
-from timesformer_reference import _cls_rule, _linear, _ln, _mlp, attention, embed, group_ids
 
 # the partition schemes: the references below know groups only, and the recording backend refuses the steps
 # of a mask-defined scheme (neighborhood) with a reason
@@ -312,8 +311,9 @@ def run(tmp_path_factory):
 
 
 def test_cli_explain_a_train_checkpoint(run, tmp_path, capsys):
-    from fast_timesformer.cli import main
     from safetensors import safe_open
+
+    from fast_timesformer.cli import main
 
     ckpt, video = run
     capsys.readouterr()

@@ -11,8 +11,12 @@ import time
 import pytest
 import torch
 
-from fast_timesformer.errors import (CorruptCheckpointError, DeviceUnavailableError, TrainingInterrupted,
-                                     WriteFailedError)
+from fast_timesformer.errors import (
+    CorruptCheckpointError,
+    DeviceUnavailableError,
+    TrainingInterrupted,
+    WriteFailedError,
+)
 from fast_timesformer.train import checkpoint as ckpt
 from fast_timesformer.train.trainer import TrainConfig, Trainer
 
@@ -279,6 +283,7 @@ def test_workers_start_with_the_stop_signals_blocked():
     """_start_workers forks with SIGINT/SIGTERM blocked, so the worker holds them blocked from its first
     instruction until _worker_init ignores and unblocks them; this process's own mask is restored."""
     from torch.utils.data import DataLoader
+
     from fast_timesformer.train import trainer as tr
 
     before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
@@ -318,8 +323,9 @@ def test_real_signal_to_the_command_line(tmp_path, sig):
     if sig != signal.SIGINT:
         return
     # the same run in this process: resume to step + 2 and compare with a straight run to there
-    from fast_timesformer.train.cli import config_from_args, _add_train_args
     import argparse
+
+    from fast_timesformer.train.cli import _add_train_args, config_from_args
 
     p = argparse.ArgumentParser()
     _add_train_args(p)

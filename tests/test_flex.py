@@ -2,12 +2,11 @@
 layouts (eager, float64), one compiled shape (float32), the block-mask cache, and its declared refusals."""
 import pytest
 import torch
+from attn_reference import divided_reference, grouped_reference
 
 from fast_timesformer import BackendUnavailable, DividedAttention, TokenGroups, get_backend, resolve_backend
 from fast_timesformer.backends import flex
 from fast_timesformer.schemes import width_groups
-
-from attn_reference import divided_reference, grouped_reference
 
 BE = get_backend("flex")
 MODES = ["global", "per_group", "exclude", "official", "none"]

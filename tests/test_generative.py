@@ -5,9 +5,17 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fast_timesformer import (AttentionCore, Backend, BackendUnavailable, get_backend, list_backends,
-                              reference_attention, register_backend, unregister_backend)
-from fast_timesformer import TokenGroups
+from fast_timesformer import (
+    AttentionCore,
+    Backend,
+    BackendUnavailable,
+    TokenGroups,
+    get_backend,
+    list_backends,
+    reference_attention,
+    register_backend,
+    unregister_backend,
+)
 from fast_timesformer.models.generative import CrossAttention, GenerativeTimeSformer, patchify, unpatchify
 from fast_timesformer.schemes import get_scheme
 

@@ -5,15 +5,14 @@ import argparse
 
 import pytest
 import torch
+from attn_reference import softmax_attention
+from timesformer_reference import neighborhood_allowed
 
 from fast_timesformer import BackendUnavailable, DividedAttention, TimeSformer, get_backend, get_scheme, list_backends
 from fast_timesformer.backends import flex
 from fast_timesformer.groups import SequenceMask, TokenGroups, _dense
 from fast_timesformer.models.timesformer import count_parameters
 from fast_timesformer.neighborhood import neighborhood_groups
-
-from attn_reference import softmax_attention
-from timesformer_reference import neighborhood_allowed
 
 SIZES = [(5, 1, 7), (1, 3, 4), (4, 4, 6), (3, 5, 5)]  # (frames, patch rows, patch cols): T = 1, 5; N = 7
 WINDOWS = [(1, 3, 3), (3, 1, 5), (3, 3, 3), (5, 5, 7)]  # the last as large as (or larger than) every axis

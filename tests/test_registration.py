@@ -10,9 +10,19 @@ import textwrap
 import pytest
 import torch
 
-from fast_timesformer import (GenerativeTimeSformer, Scheme, Step, TimeSformer, get_scheme, list_backends,
-                              list_schemes, register_scheme, scheme_color, unregister_backend,
-                              unregister_scheme)
+from fast_timesformer import (
+    GenerativeTimeSformer,
+    Scheme,
+    Step,
+    TimeSformer,
+    get_scheme,
+    list_backends,
+    list_schemes,
+    register_scheme,
+    scheme_color,
+    unregister_backend,
+    unregister_scheme,
+)
 from fast_timesformer.schemes import joint_groups, step_groups, time_groups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,8 +6,17 @@ import matplotlib.figure
 import pytest
 import torch
 
-from fast_timesformer import AttentionCore, Backend, Scheme, Step, register_backend, register_scheme, \
-    scheme_color, unregister_backend, unregister_scheme
+from fast_timesformer import (
+    AttentionCore,
+    Backend,
+    Scheme,
+    Step,
+    register_backend,
+    register_scheme,
+    scheme_color,
+    unregister_backend,
+    unregister_scheme,
+)
 from fast_timesformer.backends import get_backend, list_backends
 from fast_timesformer.backends.common import with_prefix
 from fast_timesformer.bench.plots import plot_all

@@ -4,13 +4,21 @@ import sys
 
 import pytest
 import torch
+from attn_reference import divided_reference, grouped_reference
 
 import fast_timesformer as ft
-from fast_timesformer import (AttentionCore, Backend, BackendUnavailable, DividedAttention, get_backend,
-                              list_backends, register_backend, resolve_backend, unregister_backend)
+from fast_timesformer import (
+    AttentionCore,
+    Backend,
+    BackendUnavailable,
+    DividedAttention,
+    get_backend,
+    list_backends,
+    register_backend,
+    resolve_backend,
+    unregister_backend,
+)
 from fast_timesformer.cli import main as cli_main
-
-from attn_reference import divided_reference, grouped_reference
 
 
 def test_builtin_backends_are_registered_with_capabilities():

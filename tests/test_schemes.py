@@ -5,7 +5,8 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fast_timesformer import BackendUnavailable, get_backend, list_backends
 from fast_timesformer.models import TimeSformer

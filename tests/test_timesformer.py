@@ -3,9 +3,9 @@ resampling, features, gradient checkpointing, autocast, torch.compile, input val
 from __future__ import annotations
 
 import pytest
+import timesformer_reference as ref
 import torch
 
-import timesformer_reference as ref
 from fast_timesformer.models import TimeSformer
 from fast_timesformer.models.resample import resample_pos_embed, resample_time_embed
 from fast_timesformer.models.schemes import list_schemes

@@ -12,7 +12,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from hypothesis import given, settings, strategies as st, HealthCheck  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 from fast_timesformer.kernels import divided_attention as K  # noqa: E402
 from fast_timesformer.kernels import naive as N  # noqa: E402

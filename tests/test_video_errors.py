@@ -1,7 +1,6 @@
 """Video folders with unreadable files, files that fail during training, and the held-out split of a folder
 without val/ (issue 9). Every test writes its own tiny videos with PyAV."""
 import json
-import os
 import re
 
 import pytest

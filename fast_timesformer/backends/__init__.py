@@ -1,4 +1,10 @@
 """Attention backends: how attention is computed. See :mod:`.registry` for the contract."""
+from . import fastformer as _fastformer
+from . import flex as _flex
+from . import performer as _performer
+from . import recording as _recording
+from . import regular as _regular
+from . import xformers_backend as _xformers
 from .common import reference_attention
 from .registry import (
     AttentionCore,
@@ -12,12 +18,6 @@ from .registry import (
     resolve_backend,
     unregister_backend,
 )
-from . import fastformer as _fastformer
-from . import flex as _flex
-from . import performer as _performer
-from . import recording as _recording
-from . import regular as _regular
-from . import xformers_backend as _xformers
 
 for _mod in (_regular, _performer, _fastformer, _xformers, _recording, _flex):
     register_backend(_mod.BACKEND)

@@ -42,8 +42,7 @@ import torch
 
 from .._names import unknown_name_error
 from .common import empty_attention, per_group, with_prefix
-from .registry import (EXACT_TOLERANCES, AttentionCore, Backend, BackendUnavailable, Compiled, _describe,
-                       check_inputs)
+from .registry import EXACT_TOLERANCES, AttentionCore, Backend, BackendUnavailable, Compiled, _describe, check_inputs
 
 __all__ = ["FlexCore", "BACKEND", "LAYOUTS", "MASK_CACHE", "COMPILE_SECONDS", "CPU_BACKWARD_REASON",
            "DISPATCH_MODE_REASON", "COMPILED_DTYPES"]

@@ -19,7 +19,7 @@ import sys
 import torch
 
 from .common import empty_attention
-from .registry import AttentionCore, Backend, BackendUnavailable, check_inputs, _describe
+from .registry import AttentionCore, Backend, BackendUnavailable, _describe, check_inputs
 
 _KERNELS = "fast_timesformer.kernels.divided_attention"
 NEED_GPU = ("Triton kernels need a CUDA GPU (set TRITON_INTERPRET=1 to run on CPU, slowly, for tests)")

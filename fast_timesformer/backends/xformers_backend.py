@@ -6,9 +6,9 @@ cannot run (no CUDA, C++ ops not built for this torch, dtype) ``why_not`` relays
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
-import contextlib
 import warnings
 
 import torch

@@ -40,6 +40,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[2]
 # the contenders, by design (docs/triton.md: our Triton kernel vs the best SDPA): named once, in .kernels
 from .kernels import CONTENDERS, KERNEL, SDPA, is_sdpa, sdpa_label  # noqa: E402
+
 LOG = "gpu_check.log"
 TOTAL_LIMIT_S = 480  # the limit for the whole command on one H100/H200
 

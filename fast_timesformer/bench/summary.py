@@ -4,9 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from .measure import spread_text
+from .measure import FLOPS_METHOD, spread_text
 from .plots import _size_pairs, _sweep_base, schemes_in
-from .measure import FLOPS_METHOD
 from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results, peer_ratios
 from .workloads import scheme_label
 

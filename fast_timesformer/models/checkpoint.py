@@ -38,9 +38,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ..devices import check_device  # noqa: F401 (re-exported: models.checkpoint.check_device)
 from ..errors import CheckpointConfigError, CorruptCheckpointError, FastTimesformerError
 from ..errors import first_line as _first_line
-from ..devices import check_device  # noqa: F401 (re-exported: models.checkpoint.check_device)
 from .resample import resample_pos_embed, resample_time_embed, to_hw
 
 __all__ = [

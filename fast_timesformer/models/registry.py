@@ -22,10 +22,10 @@ base                              8      32    768   image size and classes from
 """
 from __future__ import annotations
 
-from .._names import unknown_name_error
 import fnmatch
 from typing import Callable, Optional
 
+from .._names import unknown_name_error
 from .timesformer import TimeSformer
 
 __all__ = ["register_model", "create_model", "list_models", "model_config", "is_model", "PRESETS"]

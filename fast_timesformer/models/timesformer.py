@@ -33,14 +33,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .. import fused
 from .._names import unknown_name_error
 from ..attention import DividedAttention
 from ..backends.spec import parse_backend_spec
 from ..groups import TokenGroups
-from .. import fused
-from .layers import init_linear_and_norm_
 from ..schemes import Scheme, get_scheme
 from . import checkpoint as checkpoint_io
+from .layers import init_linear_and_norm_
 from .timesformer_layouts import TIMESFORMER_LAYOUT
 
 __all__ = ["TimeSformer", "Block", "Mlp", "PatchEmbed", "DropPath", "CLS_MODES", "count_parameters"]

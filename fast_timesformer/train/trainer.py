@@ -58,11 +58,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from ..backends.spec import parse_backend_spec
 from ..errors import BadVideoError, CorruptCheckpointError, FastTimesformerError, TrainingInterrupted, WriteFailedError
 from . import checkpoint as ckpt
 from .data import BouncingShapes, ClipTransform, build_train_eval
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed, wrap_ddp
-from ..backends.spec import parse_backend_spec
 
 __all__ = ["TrainConfig", "Trainer", "MODEL_PRESETS", "parse_backend", "build_model", "model_spec",
            "lr_at", "task_of", "load_trained_model", "predict_video", "EarlierRunError", "earlier_run_files",
