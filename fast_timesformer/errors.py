@@ -8,7 +8,10 @@ catch the family or one member.
 """
 from __future__ import annotations
 
-__all__ = ["FastTimesformerError", "CorruptCheckpointError", "BadVideoError", "DeviceUnavailableError"]
+import importlib.metadata
+
+__all__ = ["FastTimesformerError", "CorruptCheckpointError", "BadVideoError", "DeviceUnavailableError",
+           "MissingDependencyError", "BrokenDependencyError", "import_failure"]
 
 
 class FastTimesformerError(Exception):
@@ -92,3 +95,26 @@ def first_line(e: BaseException) -> str:
     """``"TypeName: first non-empty line of the message"``: an exception from a library quoted in our one line."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+class MissingDependencyError(FastTimesformerError, ImportError):
+    """An optional package or comparison peer is not installed (``importlib.metadata`` finds no such
+    distribution); the message names the extra that brings it."""
+
+
+class BrokenDependencyError(FastTimesformerError, ImportError):
+    """An optional package or comparison peer is installed but fails to import (a broken or incompatible
+    release, a shadowing folder on ``sys.path``); the message quotes the real ImportError. Never reported as
+    "not installed", and never a skip: it is a fault to fix, not a choice."""
+
+
+def import_failure(distribution: str, error: ImportError, extra: str = "") -> ImportError:
+    """The true error for a failed ``import`` of an optional package: :class:`MissingDependencyError` only when
+    ``importlib.metadata`` has no distribution ``distribution``, else :class:`BrokenDependencyError` quoting
+    ``error``. Use as ``except ImportError as e: raise import_failure("transformers", e, "bench") from e``."""
+    try:
+        version = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        hint = f" (pip install 'fast_timesformer[{extra}]')" if extra else ""
+        return MissingDependencyError(f"{distribution} is not installed{hint}")
+    return BrokenDependencyError(f"{distribution} {version} is installed but fails to import: {first_line(error)}")

@@ -22,6 +22,7 @@ Equivalent PyTorch code (softmax backends)::
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import inspect
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from .._names import lookup, unknown_name_error
+from ..errors import first_line, import_failure
 from .common import per_group, with_prefix
 
 __all__ = [
@@ -47,6 +49,19 @@ __all__ = [
     "KINDS",
     "EXACT_TOLERANCES",
 ]
+
+
+def _missing(module: str, distribution: str) -> str:
+    """Why the optional ``module`` is absent ("" when it can be found; found but broken shows at build, where
+    :meth:`Backend.build` quotes the real ImportError). "Not installed" only when ``importlib.metadata`` has no
+    ``distribution`` (looked up without importing: listing the backends stays cheap)."""
+    if importlib.util.find_spec(module) is not None:
+        return ""
+    try:
+        version = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return f"python package {distribution!r} is not installed (pip install {distribution})"
+    return f"{distribution} {version} is installed but provides no module {module!r}"
 
 
 class BackendUnavailable(RuntimeError):
@@ -473,12 +488,17 @@ class Backend:
         missing = self.unavailable_reasons()
         if missing:
             raise BackendUnavailable(self.name, missing, "on this machine")
-        return self.factory(self, dim_head=dim_head, heads=heads, **options)
+        try:
+            return self.factory(self, dim_head=dim_head, heads=heads, **options)
+        except ImportError as e:  # a required package that is installed but does not import: quoted as it is
+            top = (e.name or "").split(".")[0]
+            named = [m for m in self.requires if m == top] or (list(self.requires) if len(self.requires) == 1 else [])
+            why = str(import_failure(self.pip_name(named[0]), e)) if named else f"an import fails: {first_line(e)}"
+            raise BackendUnavailable(self.name, [why], "on this machine") from e
 
     def unavailable_reasons(self) -> list[str]:
         """Why this backend cannot run on this machine at all (independent of the inputs)."""
-        out = [f"python package {mod!r} is not installed (pip install {self.pip_name(mod)})"
-               for mod in self.requires if importlib.util.find_spec(mod) is None]
+        out = [why for mod in self.requires if (why := _missing(mod, self.pip_name(mod)))]
         if not out and self.availability is not None:
             out += list(self.availability())
         return out

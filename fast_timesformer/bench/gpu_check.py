@@ -508,10 +508,14 @@ def stage_targets(ctx: Ctx) -> dict:
             ctx.log(f"  {label}: {rec['median_s'] * 1e3:.2f} ms (n={rec['n_times']}), peak "
                     f"{rec['peak_mem_bytes'] / 2 ** 20:.1f} MiB above start")
         except Exception as e:  # noqa: BLE001
+            from ..errors import BrokenDependencyError
             from .measure import is_oom
 
             rec = {"impl": impl, "backend": backend, "label": label,
                    "status": "oom" if is_oom(e) else "error", "reason": one_line(f"{type(e).__name__}: {e}", 300)}
+            if isinstance(e, BrokenDependencyError):  # a peer that is installed but does not import: a fault
+                rec["status"] = "failed"
+                out["failed"] = f"{label}: {rec['reason']}"
             ctx.log(f"  {label}: {rec['status']}: {rec['reason']}")
         out["train"].append(rec)
         ctx.save(out)
@@ -585,7 +589,10 @@ def run_stage(name: str, out: Path, dry: bool, budget_s: float, work: Path, inst
         time.sleep(3600)
     data = {"note": "skipped on purpose (test hook)"} if f"quick:{name}" in hooks else STAGE_FUNCS[name](ctx)
     status = "ok"
-    if time.monotonic() > deadline:
+    if data.get("failed"):  # a measurement the stage owes could not be made (a peer failed to import)
+        status = "failed"
+        data["reason"] = data["failed"]
+    elif time.monotonic() > deadline:
         status = "partial"
         data["reason"] = "the stage's time budget ran out: later items not run (see 'not run' entries)"
     ctx.save(data, status=status)

@@ -65,10 +65,10 @@ def evaluate_targets(results: dict, total_s: float, limit: float = 480, dry: boo
     def thr(tid):  # the threshold as declared in TARGETS (the one place the numbers live)
         return next(t[2] for t in TARGETS if t[0] == tid)
 
-    def add(tid, value, met, shown, why=""):
+    def add(tid, value, met, shown, why="", failed=False):
         t = next(t for t in TARGETS if t[0] == tid)
         out.append({"id": tid, "what": t[1], "threshold": t[2], "source": t[3], "value": value, "met": met,
-                    "shown": shown, "why": why})
+                    "shown": shown, "why": why, "failed": failed})
 
     def correctness(tid, rows):
         if not rows:
@@ -118,8 +118,11 @@ def evaluate_targets(results: dict, total_s: float, limit: float = 480, dry: boo
             add(tid, None, None, "-", "not timed")
     tr = {r.get("label"): r for r in train if r.get("status") == "ok"}
     t_tri, t_reg, t_hf = tr.get(KERNEL_LABEL), tr.get(SDPA_LABEL), tr.get("Hugging Face")
+    hf_failed = next((r for r in train if r.get("label") == "Hugging Face" and r.get("status") == "failed"), None)
     for tid, a, b in (("train-vs-hf", t_hf, t_tri), ("train-vs-regular", t_reg, t_tri)):
-        if a and b:
+        if tid == "train-vs-hf" and hf_failed:
+            add(tid, None, False, "-", f"Hugging Face: {hf_failed['reason']}", failed=True)
+        elif a and b:
             sp = a["median_s"] / b["median_s"]
             add(tid, sp, sp >= thr(tid), f"{sp:.2f}x ({a['median_s'] * 1e3:.1f} vs {b['median_s'] * 1e3:.1f} ms)")
         else:
@@ -129,6 +132,8 @@ def evaluate_targets(results: dict, total_s: float, limit: float = 480, dry: boo
         ratio = t_tri["peak_mem_bytes"] / t_hf["peak_mem_bytes"]
         add("train-memory", ratio, ratio <= thr("train-memory"), f"{ratio:.2f} ({_mem(t_tri['peak_mem_bytes'])} vs "
                                                  f"{_mem(t_hf['peak_mem_bytes'])})")
+    elif hf_failed:
+        add("train-memory", None, False, "-", f"Hugging Face: {hf_failed['reason']}", failed=True)
     else:
         add("train-memory", None, None, "-", "not measured")
     recs = sweep.get("records", [])
@@ -156,7 +161,8 @@ def format_targets(targets: list) -> str:
     """The short table printed last: every target, met or not, with its figure."""
     from ..cli import format_table
 
-    rows = [{"target": t["id"], "met": {True: "MET", False: "NOT MET", None: "not measured"}[t["met"]],
+    rows = [{"target": t["id"], "met": "FAILED" if t.get("failed") else
+             {True: "MET", False: "NOT MET", None: "not measured"}[t["met"]],
              "figure": t["shown"], "needed": _needed(t)} for t in targets]
     text = "targets:\n" + format_table(rows, ["target", "met", "figure", "needed"])
     notes = [f"- {t['id']}: {t['why']}" for t in targets if t["why"]]
@@ -363,8 +369,8 @@ def write_summary(results: dict, targets: list, path: Path, total_s: float, dry:
     smi = (env.get("nvidia_smi") or {}).get("gpus")
     if smi:
         lines += ["- nvidia-smi: " + "; ".join(f"{k} {val}" for k, val in smi[0].items()), ""]
-    lines += ["## Targets", "", _md([{"target": t["id"], "what": t["what"], "met": {True: "met", False: "**not met**",
-                                                                                    None: "not measured"}[t["met"]],
+    lines += ["## Targets", "", _md([{"target": t["id"], "what": t["what"], "met": "**failed**" if t.get("failed") else {
+        True: "met", False: "**not met**", None: "not measured"}[t["met"]],
                                       "figure": t["shown"], "needed": _needed(t), "source": t["source"],
                                       "note": t["why"]} for t in targets],
                                     ["target", "what", "met", "figure", "needed", "source", "note"]), ""]

@@ -35,6 +35,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..errors import MissingDependencyError, import_failure
+
 IMPLS = ("attention", "ours", "hf", "lucidrains")
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -275,11 +277,18 @@ def hf_attention_type(scheme: str) -> Optional[str]:
     return next((hf for hf, ours in HF_SCHEMES.items() if ours == scheme), None)
 
 
+def _peer_failure(distribution: str, error: ImportError) -> Exception:
+    """A peer that is not installed is a :class:`Skip` (the point is not part of this machine's comparison);
+    one that is installed but fails to import is an error quoting the real ImportError, never a skip."""
+    err = import_failure(distribution, error, "bench")
+    return Skip(str(err)) if isinstance(err, MissingDependencyError) else err
+
+
 def _hf(w: Workload, ours: Optional[nn.Module]):
     try:
         from transformers import TimesformerConfig, TimesformerForVideoClassification
     except ImportError as e:
-        raise Skip(f"transformers is not installed: {e}") from None
+        raise _peer_failure("transformers", e) from e
     attention_type = hf_attention_type(w.scheme)
     if attention_type is None:
         raise Skip(f"Hugging Face Timesformer has no {w.scheme} scheme")
@@ -322,7 +331,7 @@ def _lucidrains(w: Workload):
     try:
         from timesformer_pytorch import TimeSformer as LucidTimeSformer
     except ImportError as e:
-        raise Skip(f"timesformer-pytorch is not installed: {e}") from None
+        raise _peer_failure("timesformer-pytorch", e) from e
     if w.scheme != "divided_space_time":
         raise Skip("timesformer-pytorch implements divided space-time attention only")
     model = LucidTimeSformer(dim=w.dim, image_size=w.image_size, patch_size=w.patch_size, num_frames=w.frames,

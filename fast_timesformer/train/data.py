@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..errors import BadVideoError
+from ..errors import BadVideoError, import_failure
 
 __all__ = [
     "MovingShapes", "BouncingShapes", "VideoFolder", "VIDEO_EXTENSIONS", "read_video", "check_video",
@@ -317,8 +317,8 @@ KINETICS_STD = (0.225, 0.225, 0.225)
 def _import_av():
     try:
         import av
-    except ImportError as e:  # pragma: no cover - av is in the `video` extra
-        raise ImportError("decoding video files needs PyAV: pip install 'fast_timesformer[video]'") from e
+    except ImportError as e:  # av is in the `video` extra; a broken install is quoted, not called missing
+        raise import_failure("av", e, "video") from e
     return av
 
 
