@@ -13,6 +13,7 @@ SUBCOMMAND_MODULES = (
     "fast_timesformer.models.cli",
     "fast_timesformer.bench.cli",
     "fast_timesformer.train.cli",
+    "fast_timesformer.train.data_cli",
     "fast_timesformer.explain.cli",
 )
 

@@ -21,7 +21,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 from ..errors import BadVideoError, import_failure
 
 __all__ = [
-    "MovingShapes", "BouncingShapes", "VideoFolder", "VIDEO_EXTENSIONS", "read_video", "check_video",
+    "MovingShapes", "BouncingShapes", "VideoFolder", "VIDEO_EXTENSIONS", "read_video", "read_video_frames",
+    "check_video",
     "sample_frame_indices", "resize_short_side", "crop", "normalize", "preprocess_clip", "ClipTransform",
     "build_dataset", "build_train_eval", "stratified_split", "DEFAULT_VAL_FRACTION",
 ]
@@ -357,6 +358,12 @@ def read_video(path: str, num_frames: int, mode: str = "uniform", *,
 
     A file that cannot be opened or decoded raises :class:`~fast_timesformer.errors.BadVideoError`
     naming it (a ``ValueError``); a missing file raises ``FileNotFoundError``."""
+    return read_video_frames(path, lambda n: sample_frame_indices(n, num_frames, mode, generator=generator))
+
+
+def read_video_frames(path: str, pick: Callable[[int], Sequence[int]]) -> torch.Tensor:
+    """Decode the frames ``pick(number of frames in the video)`` names: uint8 tensor (len, 3, H, W), RGB.
+    :func:`read_video` picks one clip; multi-view testing picks several clips' frames at once."""
     av = _import_av()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such video file: {path}")
@@ -376,7 +383,7 @@ def read_video(path: str, num_frames: int, mode: str = "uniform", *,
             raise BadVideoError((path, f"cannot decode frame {len(frames)} ({_av_problem(e)})")) from None
     if not frames:
         raise BadVideoError((path, "no frame could be decoded"))
-    idx = sample_frame_indices(len(frames), num_frames, mode, generator=generator)
+    idx = list(pick(len(frames)))
     try:
         arrays = {i: torch.from_numpy(frames[i].to_ndarray(format="rgb24")) for i in set(idx)}
     except Exception as e:
