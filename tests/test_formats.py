@@ -201,3 +201,39 @@ def test_ssv2_template_not_in_labels(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "something-something-v2-train.json: entry 3 (id 14): template 'Spinning something' is not in" in err
     assert not (tmp_path / "lists").exists()  # nothing written
+
+
+# ---- training sets from list files ------------------------------------------------------------------
+def test_list_train_eval_sets(tmp_path, clips):
+    (tmp_path / "classes.txt").write_text("jump\nrun\n")
+    (tmp_path / "train.txt").write_text("a.mp4 jump\nb.mp4 run\nwith space/c d.mp4 1\n")
+    (tmp_path / "val.txt").write_text("e.mp4 0\n")
+    train, ev, info = F.build_list_train_eval(str(tmp_path / "train.txt"), data_root=str(clips),
+                                              classes=str(tmp_path / "classes.txt"), val_list=str(tmp_path / "val.txt"),
+                                              num_frames=4, image_size=16)
+    assert train.classes == ev.classes == ["jump", "run"]
+    assert [label for _, label in train.samples] == [0, 1, 1] and len(ev) == 1
+    assert info["eval"] == "list" and info["train_files"] == 3
+    x, y = train[2]
+    assert x.shape == (4, 3, 16, 16) and y == 1
+    assert ev.transform.crop == "center" and train.transform.crop == "random"
+    # without an evaluation list: a held-out split, as for a folder without val/
+    train, ev, info = F.build_list_train_eval(str(tmp_path / "train.txt"), data_root=str(clips),
+                                              classes=str(tmp_path / "classes.txt"), num_frames=4, image_size=16,
+                                              val_fraction=0.5)
+    assert info["eval"] == "held-out" and len(train) + len(ev) == 3 and len(ev) == 1
+    with pytest.raises(ValueError, match="--val-fraction splits a training list given without one"):
+        F.build_list_train_eval(str(tmp_path / "train.txt"), data_root=str(clips), val_list=str(tmp_path / "val.txt"),
+                                classes=str(tmp_path / "classes.txt"), val_fraction=0.2)
+
+
+def test_list_files_get_the_folder_scan(tmp_path, clips):
+    from fast_timesformer.errors import BadVideoError
+
+    (clips / "broken.mp4").write_bytes(b"not a video")
+    (tmp_path / "train.txt").write_text("a.mp4 0\nbroken.mp4 1\nb.mp4 1\n")
+    with pytest.raises(BadVideoError, match="broken.mp4: cannot be opened as a video"):
+        F.build_list_train_eval(str(tmp_path / "train.txt"), data_root=str(clips), num_frames=4, image_size=16)
+    train, _, info = F.build_list_train_eval(str(tmp_path / "train.txt"), data_root=str(clips), num_frames=4,
+                                             image_size=16, skip_bad=True, val_fraction=0)
+    assert len(train) == 2 and [p for p, _ in info["skipped"]] == [str(clips / "broken.mp4")]

@@ -43,7 +43,7 @@ from ..errors import FastTimesformerError
 
 __all__ = [
     "ListFileError", "ListEntry", "read_classes", "read_list_file", "check_disjoint", "write_list_file",
-    "Conversion", "convert_kinetics", "convert_ssv2", "SSV2_FILES", "FIRST_FEW",
+    "Conversion", "convert_kinetics", "convert_ssv2", "SSV2_FILES", "FIRST_FEW", "build_list_train_eval",
 ]
 
 FIRST_FEW = 5  # how many missing or unreadable clips a report names
@@ -350,3 +350,66 @@ def convert_ssv2(annotations: str, out: str, *, videos: Optional[str] = None, ch
             else:
                 conv.missing[split].append(clip)
     return _finish(conv, found, check)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training and evaluation sets from list files
+# ---------------------------------------------------------------------------------------------------
+def _scanned(dataset, skip_bad: bool):
+    """The scan a class folder's files get (:func:`~fast_timesformer.train.data.check_video` on every
+    file; unreadable ones refused in one line, or left out with ``skip_bad``)."""
+    from ..errors import BadVideoError
+    from .data import check_video
+
+    problems = [(p, why) for p, _ in dataset.samples if (why := check_video(p)) is not None]
+    if problems and not skip_bad:
+        raise BadVideoError(problems)
+    bad = {p for p, _ in problems}
+    dataset.skipped = problems
+    dataset.samples = [(p, label) for p, label in dataset.samples if p not in bad]
+    if not dataset.samples:
+        raise BadVideoError(problems)
+    return dataset
+
+
+def build_list_train_eval(list_path: str, *, data_root: Optional[str] = None, classes: Optional[str] = None,
+                          val_list: Optional[str] = None, num_frames: int = 8, image_size: int = 224, seed: int = 0,
+                          val_fraction: Optional[float] = None, skip_bad: bool = False):
+    """(training set, evaluation set or ``None``, description) from list files, as
+    :func:`~fast_timesformer.train.data.build_train_eval` gives them for a folder.
+
+    ``data_root``: the folder the lists' paths are relative to (default: the training list's folder).
+    ``classes``: a class-name file (default: the classes the training list implies). ``val_list``: the
+    evaluation list; without one, a seeded class-stratified ``val_fraction`` of the training list is held
+    out, as for a folder without ``val/``. The files are scanned as a folder's are."""
+    from .data import DEFAULT_VAL_FRACTION, VideoFolder, _folder_transforms, stratified_split
+
+    root = os.path.dirname(os.path.abspath(list_path)) if data_root is None else data_root
+    names = read_classes(classes) if classes is not None else None
+    entries, names = read_list_file(list_path, root, names)
+    t_train, t_eval = _folder_transforms(num_frames, image_size)
+
+    def dataset(rows, transform):
+        return VideoFolder(root, transform, seed=seed, classes=names, samples=[(e.file, e.label) for e in rows])
+
+    if val_list is not None:
+        if val_fraction is not None:
+            raise ValueError(f"--val-dataset {val_list} is the evaluation set; --val-fraction splits a training "
+                             "list given without one")
+        held, _ = read_list_file(val_list, root, names)
+        check_disjoint(entries, list_path, held, val_list)
+        train, evalset = _scanned(dataset(entries, t_train), skip_bad), _scanned(dataset(held, t_eval), skip_bad)
+        return train, evalset, {"eval": "list", "train_list": list_path, "eval_list": val_list, "data_root": root,
+                                "train_files": len(train), "eval_files": len(evalset),
+                                "skipped": train.skipped + evalset.skipped}
+    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
+    whole = _scanned(dataset(entries, t_train), skip_bad)
+    train_idx, held_idx = stratified_split([label for _, label in whole.samples], fraction, seed)
+    train = VideoFolder(root, t_train, seed=seed, classes=names, samples=[whole.samples[i] for i in train_idx])
+    train.skipped = whole.skipped
+    evalset = None
+    if held_idx:
+        evalset = VideoFolder(root, t_eval, seed=seed, classes=names, samples=[whole.samples[i] for i in held_idx])
+    return train, evalset, {"eval": "held-out" if held_idx else "none", "train_list": list_path, "data_root": root,
+                            "val_fraction": fraction, "split_seed": seed, "train_files": len(train_idx),
+                            "eval_files": len(held_idx), "skipped": whole.skipped}
