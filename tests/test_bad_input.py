@@ -275,7 +275,8 @@ def test_only_a_well_formed_pickle_naming_a_global_is_unsafe(tmp_path):
 
 # ---- training checkpoints through from_pretrained ----------------------------------------------------
 def _train(tmp_path, **kw):
-    from fast_timesformer.train.trainer import TrainConfig, Trainer
+    from fast_timesformer.train.config import TrainConfig
+    from fast_timesformer.train.trainer import Trainer
 
     base = dict(model='{"dim": 32, "depth": 1, "heads": 4, "dim_head": 8, "patch_size": 8, "mlp_ratio": 2.0}',
                 num_frames=4, image_size=16, train_samples=8, eval_samples=4, batch=4, steps=1, num_classes=2,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fast_timesformer.train import checkpoint as ckpt
-from fast_timesformer.train.trainer import TrainConfig, Trainer
+from fast_timesformer.train.config import TrainConfig
+from fast_timesformer.train.trainer import Trainer
 
 MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
 ARGS = ["--model", MODEL, "--frames", "4", "--image-size", "16", "--train-samples", "16", "--eval-samples", "6",

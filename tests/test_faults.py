@@ -18,7 +18,8 @@ from fast_timesformer.errors import (
     WriteFailedError,
 )
 from fast_timesformer.train import checkpoint as ckpt
-from fast_timesformer.train.trainer import TrainConfig, Trainer
+from fast_timesformer.train.config import TrainConfig
+from fast_timesformer.train.trainer import Trainer
 
 MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
 ARGS = ["--model", MODEL, "--frames", "4", "--image-size", "16", "--train-samples", "12", "--eval-samples", "4",
@@ -263,10 +264,10 @@ _MASK_AT_WORKER_START: set = set()
 
 def _record_mask_then_init(worker_id):
     """Runs first in the worker: what the worker was started with, then the trainer's own init."""
-    from fast_timesformer.train import trainer as tr
+    from fast_timesformer.train import guards
 
     _MASK_AT_WORKER_START.update(signal.pthread_sigmask(signal.SIG_BLOCK, []))
-    tr._worker_init(worker_id)
+    guards.worker_init(worker_id)
 
 
 class _WorkerSignalState(torch.utils.data.Dataset):
@@ -284,11 +285,11 @@ def test_workers_start_with_the_stop_signals_blocked():
     instruction until _worker_init ignores and unblocks them; this process's own mask is restored."""
     from torch.utils.data import DataLoader
 
-    from fast_timesformer.train import trainer as tr
+    from fast_timesformer.train import guards
 
     before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     loader = DataLoader(_WorkerSignalState(), batch_size=None, num_workers=1, worker_init_fn=_record_mask_then_init)
-    (term_blocked, int_blocked, ignored, still_blocked), = [x.tolist() for x in tr._start_workers(loader)]
+    (term_blocked, int_blocked, ignored, still_blocked), = [x.tolist() for x in guards.start_workers(loader)]
     assert term_blocked and int_blocked  # blocked from the start
     assert ignored and not still_blocked  # then ignored and unblocked by _worker_init
     assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before

@@ -246,7 +246,7 @@ def test_scheme_options_travel_with_the_model():
 
 def test_command_line_scheme_option():
     from fast_timesformer.train.cli import _add_train_args, config_from_args
-    from fast_timesformer.train.trainer import build_model, model_spec
+    from fast_timesformer.train.config import build_model, model_spec
 
     p = argparse.ArgumentParser()
     _add_train_args(p)

@@ -75,7 +75,8 @@ def test_registered_scheme_runs_forward_and_backward(time_then_joint):
 
 def test_registered_scheme_trains_and_is_on_the_command_line(time_then_joint, tmp_path, capsys):
     from fast_timesformer.cli import main as cli_main
-    from fast_timesformer.train.trainer import TrainConfig, Trainer
+    from fast_timesformer.train.config import TrainConfig
+    from fast_timesformer.train.trainer import Trainer
 
     cfg = TrainConfig(model="tiny", scheme=time_then_joint, num_frames=3, image_size=16, num_classes=2,
                       train_samples=8, eval_samples=4, batch=4, steps=1, out_dir=str(tmp_path / "run"),

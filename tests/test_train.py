@@ -5,8 +5,10 @@ import os
 import pytest
 import torch
 
+from fast_timesformer.backends.spec import parse_backend_spec
 from fast_timesformer.train import checkpoint as ckpt
-from fast_timesformer.train.trainer import TrainConfig, Trainer, _param_groups, lr_at, parse_backend
+from fast_timesformer.train.config import TrainConfig
+from fast_timesformer.train.trainer import Trainer, _param_groups, lr_at
 
 
 def tiny(tmp_path, **kw) -> TrainConfig:
@@ -165,10 +167,10 @@ def test_lr_schedule_and_backend_spec():
     assert lrs[2] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + torch.cos(
         torch.tensor(7 / 8 * torch.pi)).item()))
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # decays after warmup
-    assert parse_backend("regular") == "regular"
-    assert parse_backend("time=regular, space=performer") == {"time": "regular", "space": "performer"}
+    assert parse_backend_spec("regular").to_json() == "regular"
+    assert parse_backend_spec("time=regular, space=performer").to_json() == {"time": "regular", "space": "performer"}
     with pytest.raises(ValueError, match="step=name"):
-        parse_backend("time=,space=performer")
+        parse_backend_spec("time=,space=performer")
 
 
 def test_per_step_backend_and_bf16_autocast(tmp_path):
@@ -289,7 +291,7 @@ def test_future_frame_prediction_trains(tmp_path):
     assert out["split"] == "eval" and out["mse"] > 0 and out["copy_last_mse"] > 0
     meta = ckpt.read_metadata(str(tmp_path / "last.safetensors"))
     assert meta["extra"]["task"] == "predict"
-    from fast_timesformer.train.trainer import load_trained_model
+    from fast_timesformer.train.inference import load_trained_model
 
     model, _ = load_trained_model(str(tmp_path / "last.safetensors"))
     x, _ = t.eval_set[0]
@@ -325,7 +327,7 @@ def one_error_line(err):
 
 
 def test_a_fresh_start_in_a_used_folder_is_refused_and_touches_nothing(tmp_path, capsys):
-    from fast_timesformer.train.trainer import EarlierRunError
+    from fast_timesformer.train.run_folder import EarlierRunError
 
     out = tmp_path / "run"
     first = ["train", *ARGS, "--steps", "6", "--save-every", "1", "--out", str(out)]
@@ -442,7 +444,7 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_loses_nothing(tmp_p
     after = folder_bytes(out)
     assert after.pop("metrics.jsonl.new")  # the new run's records so far, beside the earlier ones
     assert after == before
-    model, meta = __import__("fast_timesformer.train.trainer", fromlist=["x"]).load_trained_model(
+    model, meta = __import__("fast_timesformer.train.inference", fromlist=["x"]).load_trained_model(
         str(out / "last.safetensors"))
     assert meta["step"] == 4 and meta["config"]["lr"] == 3e-3
     resumed = Trainer(tiny(out, **kw, resume="auto"))
@@ -501,7 +503,7 @@ def test_no_eval_runs_no_evaluation(tmp_path, capsys):
 def test_experiment_refuses_a_used_folder_and_overwrite_replaces_it(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from fast_timesformer.train.experiment import run_experiment
-    from fast_timesformer.train.trainer import EarlierRunError
+    from fast_timesformer.train.run_folder import EarlierRunError
 
     small = dict(schemes=["space_only"], steps=1, progress=False, train_samples=8, eval_samples=4, batch=4, draws=1)
     run_experiment("cpu", out_dir=str(tmp_path), **small)

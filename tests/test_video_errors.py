@@ -9,7 +9,8 @@ import torch
 from fast_timesformer.errors import BadVideoError
 from fast_timesformer.train import checkpoint as ckpt
 from fast_timesformer.train import data as D
-from fast_timesformer.train.trainer import TrainConfig, Trainer
+from fast_timesformer.train.config import TrainConfig
+from fast_timesformer.train.trainer import Trainer
 
 av = pytest.importorskip("av", reason="PyAV (the 'video' extra) is not installed")
 

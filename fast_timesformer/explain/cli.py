@@ -38,7 +38,7 @@ def load_model_for_explain(path: str, device: str = "cpu"):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         if _is_train_checkpoint(path):
-            from ..train.trainer import load_trained_model
+            from ..train.inference import load_trained_model
 
             model, meta = load_trained_model(path, device)
             extra = meta.get("extra", {})

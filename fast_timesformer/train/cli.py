@@ -97,7 +97,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    from .trainer import TrainConfig
+    from .config import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -136,7 +136,7 @@ def cmd_train(args) -> int:
             if trainer.dist.is_main:
                 shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
                 print(json.dumps(shown))
-                print(f"checkpoints in {cfg.out_dir}, metrics in {trainer.metrics_path}"
+                print(f"checkpoints in {cfg.out_dir}, metrics in {trainer.folder.metrics_path}"
                       + ("" if cfg.evaluate else "; no evaluation (--no-eval)"))
     except TrainingInterrupted as e:
         cleanup_distributed(sync=False)
@@ -162,10 +162,10 @@ def _interrupted_at_once(trainer) -> str:
         return "interrupted before training started; nothing was saved"
     from . import checkpoint as ckpt
 
-    last = trainer.last_path
-    if trainer._replacing:  # --overwrite, before this run's first checkpoint: what is there is the earlier run's
+    last = trainer.folder.last_path
+    if trainer.folder.replacing:  # --overwrite, before this run's first checkpoint: what is there is the earlier run's
         return (f"interrupted at once at step {trainer.step} (a second Ctrl-C); this run saved no checkpoint, and "
-                f"the earlier run's files in {trainer.out_dir} are unchanged")
+                f"the earlier run's files in {trainer.folder.out_dir} are unchanged")
     if os.path.isfile(last) and ckpt.check_checkpoint(last) is None:
         saved = ckpt.read_metadata(last).get("step")
         return (f"interrupted at once at step {trainer.step} (a second Ctrl-C); the last checkpoint is {last} "
@@ -174,7 +174,7 @@ def _interrupted_at_once(trainer) -> str:
 
 
 def cmd_predict(args) -> int:
-    from .trainer import predict_video
+    from .inference import predict_video
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be a whole number >= 1, got {args.top_k}")

@@ -26,7 +26,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from .trainer import EarlierRunError, TrainConfig, Trainer, describe_files, earlier_run_files
+from .config import TrainConfig
+from .run_folder import EarlierRunError, describe_files, earlier_run_files
+from .trainer import Trainer
 
 __all__ = ["PRESETS", "SWAPS", "swaps", "run_experiment", "write_table", "plot_results"]
 
@@ -139,8 +141,8 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
             f"{k} {v['acc']:.3f}" if v["acc"] is not None else f"{k} n/a" for k, v in row["swaps"].items()),
             flush=True)
     results = {
-        "preset": preset, "settings": settings, "draws": draws, "swaps": [{"label": l, "backend": b, "options": o}
-                                                          for l, b, o in todo],
+        "preset": preset, "settings": settings, "draws": draws, "swaps": [{"label": label, "backend": b, "options": o}
+                                                          for label, b, o in todo],
         "rows": rows, "environment": {"torch": torch.__version__, "python": platform.python_version(),
                                       "machine": platform.machine(), "threads": torch.get_num_threads(),
                                       "device": str(trainer.device)},
@@ -158,7 +160,7 @@ RESULT_FILES = ("results.json", "results.md", "accuracy.png")
 
 
 def _check_out_dir(out_dir: str, schemes: Sequence[str], overwrite: bool) -> None:
-    """Refuse (:class:`~fast_timesformer.train.trainer.EarlierRunError`, one line) an ``out_dir`` that holds
+    """Refuse (:class:`~fast_timesformer.train.run_folder.EarlierRunError`, one line) an ``out_dir`` that holds
     an earlier experiment's results or a run of one of ``schemes``, unless ``overwrite``."""
     if overwrite:
         return
