@@ -355,7 +355,9 @@ class DividedAttention(nn.Module):
             y = drop(y)
         if fc is not None:
             y = fc(y)
-            if zero_cls:
+            if zero_cls and torch.compiler.is_exporting():  # no write into a slice: ONNX export (see
+                y = torch.cat([torch.zeros_like(y[:, :1]), y[:, 1:]], 1)  # backends.common) mistranslates it
+            elif zero_cls:
                 y[:, :1] = 0  # in place on fc's fresh output (cheaper than re-concatenating x)
         return y
 

@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "fast_timesformer.train.cli",
     "fast_timesformer.train.data_cli",
     "fast_timesformer.explain.cli",
+    "fast_timesformer.export",
 )
 
 
@@ -31,7 +32,7 @@ def cmd_backends(args) -> int:
     from . import get_backend, list_backends
 
     rows = [get_backend(n).describe() for n in list_backends()]
-    print(format_table(rows, ["name", "kind", "devices", "dtypes", "backward", "dropout", "masks", "status"]))
+    print(format_table(rows, ["name", "kind", "devices", "dtypes", "backward", "dropout", "masks", "export", "status"]))
     return 0
 
 

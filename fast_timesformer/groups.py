@@ -255,7 +255,10 @@ class SequenceMask:
         return mask_mod
 
     def dense(self, device=None) -> torch.Tensor:
-        """(G, L, L) bool: which positions of each group's sequence meet (cached per device)."""
+        """(G, L, L) bool: which positions of each group's sequence meet (cached per device; built afresh under
+        torch.export, whose tracer would otherwise leave its own fake tensor in the cache and the graph)."""
+        if torch.compiler.is_exporting():
+            return _dense.__wrapped__(self, str(device or "cpu"))
         return _dense(self, str(device or "cpu"))
 
     def pairs(self) -> int:

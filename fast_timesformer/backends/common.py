@@ -115,6 +115,8 @@ def prefixed_groups(x: torch.Tensor, groups, n_prefix: int, *, keep_prefix: bool
     sequence order, preceded by the P prefix rows (copied into each group), or (b*groups, S, C) without
     them (``keep_prefix=False``). One copy of x; backward: one copy, the prefix rows' gradients summed
     over the groups (or 0)."""
+    if torch.compiler.is_exporting():
+        return _prefixed_groups_traced(x, groups, n_prefix, keep_prefix)
     return _PrefixedGroups.apply(x, groups, n_prefix, keep_prefix)
 
 
@@ -172,7 +174,53 @@ def tokens_from_groups(y: torch.Tensor, groups, b: int, n_prefix: int = 0, *, y_
     the first P rows of every group are the prefix queries' outputs and the prefix rows are their mean
     over the groups; otherwise Sy = S and the P prefix rows are 0. One copy (forward); backward: a view
     of the gradient, or one copy when prefix and group rows meet."""
+    if torch.compiler.is_exporting():
+        return _tokens_from_groups_traced(y, groups, n_prefix, y_has_prefix, b)
     return _TokensFromGroups.apply(y, groups, n_prefix, y_has_prefix, b)
+
+
+# ---- the same two layout changes for torch.export / ONNX: no writes into a buffer -------------------------
+# The Functions above write into slices and permuted views of a fresh buffer. torch.export turns those writes
+# into slice_scatter / copy nodes, which ONNX export translates with sizes that do not hold at another batch
+# (ONNX Runtime then fails in a ScatterND or Reshape). Under export the layer takes these instead: the same
+# copies as cat / permute / reshape, the same numbers bit for bit (the prefix mean is the same reduction).
+def _to_token_layout(g: torch.Tensor, groups, b: int) -> torch.Tensor:
+    """(b, *group sizes, *seq sizes, *rest) -> (b, M, *rest): the inverse of :func:`_token_view`, a copy."""
+    sizes, pg, ps = groups._plan
+    k = len(sizes)
+    order = [0, *[1 + i for i in pg], *[1 + i for i in ps]]  # the token view's permutation
+    inverse = sorted(range(k + 1), key=order.__getitem__)
+    rest = tuple(g.shape[k + 1:])
+    return g.permute(*inverse, *range(k + 1, k + 1 + len(rest))).reshape(b, groups.num_tokens, *rest)
+
+
+def _prefixed_groups_traced(x, groups, n_prefix, keep_prefix):
+    b, _, c = x.shape
+    ng, s = groups.num_groups, groups.seq_len
+    sizes, pg, ps = groups._plan
+    k = len(sizes)
+    tokens = x[:, n_prefix:].reshape(b, *sizes, c).permute(0, *[1 + i for i in pg], *[1 + i for i in ps], k + 1)
+    seq = tokens.reshape(b * ng, s, c)
+    if not (keep_prefix and n_prefix):
+        return seq
+    prefix = x[:, None, :n_prefix].expand(b, ng, n_prefix, c).reshape(b * ng, n_prefix, c)
+    return torch.cat([prefix, seq], 1)
+
+
+def _tokens_from_groups_traced(y, groups, n_prefix, y_has_prefix, b):
+    bg, h, sy, d = y.shape
+    ng = groups.num_groups
+    yt = y.transpose(1, 2)  # (b*groups, Sy, h, d)
+    p_y = n_prefix if y_has_prefix else 0
+    grouped = yt[:, p_y:].reshape(b, *[s for s, _ in groups.group], *[s for s, _ in groups.seq], h, d)
+    out = _to_token_layout(grouped, groups, b)  # (b, M, h, d)
+    if not n_prefix:
+        return out
+    if y_has_prefix:
+        prefix = yt[:, :n_prefix].unflatten(0, (b, ng)).mean(1)
+    else:
+        prefix = out.new_zeros(b, n_prefix, h, d)
+    return torch.cat([prefix, out], 1)
 
 
 class _GroupedQKV(torch.autograd.Function):

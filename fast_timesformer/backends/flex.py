@@ -319,6 +319,8 @@ BACKEND = FlexBackend(
                    "as SDPA's boolean mask is counted dense)"),
     ),
     availability=_availability,
+    export_why_not=("FlexAttention runs only inside torch.compile (a higher-order op that torch.export refuses "
+                    "outside it, and ONNX has no such op)"),
     description="exact softmax attention via torch FlexAttention (compiled per shape; groups as batch or block mask)",
 )
 

@@ -356,6 +356,9 @@ class Backend:
         compiled: a :class:`Compiled` for a backend that runs through ``torch.compile`` (``flex``): it cannot run
             under a ``TorchDispatchMode``, so the benchmarks time it after an untimed first call (the compile,
             reported apart) and count its FLOPs where :class:`Compiled` says; None (the default) for the others.
+        export_why_not: why a model running this backend cannot be exported (``torch.export`` / ONNX) as it
+            is, in words; "" when it can. :mod:`fast_timesformer.export` reads it: an exact backend is then
+            exported as ``regular`` (the same numbers) with a one-line notice, any other kind is refused.
         checks: ``checks(q, k, v, prefix_k, prefix_v, dropout_p) -> reasons``, backend-specific refusals.
         availability: ``() -> reasons`` why it cannot run on this machine at all (ops not built, no GPU).
 
@@ -382,6 +385,7 @@ class Backend:
     error_sweep: tuple
     diagnostic: bool
     compiled: Optional[Compiled]
+    export_why_not: str
     description: str
     checks: Optional[Callable[..., list]]
     availability: Optional[Callable[[], list]]
@@ -399,7 +403,7 @@ class Backend:
                  priority: Union[int, Callable[[], int]] = 100, description: str = "",
                  checks: Optional[Callable[..., list]] = None, availability: Optional[Callable[[], list]] = None,
                  error_sweep: Sequence[Mapping] = (), diagnostic: bool = False,
-                 compiled: Optional[Compiled] = None, priority_rule=None):
+                 compiled: Optional[Compiled] = None, export_why_not: str = "", priority_rule=None):
         if priority_rule is not None:  # dataclasses.replace passes the stored field back
             priority = priority_rule
         if kind is None:
@@ -429,7 +433,7 @@ class Backend:
             tolerances={dt: (float(a), float(r)) for dt, (a, r) in tolerances.items()},
             deterministic=deterministic, priority_rule=priority, description=description, checks=checks,
             availability=availability, error_sweep=tuple(dict(o) for o in error_sweep), diagnostic=bool(diagnostic),
-            compiled=compiled)
+            compiled=compiled, export_why_not=str(export_why_not))
         for key, value in values.items():
             object.__setattr__(self, key, value)
 
@@ -553,6 +557,7 @@ class Backend:
                               else "forward only" if self.is_deterministic("forward") else "no"),
             "dropout": "yes" if self.supports_dropout else "no",
             "masks": "yes" if self.supports_mask else "no",
+            "export": "yes" if not self.export_why_not else "as regular" if self.exact else "no",
             "status": "available" if not reasons else "; ".join(reasons),
             "description": self.description,
         }

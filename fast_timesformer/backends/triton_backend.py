@@ -164,4 +164,5 @@ BACKEND = Backend(
                 "attention dropout; CPU only under TRITON_INTERPRET=1",
     checks=_checks,
     availability=_availability,
+    export_why_not="a Triton kernel: ONNX has no such op, and a torch.export program would need CUDA and Triton",
 )

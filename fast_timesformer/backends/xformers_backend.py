@@ -83,4 +83,5 @@ BACKEND = Backend(
     description="xformers memory_efficient_attention (BMHK), CUDA only",
     checks=_checks,
     availability=_availability,
+    export_why_not="xformers' CUDA kernels: ONNX has no such op, and a torch.export program would need CUDA and xformers",
 )

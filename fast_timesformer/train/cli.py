@@ -178,7 +178,15 @@ def cmd_predict(args) -> int:
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be a whole number >= 1, got {args.top_k}")
-    top = predict_video(args.video, args.checkpoint, top_k=args.top_k, device=args.device)
+    if args.checkpoint.endswith(".onnx"):  # an exported file: ONNX Runtime on CPU, no model code
+        from ..export import predict_onnx
+
+        if args.device != "cpu":
+            raise ValueError(f"{args.checkpoint} runs on ONNX Runtime's CPU provider; --device {args.device} "
+                             "does not apply")
+        top = predict_onnx(args.video, args.checkpoint, top_k=args.top_k)
+    else:
+        top = predict_video(args.video, args.checkpoint, top_k=args.top_k, device=args.device)
     if args.json:
         print(json.dumps([{"label": name, "probability": p} for name, p in top]))
     else:
@@ -206,7 +214,8 @@ def add_subcommands(sub) -> None:
 
     p = sub.add_parser("predict", help="top-k labels for one video file")
     p.add_argument("video")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by 'fast-timesformer train'")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by 'fast-timesformer train', or a .onnx file "
+                                                          "written by 'fast-timesformer export'")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of a list")
