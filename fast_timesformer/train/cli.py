@@ -47,8 +47,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--drop-path", type=float, default=None)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="moving-shapes",
-                   help="moving-shapes (classification), bouncing (future-frame prediction) or a folder "
-                        "root/<class>/<video> (optionally with train/ and val/ sub-folders)")
+                   help="moving-shapes (classification), bouncing (future-frame prediction), a folder "
+                        "root/<class>/<video> (optionally with train/ and val/ sub-folders) or a list file of "
+                        "'PATH LABEL' lines (label: class index or name; `fast-timesformer data` writes them)")
+    d.add_argument("--data-root", default=None,
+                   help="list file: the folder its paths are relative to (default: the list file's folder)")
+    d.add_argument("--classes", dest="classes_file", default=None,
+                   help="list file: class names, one a line (default: the training list's labels: indices "
+                        "0..max, or the sorted names)")
+    d.add_argument("--val-dataset", default=None,
+                   help="list file: the evaluation list (default: a held-out split, --val-fraction)")
     d.add_argument("--frames", dest="num_frames", type=int, default=8)
     d.add_argument("--image-size", type=int, default=32)
     d.add_argument("--num-classes", type=int, default=4, help="moving-shapes: 2 or 4")
@@ -85,9 +93,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--log-every", type=int, default=10)
     b.add_argument("--no-eval", dest="evaluate", action="store_false",
                    help="no evaluation at all: neither after each epoch nor at the end (no best.safetensors)")
+    b.add_argument("--eval-views", default="1x1", metavar="TxS",
+                   help="evaluation views per video: T temporal clips x S spatial crops, softmax averaged "
+                        "(default 1x1; the paper's 3 views: 1x3)")
     b.add_argument("--no-progress", dest="progress", action="store_false")
     b.add_argument("--resume", default=None,
                    help="checkpoint to continue from, or 'auto' (OUT/last.safetensors if present)")
+    b.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from a checkpoint's weights (official .pyth, Hugging Face folder, or ours): the "
+                        "head is re-initialised where the class count differs, embeddings resampled to "
+                        "--frames/--image-size; optimizer and schedule start afresh (not --resume)")
     b.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that holds an earlier run (without it such a start is refused): "
                         "its checkpoints and metrics stay as they are until this run saves its first checkpoint, "
@@ -184,9 +199,12 @@ def cmd_predict(args) -> int:
         if args.device != "cpu":
             raise ValueError(f"{args.checkpoint} runs on ONNX Runtime's CPU provider; --device {args.device} "
                              "does not apply")
+        if args.views != "1x1":
+            raise ValueError(f"{args.checkpoint} is an exported model, which predicts from one view; --views "
+                             f"{args.views} takes a training checkpoint")
         top = predict_onnx(args.video, args.checkpoint, top_k=args.top_k)
     else:
-        top = predict_video(args.video, args.checkpoint, top_k=args.top_k, device=args.device)
+        top = predict_video(args.video, args.checkpoint, top_k=args.top_k, device=args.device, views=args.views)
     if args.json:
         print(json.dumps([{"label": name, "probability": p} for name, p in top]))
     else:
@@ -218,6 +236,8 @@ def add_subcommands(sub) -> None:
                                                           "written by 'fast-timesformer export'")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--views", default="1x1", metavar="TxS",
+                   help="T temporal clips x S spatial crops, softmax averaged (default 1x1; the paper's 1x3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a list")
     p.set_defaults(func=cmd_predict)
 

@@ -30,7 +30,10 @@ class TrainConfig:
     ff_dropout: Optional[float] = None
     drop_path: Optional[float] = None
     # data
-    dataset: str = "moving-shapes"         # moving-shapes | bouncing | folder path
+    dataset: str = "moving-shapes"         # moving-shapes | bouncing | folder path | list file (PATH LABEL lines)
+    data_root: Optional[str] = None        # list file: the folder its paths are relative to (default: its folder)
+    classes_file: Optional[str] = None     # list file: class names, one a line (default: from the labels)
+    val_dataset: Optional[str] = None      # list file: the evaluation list (default: a held-out split)
     num_frames: int = 8
     image_size: int = 32
     num_classes: int = 4                   # moving-shapes: 2 or 4
@@ -58,6 +61,8 @@ class TrainConfig:
     metrics: Optional[str] = None          # JSONL file; default <out_dir>/metrics.jsonl
     evaluate: bool = True                  # False (--no-eval): no evaluation at all, no best.safetensors
     eval_each_epoch: bool = True           # False: evaluate at the end of the run only
+    eval_views: str = "1x1"                # TxS: temporal clips x spatial crops per video, softmax averaged
+    init: Optional[str] = None             # a checkpoint whose weights start the run (fine-tuning; not --resume)
     save_every: int = 0                    # steps; 0: at epoch ends and at the end only
     log_every: int = 10
     progress: bool = True
@@ -66,11 +71,13 @@ class TrainConfig:
 
     # fields that may differ between a run and its resumption
     RESUMABLE_CHANGES = ("resume", "workers", "progress", "out_dir", "metrics", "log_every", "save_every",
-                         "device", "evaluate", "eval_each_epoch", "skip_bad_videos", "overwrite")
+                         "device", "evaluate", "eval_each_epoch", "skip_bad_videos", "overwrite", "eval_views",
+                         "init")
 
     # the command-line option of each field (for messages that name what to change)
     OPTIONS = {"num_frames": "--frames", "num_target_frames": "--target-frames", "out_dir": "--out",
-               "backend_options": "--backend-option", "scheme_options": "--scheme-option"}
+               "backend_options": "--backend-option", "scheme_options": "--scheme-option",
+               "classes_file": "--classes"}
 
     @classmethod
     def option(cls, name: str) -> str:
@@ -122,8 +129,23 @@ class TrainConfig:
                 number(name, 0, 1)
         if self.val_fraction is not None:
             number("val_fraction", 0, 1)
+        from .views import parse_views
+
+        parse_views(self.eval_views, "--eval-views")
+        if not self.is_list_file():
+            given = [TrainConfig.option(k) for k in ("data_root", "classes_file", "val_dataset") if getattr(self, k)]
+            if given:
+                raise ValueError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with a list file as "
+                                 f"--dataset; {self.dataset!r} is not a file")
+        if self.val_dataset is not None and self.val_fraction is not None:
+            raise ValueError(f"--val-dataset {self.val_dataset} is the evaluation set; --val-fraction splits a "
+                             "training list given without one")
         if self.overwrite and self.resume:
             raise ValueError(f"--overwrite starts a new run and --resume {self.resume} continues one: give one of them")
+
+    def is_list_file(self) -> bool:
+        """``dataset`` names a list file (a file, not a folder or a synthetic set)."""
+        return os.path.isfile(self.dataset)
 
     def differences(self, saved: dict) -> list[str]:
         """The settings that differ from those of the run that wrote a checkpoint (``saved``: its config) and

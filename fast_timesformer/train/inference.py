@@ -7,8 +7,9 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from .config import build_model
-from .data import ClipTransform, preprocess_clip, read_video
+from .data import ClipTransform
 from .distributed import resolve_device
+from .views import average_view_scores, parse_views, video_views
 
 __all__ = ["load_trained_model", "predict_video"]
 
@@ -27,8 +28,10 @@ def load_trained_model(path: str, device: str | torch.device = "cpu") -> tuple[n
 
 @torch.no_grad()
 def predict_video(video_path: str, checkpoint_path: str, top_k: int = 5,
-                  device: str | torch.device = "cpu") -> list[tuple[str, float]]:
-    """Top-k (class name, probability) for one video file, with the checkpoint's preprocessing."""
+                  device: str | torch.device = "cpu", views="1x1") -> list[tuple[str, float]]:
+    """Top-k (class name, probability) for one video file, with the checkpoint's preprocessing; ``views``
+    (``"TxS"``): temporal clips x spatial crops, softmax averaged (:mod:`~fast_timesformer.train.views`)."""
+    views = parse_views(views, "--views")
     device = resolve_device(device)
     model, meta = load_trained_model(checkpoint_path, device)
     if meta.get("extra", {}).get("task") != "classify":
@@ -37,8 +40,7 @@ def predict_video(video_path: str, checkpoint_path: str, top_k: int = 5,
     classes = meta.get("classes") or []
     t = ClipTransform(**{k: tuple(v) if isinstance(v, list) else v
                          for k, v in meta["extra"]["transform"].items()})
-    clip = preprocess_clip(read_video(video_path, t.num_frames, "uniform"), t)
-    probs = model(clip.unsqueeze(0).to(device)).float().softmax(-1)[0]
+    probs = average_view_scores(model, video_views(video_path, t, views)[None].to(device))[0]
     k = min(top_k, probs.numel())
     top = probs.topk(k)
     names = [classes[i] if i < len(classes) else str(i) for i in top.indices.tolist()]

@@ -44,8 +44,11 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, build_model, model_spec, task_of
 from .data import BouncingShapes, ClipTransform, build_train_eval
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed, wrap_ddp
+from .finetune import init_from_checkpoint
+from .formats import build_list_train_eval
 from .guards import Failed, Guarded, PeerFailed, StopSignals, collate, peer_failed, start_workers, worker_init
 from .run_folder import PENDING, RunFolder
+from .views import MultiViewDataset, average_view_scores, format_views, parse_views
 
 __all__ = ["Trainer", "GroupedSampler", "lr_at"]
 
@@ -129,12 +132,24 @@ class Trainer:
             self.folder.replacing = self.folder.earlier_run(cfg, self._note)
         self._began = False  # fit() has been called
 
-        self.train_set, self.eval_set, info = build_train_eval(
-            cfg.dataset, train_samples=cfg.train_samples, eval_samples=cfg.eval_samples,
-            num_frames=cfg.num_frames, image_size=cfg.image_size, seed=cfg.seed, num_classes=cfg.num_classes,
-            num_target_frames=cfg.num_target_frames, val_fraction=cfg.val_fraction,
-            skip_bad=cfg.skip_bad_videos)
+        if cfg.is_list_file():
+            self.train_set, self.eval_set, info = build_list_train_eval(
+                cfg.dataset, data_root=cfg.data_root, classes=cfg.classes_file, val_list=cfg.val_dataset,
+                num_frames=cfg.num_frames, image_size=cfg.image_size, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                skip_bad=cfg.skip_bad_videos)
+        else:
+            self.train_set, self.eval_set, info = build_train_eval(
+                cfg.dataset, train_samples=cfg.train_samples, eval_samples=cfg.eval_samples,
+                num_frames=cfg.num_frames, image_size=cfg.image_size, seed=cfg.seed, num_classes=cfg.num_classes,
+                num_target_frames=cfg.num_target_frames, val_fraction=cfg.val_fraction,
+                skip_bad=cfg.skip_bad_videos)
         self.classes = list(getattr(self.train_set, "classes", []) or [])
+        self.views = parse_views(cfg.eval_views, "--eval-views")
+        if self.views != (1, 1) and self.eval_set is not None:
+            if not hasattr(self.eval_set, "samples"):
+                raise ValueError(f"--eval-views {cfg.eval_views} takes views of video files; {cfg.dataset} is a "
+                                 "synthetic set (use 1x1)")
+            self.eval_set = MultiViewDataset(self.eval_set, self.views)
         digest = getattr(self.train_set, "digest", None)
         self.data_info = {**info, "train_digest": digest() if digest else None}
         self._announce_data()
@@ -183,6 +198,9 @@ class Trainer:
         self._last_good = False                 # last.safetensors is ours and whole: rotate it on save
         if cfg.resume:
             self._resume(cfg.resume)
+        if cfg.init and self.resumed_from is None:  # a fresh start (a resumed run has its own weights)
+            for line in init_from_checkpoint(self.module, cfg.init):
+                self._note(line)
 
     # ---- set-up ---------------------------------------------------------------------------------
     def _note(self, text: str) -> None:
@@ -196,14 +214,15 @@ class Trainer:
             bad = info["skipped"]
             self._note(f"skipped {len(bad)} unreadable video file{'s' if len(bad) > 1 else ''} "
                        "(--skip-bad-videos): " + "; ".join(f"{p}: {r}" for p, r in bad))
+        lacks = "is given without --val-dataset" if self.cfg.is_list_file() else "has no val/ folder"
         if info.get("eval") == "held-out":
             n = info["train_files"] + info["eval_files"]
-            self._note(f"{self.cfg.dataset} has no val/ folder: {info['eval_files']} of its {n} videos are held "
+            self._note(f"{self.cfg.dataset} {lacks}: {info['eval_files']} of its {n} videos are held "
                        f"out for evaluation and never trained on (--val-fraction {info['val_fraction']:g} of each "
                        f"class, rounded, at least one of a class of two or more; seed {info['split_seed']}; "
                        "--val-fraction 0: no evaluation)")
         elif info.get("eval") == "none":
-            self._note(f"{self.cfg.dataset} has no val/ folder and --val-fraction is 0: no evaluation")
+            self._note(f"{self.cfg.dataset} {lacks} and --val-fraction is 0: no evaluation")
 
     def _channels(self) -> int:
         x = self.train_set[0][0]
@@ -506,6 +525,9 @@ class Trainer:
         per = max(self.micro_batch * self.cfg.accum, 1)
         batches = [idx[i:i + per] for i in range(0, len(idx), per)]
         loss_sum = correct = top5 = count = 0.0
+        num_classes = len(self.classes)
+        class_hits, class_counts = torch.zeros(num_classes, dtype=torch.float64), torch.zeros(num_classes,
+                                                                                            dtype=torch.float64)
         problems: list = []
         for batch in start_workers(self._loader(dataset, batches, seed=0)):
             if isinstance(batch, Failed):
@@ -513,24 +535,38 @@ class Trainer:
                 continue
             x, y = batch
             x, y = x.to(self.device), y.to(self.device)
-            loss, out = self._loss(model, x, y)
+            if x.ndim == 6:  # (b, views, f, c, h, w): softmax scores averaged over the views
+                with self._autocast():
+                    probs = average_view_scores(model, x)
+                out = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+                loss = F.nll_loss(out, y)
+            else:
+                loss, out = self._loss(model, x, y)
             n = x.shape[0]
             loss_sum += float(loss) * n
             count += n
             if self.task == "classify":
-                correct += float((out.argmax(-1) == y).sum())
+                hit = (out.argmax(-1) == y).double().cpu()
+                correct += float(hit.sum())
+                class_hits.index_add_(0, y.cpu(), hit)
+                class_counts.index_add_(0, y.cpu(), torch.ones_like(hit))
                 k = min(5, out.shape[-1])
                 top5 += float((out.topk(k, -1).indices == y[:, None]).any(-1).sum())
-        loss_sum, correct, top5, count, failed = all_reduce_sum(
-            [loss_sum, correct, top5, count, float(len(problems))], self.dist)
+        sums = all_reduce_sum([loss_sum, correct, top5, count, float(len(problems)), *class_hits.tolist(),
+                               *class_counts.tolist()], self.dist)
+        loss_sum, correct, top5, count, failed = sums[:5]
+        class_hits, class_counts = sums[5:5 + num_classes], sums[5 + num_classes:]
         model.train(was_training)
         if failed:
             raise BadVideoError(problems) if problems else peer_failed()
         out = {"split": "eval", "loss": loss_sum / count, "samples": int(count)}
         if self.task == "classify":
-            out.update(acc=correct / count, chance=1 / max(len(self.classes), 1))
-            if len(self.classes) > 5:
+            out.update(acc=correct / count, chance=1 / max(num_classes, 1))
+            if num_classes >= 5:
                 out["top5"] = top5 / count
+            seen = [h / c for h, c in zip(class_hits, class_counts) if c > 0]
+            out["mean_class_acc"] = sum(seen) / len(seen)
+            out["views"] = format_views(self.views)
         else:
             out["mse"] = out["loss"]
             out["copy_last_mse"] = self.copy_last_baseline()

@@ -30,18 +30,19 @@ __all__ = ["parse_views", "format_views", "clip_frame_indices", "crop_offsets", 
            "views_of_frames", "video_views", "average_view_scores", "MultiViewDataset"]
 
 
-def parse_views(spec) -> tuple[int, int]:
-    """``"1x3"`` (or ``(1, 3)``) -> (temporal clips, spatial crops), both whole numbers >= 1."""
+def parse_views(spec, what: str = "views") -> tuple[int, int]:
+    """``"1x3"`` (or ``(1, 3)``) -> (temporal clips, spatial crops), both whole numbers >= 1; ``what`` names
+    the option in the error."""
     if isinstance(spec, (tuple, list)) and len(spec) == 2:
         t, s = spec
     else:
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(spec))
         if m is None:
-            raise ValueError(f"views must be TxS (temporal clips x spatial crops, e.g. 1x3), got {spec!r}")
+            raise ValueError(f"{what} must be TxS (temporal clips x spatial crops, e.g. 1x3), got {spec!r}")
         t, s = m.groups()
     t, s = int(t), int(s)
     if t < 1 or s < 1:
-        raise ValueError(f"views must be TxS with T >= 1 and S >= 1, got {spec!r}")
+        raise ValueError(f"{what} must be TxS with T >= 1 and S >= 1, got {spec!r}")
     return t, s
 
 
