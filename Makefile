@@ -1,6 +1,7 @@
 # Two entry points do all set-up on a fresh machine:
 #   make bench   - the main job: the benchmark suite (CPU default, minutes)
 #   make test    - the test suite
+#   make lint    - ruff and the import layering contracts (pyproject.toml), as CI runs them
 # Each creates $(VENV) if needed, installs torch first and only when it is absent (so pip never
 # resolves a multi-GB CUDA build by itself), then the package with its extras.
 PYTHON ?= python3
@@ -16,7 +17,7 @@ GPU_CHECK_ARGS ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test bench backends gpu-check gpu-check-dry clean
+.PHONY: install test lint bench backends gpu-check gpu-check-dry clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -28,6 +29,10 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 tests $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed
 	$(PY) -m fast_timesformer.cli bench --suite $(SUITE) $(BENCH_ARGS)

@@ -17,21 +17,31 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 torch.set_num_threads(2)
+
+
 def bench(shape, impl, train, reps=7):
     B, h, S, d = shape
     q, k, v = (torch.randn(B, h, S, d, requires_grad=train) for _ in range(3))
     g = torch.randn(B, h, S, d)
+
     def run():
         with sdpa_kernel([impl]):
             o = F.scaled_dot_product_attention(q, k, v)
-            if train: o.backward(g)
-    run(); run()
+            if train:
+                o.backward(g)
+    run()
+    run()
     ts = []
     for _ in range(reps):
-        t0 = time.perf_counter(); run(); ts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        run()
+        ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
 for shape in [(1568, 12, 8, 64), (784 * 8 // 8, 12, 8, 64), (8, 12, 197, 64), (8, 12, 785, 64), (196, 12, 16, 64), (196, 12, 32, 64)]:
     for train in (False, True):
-        f = bench(shape, SDPBackend.FLASH_ATTENTION, train); m = bench(shape, SDPBackend.MATH, train)
+        f = bench(shape, SDPBackend.FLASH_ATTENTION, train)
+        m = bench(shape, SDPBackend.MATH, train)
         f2 = bench(shape, SDPBackend.FLASH_ATTENTION, train)
         print(shape, "fwd+bwd" if train else "fwd", f"flash {min(f,f2)*1e3:.1f} ms math {m*1e3:.1f} ms  math/flash {m/min(f,f2):.2f}", flush=True)

@@ -1,5 +1,6 @@
 """fast_timesformer: pluggable attention backends and the five space-time schemes for video transformers."""
-from . import neighborhood as _neighborhood  # registers the mask-defined 'neighborhood' scheme
+from . import neighborhood  # noqa: F401  (registers the mask-defined 'neighborhood' scheme)
+from ._version import __version__  # noqa: F401
 from .attention import DividedAttention, set_backend, use_backend
 from .backends import (
     AttentionCore,
@@ -13,7 +14,6 @@ from .backends import (
     unregister_backend,
 )
 from .backends.spec import parse_backend_spec
-from .explain import explain_clip
 from .groups import TokenGroups
 from .models.generative import GenerativeTimeSformer
 from .models.registry import create_model, list_models
@@ -21,14 +21,11 @@ from .models.timesformer import TimeSformer
 from .models.vit import load_vit_weights_into_timesformer
 from .schemes import Scheme, Step, get_scheme, list_schemes, register_scheme, scheme_color, unregister_scheme
 
-__version__ = "0.1.0"
-
 __all__ = [
     "AttentionCore", "Backend", "BackendUnavailable", "DividedAttention", "TokenGroups", "get_backend",
     "list_backends", "reference_attention", "register_backend", "resolve_backend", "set_backend",
     "unregister_backend", "use_backend",
     "TimeSformer", "GenerativeTimeSformer", "create_model", "list_models", "load_vit_weights_into_timesformer",
-    "explain_clip",
     "Scheme", "Step", "register_scheme", "unregister_scheme", "get_scheme", "list_schemes", "scheme_color",
     "parse_backend_spec",
 ]

@@ -39,13 +39,13 @@ from .backends.common import (
     grouped_qkv,
     groups_are_views,
     is_token_order,
-    per_group,
     prefixed_groups,
     tokens_from_groups,
 )
 from .backends.registry import AUTO, BackendUnavailable
 from .backends.spec import STEP_ALIASES, check_step_names, parse_backend_spec  # noqa: F401 (re-exported)
 from .groups import SequenceMask, TokenGroups, _is_count
+from .kernels.naive import per_group
 
 __all__ = ["DividedAttention", "use_backend", "set_backend", "CLS_MODES", "attention_groups_from_patterns",
            "check_step_names"]

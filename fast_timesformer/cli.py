@@ -2,35 +2,25 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
 import sys
 
+from . import export
+from .backends import BackendUnavailable, get_backend, list_backends
+from .bench import cli as bench_cli
+from .errors import FastTimesformerError
+from .explain import cli as explain_cli
+from .models import cli as models_cli
+from .tables import format_table
+from .train import cli as train_cli
+from .train import data_cli
+
 # Modules that add their own subcommands: each defines ``add_subcommands(subparsers)``; a subcommand's
 # handler is set with ``parser.set_defaults(func=...)`` and returns an exit code.
-SUBCOMMAND_MODULES = (
-    "fast_timesformer.models.cli",
-    "fast_timesformer.bench.cli",
-    "fast_timesformer.train.cli",
-    "fast_timesformer.train.data_cli",
-    "fast_timesformer.explain.cli",
-    "fast_timesformer.export",
-)
-
-
-def format_table(rows, columns):
-    """Plain text table (list of dicts -> aligned columns)."""
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    line = "  ".join(c.ljust(widths[c]) for c in columns)
-    out = [line, "  ".join("-" * widths[c] for c in columns)]
-    out += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(x.rstrip() for x in out)
+SUBCOMMAND_MODULES = (models_cli, bench_cli, train_cli, data_cli, explain_cli, export)
 
 
 def cmd_backends(args) -> int:
-    from . import get_backend, list_backends
-
     rows = [get_backend(n).describe() for n in list_backends()]
     print(format_table(rows, ["name", "kind", "devices", "dtypes", "backward", "dropout", "masks", "export", "status"]))
     return 0
@@ -41,9 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("backends", help="list the attention backends and whether they run on this machine")
     b.set_defaults(func=cmd_backends)
-    for name in SUBCOMMAND_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            importlib.import_module(name).add_subcommands(sub)
+    for module in SUBCOMMAND_MODULES:
+        module.add_subcommands(sub)
     return p
 
 
@@ -57,9 +46,6 @@ def console(argv=None) -> int:
     """The ``fast-timesformer`` entry point: like :func:`main`, but a user error (bad option, missing
     file, refused backend) prints one line and exits 2 instead of a traceback
     (``FAST_TIMESFORMER_TRACEBACK=1`` shows the traceback)."""
-    from .backends import BackendUnavailable
-    from .errors import FastTimesformerError
-
     try:
         return main(argv)
     except (FastTimesformerError, ValueError, TypeError, FileNotFoundError, BackendUnavailable) as e:

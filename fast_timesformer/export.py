@@ -161,7 +161,7 @@ def _quiet_exporter():
 
 
 def _metadata(model, transform: dict, classes, source: str) -> dict:
-    from . import __version__
+    from ._version import __version__
 
     return {"fast_timesformer": __version__, "scheme": model.scheme.name, "source": source,
             "classes": json.dumps(list(classes) if classes else [str(i) for i in range(model.num_classes)]),

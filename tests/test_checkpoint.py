@@ -14,10 +14,9 @@ from fast_timesformer.models.checkpoint import (  # noqa: E402
     CheckpointMismatchError,
     CheckpointWarning,
     UnsafeCheckpointError,
-    hf_to_official_key,
-    official_to_hf_key,
 )
 from fast_timesformer.models.timesformer import TimeSformer  # noqa: E402
+from fast_timesformer.models.timesformer_layouts import hf_to_official_key, official_to_hf_key  # noqa: E402
 
 TINY = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=2, intermediate_size=64, num_labels=5)

@@ -107,7 +107,7 @@ def test_registered_scheme_trains_and_is_on_the_command_line(time_then_joint, tm
 PLUGIN = '''
 import torch
 from fast_timesformer import AttentionCore, Backend, register_backend
-from fast_timesformer.backends.common import with_prefix
+from fast_timesformer.kernels.naive import with_prefix
 
 
 class TopKCore(AttentionCore):

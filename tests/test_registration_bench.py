@@ -18,12 +18,12 @@ from fast_timesformer import (
     unregister_scheme,
 )
 from fast_timesformer.backends import get_backend, list_backends
-from fast_timesformer.backends.common import with_prefix
 from fast_timesformer.bench.plots import plot_all
 from fast_timesformer.bench.runner import load_results, run_sweep
 from fast_timesformer.bench.suites import SUITES, filter_points, get_suite
 from fast_timesformer.bench.summary import write_summary
 from fast_timesformer.bench.workloads import Workload, auto_backend
+from fast_timesformer.kernels.naive import with_prefix
 from fast_timesformer.schemes import joint_groups, time_groups
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

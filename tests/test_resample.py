@@ -4,6 +4,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fast_timesformer.models.resample import resample_pos_embed, resample_time_embed
 
@@ -143,10 +145,6 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="time_embed must be a tensor"):
         resample_time_embed(torch.randn(4, 4), 8)
 
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st
 
 
 @settings(max_examples=25, deadline=None)

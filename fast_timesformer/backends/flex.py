@@ -41,7 +41,8 @@ import warnings
 import torch
 
 from .._names import unknown_name_error
-from .common import empty_attention, per_group, with_prefix
+from ..kernels.naive import per_group, with_prefix
+from .common import empty_attention
 from .registry import EXACT_TOLERANCES, AttentionCore, Backend, BackendUnavailable, Compiled, _describe, check_inputs
 
 __all__ = ["FlexCore", "BACKEND", "LAYOUTS", "MASK_CACHE", "COMPILE_SECONDS", "CPU_BACKWARD_REASON",

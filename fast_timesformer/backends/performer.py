@@ -13,7 +13,7 @@ import warnings
 import torch
 from torch import nn
 
-from .common import with_prefix
+from ..kernels.naive import with_prefix
 from .registry import AttentionCore, Backend
 
 

@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import torch
 
-from .common import per_group, with_prefix
+from ..kernels.naive import per_group, with_prefix
 from .registry import AttentionCore, Backend
 
 __all__ = ["RecordingCore", "AttentionRecorder", "StepRecord", "BACKEND"]

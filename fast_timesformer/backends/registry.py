@@ -33,7 +33,7 @@ from torch import nn
 
 from .._names import lookup, unknown_name_error
 from ..errors import first_line, import_failure
-from .common import per_group, with_prefix
+from ..kernels.naive import per_group, with_prefix
 
 __all__ = [
     "AttentionCore",

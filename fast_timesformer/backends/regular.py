@@ -6,7 +6,7 @@ import contextlib
 import torch.nn.functional as F
 
 from .._names import unknown_name_error
-from .common import with_prefix
+from ..kernels.naive import with_prefix
 from .registry import EXACT_TOLERANCES, AttentionCore, Backend
 
 SDPA_BACKENDS = {

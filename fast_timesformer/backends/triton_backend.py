@@ -11,7 +11,6 @@ time before that. On CPU without it the backend refuses with a reason, and ``aut
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import sys
@@ -21,12 +20,14 @@ import torch
 from .common import empty_attention
 from .registry import AttentionCore, Backend, BackendUnavailable, _describe, check_inputs
 
-_KERNELS = "fast_timesformer.kernels.divided_attention"
+_KERNELS = "fast_timesformer.kernels.divided_attention"  # its name in sys.modules: imported yet?
 NEED_GPU = ("Triton kernels need a CUDA GPU (set TRITON_INTERPRET=1 to run on CPU, slowly, for tests)")
 
 
 def _kernels():
-    return importlib.import_module(_KERNELS)
+    from ..kernels import divided_attention  # on first use: TRITON_INTERPRET is read when it is imported
+
+    return divided_attention
 
 
 def _interpreting() -> bool:

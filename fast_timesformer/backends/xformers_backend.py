@@ -13,7 +13,8 @@ import warnings
 
 import torch
 
-from .common import empty_attention, with_prefix
+from ..kernels.naive import with_prefix
+from .common import empty_attention
 from .registry import EXACT_TOLERANCES, AttentionCore, Backend
 
 

@@ -137,9 +137,7 @@ def source_fingerprint(pkg_dir: Optional[Path] = None) -> str:
     tree, an editable or a plain install: tells which code ran where the copy of the tree has no .git.
     ``fast-timesformer gpu-check --fingerprint`` prints it here, to compare."""
     if pkg_dir is None:
-        import fast_timesformer
-
-        pkg_dir = Path(fast_timesformer.__file__).parent
+        pkg_dir = Path(__file__).resolve().parents[1]  # fast_timesformer/
     h = hashlib.sha256()
     for p in sorted(Path(pkg_dir).rglob("*.py")):
         h.update(("fast_timesformer/" + p.relative_to(pkg_dir).as_posix()).encode() + b"\0" + p.read_bytes() + b"\0")
@@ -406,7 +404,7 @@ def model_check(ctx: Ctx) -> list:
             ctx.log(f"  model {dt_name}: logits {logit_err:.2e}, worst gradient {grad_err:.2e} "
                     f"({worst}) -> {rows[-1]['status']}" + (f" (regular {dt_name}: {extra['regular_same_dtype_logits_rel_err']:.2e}, "
                                                             f"{extra['regular_same_dtype_max_grad_rel_err']:.2e})" if amp else ""))
-            del model
+            model = None
         except Exception as e:  # noqa: BLE001
             rows.append({**row, "status": "error", "reason": one_line(f"{type(e).__name__}: {e}", 300)})
             ctx.log(f"  model {dt_name}: {rows[-1]['reason']}")
@@ -477,7 +475,7 @@ def training_step(ctx: Ctx, impl: str, backend: Optional[str]) -> dict:
         st = measure.time_step(step, device, min_run_time=c["rep_ms"] / 1e3)
     rec = {"impl": impl, "backend": backend, "label": f"ours/{backend}" if impl == "ours" else "Hugging Face",
            "notes": built.notes, "params": sum(p.numel() for p in model.parameters()), **st, **mem}
-    del built, model, opt
+    built = model = opt = None
     measure.free_memory(device)
     return rec
 

@@ -159,7 +159,7 @@ def evaluate_targets(results: dict, total_s: float, limit: float = 480, dry: boo
 
 def format_targets(targets: list) -> str:
     """The short table printed last: every target, met or not, with its figure."""
-    from ..cli import format_table
+    from ..tables import format_table
 
     rows = [{"target": t["id"], "met": "FAILED" if t.get("failed") else
              {True: "MET", False: "NOT MET", None: "not measured"}[t["met"]],

@@ -499,7 +499,7 @@ def run_benchmark(cfg: dict, deadline: Optional[float] = None, log=print) -> dic
 
 
 def format_rows(rows) -> str:
-    from ..cli import format_table
+    from ..tables import format_table
 
     table = [{"step": r["step"], "backend": r["backend"], "mode": r.get("mode", "-"),
               "ms": f"{r['ms']:.4f}" if "ms" in r else "-",
@@ -546,7 +546,7 @@ def main(argv=None):
     print(format_rows(data["rows"]))
     sp = data["speedups"]
     if sp:
-        from ..cli import format_table
+        from ..tables import format_table
 
         print("\ntriton vs the best other backend (same data, token layout):")
         print(format_table([{**s, "triton_ms": f"{s['triton_ms']:.4f}", "best_other_ms": f"{s['best_other_ms']:.4f}",

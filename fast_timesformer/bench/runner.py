@@ -503,7 +503,7 @@ TABLE_COLUMNS = ["group", "point", "status", "median ms", "IQR ms (n)", "peak MB
 
 def format_summary(records: Iterable[dict]) -> str:
     """The console table, then the reasons in full, one numbered line each."""
-    from ..cli import format_table
+    from ..tables import format_table
 
     records = list(records)
     notes: list = []

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..devices import check_device  # noqa: F401 (re-exported: models.checkpoint.check_device)
+from ..devices import check_device
 from ..errors import CheckpointConfigError, CorruptCheckpointError, FastTimesformerError
 from ..errors import first_line as _first_line
 from .resample import resample_pos_embed, resample_time_embed, to_hw
@@ -46,23 +46,8 @@ from .resample import resample_pos_embed, resample_time_embed, to_hw
 __all__ = [
     "LoadReport", "CheckpointMismatchError", "CheckpointWarning", "UnsafeCheckpointError", "CheckpointLayout",
     "from_pretrained", "load_pretrained", "load_state_dict_into", "read_checkpoint", "safe_torch_load",
-    "unwrap_state_dict", "set_default_model",
-    "convert_hf_state_dict", "official_to_hf_key", "hf_to_official_key", "config_from_hf",
-    "infer_config_from_state_dict", "HF_SCHEMES", "TRAIN_FORMAT", "check_device",
+    "unwrap_state_dict", "set_default_model", "TRAIN_FORMAT",
 ]
-
-# TimeSformer's layout functions, importable from here as before (they live in .timesformer_layouts, which
-# imports neither this module nor the model)
-_LAYOUT_NAMES = ("convert_hf_state_dict", "official_to_hf_key", "hf_to_official_key", "config_from_hf",
-                 "infer_config_from_state_dict", "HF_SCHEMES")
-
-
-def __getattr__(name):
-    if name in _LAYOUT_NAMES:
-        from . import timesformer_layouts
-
-        return getattr(timesformer_layouts, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -91,10 +76,7 @@ def set_default_model(model_cls) -> None:
 
 
 def _default_model():
-    if not _DEFAULT_MODEL:
-        import importlib
-
-        importlib.import_module("fast_timesformer.models")  # its TimeSformer registers itself
+    # importing this module imports the fast_timesformer.models package first, whose TimeSformer registers
     return _DEFAULT_MODEL[0]
 
 logger = logging.getLogger(__name__)
@@ -609,12 +591,7 @@ def _train_config(path: Path, meta: dict, model_cls) -> Dict[str, Any]:
     if cls_name != model_cls.__name__:
         raise CheckpointConfigError(f"{path} holds a {cls_name} (written by fast-timesformer train): load it with "
                                     f"{cls_name}.from_pretrained(path), not {model_cls.__name__}.from_pretrained")
-    config = dict(spec["kwargs"])
-    if spec.get("registry"):
-        from .registry import model_config
-
-        config = {**model_config(spec["registry"]), **config}
-    return config
+    return dict(spec["kwargs"])  # every constructor argument, the registered configuration's included
 
 
 def load_pretrained(path: PathLike, *, strict: bool = True, model_cls=None, device=None, **overrides) -> nn.Module:

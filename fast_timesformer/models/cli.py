@@ -9,7 +9,7 @@ def _millions(n: int) -> str:
 def cmd_models(args) -> int:
     import torch
 
-    from ..cli import format_table
+    from ..tables import format_table
     from .registry import create_model, list_models, model_config
     from .schemes import get_scheme, list_schemes
     from .timesformer import count_parameters

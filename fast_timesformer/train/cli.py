@@ -260,8 +260,3 @@ def add_subcommands(sub) -> None:
                         "results files at the end")
     e.set_defaults(func=cmd_experiment)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-
-    sys.exit(main())

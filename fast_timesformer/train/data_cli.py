@@ -57,10 +57,3 @@ def add_subcommands(sub) -> None:
                                                         "does; unreadable clips are left out and reported")
     s.set_defaults(func=cmd_ssv2)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    from ..cli import main
-
-    sys.exit(main())
