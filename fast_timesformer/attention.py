@@ -307,7 +307,7 @@ class DividedAttention(nn.Module):
     def _plain_core(self, cls: str) -> Optional[AttentionCore]:
         """The core when it takes plain sequences laid out by the layer (and the CLS mode allows), else None."""
         core = self.cores[self.backend_name] if self.backend_name != AUTO else None
-        return core if core is not None and core.plain_sequences and cls != "global" else None
+        return core if core is not None and core.capabilities.plain_sequences and cls != "global" else None
 
     # ---- a block's residual branch, fused for training memory ----------------------------------------
     def residual_branch(self, x: torch.Tensor, groups: TokenGroups, *, norm: Optional[nn.LayerNorm] = None,

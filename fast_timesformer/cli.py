@@ -22,7 +22,8 @@ SUBCOMMAND_MODULES = (models_cli, bench_cli, train_cli, data_cli, explain_cli, e
 
 def cmd_backends(args) -> int:
     rows = [get_backend(n).describe() for n in list_backends()]
-    print(format_table(rows, ["name", "kind", "devices", "dtypes", "backward", "dropout", "masks", "export", "status"]))
+    print(format_table(rows, ["name", "kind", "devices", "dtypes", "backward", "dropout", "masks", "sequences", "export",
+                             "status"]))
     return 0
 
 

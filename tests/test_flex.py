@@ -164,7 +164,7 @@ def test_core_pickles_with_its_options():
 
     core = BE.build(8, 2, compile=False, layout="mask")
     twin = pickle.loads(pickle.dumps(core))
-    assert twin.backend is BE and (twin.compile, twin.layout, twin.plain_sequences) == (False, "mask", False)
+    assert twin.backend is BE and (twin.compile, twin.layout, twin.capabilities.plain_sequences) == (False, "mask", False)
 
 
 def test_capabilities_and_auto():

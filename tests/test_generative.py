@@ -186,7 +186,7 @@ class CountingCore(AttentionCore):
 
 @pytest.fixture
 def counting_backend():
-    be = register_backend(Backend(name="counting_reference", factory=CountingCore, exact=True, priority=10_000))
+    be = register_backend(Backend(name="counting_reference", factory=CountingCore, kind="exact", priority=10_000))
     CountingCore.scores = []
     yield be.name
     unregister_backend(be.name)

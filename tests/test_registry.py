@@ -67,7 +67,7 @@ class HalfScaleCore(AttentionCore):
 
 @pytest.fixture
 def user_backend():
-    be = register_backend(Backend(name="handmade", factory=HalfScaleCore, exact=True, priority=1,
+    be = register_backend(Backend(name="handmade", factory=HalfScaleCore, kind="exact", priority=1,
                                   dtypes=(torch.float64,), description="test backend"))
     yield be
     unregister_backend("handmade")
@@ -100,7 +100,7 @@ def test_register_rejects_bad_input():
     with pytest.raises(TypeError):
         register_backend("regular")
     with pytest.raises(ValueError, match="reserved"):
-        register_backend(Backend(name="auto", factory=HalfScaleCore, exact=True))
+        register_backend(Backend(name="auto", factory=HalfScaleCore, kind="exact"))
 
 
 def test_cli_backends_table():
@@ -125,3 +125,40 @@ def test_cli_reports_user_errors_in_one_line():
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith("fast-timesformer: error: unknown attention backend 'regulr'")
     assert "Traceback" not in proc.stderr
+
+
+
+def test_plain_sequences_is_declared_data_that_decides_the_layer_path(monkeypatch):
+    """``Backend.plain_sequences`` (shown by ``backends``) decides whether the layer lays out [CLS; group]
+    sequences itself or calls the core's token-layout entry point; both paths compute the same attention,
+    so a variant of regular declaring False gives regular's numbers (float64: to round-off) through the
+    other path."""
+    import dataclasses
+
+    from fast_timesformer.groups import TokenGroups
+
+    assert get_backend("regular").plain_sequences and not get_backend("performer").plain_sequences
+    assert get_backend("regular").describe()["sequences"] == "plain"
+    assert get_backend("performer").describe()["sequences"] == "tokens"
+    be = register_backend(dataclasses.replace(get_backend("regular"), name="regular_tokens", plain_sequences=False))
+    try:
+        torch.manual_seed(0)
+        layer = DividedAttention(32, heads=2, dim_head=16).double()
+        x = torch.randn(2, 1 + 4 * 3, 32, dtype=torch.float64)
+        space = TokenGroups.space(4, 3)
+        called = []
+        token_layout = AttentionCore.attend_groups
+
+        def spy(self, *args, **kwargs):
+            called.append(self.backend.name)
+            return token_layout(self, *args, **kwargs)
+
+        monkeypatch.setattr(AttentionCore, "attend_groups", spy)
+        plain = layer(x, groups=space, cls="per_group")
+        assert called == []  # regular: the layer laid out the sequences
+        layer.set_backend(be.name)
+        tokens = layer(x, groups=space, cls="per_group")
+        assert called == [be.name]  # the declaration alone sent it through attend_groups
+        torch.testing.assert_close(tokens, plain, atol=1e-12, rtol=0)
+    finally:
+        unregister_backend("regular_tokens")

@@ -161,9 +161,6 @@ class FlexCore(AttentionCore):
             raise unknown_name_error("flex layout", layout, LAYOUTS)
         self.compile = bool(compile)
         self.layout = layout
-        # batch: the layer hands per_group CLS steps over as [CLS; group] sequences (see RegularCore);
-        # mask: the layer calls attend_groups with token layout, which this core masks itself
-        self.plain_sequences = layout == "batch"
         self.masks_built = 0
         self.mask_seconds = 0.0  # time this core spent building block masks
         self.compile_seconds = 0.0
@@ -172,6 +169,8 @@ class FlexCore(AttentionCore):
     # ---- what this core can take: the backend's declaration, or the eager variant's (float64 too) -----
     @property
     def capabilities(self) -> Backend:
+        if self.layout == "mask":  # the layer calls attend_groups with token layout, which this core masks
+            return MASK_LAYOUT if self.compile else EAGER_MASK_LAYOUT
         return self.backend if self.compile else EAGER
 
     # ---- the call -----------------------------------------------------------------------------
@@ -301,6 +300,9 @@ BACKEND = FlexBackend(
     supports_backward=True,  # on CUDA; on CPU refused with CPU_BACKWARD_REASON (FlexBackend.why_not)
     supports_dropout=False,  # FlexAttention has no attention dropout
     supports_mask=True,  # mask-defined steps (neighborhood windows) as cached block masks
+    # layout "batch" (the default): the layer hands per_group CLS steps over as [CLS; group] sequences (as to
+    # regular); layout "mask" declares False (MASK_LAYOUT below)
+    plain_sequences=True,
     # fp32 accumulation and an online softmax, like SDPA's fused kernels: the default exact tolerances
     # (registry.EXACT_TOLERANCES) follow from the dtype; checked in float64 (eager) and float32 (compiled)
     tolerances=EXACT_TOLERANCES,
@@ -328,3 +330,6 @@ BACKEND = FlexBackend(
 #: what a ``compile=False`` core takes: the same, plus float64 (FlexAttention's eager path computes in the
 #: input dtype). Not registered; FlexCore checks its inputs against it.
 EAGER = dataclasses.replace(BACKEND, dtypes=COMPILED_DTYPES + (torch.float64,))
+# what a core with layout="mask" declares: the layer calls its token-layout entry points
+MASK_LAYOUT = dataclasses.replace(BACKEND, plain_sequences=False)
+EAGER_MASK_LAYOUT = dataclasses.replace(EAGER, plain_sequences=False)

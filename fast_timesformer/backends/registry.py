@@ -140,11 +140,7 @@ class AttentionCore(nn.Module):
     # Backends with a fused kernel (triton) override these to read and write token layout directly;
     # the defaults split tokens into (batch*groups, heads, seq, dim) and call forward().
 
-    #: True: the layer gives this core plain (batch*groups, heads, S, dim) sequences and lays the result
-    #: out in tokens itself (for a per_group CLS, every group as its own [CLS; group] sequence, projected
-    #: from a grouped copy of x: no copy of k/v, one call); only the ``global`` CLS uses the entry points
-    #: below. False (the default): the layer calls attend_groups / attend_global_prefix.
-    plain_sequences: bool = False
+    # (A backend declaring ``plain_sequences`` is handed plain sequences instead, see Backend.)
     def attend_groups(self, q, k, v, groups, *, prefix_k=None, prefix_v=None, prefix_q=None,
                       want_prefix_out=False, scale, dropout_p, out=None):
         """Attention within ``groups`` of patch tokens.
@@ -335,11 +331,16 @@ class Backend:
         name: the registry key. factory: ``factory(backend, dim_head=, heads=, **options)`` -> core.
         kind: ``"exact"`` (softmax attention), ``"approximate"`` (an estimate of it, measured by its error
             against the exact result) or ``"different_model"`` (its own attention with its own
-            parameters). ``exact=True``/``False`` (the older spelling) means ``"exact"``/``"approximate"``.
+            parameters).
         devices, dtypes, max_head_dim: what it runs on.
         supports_backward, supports_dropout, supports_prefix (natively takes a shared prefix
             ``prefix_k``/``prefix_v``), supports_cross (Sq may differ from Sk), supports_mask (runs the
             mask-defined steps of a scheme, e.g. neighborhood windows: implements ``attend_masked``): capabilities.
+        plain_sequences: the layer hands the core plain (batch*groups, heads, S, dim) sequences and lays the
+            result out in tokens itself (for a per_group CLS, every group as its own ``[CLS; group]``
+            sequence, projected from a grouped copy of x: no copy of k/v, one call); only the ``global`` CLS
+            uses the token-layout entry points. False (the default): the layer calls ``attend_groups`` /
+            ``attend_global_prefix``, which a core may override to read token layout itself (triton).
         tolerances: ``{dtype: (atol, rtol)}`` of its output against the float64 reference (default for an
             exact backend: :data:`EXACT_TOLERANCES`; none for the others). Read with :meth:`tolerance`.
         deterministic: ``True``/``False``, or ``{"forward": bool, "backward": bool}``: whether two runs on
@@ -376,6 +377,7 @@ class Backend:
     supports_prefix: bool
     supports_cross: bool
     supports_mask: bool
+    plain_sequences: bool
     max_head_dim: Optional[int]
     requires: tuple
     pip_names: dict
@@ -390,12 +392,12 @@ class Backend:
     checks: Optional[Callable[..., list]]
     availability: Optional[Callable[[], list]]
 
-    def __init__(self, name: str, factory: Callable[..., AttentionCore], exact: Optional[bool] = None, *,
-                 kind: Optional[str] = None,
+    def __init__(self, name: str, factory: Callable[..., AttentionCore], *, kind: str,
                  devices: tuple = ("cpu", "cuda"),
                  dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16, torch.float64),
                  supports_backward: bool = True, supports_dropout: bool = False, supports_prefix: bool = True,
-                 supports_cross: bool = True, supports_mask: bool = False, max_head_dim: Optional[int] = None,
+                 supports_cross: bool = True, supports_mask: bool = False, plain_sequences: bool = False,
+                 max_head_dim: Optional[int] = None,
                  requires: tuple = (),
                  pip_names: Optional[Mapping[str, str]] = None,
                  tolerances: Optional[Mapping[torch.dtype, tuple]] = None,
@@ -406,12 +408,6 @@ class Backend:
                  compiled: Optional[Compiled] = None, export_why_not: str = "", priority_rule=None):
         if priority_rule is not None:  # dataclasses.replace passes the stored field back
             priority = priority_rule
-        if kind is None:
-            if exact is None:
-                raise TypeError(f"Backend {name!r}: give kind= ('exact', 'approximate' or 'different_model')")
-            kind = "exact" if exact else "approximate"
-        elif exact is not None and bool(exact) != (kind == "exact"):
-            raise ValueError(f"Backend {name!r}: exact={exact} contradicts kind={kind!r}")
         if kind not in KINDS:
             raise unknown_name_error("backend kind", kind, KINDS)
         if isinstance(deterministic, Mapping):
@@ -427,7 +423,8 @@ class Backend:
         values = dict(
             name=name, factory=factory, kind=kind, devices=tuple(devices), dtypes=tuple(dtypes),
             supports_backward=supports_backward, supports_dropout=supports_dropout, supports_prefix=supports_prefix,
-            supports_cross=supports_cross, supports_mask=supports_mask, max_head_dim=max_head_dim,
+            supports_cross=supports_cross, supports_mask=supports_mask, plain_sequences=bool(plain_sequences),
+            max_head_dim=max_head_dim,
             requires=tuple(requires),
             pip_names=dict(pip_names or {}),
             tolerances={dt: (float(a), float(r)) for dt, (a, r) in tolerances.items()},
@@ -443,7 +440,7 @@ class Backend:
     # ---- derived facts --------------------------------------------------------------------------
     @property
     def exact(self) -> bool:
-        """``kind == "exact"`` (read-only; the older name of this fact)."""
+        """``kind == "exact"``."""
         return self.kind == "exact"
 
     @property
@@ -557,6 +554,7 @@ class Backend:
                               else "forward only" if self.is_deterministic("forward") else "no"),
             "dropout": "yes" if self.supports_dropout else "no",
             "masks": "yes" if self.supports_mask else "no",
+            "sequences": "plain" if self.plain_sequences else "tokens",
             "export": "yes" if not self.export_why_not else "as regular" if self.exact else "no",
             "status": "available" if not reasons else "; ".join(reasons),
             "description": self.description,

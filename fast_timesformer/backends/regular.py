@@ -32,11 +32,10 @@ def sdpa_context(name):
 class RegularCore(AttentionCore):
     """q/k/v go to SDPA as the strided views they are; only a prefix forces a copy (of k and v).
 
-    ``plain_sequences``: in a layer, a per_group CLS reaches SDPA as [CLS; group] sequences that are
-    views of one projection (see DividedAttention), so the prefix copy is left to the ``global`` CLS.
+    The backend declares ``plain_sequences``: in a layer, a per_group CLS reaches SDPA as [CLS; group]
+    sequences that are views of one projection (see DividedAttention), so the prefix copy is left to the
+    ``global`` CLS.
     """
-
-    plain_sequences = True
 
     def __init__(self, backend, dim_head, heads, sdpa_backend=None):
         super().__init__(backend, dim_head, heads)
@@ -69,6 +68,7 @@ BACKEND = Backend(
     kind="exact",
     supports_dropout=True,
     supports_mask=True,  # mask-defined steps (neighborhood windows) through SDPA's boolean attn_mask
+    plain_sequences=True,  # [CLS; group] sequences as views of one projection (RegularCore)
     # SDPA computes in the input dtype with float32 softmax statistics: the default exact tolerances
     # (registry.EXACT_TOLERANCES: float64 1e-10, float32 2e-5, float16 2e-3, bfloat16 1.6e-2) follow from that.
     tolerances=EXACT_TOLERANCES,
