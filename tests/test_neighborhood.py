@@ -245,8 +245,9 @@ def test_scheme_options_travel_with_the_model():
 
 
 def test_command_line_scheme_option():
+    from fast_timesformer.models import create_model
     from fast_timesformer.train.cli import _add_train_args, config_from_args
-    from fast_timesformer.train.config import build_model, model_spec
+    from fast_timesformer.train.config import model_spec
 
     p = argparse.ArgumentParser()
     _add_train_args(p)
@@ -254,7 +255,8 @@ def test_command_line_scheme_option():
                          "--image-size", "16", "--steps", "1"])
     cfg = config_from_args(args)
     assert cfg.scheme_options == {"window": (1, 3, 3)}
-    model = build_model(model_spec(cfg, num_classes=2))
+    spec = model_spec(cfg, num_classes=2)
+    model = create_model(spec["registry"], **spec["kwargs"])
     assert model.scheme.name == "neighborhood" and model.scheme.option_values == {"window": (1, 3, 3)}
 
 

@@ -275,17 +275,33 @@ def test_bad_config_raises():
 
 # ---- the registry --------------------------------------------------------------------------------
 from fast_timesformer.models import create_model, list_models  # noqa: E402
-from fast_timesformer.models.registry import model_config  # noqa: E402
+from fast_timesformer.models.registry import model_class, model_config  # noqa: E402
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_registered_models_build_with_overrides(name):
     cfg = model_config(name)
+    classifier = model_class(name) is TimeSformer
     with torch.device("meta"):
-        model = create_model(name, scheme="space_only", backend="regular", num_classes=7)
+        model = create_model(name, scheme="space_only", backend="regular",
+                             **({"num_classes": 7} if classifier else {"num_target_frames": 3}))
+    assert type(model) is model_class(name)
     assert model.num_frames == cfg["num_frames"] and model.image_size == (cfg["image_size"],) * 2
-    assert model.scheme.name == "space_only" and model.head.out_features == 7
-    assert model.config["dim"] == cfg["dim"] and len(model.blocks) == cfg["depth"]
+    assert model.scheme.name == "space_only" and model.config["dim"] == cfg["dim"]
+    if classifier:
+        assert model.head.out_features == 7 and len(model.blocks) == cfg["depth"]
+    else:
+        assert model.num_target_frames == 3 and len(model.layers) == cfg["depth"]
+
+
+def test_create_model_refuses_an_argument_the_model_does_not_take():
+    """Never dropped: a misspelt argument raises with the closest name, for either class; a backend's option
+    (passed through to every attention layer) is an argument too."""
+    with pytest.raises(ValueError, match="unknown TimeSformer argument 'drop_pat'.*Did you mean 'drop_path'"):
+        create_model("tiny", drop_pat=0.1)
+    with pytest.raises(ValueError, match="unknown GenerativeTimeSformer argument 'num_classes'"):
+        create_model("generative_timesformer", num_classes=3)
+    assert create_model("tiny", backend="performer", nb_features=16).blocks[0].attn.backend_name == "performer"
 
 
 def test_registry_names_and_errors():

@@ -38,7 +38,7 @@ def cmd_models(args) -> int:
 
 
 def add_subcommands(subparsers) -> None:
-    p = subparsers.add_parser("models", help="list the registered TimeSformer configurations and parameter counts "
+    p = subparsers.add_parser("models", help="list the registered model configurations and parameter counts "
                                              "per scheme")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*base*'")
     p.add_argument("--scheme", default=None, help="count parameters for this scheme only")

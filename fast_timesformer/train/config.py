@@ -3,18 +3,16 @@ trains (:func:`model_spec`, recorded in its checkpoints)."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import torch.nn as nn
-
 from ..backends.spec import parse_backend_spec
+from ..models import GenerativeTimeSformer, TimeSformer
 
-__all__ = ["TrainConfig", "task_of", "model_spec", "build_model"]
+__all__ = ["TrainConfig", "task_of", "model_spec", "CLASSIFIER_ONLY"]
 
 
 @dataclass
@@ -181,8 +179,18 @@ def _model_base(name: str) -> tuple[Optional[str], dict]:
                      "a JSON object of constructor arguments, or a .json file")
 
 
+#: what a classification preset (tiny, small, base) carries that the future-frame model does not take: such a
+#: preset's sizes build GenerativeTimeSformer without them
+CLASSIFIER_ONLY = ("drop_path", "num_classes", "cls_mode")
+
+
 def model_spec(cfg: TrainConfig, *, num_classes: int, channels: int = 3) -> dict:
-    """Everything needed to rebuild the model (stored in checkpoints)."""
+    """Everything needed to rebuild the model (stored in checkpoints): ``{"class", "registry", "kwargs"}``,
+    the registered name :func:`~fast_timesformer.models.create_model` builds and every constructor argument
+    (the registered configuration's included). A model given by arguments builds on ``timesformer`` (the
+    class's defaults) or, for future-frame prediction, ``generative_timesformer``."""
+    from ..models.registry import model_class, model_config
+
     registry, kwargs = _model_base(cfg.model)
     # "space.nb_features": an option for one attention step only; the others go to every step
     parsed = parse_backend_spec(cfg.backend, cfg.backend_options)
@@ -195,35 +203,23 @@ def model_spec(cfg: TrainConfig, *, num_classes: int, channels: int = 3) -> dict
         if getattr(cfg, key) is not None:
             kwargs[key] = getattr(cfg, key)
     if task_of(cfg.dataset) == "predict":
-        # GenerativeTimeSformer: the registered configuration's sizes (what it does not take is left out by
-        # build_model), any registered scheme for its context encoder, no stochastic depth
+        # GenerativeTimeSformer: a registered one, or a classification preset's sizes; any registered scheme
+        # for its context encoder, no stochastic depth
         if cfg.drop_path:
             raise ValueError("GenerativeTimeSformer has no drop_path (stochastic depth)")
         if cfg.scheme_options:
             raise ValueError("GenerativeTimeSformer takes no scheme options (--scheme-option)")
-        for key in ("drop_path", "num_classes", "cls_mode"):
-            kwargs.pop(key, None)
+        if registry is None or model_class(registry) is not GenerativeTimeSformer:
+            if registry is not None:
+                for key in CLASSIFIER_ONLY:
+                    kwargs.pop(key, None)
+            registry = "generative_timesformer"
         kwargs.update(num_target_frames=cfg.num_target_frames, out_channels=channels)
-        return {"class": "GenerativeTimeSformer", "registry": None, "kwargs": kwargs}
-    kwargs["num_classes"] = num_classes
-    return {"class": "TimeSformer", "registry": registry, "kwargs": kwargs}
-
-
-def build_model(spec: dict) -> nn.Module:
-    """Instantiate a model from :func:`model_spec`'s output."""
-    from .. import models
-
-    kwargs = dict(spec["kwargs"])
-    if spec.get("registry"):
-        return models.create_model(spec["registry"], **kwargs)
-    cls = getattr(models, spec["class"], None)
-    if cls is None:
-        raise ImportError(f"fast_timesformer.models has no {spec['class']}")
-    params = inspect.signature(cls.__init__).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        dropped = sorted(k for k in kwargs if k not in params)
-        # a preset field the class does not take (e.g. drop_path for the generative model) is left out
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-        if dropped:
-            spec.setdefault("dropped", dropped)
-    return cls(**kwargs)
+    else:
+        registry = registry or "timesformer"
+        if model_class(registry) is not TimeSformer:
+            raise ValueError(f"--model {cfg.model} is a {model_class(registry).__name__}, which predicts frames: "
+                             "--dataset bouncing trains it; classification needs a TimeSformer")
+        kwargs["num_classes"] = num_classes
+    return {"class": model_class(registry).__name__, "registry": registry,
+            "kwargs": {**model_config(registry), **kwargs}}

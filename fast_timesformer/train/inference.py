@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..models import create_model
 from . import checkpoint as ckpt
-from .config import build_model
 from .data import ClipTransform
 from .distributed import resolve_device
 from .views import average_view_scores, parse_views, video_views
@@ -21,7 +21,7 @@ def load_trained_model(path: str, device: str | torch.device = "cpu") -> tuple[n
     spec = meta.get("extra", {}).get("model_spec")
     if spec is None:
         raise ValueError(f"{path} records no model_spec: it was not written by fast-timesformer train")
-    model = build_model(spec)
+    model = create_model(spec["registry"], **spec["kwargs"])
     ckpt.load_checkpoint(path, model=model)
     return model.to(device).eval(), meta
 

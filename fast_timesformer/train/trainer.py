@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import BadVideoError, TrainingInterrupted
+from ..models import create_model
 from . import checkpoint as ckpt
-from .config import TrainConfig, build_model, model_spec, task_of
+from .config import TrainConfig, model_spec, task_of
 from .data import BouncingShapes, ClipTransform, build_train_eval
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed, wrap_ddp
 from .finetune import init_from_checkpoint
@@ -175,7 +176,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # same on every process: identical init, identical performer features
         self.spec = model_spec(cfg, num_classes=len(self.classes), channels=self._channels())
-        self.model = build_model(self.spec).to(self.device)
+        self.model = create_model(self.spec["registry"], **self.spec["kwargs"]).to(self.device)
         self.module = self.model  # the bare model, also under DDP
         if self.dist.enabled:
             # find_unused_parameters (a traversal of the autograd graph after every forward) only where a
