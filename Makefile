@@ -3,12 +3,18 @@
 #   make test    - the test suite
 #   make lint    - ruff and the import layering contracts (pyproject.toml), as CI runs them
 # Each creates $(VENV) if needed, installs torch first and only when it is absent (so pip never
-# resolves a multi-GB CUDA build by itself), then the package with its extras.
+# resolves a multi-GB CUDA build by itself), then the package with its extras, every version pinned by
+# the committed lock (requirements/lock.txt): a release tomorrow cannot turn a fresh clone red.
+#   make test-latest - the suite against the newest releases (a separate venv): what the next release breaks
+#   make lock        - refresh the lock deliberately: test-latest, and only if it is green, pin what it ran
 PYTHON ?= python3
 VENV ?= .venv
 VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+LOCK ?= requirements/lock.txt
+LATEST_VENV ?= .venv-latest
+LATEST_PY := $(LATEST_VENV)/bin/python
 EXTRAS ?= test,bench,xformers
 SUITE ?= cpu
 OUT ?= gpu_out
@@ -17,12 +23,12 @@ GPU_CHECK_ARGS ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test lint bench backends gpu-check gpu-check-dry clean
+.PHONY: install test test-latest lock lint bench backends gpu-check gpu-check-dry clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -37,6 +43,25 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m fast_timesformer.cli bench --suite $(SUITE) $(BENCH_ARGS)
 
+# The newest releases of every extra's packages (torch stays $(TORCH_SPEC): its install is special), in a
+# venv of its own, then the suite. Red here and green in `make test` = a release to pin around.
+test-latest:
+	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_PY) -m pip install "$(TORCH_SPEC)"
+	$(LATEST_PY) -m pip freeze | grep -i -E '^(torch|nvidia-[a-z0-9-]+)==' > $(LATEST_VENV)/torch-pin.txt
+	$(LATEST_PY) -m pip install --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/torch-pin.txt -e ".[all]"
+	$(LATEST_VENV)/bin/ruff check . && $(LATEST_VENV)/bin/lint-imports
+	$(LATEST_PY) -m pytest -n 2 tests $(PYTEST_ARGS)
+
+# Refresh the lock: every package of every extra (transitive ones included) at the versions test-latest
+# just ran green together; torch is left to TORCH_SPEC. Review the diff, commit it with the result.
+lock: test-latest
+	mkdir -p $(dir $(LOCK))
+	{ echo "# pip constraints: every package of every extra, as run green together by 'make lock' with $(TORCH_SPEC)"; \
+	  echo "# on Python $$($(LATEST_PY) -c 'import platform; print(platform.python_version())'). torch is pinned by TORCH_SPEC."; \
+	  $(LATEST_PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|nvidia-[a-z0-9-]+|fast[-_]timesformer)==' \
+	    | LC_ALL=C sort -f; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+
 backends: $(VENV)/.installed
 	$(PY) -m fast_timesformer.cli backends
 
@@ -50,4 +75,4 @@ gpu-check-dry: $(VENV)/.installed
 	$(PY) -m fast_timesformer.cli gpu-check --dry-run --out $(OUT) $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) *.egg-info .pytest_cache
