@@ -49,8 +49,10 @@ def test_onnx_runtime_matches_eager_for_every_scheme_at_two_batch_sizes(scheme, 
 
     model = tiny(scheme)
     path = tmp_path / f"{scheme}.onnx"
-    report = export_model(model, path, format="onnx")
-    assert set(report.max_abs_diff) == {1, 2} and not report.notices
+    # the exporter's optimiser off (half the time; the CLI test below exports with it): the translation is
+    # what broke for these schemes
+    report = export_model(model, path, format="onnx", check_batches=(2,), optimize=False)
+    assert set(report.max_abs_diff) == {2} and not report.notices
     sess = onnx_session(str(path))  # one file, two batch sizes
     for x in clips(1, 3):
         ref = model(x)
