@@ -43,14 +43,25 @@ from .backends.common import (
     tokens_from_groups,
 )
 from .backends.registry import AUTO, BackendUnavailable
-from .backends.spec import STEP_ALIASES, check_step_names, parse_backend_spec  # noqa: F401 (re-exported)
+from .backends.spec import DEFAULT_BACKEND, STEP_ALIASES, check_step_names, parse_backend_spec  # noqa: F401 (re-exported)
 from .groups import SequenceMask, TokenGroups, _is_count
 from .kernels.naive import per_group
 
-__all__ = ["DividedAttention", "use_backend", "set_backend", "CLS_MODES", "attention_groups_from_patterns",
+__all__ = ["DividedAttention", "use_backend", "set_backend", "CLS_MODES", "MODEL_CLS_MODES", "step_cls_mode",
+           "attention_groups_from_patterns",
            "check_step_names"]
 
 CLS_MODES = ("global", "per_group", "exclude", "official", "none")
+#: the modes a model chooses (``TimeSformer(cls_mode=)``): the same for every step, the CLS present
+MODEL_CLS_MODES = ("official", "global", "per_group")
+
+
+def step_cls_mode(cls: str, groups: TokenGroups) -> str:
+    """The CLS mode a step runs: ``official`` (facebookresearch/TimeSformer) is ``exclude`` for attention
+    along time, else ``per_group``; any other mode as given. The one statement of the official rule."""
+    if cls == "official":
+        return "exclude" if groups.is_time else "per_group"
+    return cls
 TIME_AXES = ("f", "t", "frames", "time")
 
 BackendSpec = Union[str, Mapping[str, str]]
@@ -143,7 +154,7 @@ class DividedAttention(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0, *,
-                 attn_dropout: float = 0.0, backend: str = "regular", cls: str = "global",
+                 attn_dropout: float = 0.0, backend: str = DEFAULT_BACKEND, cls: str = "global",
                  qkv_bias: bool = True, scale: Optional[float] = None, step: str = "attn",
                  **backend_options):
         super().__init__()
@@ -289,9 +300,7 @@ class DividedAttention(nn.Module):
         if groups is None:
             groups = TokenGroups.joint(1, m)
         groups.check_tokens(m)
-        if cls == "official":
-            cls = "exclude" if groups.is_time else "per_group"
-        return groups, cls
+        return groups, step_cls_mode(cls, groups)
 
     def _attend(self, x, groups: TokenGroups, cls: str):
         dropout_p = self.attn_dropout if self.training else 0.0

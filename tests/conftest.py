@@ -50,9 +50,9 @@ def _seed():
 
 
 def _registries():
+    from fast_timesformer import schemes
     from fast_timesformer.backends import registry as backends
     from fast_timesformer.models import registry as models
-    from fast_timesformer.models import schemes
 
     return {"backend": backends._REGISTRY, "model": models._MODELS, "scheme": schemes.SCHEMES}
 

@@ -13,7 +13,7 @@ from timesformer_reference import _cls_rule, _linear, _ln, _mlp, attention, embe
 from fast_timesformer import TimeSformer, TokenGroups
 from fast_timesformer.attention import DividedAttention
 from fast_timesformer.explain import clip_layout, clip_rollout, explain_clip, record_attention, save_explanation
-from fast_timesformer.models.schemes import SCHEMES, Scheme, Step, list_schemes
+from fast_timesformer.schemes import SCHEMES, Scheme, Step, list_schemes
 
 # the partition schemes: the references below know groups only, and the recording backend refuses the steps
 # of a mask-defined scheme (neighborhood) with a reason

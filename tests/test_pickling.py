@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fast_timesformer import DividedAttention, GenerativeTimeSformer, TimeSformer, get_backend, list_backends
-from fast_timesformer.models.schemes import list_schemes
+from fast_timesformer.schemes import list_schemes
 
 BACKENDS = [b for b in list_backends() if not get_backend(b).unavailable_reasons()]
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from fast_timesformer import BackendUnavailable, get_backend, list_backends
 from fast_timesformer.models import TimeSformer
-from fast_timesformer.models.schemes import get_scheme, list_schemes
+from fast_timesformer.schemes import get_scheme, list_schemes
 
 F_, GH, GW = 4, 4, 6  # frames, patch rows, patch columns (a non-square grid catches h/w mix-ups)
 

@@ -8,8 +8,8 @@ import torch
 
 from fast_timesformer.models import TimeSformer
 from fast_timesformer.models.resample import resample_pos_embed, resample_time_embed
-from fast_timesformer.models.schemes import list_schemes
 from fast_timesformer.models.timesformer import count_parameters
+from fast_timesformer.schemes import list_schemes
 
 TINY = dict(num_frames=4, image_size=32, patch_size=8, dim=32, depth=2, heads=2, num_classes=5, drop_path=0.0)
 

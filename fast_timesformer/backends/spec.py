@@ -21,7 +21,11 @@ from typing import Mapping, Optional, Sequence, Union
 
 from .._names import unknown_name_error
 
-__all__ = ["BackendSpec", "parse_backend_spec", "STEP_ALIASES", "check_step_names"]
+__all__ = ["BackendSpec", "parse_backend_spec", "STEP_ALIASES", "check_step_names", "DEFAULT_BACKEND"]
+
+#: the backend a step runs when nothing names one (every layer's and model's default, the trainer's, and the
+#: steps a mapping leaves out): exact softmax attention through torch SDPA, on every device
+DEFAULT_BACKEND = "regular"
 
 #: words people use for the steps (the module prefixes among them) -> the step names
 STEP_ALIASES = {"temporal": "time", "spatial": "space", "t": "time", "s": "space", "attn": "space",
@@ -59,7 +63,7 @@ class BackendSpec:
     def check_steps(self, steps: Sequence[str]) -> None:
         check_step_names(self.steps, steps)
 
-    def table(self, steps: Sequence[str], fallback: Optional[str] = "regular") -> dict:
+    def table(self, steps: Sequence[str], fallback: Optional[str] = DEFAULT_BACKEND) -> dict:
         """``{step: (name, options)}`` for every one of ``steps``: named steps as given, the others the
         single name's (or ``fallback``'s, without options; None: left out)."""
         self.check_steps(steps)

@@ -1,5 +1,4 @@
 """Video models: TimeSformer (five space-time schemes, checkpoint loading) and GenerativeTimeSformer."""
-from ..schemes import get_scheme, list_schemes, register_scheme  # noqa: F401
 from .generative import GenerativeTimeSformer  # noqa: F401
 from .registry import create_model, is_model, list_models, model_class, model_config, register_model  # noqa: F401
 from .timesformer import TimeSformer  # noqa: F401

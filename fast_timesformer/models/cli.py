@@ -9,9 +9,9 @@ def _millions(n: int) -> str:
 def cmd_models(args) -> int:
     import torch
 
+    from ..schemes import get_scheme, list_schemes
     from ..tables import format_table
     from .registry import create_model, list_models, model_config
-    from .schemes import get_scheme, list_schemes
     from .timesformer import count_parameters
 
     schemes = [args.scheme] if args.scheme else list_schemes()

@@ -56,12 +56,13 @@ from torch import nn
 
 from .. import fused
 from .._names import unknown_name_error
-from ..attention import DividedAttention
+from ..attention import DividedAttention, set_backend
 from ..backends import BackendUnavailable
-from ..backends.spec import parse_backend_spec
+from ..backends.spec import DEFAULT_BACKEND, parse_backend_spec
 from ..groups import TokenGroups
 from ..schemes import get_scheme
 from .layers import init_linear_and_norm_
+from .resample import to_hw
 
 __all__ = ["GenerativeTimeSformer", "CrossAttention", "patchify", "unpatchify", "GENERATIVE_STEPS", "TARGET_ATTENTION",
            "generative_steps"]
@@ -107,7 +108,7 @@ class CrossAttention(DividedAttention):
     """
 
     def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0, *,
-                 attn_dropout: float = 0.0, backend: str = "regular", qkv_bias: bool = True,
+                 attn_dropout: float = 0.0, backend: str = DEFAULT_BACKEND, qkv_bias: bool = True,
                  scale: Optional[float] = None, step: str = "cross", **backend_options):
         super().__init__(dim, heads, dim_head, dropout, attn_dropout=attn_dropout, backend=backend, cls="none",
                          qkv_bias=qkv_bias, scale=scale, step=step, **backend_options)
@@ -236,14 +237,6 @@ class GenerativeLayer(nn.Module):
 
 
 # ---- the model ---------------------------------------------------------------------------------------
-def _pair(v, name):
-    if isinstance(v, int):
-        return v, v
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(u, int) for u in v):
-        return tuple(v)
-    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
-
-
 #: how the target queries read the context: at their own patch position (linear in the targets), or all of it
 TARGET_ATTENTION = ("per_position", "all_context")
 
@@ -272,7 +265,7 @@ class GenerativeTimeSformer(nn.Module):
             patch p, ``f' * n * f`` scores per layer and head; ``"all_context"`` (seed 000's idea): every
             target query attends to every context token, ``f' * n * f * n`` scores (n times more).
         backend: a backend name, or a mapping step -> name or (name, options) over
-            :attr:`attention_steps` (the scheme's steps, "space" and "cross"; missing steps: "regular"), or
+            :attr:`attention_steps` (the scheme's steps, "space" and "cross"; missing steps: ``DEFAULT_BACKEND``), or
             "time=a,cross=b". ``**backend_options`` go to every attention layer's backend.
 
     ``forward(video)``: (b, num_frames, channels, H, W) -> (b, num_target_frames, out_channels, H, W).
@@ -283,10 +276,10 @@ class GenerativeTimeSformer(nn.Module):
                  heads: int = 8, dim_head: int = 64, attn_dropout: float = 0.0, ff_dropout: float = 0.0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, scheme: str = "divided_space_time",
                  target_attention: str = "per_position",
-                 backend: Union[str, Mapping[str, str]] = "regular", **backend_options):
+                 backend: Union[str, Mapping[str, str]] = DEFAULT_BACKEND, **backend_options):
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
-        ih, iw = _pair(image_size, "image_size")
+        ih, iw = to_hw(image_size, "image_size")
         for name, v in (("dim", dim), ("patch_size", patch_size), ("num_frames", num_frames),
                         ("num_target_frames", num_target_frames), ("channels", channels),
                         ("out_channels", out_channels), ("depth", depth), ("heads", heads),
@@ -302,7 +295,7 @@ class GenerativeTimeSformer(nn.Module):
         self.scheme = get_scheme(scheme)
         self.target_attention = target_attention
         self.attention_steps = generative_steps(self.scheme)
-        backends = parse_backend_spec(backend, backend_options).table(self.attention_steps, fallback="regular")
+        backends = parse_backend_spec(backend, backend_options).table(self.attention_steps)
         self.config = dict(dim=dim, image_size=image_size, patch_size=patch_size, num_frames=num_frames,
                            num_target_frames=num_target_frames, channels=channels, out_channels=out_channels,
                            depth=depth, heads=heads, dim_head=dim_head, attn_dropout=attn_dropout,
@@ -344,14 +337,9 @@ class GenerativeTimeSformer(nn.Module):
         return checkpoint.from_pretrained(cls, path, **overrides)
 
     def set_backend(self, backend: Union[str, Mapping[str, str]], **options) -> "GenerativeTimeSformer":
-        """Switch the backend of every attention layer (a name), or of some steps (a mapping over
-        :attr:`attention_steps`); steps left out of a mapping keep their backend."""
-        table = parse_backend_spec(backend, options).for_steps(self.attention_steps)
-        for layer in self.modules():
-            if isinstance(layer, DividedAttention) and layer.step in table:
-                name, opts = table[layer.step]
-                layer.set_backend(name, **opts)
-        return self
+        """:func:`fast_timesformer.attention.set_backend` on this model: every attention layer (a name), or
+        some steps (a mapping over :attr:`attention_steps`); steps left out keep their backend."""
+        return set_backend(self, backend, **options)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         if not isinstance(video, torch.Tensor) or video.dim() != 5:

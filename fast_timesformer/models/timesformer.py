@@ -35,26 +35,18 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import fused
 from .._names import unknown_name_error
-from ..attention import DividedAttention
-from ..backends.spec import parse_backend_spec
+from ..attention import MODEL_CLS_MODES, DividedAttention, set_backend, step_cls_mode
+from ..backends.spec import DEFAULT_BACKEND, parse_backend_spec
 from ..groups import TokenGroups
 from ..schemes import Scheme, get_scheme
 from . import checkpoint as checkpoint_io
 from .layers import init_linear_and_norm_
+from .resample import to_hw
 from .timesformer_layouts import TIMESFORMER_LAYOUT
 
-__all__ = ["TimeSformer", "Block", "Mlp", "PatchEmbed", "DropPath", "CLS_MODES", "count_parameters"]
+__all__ = ["TimeSformer", "Block", "Mlp", "PatchEmbed", "DropPath", "count_parameters"]
 
-CLS_MODES = ("official", "global", "per_group")
 LN_EPS = 1e-6
-
-
-def _pair(v) -> tuple:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"expected an int or a pair (h, w), got {v!r}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
 
 
 class DropPath(nn.Module):
@@ -163,7 +155,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp.residual_branch(x, self.norm2))
 
     def _cls_left_out(self, groups: TokenGroups) -> bool:
-        return self.cls_mode == "official" and groups.is_time
+        return step_cls_mode(self.cls_mode, groups) == "exclude"
 
 
 class TimeSformer(nn.Module):
@@ -183,7 +175,7 @@ class TimeSformer(nn.Module):
             (:meth:`Scheme.with_options <fast_timesformer.schemes.Scheme.with_options>`).
         backend: a backend name (``"regular"``, ``"performer"``, ``"auto"``, ...) for every attention step,
             or a mapping step -> name or (name, options), e.g. ``{"time": "regular", "space":
-            ("performer", {"nb_features": 64})}``; steps left out use ``"regular"``. Step names per scheme
+            ("performer", {"nb_features": 64})}``; steps left out use ``DEFAULT_BACKEND`` (``"regular"``). Step names per scheme
             are in :attr:`attention_steps`.
         cls_mode: ``"official"`` (default), ``"global"`` or ``"per_group"`` (see the module docstring).
         **backend_options: passed to every attention layer's backend.
@@ -193,7 +185,7 @@ class TimeSformer(nn.Module):
                  channels: int = 3, dim: int = 768, depth: int = 12, heads: int = 12,
                  dim_head: Optional[int] = None, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  attn_dropout: float = 0.0, ff_dropout: float = 0.0, drop_path: float = 0.1,
-                 scheme: str = "divided_space_time", backend: Union[str, Mapping] = "regular",
+                 scheme: str = "divided_space_time", backend: Union[str, Mapping] = DEFAULT_BACKEND,
                  cls_mode: str = "official", scheme_options: Optional[Mapping] = None, **backend_options):
         super().__init__()
         self.config = dict(num_classes=num_classes, num_frames=num_frames, image_size=image_size,
@@ -204,8 +196,8 @@ class TimeSformer(nn.Module):
         if scheme_options:  # kept out of the config when empty: configs saved before it load unchanged
             self.config["scheme_options"] = dict(scheme_options)
         self.scheme = get_scheme(scheme).with_options(**dict(scheme_options or {}))
-        if cls_mode not in CLS_MODES:
-            raise unknown_name_error("cls_mode", cls_mode, CLS_MODES)
+        if cls_mode not in MODEL_CLS_MODES:
+            raise unknown_name_error("cls_mode", cls_mode, MODEL_CLS_MODES)
         for name, v in (("num_frames", num_frames), ("channels", channels), ("dim", dim), ("depth", depth),
                         ("heads", heads)):
             if not isinstance(v, int) or v < 1:
@@ -216,7 +208,7 @@ class TimeSformer(nn.Module):
             if dim % heads:
                 raise ValueError(f"dim={dim} is not divisible by heads={heads}; give dim_head explicitly")
             dim_head = dim // heads
-        self.image_size, self.patch_size = _pair(image_size), _pair(patch_size)
+        self.image_size, self.patch_size = to_hw(image_size, "image_size"), to_hw(patch_size, "patch_size")
         for (i, p), axis in zip(zip(self.image_size, self.patch_size), ("height", "width")):
             if p < 1 or i < 1 or i % p:
                 raise ValueError(f"image {axis} {i} is not divisible by patch {axis} {p}")
@@ -246,8 +238,8 @@ class TimeSformer(nn.Module):
 
     # ---- construction helpers -------------------------------------------------------------------
     def _backend_table(self, backend, options) -> dict:
-        """step -> (backend name, options) for every step (steps a mapping leaves out: ``"regular"``)."""
-        return parse_backend_spec(backend, options).table(self.scheme.step_names, fallback="regular")
+        """step -> (backend name, options) for every step (steps a mapping leaves out: the default backend)."""
+        return parse_backend_spec(backend, options).table(self.scheme.step_names)
 
     def reset_parameters(self) -> None:
         """The official initialisation: truncated normal (std .02) for embeddings and Linear weights, zero
@@ -287,14 +279,9 @@ class TimeSformer(nn.Module):
 
     # ---- switches -------------------------------------------------------------------------------
     def set_backend(self, backend: Union[str, Mapping], **options) -> "TimeSformer":
-        """Switch the attention backend of every step (a name) or of some steps (a mapping step -> name or
-        (name, options)); weights are kept. Steps left out of a mapping keep their backend."""
-        table = parse_backend_spec(backend, options).for_steps(self.attention_steps)
-        for layer in self.attention_modules():
-            if layer.step in table:
-                name, opts = table[layer.step]
-                layer.set_backend(name, **opts)
-        return self
+        """:func:`fast_timesformer.attention.set_backend` on this model: every step (a name) or some steps (a
+        mapping step -> name or (name, options)); weights are kept, steps left out keep their backend."""
+        return set_backend(self, backend, **options)
 
     def no_weight_decay(self) -> set:
         """Parameter names the official recipe trains without weight decay (timm convention)."""

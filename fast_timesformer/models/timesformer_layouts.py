@@ -111,10 +111,9 @@ def convert_hf_state_dict(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.
 # ---- configuration ---------------------------------------------------------------------------------
 
 def _square_or_pair(v):
-    if isinstance(v, (list, tuple)):
-        h, w = (int(x) for x in v)
-        return h if h == w else (h, w)
-    return int(v)
+    """A size as the constructor is given it: an int for a square, else (h, w)."""
+    h, w = to_hw(v)
+    return h if h == w else (h, w)
 
 
 def config_from_hf(cfg: Mapping[str, Any], state: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, Any]:

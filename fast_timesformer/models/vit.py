@@ -101,7 +101,7 @@ def _source_layout(vit: Any, state: Mapping[str, torch.Tensor], vit_grid) -> Tup
     rows = state["pos_embed"].shape[1]
     grid = vit_grid if vit_grid is not None else getattr(getattr(vit, "patch_embed", None), "grid_size", None)
     if grid is not None:
-        h, w = to_hw(tuple(grid) if not isinstance(grid, int) else grid, "vit_grid")
+        h, w = to_hw(grid, "vit_grid")
         prefix = rows - h * w
         if prefix not in (0, 1, 2):
             raise ValueError(f"the ViT's pos_embed has {rows} rows, which does not fit a {h}x{w} grid")

@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+from ..backends.spec import DEFAULT_BACKEND
+
 __all__ = ["add_subcommands", "config_from_args"]
 
 
@@ -36,7 +38,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--scheme-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="scheme option, e.g. window=1,3,3 for neighborhood (frames, patch rows, patch "
                         "columns; repeatable)")
-    m.add_argument("--backend", default="regular",
+    m.add_argument("--backend", default=DEFAULT_BACKEND,
                    help="attention backend for every step, or per step: 'time=regular,space=performer' "
                         "(registered: " + ", ".join(list_backends()) + ", auto)")
     m.add_argument("--backend-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..backends.spec import parse_backend_spec
+from ..backends.spec import DEFAULT_BACKEND, parse_backend_spec
 from ..models import GenerativeTimeSformer, TimeSformer
 
 __all__ = ["TrainConfig", "task_of", "model_spec", "CLASSIFIER_ONLY"]
@@ -21,7 +21,7 @@ class TrainConfig:
     # model
     model: str = "tiny"                    # preset, registry name, JSON object or path to a .json
     scheme: str = "divided_space_time"
-    backend: Any = "regular"               # name, mapping step -> name, or "time=a,space=b"
+    backend: Any = DEFAULT_BACKEND         # name, mapping step -> name, or "time=a,space=b"
     backend_options: dict = field(default_factory=dict)
     scheme_options: dict = field(default_factory=dict)  # e.g. {"window": (1, 3, 3)} for neighborhood
     attn_dropout: Optional[float] = None
