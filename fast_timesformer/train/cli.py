@@ -196,15 +196,12 @@ def cmd_predict(args) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be a whole number >= 1, got {args.top_k}")
     if args.checkpoint.endswith(".onnx"):  # an exported file: ONNX Runtime on CPU, no model code
-        from ..export import predict_onnx
+        from .onnx_predict import predict_onnx
 
         if args.device != "cpu":
             raise ValueError(f"{args.checkpoint} runs on ONNX Runtime's CPU provider; --device {args.device} "
                              "does not apply")
-        if args.views != "1x1":
-            raise ValueError(f"{args.checkpoint} is an exported model, which predicts from one view; --views "
-                             f"{args.views} takes a training checkpoint")
-        top = predict_onnx(args.video, args.checkpoint, top_k=args.top_k)
+        top = predict_onnx(args.video, args.checkpoint, top_k=args.top_k, views=args.views)
     else:
         top = predict_video(args.video, args.checkpoint, top_k=args.top_k, device=args.device, views=args.views)
     if args.json:

@@ -89,8 +89,8 @@ def _export_hf(hf, x, path: str) -> None:
 def build_rows(frames: int, image_size: int, threads: int, workdir: str, bf16: bool = False) -> tuple:
     """``(rows, x, notes)``: rows maps a name to ``{"run": callable(x) -> logits, ...facts}`` or to
     ``{"error": reason}`` where it could not be built."""
-    from ..export import export_model
     from ..models.registry import create_model
+    from . import export_model
 
     torch.manual_seed(0)
     ours = create_model("timesformer_base_patch16_224", num_frames=frames, image_size=image_size).eval()
@@ -303,7 +303,7 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-if __name__ == "__main__":  # python -m fast_timesformer.bench.inference OUT_DIR [FxS:REPEATS ...] [--bf16]
+if __name__ == "__main__":  # python -m fast_timesformer.export.cpu_bench OUT_DIR [FxS:REPEATS ...] [--bf16]
     import sys
 
     args = sys.argv[1:]

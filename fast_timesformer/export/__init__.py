@@ -24,7 +24,8 @@ What is exported:
   ``classes`` (JSON list), ``transform`` (JSON: frames, size, resize, mean, std; see
   :class:`~fast_timesformer.train.data.ClipTransform`), ``scheme``, ``source``, ``fast_timesformer``
   (the version). A pt2 file carries the same strings as ``extra_files``. ``predict VIDEO --checkpoint
-  model.onnx`` needs nothing else (:func:`predict_onnx`: ONNX Runtime, no model code).
+  model.onnx`` needs nothing else (:func:`~fast_timesformer.train.onnx_predict.predict_onnx`: ONNX Runtime,
+  no model code). The CPU inference benchmark of exported files: :mod:`.cpu_bench`.
 """
 from __future__ import annotations
 
@@ -42,7 +43,16 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import FastTimesformerError
+from ..errors import FastTimesformerError
+from ..train.onnx_predict import (  # noqa: F401 (re-exported: the ONNX reading lives below train, which predict uses)
+    EXPORT_PACKAGES,
+    INPUT,
+    OUTPUT,
+    missing_export_packages,
+    onnx_session,
+    predict_onnx,
+    read_metadata,
+)
 
 __all__ = ["FORMATS", "TOLERANCE", "ExportError", "ExportReport", "export_model", "export_checkpoint",
            "load_classifier", "read_metadata", "predict_onnx", "onnx_session", "export_backend_plan",
@@ -52,10 +62,6 @@ FORMATS = ("onnx", "pt2")
 #: largest |logit difference| an export may show against the eager model in float32 (ONNX Runtime fuses and
 #: reorders the same float32 reductions: ~1e-6 relative on O(1)-O(10) logits; the issue's bound)
 TOLERANCE = {"onnx": 1e-4, "pt2": 1e-5}
-#: the Python distributions export needs (the ``export`` extra)
-EXPORT_PACKAGES = {"onnx": ("onnx", "onnxruntime", "onnxscript"), "pt2": ()}
-INPUT, OUTPUT = "video", "logits"
-META_KEYS = ("fast_timesformer", "scheme", "source", "classes", "transform")
 
 
 class ExportError(FastTimesformerError, ValueError):
@@ -79,22 +85,9 @@ class ExportReport:
                 f"dynamic batch); max |logit - eager| {diffs}")
 
 
-def missing_export_packages(fmt: str = "onnx") -> list:
-    """The distributions of the ``export`` extra that ``fmt`` needs and that are not installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for name in EXPORT_PACKAGES[fmt]:
-        try:
-            version(name)
-        except PackageNotFoundError:
-            out.append(name)
-    return out
-
-
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        from ._names import unknown_name_error
+        from .._names import unknown_name_error
 
         raise unknown_name_error("export format", fmt, FORMATS)
     missing = missing_export_packages(fmt)
@@ -107,8 +100,8 @@ def load_classifier(path: str):
     """``(model in eval mode, ClipTransform dict, class names or None, source kind)`` from any checkpoint
     ``predict`` and ``explain`` read: a ``fast-timesformer train`` checkpoint, a Hugging Face folder or an
     official ``.pyth``/``.pth`` file. A damaged file raises ``CorruptCheckpointError`` (one line)."""
-    from .explain.cli import load_model_for_explain
-    from .models import TimeSformer
+    from ..explain.cli import load_model_for_explain
+    from ..models import TimeSformer
 
     model, transform, classes = load_model_for_explain(path)
     if not isinstance(model, TimeSformer):
@@ -120,8 +113,8 @@ def export_backend_plan(model) -> tuple:
     """``({step: "regular"} for the steps to swap, notices)`` for the layers whose backend declares
     ``export_why_not``: an exact backend runs as ``regular`` in the export (one notice per step); any other
     kind raises :class:`ExportError` with the backend's reason."""
-    from .backends import get_backend
-    from .backends.registry import AUTO
+    from ..backends import get_backend
+    from ..backends.registry import AUTO
 
     swap, notices = {}, []
     for layer in model.attention_modules():
@@ -161,7 +154,7 @@ def _quiet_exporter():
 
 
 def _metadata(model, transform: dict, classes, source: str) -> dict:
-    from ._version import __version__
+    from .._version import __version__
 
     return {"fast_timesformer": __version__, "scheme": model.scheme.name, "source": source,
             "classes": json.dumps(list(classes) if classes else [str(i) for i in range(model.num_classes)]),
@@ -205,7 +198,7 @@ def export_model(model, out, *, format: str = "onnx", frames: Optional[int] = No
     ``optimize`` (ONNX): the exporter's graph optimiser (constant folding, dead nodes; about half the export
     time); ONNX Runtime optimises the graph again when it loads it.
     """
-    from .attention import use_backend
+    from ..attention import use_backend
 
     _check_format(format)
     f = int(frames or model.num_frames)
@@ -217,7 +210,7 @@ def export_model(model, out, *, format: str = "onnx", frames: Optional[int] = No
         raise ExportError(f"clip size {f}x{ih}x{iw} does not fit the model: {e}") from None
     transform = dict(transform) if transform else {}
     if not transform or transform.get("num_frames") != f or transform.get("image_size") not in (ih, [ih, iw]):
-        from .train.data import ClipTransform
+        from ..train.data import ClipTransform
 
         base = ClipTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in transform.items()})
         resize = None if base.resize is None else int(round(base.resize * ih / base.image_size))
@@ -258,57 +251,6 @@ def export_checkpoint(checkpoint: str, out, *, format: str = "onnx", frames: Opt
     model, transform, classes = load_classifier(checkpoint)
     return export_model(model, out, format=format, frames=frames, image_size=image_size, transform=transform,
                         classes=classes, source=os.path.basename(os.path.normpath(str(checkpoint))))
-
-
-# ---- running an exported file -----------------------------------------------------------------------------
-def onnx_session(path: str):
-    """An ONNX Runtime CPU session for ``path``; a file ONNX Runtime cannot read raises ``CorruptCheckpointError``."""
-    from .errors import CorruptCheckpointError, first_line
-
-    missing = missing_export_packages("onnx")
-    if missing:
-        raise ExportError(f"running {path} needs {', '.join(missing)} (pip install 'fast_timesformer[export]')")
-    import onnxruntime as ort
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no ONNX file at {path}")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only
-    try:
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own classes for unreadable files
-        raise CorruptCheckpointError(path, f"ONNX Runtime cannot load it ({first_line(e)})") from None
-
-
-def read_metadata(session_or_path) -> dict:
-    """The fast_timesformer metadata of an exported ONNX file: ``{"classes": [...], "transform": {...}, ...}``."""
-    sess = onnx_session(session_or_path) if isinstance(session_or_path, (str, os.PathLike)) else session_or_path
-    meta = dict(sess.get_modelmeta().custom_metadata_map)
-    missing = [k for k in ("classes", "transform") if k not in meta]
-    if missing:
-        raise ExportError(f"the ONNX file carries no {' or '.join(missing)} metadata: it was not written by "
-                          "fast-timesformer export")
-    meta["classes"] = json.loads(meta["classes"])
-    meta["transform"] = json.loads(meta["transform"])
-    return meta
-
-
-def predict_onnx(video_path: str, onnx_path: str, top_k: int = 5) -> list:
-    """Top-k (class name, probability) for one video with an exported ONNX file: decoded and preprocessed
-    as its metadata says, run by ONNX Runtime (no model code); the same ranking as ``predict`` with the
-    checkpoint it came from (softmax over the same logits, to float32 round-off)."""
-    from .train.data import ClipTransform, preprocess_clip, read_video
-
-    sess = onnx_session(str(onnx_path))
-    meta = read_metadata(sess)
-    t = ClipTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["transform"].items()})
-    clip = preprocess_clip(read_video(video_path, t.num_frames, "uniform"), t)
-    logits = torch.from_numpy(sess.run([OUTPUT], {INPUT: clip.unsqueeze(0).numpy()})[0])
-    probs = logits.float().softmax(-1)[0]
-    top = probs.topk(min(top_k, probs.numel()))
-    classes = meta["classes"]
-    names = [classes[i] if i < len(classes) else str(i) for i in top.indices.tolist()]
-    return list(zip(names, top.values.tolist()))
 
 
 # ---- command line -------------------------------------------------------------------------------------------
