@@ -189,7 +189,7 @@ def test_ssv2_converter(tmp_path, capsys):
     assert (out / "train.txt").read_text().splitlines() == ["11.webm 0", "12.webm 1"]
     assert (out / "validation.txt").read_text().splitlines() == ["21.webm 2"]
     assert "train.txt: 2 clips; 1 not found under" in printed and "13.webm" in printed
-    assert "validation.txt: 1 clips; 1 not found under" in printed and "22.webm" in printed
+    assert "validation.txt: 1 clip; 1 not found under" in printed and "22.webm" in printed
     assert "--val-dataset" in printed and "validation.txt" in printed
 
 

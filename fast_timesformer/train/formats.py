@@ -190,7 +190,7 @@ class Conversion:
         """One line per split (clips written, clips left out with the first few named), then the classes."""
         lines = []
         for split, (path, n) in self.lists.items():
-            text = f"{path}: {n} clips"
+            text = f"{path}: {n} clip{'' if n == 1 else 's'}"
             missing = self.missing.get(split, [])
             if missing:
                 shown = ", ".join(missing[:FIRST_FEW]) + (", ..." if len(missing) > FIRST_FEW else "")
