@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from fast_timesformer.train.data import ClipTransform, preprocess_clip, read_video, sample_frame_indices
+from fast_timesformer.video import ClipTransform, preprocess_clip, read_video, sample_frame_indices
 
 
 def make_video(path: str, *, seconds: int = 10, fps: int = 30, height: int = 340, width: int = 454,

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from fast_timesformer import video
 from fast_timesformer.train import data as D
 
 
@@ -137,33 +138,33 @@ def test_bouncing_shapes_stay_inside():
 
 # ---- frame sampling and transforms ----------------------------------------------------------------
 def test_sample_frame_indices():
-    assert D.sample_frame_indices(16, 4, "uniform") == [2, 6, 10, 14]
-    assert D.sample_frame_indices(3, 6, "uniform") == [0, 0, 1, 1, 2, 2]  # short videos repeat frames
+    assert video.sample_frame_indices(16, 4, "uniform") == [2, 6, 10, 14]
+    assert video.sample_frame_indices(3, 6, "uniform") == [0, 0, 1, 1, 2, 2]  # short videos repeat frames
     g = torch.Generator().manual_seed(0)
-    idx = D.sample_frame_indices(40, 8, "random", generator=g)
+    idx = video.sample_frame_indices(40, 8, "random", generator=g)
     assert idx == sorted(idx) and all(5 * i <= j < 5 * (i + 1) for i, j in enumerate(idx))
     with pytest.raises(ValueError, match="sampling"):
-        D.sample_frame_indices(10, 2, "middle")
+        video.sample_frame_indices(10, 2, "middle")
     with pytest.raises(ValueError, match="no frames"):
-        D.sample_frame_indices(0, 2)
+        video.sample_frame_indices(0, 2)
 
 
 def test_resize_crop_normalize():
     clip = torch.arange(2 * 3 * 20 * 30, dtype=torch.float32).view(2, 3, 20, 30) % 255
-    r = D.resize_short_side(clip, 10)
+    r = video.resize_short_side(clip, 10)
     assert r.shape == (2, 3, 10, 15)
-    c = D.crop(r, 10)
+    c = video.crop(r, 10)
     assert c.shape == (2, 3, 10, 10)
-    assert torch.equal(D.crop(r, 10, mode="center"), r[..., :, 2:12])
+    assert torch.equal(video.crop(r, 10, mode="center"), r[..., :, 2:12])
     g = torch.Generator().manual_seed(1)
-    rc = D.crop(r, 8, mode="random", generator=g)
+    rc = video.crop(r, 8, mode="random", generator=g)
     assert rc.shape == (2, 3, 8, 8)
     with pytest.raises(ValueError, match="cannot crop"):
-        D.crop(r, 11)
-    n = D.normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        video.crop(r, 11)
+    n = video.normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     assert torch.allclose(n, torch.full_like(n, 2.0))
     with pytest.raises(ValueError, match="channels"):
-        D.normalize(clip, (0.5,), (0.5,))
+        video.normalize(clip, (0.5,), (0.5,))
 
 
 # ---- PyAV video folder ----------------------------------------------------------------------------
@@ -203,20 +204,20 @@ def test_read_video_each_container(tmp_path, ext, codec):
         pytest.skip(f"this PyAV build has no {codec} encoder to write a {ext} test file")
     path = tmp_path / f"clip{ext}"
     write_video(path, num_frames=12, codec=codec)
-    clip = D.read_video(str(path), 4, "uniform")
+    clip = video.read_video(str(path), 4, "uniform")
     assert clip.shape == (4, 3, 24, 32) and clip.dtype == torch.uint8
-    expected = [10 + 20 * t for t in D.sample_frame_indices(12, 4, "uniform")]  # frames 1, 4, 7, 10
+    expected = [10 + 20 * t for t in video.sample_frame_indices(12, 4, "uniform")]  # frames 1, 4, 7, 10
     got = clip.float().mean((1, 2, 3)).tolist()
     assert all(abs(g - e) < 6 for g, e in zip(got, expected)), (got, expected)
 
 
 def test_read_video_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
-        D.read_video(str(tmp_path / "missing.mp4"), 4)
+        video.read_video(str(tmp_path / "missing.mp4"), 4)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"this is not a video")
     with pytest.raises(ValueError, match="bad.mp4"):
-        D.read_video(str(bad), 4)
+        video.read_video(str(bad), 4)
 
 
 @pytest.fixture
@@ -231,7 +232,7 @@ def video_folder(tmp_path):
 
 
 def test_video_folder(video_folder):
-    t = D.ClipTransform(num_frames=4, image_size=16, resize=20, sampling="uniform", crop="center",
+    t = video.ClipTransform(num_frames=4, image_size=16, resize=20, sampling="uniform", crop="center",
                         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     ds = D.VideoFolder(str(video_folder), t)
     assert ds.classes == ["jump", "run"] and len(ds) == 4
@@ -239,10 +240,10 @@ def test_video_folder(video_folder):
     x, y = ds[2]
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and y == 1
     means = x.mean((1, 2, 3)) * 255
-    expected = torch.tensor([100 + 10 + 8 * i for i in D.sample_frame_indices(10, 4)], dtype=torch.float32)
+    expected = torch.tensor([100 + 10 + 8 * i for i in video.sample_frame_indices(10, 4)], dtype=torch.float32)
     assert (means - expected).abs().max() < 6
 
-    rnd = D.VideoFolder(str(video_folder), D.ClipTransform(num_frames=4, image_size=16, sampling="random",
+    rnd = D.VideoFolder(str(video_folder), video.ClipTransform(num_frames=4, image_size=16, sampling="random",
                                                            crop="random"), seed=5)
     a, b = rnd[0][0], rnd[0][0]
     assert torch.equal(a, b)  # a pure function of (seed, epoch, index)

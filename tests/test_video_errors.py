@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 
+from fast_timesformer import video
 from fast_timesformer.errors import BadVideoError
 from fast_timesformer.train import checkpoint as ckpt
 from fast_timesformer.train import data as D
@@ -67,7 +68,7 @@ def cfg(tmp_path, root, **kw):
 def test_scan_names_every_bad_file(tmp_path):
     root = make_folder(tmp_path / "videos", per_class=2)
     bad = add_bad_files(root)
-    assert D.check_video(str(root / "dark" / "0.mp4")) is None
+    assert video.check_video(str(root / "dark" / "0.mp4")) is None
     with pytest.raises(BadVideoError) as info:
         D.VideoFolder(str(root))
     e = info.value
@@ -112,7 +113,7 @@ def test_read_video_names_a_file_that_fails_mid_stream(tmp_path, monkeypatch):
     naming the file and the frame, not PyAV's exception."""
     path = tmp_path / "clip.mp4"
     write_video(path)
-    real_av = D._import_av()
+    real_av = video._import_av()
 
     class Container:
         def __init__(self, inner):
@@ -137,9 +138,9 @@ def test_read_video_names_a_file_that_fails_mid_stream(tmp_path, monkeypatch):
         def open(p):
             return Container(real_av.open(p))
 
-    monkeypatch.setattr(D, "_import_av", lambda: FakeAV)
+    monkeypatch.setattr(video, "_import_av", lambda: FakeAV)
     with pytest.raises(BadVideoError, match=r"clip\.mp4: cannot decode frame 2 \(Invalid data found"):
-        D.read_video(str(path), 4)
+        video.read_video(str(path), 4)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

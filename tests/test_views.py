@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from fast_timesformer import video
 from fast_timesformer.models import TimeSformer
-from fast_timesformer.train import data as D
 from fast_timesformer.train import views as V
 
 av = pytest.importorskip("av", reason="PyAV (the 'video' extra) is not installed")
@@ -19,7 +19,7 @@ def test_parse_views():
 
 
 def test_clip_frame_indices_spread_evenly():
-    assert V.clip_frame_indices(30, 4, 1) == [D.sample_frame_indices(30, 4, "uniform")]
+    assert V.clip_frame_indices(30, 4, 1) == [video.sample_frame_indices(30, 4, "uniform")]
     # 16 frames in 4 segments of 4: clip 0 at a quarter of each segment, clip 1 at three quarters
     assert V.clip_frame_indices(16, 4, 2) == [[1, 5, 9, 13], [3, 7, 11, 15]]
     assert V.clip_frame_indices(3, 4, 2) == [[0, 0, 1, 2], [0, 1, 2, 2]]  # short videos repeat frames
@@ -30,7 +30,7 @@ def test_spatial_crops_along_the_longer_side():
     crops = V.spatial_crops(wide, 4, 3)
     assert crops.shape == (3, 2, 3, 4, 4)
     assert [int(c[0, 0, 0, 0]) for c in crops] == [0, 3, 6]            # left, centre, right
-    assert torch.equal(crops[1], D.crop(wide, 4, mode="center"))       # one crop = the single view's centre
+    assert torch.equal(crops[1], video.crop(wide, 4, mode="center"))       # one crop = the single view's centre
     tall = wide.transpose(-1, -2)                                      # 10 x 4: crops go top to bottom
     assert [int(c[0, 0, 0, 0]) for c in V.spatial_crops(tall, 4, 3)] == [0, 3, 6]
     assert V.crop_offsets(9, 4, 2) == [0, 5]
@@ -54,7 +54,7 @@ def _write_video(path, frames=20, h=24, w=40):
 def test_multi_view_scores_are_the_mean_of_single_views(tmp_path):
     path = tmp_path / "clip.mp4"
     _write_video(path)
-    t = D.ClipTransform(num_frames=4, image_size=16, resize=18)  # resized 18 x 30: crops at x = 0, 7, 14
+    t = video.ClipTransform(num_frames=4, image_size=16, resize=18)  # resized 18 x 30: crops at x = 0, 7, 14
     torch.manual_seed(0)
     model = TimeSformer(num_classes=5, num_frames=4, image_size=16, patch_size=8, dim=32, depth=1, heads=2,
                         drop_path=0.0).double().eval()
@@ -73,10 +73,10 @@ def test_multi_view_scores_are_the_mean_of_single_views(tmp_path):
         for j in range(2):
             idx = [int(5 * (i + (j + 0.5) / 2)) for i in range(4)]
             clip = torch.stack([frames[i] for i in idx]).permute(0, 3, 1, 2)
-            clip = D.resize_short_side(clip, 18)
+            clip = video.resize_short_side(clip, 18)
             assert clip.shape[-2:] == (18, 30)
             for left in (0, 7, 14):
-                view = D.normalize(clip[..., 1:17, left:left + 16], t.mean, t.std)
+                view = video.normalize(clip[..., 1:17, left:left + 16], t.mean, t.std)
                 singles.append(model(view[None].double()).softmax(-1)[0])
         singles = torch.stack(singles)
     # the views really differ, so the identity is not met by a constant
@@ -88,6 +88,6 @@ def test_multi_view_scores_are_the_mean_of_single_views(tmp_path):
 def test_one_view_is_the_single_view_clip(tmp_path):
     path = tmp_path / "clip.mp4"
     _write_video(path, frames=13)
-    t = D.ClipTransform(num_frames=4, image_size=16)
-    single = D.preprocess_clip(D.read_video(str(path), 4, "uniform"), t)
+    t = video.ClipTransform(num_frames=4, image_size=16)
+    single = video.preprocess_clip(video.read_video(str(path), 4, "uniform"), t)
     assert torch.equal(V.video_views(str(path), t, "1x1")[0], single)

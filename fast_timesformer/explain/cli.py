@@ -32,7 +32,7 @@ def load_model_for_explain(path: str, device: str = "cpu"):
     ``predict`` reads it) or a Hugging Face folder / official file (``TimeSformer.from_pretrained``).
     Damaged files raise :class:`CorruptCheckpointError`, mismatched ones ``CheckpointMismatchError``."""
     from ..errors import FastTimesformerError
-    from ..train.data import ClipTransform
+    from ..video import ClipTransform
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -67,7 +67,7 @@ def load_model_for_explain(path: str, device: str = "cpu"):
 def read_clip(path: str, transform):
     """Decode and preprocess one video as ``predict`` does; an undecodable file raises BadVideoError."""
     from ..errors import BadVideoError, FastTimesformerError
-    from ..train.data import preprocess_clip, read_video
+    from ..video import preprocess_clip, read_video
 
     try:
         raw = read_video(path, transform.num_frames, "uniform")

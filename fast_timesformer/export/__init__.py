@@ -22,7 +22,7 @@ What is exported:
   (:data:`TOLERANCE`) the file is deleted and :class:`ExportError` raised.
 - ONNX metadata (``metadata_props``, read with ``session.get_modelmeta().custom_metadata_map``):
   ``classes`` (JSON list), ``transform`` (JSON: frames, size, resize, mean, std; see
-  :class:`~fast_timesformer.train.data.ClipTransform`), ``scheme``, ``source``, ``fast_timesformer``
+  :class:`~fast_timesformer.video.ClipTransform`), ``scheme``, ``source``, ``fast_timesformer``
   (the version). A pt2 file carries the same strings as ``extra_files``. ``predict VIDEO --checkpoint
   model.onnx`` needs nothing else (:func:`~fast_timesformer.train.onnx_predict.predict_onnx`: ONNX Runtime,
   no model code). The CPU inference benchmark of exported files: :mod:`.cpu_bench`.
@@ -210,7 +210,7 @@ def export_model(model, out, *, format: str = "onnx", frames: Optional[int] = No
         raise ExportError(f"clip size {f}x{ih}x{iw} does not fit the model: {e}") from None
     transform = dict(transform) if transform else {}
     if not transform or transform.get("num_frames") != f or transform.get("image_size") not in (ih, [ih, iw]):
-        from ..train.data import ClipTransform
+        from ..video import ClipTransform
 
         base = ClipTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in transform.items()})
         resize = None if base.resize is None else int(round(base.resize * ih / base.image_size))

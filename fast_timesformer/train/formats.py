@@ -14,7 +14,7 @@ names where they are names.
 Everything that is wrong with a list is one :class:`ListFileError` naming the list file and the line:
 a missing clip, a label outside the classes, a clip listed twice (by real path), a clip in both the
 training and the evaluation list. The clips a list names are then scanned as a class folder's are
-(:func:`fast_timesformer.train.data.check_video`).
+(:func:`fast_timesformer.video.check_video`).
 
 The converters end every format as list files plus ``classes.txt``:
 
@@ -207,7 +207,7 @@ class Conversion:
 
 def _finish(conv: Conversion, found: dict[str, list[tuple[str, int]]], check: bool) -> Conversion:
     """Check (optionally) and write the lists and the class names."""
-    from .data import check_video
+    from ..video import check_video
 
     if not any(found.values()):
         total = sum(len(v) for v in conv.missing.values())
@@ -356,10 +356,10 @@ def convert_ssv2(annotations: str, out: str, *, videos: Optional[str] = None, ch
 # Training and evaluation sets from list files
 # ---------------------------------------------------------------------------------------------------
 def _scanned(dataset, skip_bad: bool):
-    """The scan a class folder's files get (:func:`~fast_timesformer.train.data.check_video` on every
+    """The scan a class folder's files get (:func:`~fast_timesformer.video.check_video` on every
     file; unreadable ones refused in one line, or left out with ``skip_bad``)."""
     from ..errors import BadVideoError
-    from .data import check_video
+    from ..video import check_video
 
     problems = [(p, why) for p, _ in dataset.samples if (why := check_video(p)) is not None]
     if problems and not skip_bad:

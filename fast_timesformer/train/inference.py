@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 from ..models import create_model
+from ..video import ClipTransform
 from . import checkpoint as ckpt
-from .data import ClipTransform
 from .distributed import resolve_device
 from .views import average_view_scores, parse_views, video_views
 

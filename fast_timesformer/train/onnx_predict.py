@@ -13,7 +13,7 @@ import os
 import torch
 
 from ..errors import CorruptCheckpointError, FastTimesformerError, first_line
-from .data import ClipTransform
+from ..video import ClipTransform
 from .views import average_view_scores, parse_views, video_views
 
 __all__ = ["EXPORT_PACKAGES", "INPUT", "OUTPUT", "missing_export_packages", "onnx_session", "read_metadata",

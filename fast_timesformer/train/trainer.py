@@ -41,9 +41,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import BadVideoError, TrainingInterrupted
 from ..models import create_model
+from ..video import ClipTransform
 from . import checkpoint as ckpt
 from .config import TrainConfig, model_spec, task_of
-from .data import BouncingShapes, ClipTransform, build_train_eval
+from .data import BouncingShapes, build_train_eval
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, barrier, init_distributed, wrap_ddp
 from .finetune import init_from_checkpoint
 from .formats import build_list_train_eval

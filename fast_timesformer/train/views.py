@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .data import ClipTransform, normalize, read_video_frames, resize_short_side, sample_frame_indices
+from ..video import ClipTransform, normalize, read_video_frames, resize_short_side, sample_frame_indices
 
 __all__ = ["parse_views", "format_views", "clip_frame_indices", "crop_offsets", "spatial_crops",
            "views_of_frames", "video_views", "average_view_scores", "MultiViewDataset"]
