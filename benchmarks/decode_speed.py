@@ -92,7 +92,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/decode")
     ap.add_argument("--videos", type=int, default=3, help="how many 10 s videos to make")
     ap.add_argument("--rounds", type=int, default=3, help="passes over the videos per decoder (alternated)")
+    ap.add_argument("--size", default="454x340", help="WIDTHxHEIGHT of the videos made (default 340p at 4:3)")
+    ap.add_argument("--name", default="decode", help="the result file: OUT/NAME.json")
     args = ap.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
     torch.set_num_threads(1)
     t = ClipTransform(num_frames=8, image_size=224)
     status = torchcodec_status()
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
         paths = [os.path.join(tmp, f"clip{i}.mp4") for i in range(args.videos)]
         t0 = time.perf_counter()
         for i, p in enumerate(paths):
-            make_video(p, seed=i)
+            make_video(p, seed=i, width=width, height=height)
         made_s = time.perf_counter() - t0
         size_mb = sum(os.path.getsize(p) for p in paths) / len(paths) / 1e6
         exact = None
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
                       "clips_per_s_per_worker": round(1 / cpu, 2)}
     record = {
         "clip": "8 frames, uniform, resize 256, centre crop 224, normalised",
-        "videos": {"count": args.videos, "seconds": 10, "fps": 30, "size": "454x340", "codec": "libx264 (.mp4)",
+        "videos": {"count": args.videos, "seconds": 10, "fps": 30, "size": f"{width}x{height}", "codec": "libx264 (.mp4)",
                    "mean_mb": round(size_mb, 2), "made_in_s": round(made_s, 1)},
         "rounds": args.rounds, "torch_threads": 1, "results": rows,
         "torchcodec": "measured" if status is None else f"not measured: {status}",
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
         "command": "python benchmarks/decode_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "decode.json"), "w") as f:
+    with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
         json.dump(record, f, indent=1)
     print(json.dumps(record, indent=1))
     return 0
