@@ -44,6 +44,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import FastTimesformerError
+from ..models.resample import to_hw
 from ..train.onnx_predict import (  # noqa: F401 (re-exported: the ONNX reading lives below train, which predict uses)
     EXPORT_PACKAGES,
     INPUT,
@@ -202,7 +203,7 @@ def export_model(model, out, *, format: str = "onnx", frames: Optional[int] = No
 
     _check_format(format)
     f = int(frames or model.num_frames)
-    ih, iw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size or model.image_size)
+    ih, iw = to_hw(image_size or model.image_size, "image_size")
     example = torch.zeros(2, f, model.channels, ih, iw)
     try:
         model._check_input(example)  # a size that does not fit: the model's own one-line ValueError
