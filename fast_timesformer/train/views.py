@@ -65,7 +65,7 @@ def clip_frame_indices(num_available: int, num_frames: int, num_clips: int) -> l
 
 def crop_offsets(length: int, size: int, num_crops: int) -> list[int]:
     """Start offsets of ``num_crops`` windows of ``size`` along an axis of ``length``: one is centred
-    (as :func:`~fast_timesformer.train.data.crop`), several spread evenly from one end to the other."""
+    (as :func:`~fast_timesformer.video.crop`), several spread evenly from one end to the other."""
     if size > length:
         raise ValueError(f"cannot take a {size}-pixel crop from {length} pixels")
     if num_crops == 1:
