@@ -41,7 +41,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed
-	$(PY) -m fast_timesformer.cli bench --suite $(SUITE) $(BENCH_ARGS)
+	$(PY) -m fast_timesformer.cli bench --suite $(SUITE) --overwrite $(BENCH_ARGS)
 
 # The newest releases of every extra's packages (torch stays $(TORCH_SPEC): its install is special), in a
 # venv of its own, then the suite. Red here and green in `make test` = a release to pin around.

@@ -16,7 +16,8 @@ import pytest
 
 from fast_timesformer import DividedAttention
 from fast_timesformer.backends import BackendUnavailable
-from fast_timesformer.bench import gpu_report
+from fast_timesformer.bench import targets
+from fast_timesformer.bench.runner import load_results
 from fast_timesformer.errors import BrokenDependencyError, MissingDependencyError, import_failure
 
 REAL_ERROR = "cannot import name 'CUDAProperties' from 'kernels' (/repo/kernels/__init__.py)"
@@ -115,12 +116,16 @@ def test_gpu_check_counts_a_peer_import_failure_as_a_failed_stage(tmp_path):
     env = broken_package(tmp_path, "transformers")
     out_dir = tmp_path / "out"
     run = subprocess.run([sys.executable, "-m", "fast_timesformer.cli", "gpu-check", "--dry-run", "--stages",
-                          "targets", "--out", str(out_dir),
+                          "train", "--out", str(out_dir),
                           # generous budgets: this test is about the failure's report, not the stage's time
-                          "--budget", "targets=500", "--total-s", "560"], env=env, capture_output=True, text=True, timeout=600)
+                          "--budget", "train=500", "--total-s", "560"], env=env, capture_output=True, text=True,
+                         timeout=600)
     assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
-    stage = json.loads((out_dir / "targets.json").read_text())
-    assert stage["status"] == "failed" and REAL_ERROR in stage["reason"]
+    recs = load_results(out_dir)
+    (stage,) = [r for r in recs if r["suite"] == "gpu-check"]
+    assert stage["status"] == "error" and stage["reason"].startswith("failed: exit status 1")
+    (hf,) = [r for r in recs if r["suite"] == "train" and r["workload"].get("impl") == "hf"]
+    assert hf["status"] == "error" and REAL_ERROR in hf["reason"]
     table = run.stdout[run.stdout.rindex("targets:"):]
     for target in ("train-vs-hf", "train-memory"):
         line = next(ln for ln in table.splitlines() if ln.startswith(target + " "))
@@ -130,12 +135,16 @@ def test_gpu_check_counts_a_peer_import_failure_as_a_failed_stage(tmp_path):
 
 
 def test_target_rows_of_a_failed_peer_read_failed():
-    train = [{"label": "ours/regular", "status": "ok", "median_s": 0.05, "peak_mem_bytes": 9e9},
-             {"label": "ours/triton", "status": "ok", "median_s": 0.04, "peak_mem_bytes": 8e9},
-             {"label": "Hugging Face", "status": "failed", "reason": "BrokenDependencyError: " + REAL_ERROR}]
-    t = {r["id"]: r for r in gpu_report.evaluate_targets({"targets": {"train": train, "layer": []}}, 300.0)}
+    def rec(status, reason="", **w):
+        return {"suite": "train", "status": status, "reason": reason, "label": "x", "median_s": 0.05,
+                "peak_mem_bytes": 9e9, "workload": {"group": "train", **w}}
+
+    recs = [rec("ok", impl="ours", backend="regular"), rec("ok", impl="ours", backend="triton"),
+            rec("error", "BrokenDependencyError: " + REAL_ERROR, impl="hf")]
+    recs[1]["median_s"] = 0.04
+    t = {r["id"]: r for r in targets.evaluate(recs)}
     for tid in ("train-vs-hf", "train-memory"):
-        assert t[tid]["met"] is False and t[tid]["failed"] and REAL_ERROR in t[tid]["why"]
-    assert t["train-vs-regular"]["met"] is True and not t["train-vs-regular"]["failed"]
-    text = gpu_report.format_targets(list(t.values()))
+        assert t[tid]["met"] is False and t[tid]["figure"] == "FAILED" and REAL_ERROR in t[tid]["why"]
+    assert t["train-vs-regular"]["met"] is True
+    text = targets.format_targets(list(t.values()))
     assert any(ln.startswith("train-vs-hf") and "FAILED" in ln for ln in text.splitlines())

@@ -20,7 +20,7 @@ from fast_timesformer import (
 from fast_timesformer.backends import get_backend, list_backends
 from fast_timesformer.bench.plots import plot_all
 from fast_timesformer.bench.runner import load_results, run_sweep
-from fast_timesformer.bench.suites import SUITES, filter_points, get_suite
+from fast_timesformer.bench.suites import SUITES, filter_points, suite_points
 from fast_timesformer.bench.summary import write_summary
 from fast_timesformer.bench.workloads import Workload, auto_backend
 from fast_timesformer.kernels.naive import with_prefix
@@ -93,7 +93,7 @@ def _legends_while_plotting(monkeypatch):
 
 def test_registered_scheme_is_benchmarked_plotted_and_summarised(time_then_joint, tmp_path, monkeypatch):
     # the suites take it from the registry
-    tiny, settings = get_suite("tiny")
+    tiny = suite_points("tiny")
     assert time_then_joint in {p.scheme for p in tiny if p.group == "sweep"}
     # one point per implementation level through the runner, at tiny sizes
     base = Workload(scheme=time_then_joint, dim=16, heads=2, depth=1, frames=2, image_size=32, num_classes=3,
@@ -123,7 +123,7 @@ def test_registered_scheme_is_benchmarked_plotted_and_summarised(time_then_joint
 
 def test_registered_approximate_backend_gets_its_error_measured(user_topk, tmp_path):
     base = auto_backend("cpu")
-    pts, _ = get_suite("tiny")
+    pts = suite_points("tiny")
     # the tiny suite chose it by kind: swept, its forward points and its error_sweep option sets measured
     mine = [p for p in pts if p.backend == user_topk]
     assert {p.group for p in mine} == {"sweep", "approx"}
@@ -145,10 +145,70 @@ def test_diagnostic_backends_are_in_no_suite_and_never_auto():
     diagnostic = [b for b in list_backends() if get_backend(b).diagnostic]
     assert diagnostic, "the recording backend declares diagnostic=True"
     for name in SUITES:
-        device = "cpu" if name != "gpu" else "cuda"
-        points, _ = get_suite(name, device=device)
-        assert not {p.backend for p in points} & set(diagnostic), name
-    from fast_timesformer.bench.kernels import candidates
+        if name not in ("memory", "counts"):  # their points build no attention of a chosen backend
+            assert not {getattr(p, "backend", None) for p in suite_points(name)} & set(diagnostic), name
+    from fast_timesformer.bench.kernels import contenders
 
-    assert not {name for _label, name, _opts in candidates()} & set(diagnostic)
+    assert not {name for _label, name, _opts in contenders()} & set(diagnostic)
     assert auto_backend("cpu") not in diagnostic
+
+
+class EinsumCore(AttentionCore):
+    """Plain softmax attention in einsum: an exact backend the package does not know."""
+
+    def attend(self, q, k, v, prefix_k, prefix_v, *, scale, dropout_p):
+        k, v = with_prefix(k, v, prefix_k, prefix_v)
+        return torch.softmax(torch.einsum("bhqd,bhkd->bhqk", q, k) * scale, -1) @ v
+
+
+def test_a_user_backend_is_in_the_kernel_comparison_checked_timed_and_drawn(tmp_path):
+    """Registered from user code, an exact backend is a contender of the kernel suite with no edit: checked
+    against float64 first (its error on every record), timed, drawn; one over its tolerance is failed, not drawn."""
+    from fast_timesformer.cli import main
+
+    register_backend(Backend("user_einsum", EinsumCore, kind="exact", devices=("cpu",)))
+    register_backend(Backend("user_wrong", WrongCore, kind="exact", devices=("cpu",)))
+    try:
+        assert main(["bench", "--suite", "kernels", "--tiny", "--out", str(tmp_path), "--no-progress",
+                     "--backends", "user_einsum,user_wrong", "--groups", "kernel",
+                     "--threads", str(torch.get_num_threads())]) == 1
+    finally:
+        unregister_backend("user_einsum")
+        unregister_backend("user_wrong")
+    recs = load_results(tmp_path)
+    mine = [r for r in recs if r["workload"]["backend"] == "user_einsum"]
+    assert {(r["workload"]["step"], r["workload"]["mode"]) for r in mine} == {
+        (s, m) for s in ("time", "space", "joint") for m in ("fwd", "bwd", "fwd+bwd")}
+    assert all(r["status"] == "ok" and r["median_s"] > 0 and r["error"]["within"] for r in mine)
+    assert all(r["error"]["max_rel"]["out"] < 1e-5 for r in mine)  # float32 softmax: round-off only
+    wrong = [r for r in recs if r["workload"]["backend"] == "user_wrong"]
+    assert wrong and all(r["status"] == "failed" and "median_s" not in r for r in wrong)
+    assert all("declared tolerance" in r["reason"] for r in wrong)
+    assert (tmp_path / "kernels.png").exists()
+    assert "user_wrong: failed" in " ".join(
+        t.get_text() for t in _texts_of_kernels_figure(tmp_path))
+
+
+class WrongCore(EinsumCore):
+    """Off by a little: must be reported failed, never timed."""
+
+    def attend(self, q, k, v, prefix_k, prefix_v, *, scale, dropout_p):
+        return super().attend(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p) * 1.01
+
+
+def _texts_of_kernels_figure(results):
+    """The texts of kernels.png, redrawn."""
+    from fast_timesformer.bench import plots
+
+    seen = []
+    real = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, path, *a, **k):
+        seen.extend(t for ax in fig.axes for t in ax.texts)
+        return real(fig, path, *a, **k)
+    matplotlib.figure.Figure.savefig = savefig
+    try:
+        plots.plot_all(results, only=("kernels.png",))
+    finally:
+        matplotlib.figure.Figure.savefig = real
+    return seen

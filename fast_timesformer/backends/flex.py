@@ -12,7 +12,7 @@ Two ways to lay a step's token groups out for FlexAttention (option ``layout``):
   and touch every block, which makes the mask as dense as joint attention over all ``f*n`` tokens. A
   per_group CLS costs one extra call (its G copies as query rows, each masked to its group).
 
-``benchmarks/flex_vs_regular.py`` measures both against ``regular``; see docs/flex.md.
+``fast-timesformer bench --suite flex`` measures both against ``regular``; see docs/flex.md.
 
 Masks are built once per (step groups, lengths, device) and cached for the process
 (:data:`MASK_CACHE`, shared by every layer; :attr:`FlexCore.masks_built` counts this core's builds). The

@@ -1,9 +1,11 @@
-"""``fast-timesformer bench`` (run a suite, save results, draw plots) and ``fast-timesformer plot``."""
+"""``fast-timesformer bench`` (run a suite, save results, draw plots), ``plot`` and ``gpu-check``."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+FILTERS = ("schemes", "backends", "impls", "modes", "groups")
 
 
 def _csv(text):
@@ -11,81 +13,43 @@ def _csv(text):
 
 
 def add_subcommands(sub) -> None:
-    from .suites import list_suites
+    from .gpu_check import add_subcommand as add_gpu_check
+    from .suites import SUITES
 
     b = sub.add_parser("bench", help="run a benchmark suite; results, plots and summary.md go to --out",
                        description="Run a benchmark suite. Each point is appended to OUT/results.jsonl as soon "
                                    "as it is measured (--resume skips finished points); then the plots and "
-                                   "OUT/summary.md are drawn from the saved results.")
-    b.add_argument("--suite", default="cpu", choices=list_suites(),
-                   help="cpu (default, ~8 min on 2 cores), gpu (paper Figure 3 range, needs CUDA), models "
-                        "(ours vs Hugging Face / lucidrains), hf-sizes (ours vs Hugging Face at 8x224/336/448), "
-                        "tiny (seconds), kernels (fast_timesformer.bench.kernels)")
+                                   "OUT/summary.md are drawn from the saved results.",
+                       epilog="suites: " + "; ".join(f"{s.name}: {s.help}" for s in SUITES.values()))
+    b.add_argument("--suite", default="cpu", help=f"one of {', '.join(SUITES)} (default cpu; see below)")
+    b.add_argument("--tiny", action="store_true", help="the suite at seconds-long sizes (tests, dry runs)")
     b.add_argument("--out", default=None, help="output folder (default: bench_out/<suite>)")
-    b.add_argument("--resume", action="store_true", help="keep OUT/results.jsonl and skip the points already in it")
+    b.add_argument("--resume", action="store_true", help="keep OUT's results and skip the points already in it; "
+                                                         "another suite's points are added beside them")
+    b.add_argument("--overwrite", action="store_true", help="replace the results already in OUT")
     b.add_argument("--schemes", type=_csv, default=None, help="comma list, e.g. divided_space_time,joint_space_time")
     b.add_argument("--backends", type=_csv, default=None, help="comma list, e.g. regular,performer")
     b.add_argument("--impls", type=_csv, default=None, help="comma list of attention,ours,hf,lucidrains")
-    b.add_argument("--modes", type=_csv, default=None, help="fwd and/or fwd+bwd")
-    b.add_argument("--groups", type=_csv, default=None, help="sweep, approx, target")
+    b.add_argument("--modes", type=_csv, default=None, help="fwd and/or fwd+bwd (kernels: also bwd)")
+    b.add_argument("--groups", type=_csv, default=None, help="e.g. sweep, approx, target, sizes, kernel, layer")
     b.add_argument("--max-tokens", type=int, default=None, help="drop points with more patch tokens per clip")
     b.add_argument("--limit", type=int, default=None, help="only the first N points (after filters)")
     b.add_argument("--device", default=None, help="override the suite's device (e.g. cuda:1)")
     b.add_argument("--threads", type=_threads_arg, default="auto",
                    help="torch CPU threads, or 'auto' (default): one per core on an idle machine, 1 when other "
                         "processes already load the CPU; the choice is recorded in meta.json")
+    b.add_argument("--budget-s", type=float, default=None, help="start no point after this many seconds")
     b.add_argument("--list", action="store_true", help="print the points and exit")
     b.add_argument("--no-plots", action="store_true", help="skip the plots and summary.md")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
-    from .gpu_check import add_subcommand as add_gpu_check
-
     add_gpu_check(sub)
 
-    p = sub.add_parser("plot", help="draw the plots and summary.md from saved benchmark results")
+    p = sub.add_parser("plot", help="draw the plots and summary.md from saved benchmark results (any suite)")
     p.add_argument("--results", required=True, help="folder holding results.jsonl and meta.json")
     p.add_argument("--out", default=None, help="where to write the PNGs and summary.md (default: --results)")
     p.set_defaults(func=cmd_plot)
-
-
-def _run_kernels(args) -> int:
-    """The kernel suite: :mod:`fast_timesformer.bench.kernels` (``benchmarks/bench_kernels.py`` wraps it)."""
-    from .kernels import main as kernels_main
-
-    argv = []
-    if args.device:
-        require_device(args.device)
-        argv += ["--device", args.device.split(":")[0]]
-    if args.backends:
-        argv += ["--backends", *args.backends]
-    out = Path(args.out or "bench_out/kernels")
-    out.mkdir(parents=True, exist_ok=True)
-    argv += ["--out", str(out / "bench_kernels.json")]
-    print(f"suite kernels: python -m fast_timesformer.bench.kernels {' '.join(argv)}", flush=True)
-    return int(kernels_main(argv) or 0)
-
-
-def require_device(device: str) -> None:
-    """Raise :class:`~fast_timesformer.errors.DeviceUnavailableError` (one line at the console, exit 2)
-    when ``device`` (``cuda``, ``cuda:1``, ...) does not exist on this machine."""
-    import torch
-
-    from ..errors import DeviceUnavailableError
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise DeviceUnavailableError(f"--device {device}: not a device name ({e})") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(f"--device {device}: this machine has no CUDA device (torch "
-                                         f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceUnavailableError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
-                                         f"device(s)")
-    elif dev.type != "cpu":
-        raise DeviceUnavailableError(f"--device {device}: only cpu and cuda devices are benchmarked")
 
 
 def _threads_arg(text):
@@ -104,10 +68,9 @@ def choose_threads(requested, points) -> str:
     """Set torch's CPU threads; returns how they were chosen (stored in meta.json).
 
     ``auto``: torch's default (one per core) on an idle machine; 1 thread when other processes already
-    keep more than half a core busy, because multi-threaded ops then wait for
-    descheduled threads and timings slow down erratically (a 2-layer forward: 8 ms on 1 thread, 0.7 s
-    on 2, measured here under a load of 8).
-    """
+    keep more than half a core busy, because multi-threaded ops then wait for descheduled threads and
+    timings slow down erratically (a 2-layer forward: 8 ms on 1 thread, 0.7 s on 2, measured here under a
+    load of 8)."""
     import os
 
     import torch
@@ -139,15 +102,13 @@ def busy_cores(seconds: float = 1.0):
     def sample():
         with open("/proc/stat") as fh:
             vals = [int(v) for v in fh.readline().split()[1:]]
-        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-        return sum(vals), idle
+        return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)
 
     try:
         t0, i0 = sample()
         time.sleep(seconds)
         t1, i1 = sample()
-        total = t1 - t0
-        return (os.cpu_count() or 1) * (1 - (i1 - i0) / total) if total > 0 else None
+        return (os.cpu_count() or 1) * (1 - (i1 - i0) / (t1 - t0)) if t1 > t0 else None
     except (OSError, ValueError, IndexError):
         try:
             return os.getloadavg()[0]
@@ -155,73 +116,76 @@ def busy_cores(seconds: float = 1.0):
             return None
 
 
-def cmd_bench(args) -> int:
-    if args.suite == "kernels":
-        return _run_kernels(args)
-    from .runner import format_summary, peer_ratios, run_sweep
-    from .suites import filter_points, get_suite
+def check_filters(args, points) -> None:
+    """A filter value that no point of the suite has is a typo: one line naming it and the closest match."""
+    from .._names import unknown_name_error
 
-    kw = {"device": args.device} if args.device else {}
-    points, settings = get_suite(args.suite, **kw)
-    points = filter_points(points, schemes=args.schemes, backends=args.backends, impls=args.impls, modes=args.modes,
-                           groups=args.groups, max_tokens=args.max_tokens, limit=args.limit)
+    attr = {"schemes": "scheme", "backends": "backend", "impls": "impl", "modes": "mode", "groups": "group"}
+    for name in FILTERS:
+        known = sorted({str(getattr(p, attr[name], None)) for p in points} - {"None"})
+        for value in getattr(args, name) or ():
+            if value not in known:
+                raise unknown_name_error(f"--{name} value", value, known)
+
+
+def cmd_bench(args) -> int:
+    import time
+
+    from ..devices import check_device
+    from .runner import RESULTS, format_summary, peer_ratios, run_sweep
+    from .suites import filter_points, get_suite
+    from .summary import draw
+
+    suite = get_suite(args.suite)
+    device = args.device or suite.device
+    all_points = suite.points(device=device, tiny=args.tiny)
+    check_filters(args, all_points)
+    points = filter_points(all_points, schemes=args.schemes, backends=args.backends, impls=args.impls,
+                           modes=args.modes, groups=args.groups, max_tokens=args.max_tokens, limit=args.limit)
     if not points:
         print("error: no points left after the filters", file=sys.stderr)
         return 2
     if args.list:
-        for p in points:
-            print(p.label)
-        print(f"{len(points)} points")
+        print("\n".join(p.label for p in points) + f"\n{len(points)} points")
         return 0
-    for device in sorted({p.device for p in points}):
-        require_device(device)  # before anything runs: never a sweep of points all skipped for want of a GPU
-    threads = choose_threads(args.threads, points)
+    for dev in sorted({p.device for p in points}):  # never a sweep of points all skipped for want of a GPU
+        check_device(dev, label=f"--device {dev}")
     out = Path(args.out or f"bench_out/{args.suite}")
-    settings = dict(settings, suite=args.suite, filters={k: getattr(args, k) for k in
-                                                          ("schemes", "backends", "impls", "modes", "groups",
-                                                           "max_tokens", "limit", "device")},
-                    threads=threads)
-    print(f"suite {args.suite}: {len(points)} points -> {out}/results.jsonl", flush=True)
-    records = run_sweep(points, out, resume=args.resume, progress=not args.no_progress, settings=settings)
+    if (out / RESULTS).exists() and (out / RESULTS).stat().st_size and not (args.resume or args.overwrite):
+        from ..errors import FastTimesformerError
+
+        raise FastTimesformerError(f"{out} already holds results ({RESULTS}): pass --resume to add to them or "
+                                   "--overwrite to replace them")
+    threads = choose_threads(args.threads, points)
+    settings = dict(suite.settings, suite=args.suite, tiny=args.tiny, threads=threads,
+                    filters={k: getattr(args, k) for k in FILTERS + ("max_tokens", "limit", "device")})
+    print(f"suite {args.suite}: {len(points)} points -> {out}/{RESULTS}", flush=True)
+    deadline = time.monotonic() + args.budget_s if args.budget_s else None
+    records = run_sweep(points, out, resume=args.resume, progress=not args.no_progress, settings=settings,
+                        deadline=deadline)
     print(format_summary(records))
     for r in peer_ratios(records):
         mem = "" if r["mem_ratio"] is None else f", peak memory ours/{r['peer']} = {r['mem_ratio']:.2f}"
         print(f"{r['config']} {r['mode']}: ours/{r['ours']} {r['ours_s']:.3f} s vs {r['peer']} {r['peer_s']:.3f} s "
               f"-> {r['speedup']:.2f}x{mem}")
     if not args.no_plots:
-        _draw(out, out)
-    errors = sum(r["status"] == "error" for r in records)
+        draw(out, out)
     if records and all(r["status"] == "skipped" for r in records):
         print(f"error: nothing was measured: all {len(records)} point(s) were skipped (first reason: "
               f"{' '.join(records[0]['reason'].split())})", file=sys.stderr)
         return 1
-    if errors:
-        print(f"{errors} point(s) failed with an error (see 'reason' in {out}/results.jsonl)", file=sys.stderr)
-    return 1 if errors else 0
-
-
-def _draw(results, out) -> None:
-    from .plots import plot_all
-    from .summary import write_summary
-
-    paths = plot_all(results, out)
-    summary = write_summary(results, paths, out)
-    for p in paths:
-        print(f"plot: {p}")
-    print(f"summary: {summary}")
+    bad = sum(r["status"] in ("error", "failed") for r in records)
+    if bad:
+        print(f"{bad} point(s) failed (see 'reason' in {out}/{RESULTS})", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def cmd_plot(args) -> int:
+    from .summary import draw
+
     results = Path(args.results)
     if not (results / "results.jsonl").exists():
         print(f"error: no results.jsonl in {results}", file=sys.stderr)
         return 2
-    _draw(results, Path(args.out) if args.out else results)
+    draw(results, Path(args.out) if args.out else results)
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    p = argparse.ArgumentParser()
-    add_subcommands(p.add_subparsers(dest="command", required=True))
-    a = p.parse_args()
-    sys.exit(a.func(a))

@@ -26,12 +26,12 @@ benchmark's own builder, our weights copied into HF) and counts one training ste
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["OpCounter", "count_step", "count_training_step", "compare_with_hf", "format_comparison"]
+__all__ = ["OpCounter", "count_step", "count_training_step", "compare_with_hf"]
 
 aten = torch.ops.aten
 
@@ -152,75 +152,3 @@ def compare_with_hf(*, frames: int = 8, image_size: int = 224, dim: int = 768, d
                  num_classes=num_classes, dtype="float32", device="cpu")
     return {"config": w.to_dict(), "ours": count_training_step(w),
             "hf": count_training_step(w.replace(impl="hf", backend="regular"))}
-
-
-def format_comparison(res: dict, *, breakdown: bool = True) -> str:
-    """A plain-text table of :func:`compare_with_hf`'s result."""
-    c = res["config"]
-    ours, hf = res["ours"], res["hf"]
-    head = (f"one training step (fwd+bwd), {c['scheme']} {c['frames']}x{c['image_size']}, dim {c['dim']}, "
-            f"depth {c['depth']}, heads {c['heads']}, batch {c['batch']}, {c['dtype']}, backend {c['backend']}")
-    rows = [("GEMM calls (mm + addmm)", "gemm_calls", "{:d}"), ("  mm", "mm", "{:d}"), ("  addmm", "addmm", "{:d}"),
-            ("batched GEMMs (bmm + baddbmm)", "batched_gemm_calls", "{:d}"),
-            ("fused attention kernel calls", "attention_kernel_calls", "{:d}"),
-            ("bytes copied, copy_ + cat (MB)", "copy_cat_bytes", "mb"),
-            ("bytes copied, all data-movement ops (MB)", "copy_bytes", "mb"),
-            ("aten calls", "aten_calls", "{:d}")]
-    lines = [head, f"{'':44s}{'ours':>12s}{'HF':>12s}{'ours/HF':>9s}"]
-    for label, key, fmt in rows:
-        a, b = ours[key], hf[key]
-        sa, sb = (f"{a / 1e6:.1f}", f"{b / 1e6:.1f}") if fmt == "mb" else (fmt.format(a), fmt.format(b))
-        ratio = f"{a / b:.2f}" if b else "-"
-        lines.append(f"{label:44s}{sa:>12s}{sb:>12s}{ratio:>9s}")
-    if breakdown:
-        for name, r in (("ours", ours), ("HF", hf)):
-            parts = ", ".join(f"{k} {v / 1e6:.1f} MB ({r['copy_calls_by_op'][k]})"
-                              for k, v in r["copy_bytes_by_op"].items())
-            lines.append(f"copies, {name}: {parts}")
-    return "\n".join(lines)
-
-
-def _meta() -> dict:
-    import subprocess
-
-    meta = {"torch": torch.__version__}
-    try:
-        import transformers
-        meta["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    try:
-        meta["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return meta
-
-
-def main(argv: Optional[list] = None) -> int:
-    import argparse
-    import json
-
-    p = argparse.ArgumentParser(description="Count GEMM calls and bytes copied in one training step, ours vs "
-                                            "Hugging Face (deterministic; no timing)")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--dim", type=int, default=768)
-    p.add_argument("--depth", type=int, default=12)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--patch-size", type=int, default=16)
-    p.add_argument("--backend", default="regular")
-    p.add_argument("--json", default=None, help="also write the raw counts here")
-    args = p.parse_args(argv)
-    res = compare_with_hf(frames=args.frames, image_size=args.image_size, dim=args.dim, depth=args.depth,
-                          heads=args.heads, patch_size=args.patch_size, backend=args.backend)
-    print(format_comparison(res))
-    if args.json:
-        res["meta"] = _meta()
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=1)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,564 +1,282 @@
-"""Kernel benchmark: divided attention (temporal, spatial and joint steps), forward / backward / both.
+"""The kernel suite (``bench --suite kernels``): one attention step on every qualifying backend, same data.
 
-Every exact backend in the registry runs through ``AttentionCore.attend_groups`` on the *same data*: q, k,
-v as strided views of a fused qkv projection output (b, f*n, 3, heads, d) and a (b, 1 + f*n, heads, d)
-output buffer, exactly what ``DividedAttention`` hands them, so each backend pays for the copies it needs
-(SDPA: splitting tokens into (B, heads, S, d) and merging back). ``regular`` is run once per SDPA
-implementation (flash, efficient, cudnn, math). Backends that refuse the inputs are listed with their
-reasons. The ``sdpa-only`` rows time SDPA alone on pre-split contiguous tensors (no layout copies).
+Contenders come from the registry by what they declare: every exact, benchmarked backend that takes the step's
+inputs (``Backend.why_not``; a refusal is a ``skipped`` record with its reasons); a backend whose core takes an
+``sdpa_backend`` option runs once per SDPA implementation (flash, efficient, cudnn, math) and once with torch's
+choice. Steps are the scheme registry's (``time``, ``space``, ``joint``, ... with the official CLS rule,
+:func:`~fast_timesformer.attention.step_cls_mode`), on q, k, v as strided views of a fused qkv projection and a
+(b, 1 + f*n, heads, d) output buffer, exactly what ``DividedAttention`` hands a core (each backend pays for the
+copies it needs). Before a contender is timed its output and gradients are checked against float64
+(:mod:`.correctness`); one over its declared tolerance is recorded as ``failed`` and never timed.
 
-Steps follow the official model: temporal = time groups, CLS excluded; spatial = space groups with the CLS
-key/value as prefix and the CLS query attending within every frame (averaged); joint = the whole clip as
-one group, the CLS token attended by every token and attending to every token (``global``).
-
-Roofline: bytes that must move at least once (forward: q, k, v read + o written; backward: q, k, v, o, dO
-read, dq, dk, dv written, plus the fp32 LSE), divided by the device's measured copy bandwidth (and, where
-the GPU is known, by its HBM specification).
-
-On a GPU the forward and forward+backward are also timed replayed from a CUDA graph (``graph ms``): GPU
-time without the Python and launch overhead that the eager column (an eager loop) includes.
-
-Before anything is timed, each backend's output and gradients are checked against ``regular``/math in
-float32 on the same data; a backend that fails the check is reported as failed, not timed.
-
-    python -m fast_timesformer.bench.kernels --device cuda    # B=8 T=8 N=196 H=12 d=64 bf16
-    python -m fast_timesformer.bench.kernels                  # CPU: tiny size, no triton timing
+Records (group ``kernel``; ``layer``: a whole ``DividedAttention`` layer forward+backward; ``sdpa-only``: SDPA
+alone on pre-split contiguous tensors, no layout copies) carry the median and quartiles, the bytes that must
+move at least once (forward: q, k, v read, o written; backward: q, k, v, o, dO read, dq, dk, dv written, plus
+the float32 LSE), the roofline time at the measured copy bandwidth and the fraction reached (and of the HBM
+specification on a known GPU); on a GPU also the time replayed from a CUDA graph (``graph_s``: without the
+Python and launch overhead of the eager loop).
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
-import re
-import subprocess
-import sys
+import functools
+import inspect
 import time
-from pathlib import Path
-from typing import Optional
 
 import torch
 
-from ..backends import get_backend, list_backends
-from ..groups import TokenGroups
+from ..attention import step_cls_mode
+from ..backends import get_backend
+from .correctness import StepData, check, grads_of
 from .measure import gpu_times_ms, summarize
+from .runner import Case, over_tolerance_text
+from .suites import register_suite
+from .workloads import Skip, benchmarked_backends
 
-SDPA_IMPLS = ("flash", "efficient", "cudnn", "math")
-
-# The kernel benchmark and gpu-check's targets compare *our Triton kernel* with *the best SDPA implementation*
-# by design ("triton vs best SDPA", docs/triton.md): the two contenders are named here, once. Every other
-# backend is read from the registry by what it declares.
-KERNEL = "triton"  # the backend running our fused Triton kernel
-SDPA = "regular"  # the backend running torch's scaled_dot_product_attention, timed once per implementation
-XFORMERS = "xformers"  # the other fused memory-efficient kernel, timed beside them on a GPU for reference
-CONTENDERS = (KERNEL, SDPA, XFORMERS)
-
-
-def sdpa_label(impl: str) -> str:
-    """The row label of the SDPA backend pinned to one implementation (``"default"``: torch's choice)."""
-    return f"{SDPA}[{impl}]"
-
-
-def is_sdpa(label: str) -> bool:
-    return label.startswith(f"{SDPA}[")
-MODES = ("fwd", "bwd", "both")
-STEPS = ("temporal", "spatial", "joint")
-STEP_CLS = {"temporal": "exclude", "spatial": "per_group", "joint": "global"}
-ROOT = Path(__file__).resolve().parents[2]
-
+MODES = ("fwd", "bwd", "fwd+bwd")
 # HBM bandwidth from the vendors' specifications, bytes/s (matched against the device name, first hit wins)
-HBM_SPEC = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12), ("A100-SXM4-80GB", 2.04e12),
-            ("A100", 1.56e12))
+HBM_SPEC = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H100", 3.35e12),
+            ("A100-SXM4-80GB", 2.04e12), ("A100", 1.56e12))
 
 
-def hbm_spec(name: str) -> Optional[float]:
-    for key, bw in HBM_SPEC:
-        if key.lower() in name.lower():
-            return bw
-    return None
+def config(device: str, tiny: bool = False) -> dict:
+    """The workload: B=8 T=8 N=196 H=12 d=64 bf16 on a GPU; a small float32 one on CPU; ``tiny``: the dry run's."""
+    if tiny:
+        return dict(batch=1, frames=2, patches=4, heads=1, dim_head=16, dtype="float32", reps=2)
+    if device.startswith("cuda"):
+        return dict(batch=8, frames=8, patches=196, heads=12, dim_head=64, dtype="bfloat16", reps=100)
+    return dict(batch=1, frames=4, patches=16, heads=2, dim_head=16, dtype="float32", reps=5)
 
 
-# ---- timing -------------------------------------------------------------------------------------
-def timed(fn, device: str, reps: int, rep_ms: int = 100) -> dict:
-    """Latency statistics in milliseconds (median, q1, q3, min, max, n) of repeated calls."""
-    if device == "cuda":
-        times, method = gpu_times_ms(fn, warmup_ms=25, rep_ms=rep_ms)
-    else:
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        method = "time.perf_counter per call"
-    st = summarize(times, method)
-    return {"ms": st["median_s"], "q1_ms": st["q1_s"], "q3_ms": st["q3_s"], "min_ms": st["min_s"],
-            "n": st["n_times"], "time_method": method}
+def steps(frames: int, patches: int, names=None) -> dict:
+    """{step name: TokenGroups} of every registered scheme's steps at this size (first definition of a name
+    wins; a scheme that cannot split the size is left out), or only ``names``."""
+    from ..schemes import SCHEMES
+
+    grid = int(round(patches ** 0.5))
+    out = {}
+    for scheme in SCHEMES.values():
+        if not scheme.reasons(frames, grid):
+            for name, groups in scheme.step_groups(frames, grid):
+                out.setdefault(name, groups)
+    return {n: g for n, g in out.items() if names is None or n in names}
 
 
-def graphed(fn, rep_ms: int = 50) -> dict:
-    """Median ms per call replayed from a CUDA graph (triton's do_bench_cudagraph: n calls unrolled in one
-    graph, 10 replays), i.e. the GPU time without the Python and launch overhead of the eager loop."""
-    import triton.testing
+def contenders() -> list:
+    """(label, backend, options): every exact benchmarked backend; one taking ``sdpa_backend`` once per SDPA
+    implementation and once with torch's choice."""
+    from ..backends.regular import SDPA_BACKENDS
 
-    times = triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="all")
-    st = summarize(times, "do_bench_cudagraph")
-    return {"graph_ms": st["median_s"], "graph_n": st["n_times"]}
-
-
-def copy_bandwidth(device: str, dtype) -> float:
-    """Measured device copy bandwidth in GB/s (read + write of a 256 MiB buffer; 16 MiB on CPU)."""
-    n = (256 << 20) // (torch.finfo(dtype).bits // 8) if device == "cuda" else (16 << 20) // 4
-    src = torch.empty(n, dtype=dtype if device == "cuda" else torch.float32, device=device).normal_()
-    dst = torch.empty_like(src)
-    ms = timed(lambda: dst.copy_(src), device, 20)["ms"]
-    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
-
-
-# ---- the workload -----------------------------------------------------------------------------
-class Step:
-    """One attention step's data in token layout, as DividedAttention prepares it.
-
-    kind: temporal (time groups, CLS excluded), spatial (space groups, CLS per group) or joint (one group,
-    CLS global); ``cls`` may override the CLS rule (exclude / per_group / global)."""
-
-    def __init__(self, kind, b, f, n, h, d, dtype, device, seed=0, cls=None):
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        self.kind, self.b, self.f, self.n, self.h, self.d = kind, b, f, n, h, d
-        self.groups = {"temporal": TokenGroups.time, "spatial": TokenGroups.space, "joint": TokenGroups.joint}[kind](f, n)
-        self.cls = cls or STEP_CLS[kind]
-        self.dtype = dtype
-        m = f * n
-        self.qkv = (torch.randn(b, m, 3, h, d, generator=g) * 0.5).to(device=device, dtype=dtype)
-        self.cls_qkv = (torch.randn(b, 1, 3, h, d, generator=g) * 0.5).to(device=device, dtype=dtype)
-        self.grad_out = torch.randn(b, 1 + m, h, d, generator=g).to(device=device, dtype=dtype)
-        if self.cls == "exclude":
-            self.grad_out[:, :1] = 0  # the CLS row is a constant 0 here
-        self.elem = torch.finfo(dtype).bits // 8
-
-    def run(self, core, qkv, cls_qkv, poison: bool = False):
-        """The step's output (b, 1 + M, h, d); ``poison``: the buffer starts as NaN, so a row the backend
-        fails to write shows up."""
-        q, k, v = qkv.unbind(2)
-        cq, ck, cv = cls_qkv.unbind(2)
-        out = q.new_empty(self.b, 1 + self.f * self.n, self.h, self.d)
-        if poison:
-            out.fill_(float("nan"))
-        scale = self.d ** -0.5
-        if self.cls == "exclude":
-            core.attend_groups(q, k, v, self.groups, scale=scale, dropout_p=0.0, out=out[:, 1:])
-            out[:, :1] = 0
-        elif self.cls == "per_group":
-            y = core.attend_groups(q, k, v, self.groups, prefix_k=ck, prefix_v=cv, prefix_q=cq, want_prefix_out=True,
-                                   scale=scale, dropout_p=0.0, out=out[:, 1:])
-            out[:, :1] = y
-        else:  # global
-            core.attend_groups(q, k, v, self.groups, prefix_k=ck, prefix_v=cv, prefix_q=cq, scale=scale,
-                               dropout_p=0.0, out=out[:, 1:])
-            out[:, :1] = core.attend_global_prefix(cq, ck, cv, q, k, v, scale=scale, dropout_p=0.0)
-        return out
-
-    def inputs(self, requires_grad):
-        return (self.qkv.detach().requires_grad_(requires_grad), self.cls_qkv.detach().requires_grad_(requires_grad))
-
-    def bytes_moved(self, mode):
-        """Minimum HBM traffic: each tensor read or written once (the CLS prefix is negligible but counted)."""
-        t = self.b * self.f * self.n * self.h * self.d * self.elem  # one q/k/v/o tensor
-        extra = self.b * self.h * self.d * self.elem * 4 if self.cls != "exclude" else 0
-        lse = self.b * self.h * self.f * self.n * 4
-        fwd, bwd = 4 * t + lse + extra, 8 * t + 2 * lse + 2 * extra
-        return {"fwd": fwd, "bwd": bwd, "both": fwd + bwd}[mode]
-
-
-def reference(step: Step, qkv: torch.Tensor, cls_qkv: torch.Tensor) -> torch.Tensor:
-    """The step's output in float64, from the groups' token index lists (no backend code, no strides):
-    softmax(q k^T * d^-1/2) v within each group, the CLS handled as ``step.cls`` says."""
-    qkv, cls_qkv = qkv.double(), cls_qkv.double()
-    b, m, _, h, d = qkv.shape
-    scale = d ** -0.5
-    idx = step.groups.index().to(qkv.device)  # (G, S) patch-token indices
-    q, k, v = qkv.unbind(2)  # (b, M, h, d)
-    cq, ck, cv = cls_qkv.unbind(2)  # (b, 1, h, d)
-    qg, kg, vg = q[:, idx], k[:, idx], v[:, idx]  # (b, G, S, h, d)
-    G = idx.shape[0]
-    if step.cls != "exclude":
-        kg = torch.cat([ck.unsqueeze(1).expand(b, G, 1, h, d), kg], 2)
-        vg = torch.cat([cv.unsqueeze(1).expand(b, G, 1, h, d), vg], 2)
-
-    def attend(qq, kk, vv):  # (..., Sq, h, d) x (..., Sk, h, d)
-        w = torch.softmax(torch.einsum("...qhd,...khd->...hqk", qq, kk) * scale, dim=-1)
-        return torch.einsum("...hqk,...khd->...qhd", w, vv)
-
-    out = qkv.new_zeros(b, 1 + m, h, d)
-    out[:, 1 + idx.flatten()] = attend(qg, kg, vg).flatten(1, 2)
-    if step.cls == "per_group":
-        out[:, :1] = attend(cq.unsqueeze(1).expand(b, G, 1, h, d), kg, vg).mean(1)
-    elif step.cls == "global":
-        out[:, :1] = attend(cq, torch.cat([ck, k], 1), torch.cat([cv, v], 1))
-    return out
-
-
-def grads_of(out, leaves, grad_out):
-    """Gradients of ``out`` w.r.t. ``leaves``; zeros for a leaf the output does not use (the CLS's q/k/v
-    when the CLS is excluded)."""
-    gs = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, leaves)]
-
-
-def callables(step, core):
-    """fwd / bwd / both closures for one backend core on one step."""
-    def fwd():
-        with torch.no_grad():
-            step.run(core, step.qkv, step.cls_qkv)
-
-    state = {}
-
-    def prep_bwd():
-        qkv, cls_qkv = step.inputs(True)
-        state["out"] = step.run(core, qkv, cls_qkv)
-        state["leaves"] = (qkv, cls_qkv)
-
-    def bwd():
-        torch.autograd.grad(state["out"], state["leaves"], step.grad_out, retain_graph=True, allow_unused=True)
-
-    def both():
-        qkv, cls_qkv = step.inputs(True)
-        out = step.run(core, qkv, cls_qkv)
-        torch.autograd.grad(out, (qkv, cls_qkv), step.grad_out, allow_unused=True)
-
-    return {"fwd": fwd, "bwd": bwd, "both": both}, prep_bwd
-
-
-def candidates(timed: bool = True):
-    """(label, backend name, options) for every exact backend (with ``timed``, only the benchmarked ones:
-    not ``Backend.diagnostic``); :data:`SDPA` once per SDPA implementation."""
     out = []
-    for name in list_backends():
+    for name in benchmarked_backends():
         be = get_backend(name)
-        if not be.exact or (timed and be.diagnostic):
+        if not be.exact:
             continue
-        if name == SDPA:
-            out += [(sdpa_label(impl), name, {"sdpa_backend": impl}) for impl in SDPA_IMPLS]
-            out.append((sdpa_label("default"), name, {}))
+        if "sdpa_backend" in inspect.signature(be.factory).parameters:
+            out += [(f"{name}[{impl}]", name, {"sdpa_backend": impl}) for impl in SDPA_BACKENDS]
+            out.append((f"{name}[default]", name, {}))
         else:
             out.append((name, name, {}))
     return out
 
 
-TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+@functools.lru_cache(maxsize=None)
+def copy_bandwidth(device: str) -> float:
+    """Measured device copy bandwidth in bytes/s (read + write of a 256 MiB buffer; 16 MiB on CPU)."""
+    n = (256 << 20) // 2 if device.startswith("cuda") else (16 << 20) // 4
+    src = torch.empty(n, device=device).normal_()
+    dst = torch.empty_like(src)
+    s = timed(lambda: dst.copy_(src), device, 20)["median_s"]
+    return 2 * src.numel() * src.element_size() / s
 
 
-def check(step, core, ref_core, dtype):
-    """Max error of output and grads vs regular/math in float32 on the same data; (ok, errors)."""
-    def eval_(c, dt):
-        qkv, cls_qkv = (t.detach().to(dt).requires_grad_() for t in (step.qkv, step.cls_qkv))
-        out = step.run(c, qkv, cls_qkv)
-        grads = grads_of(out, (qkv, cls_qkv), step.grad_out.to(dt))
-        return [out.float(), *(g.float() for g in grads)]
-
-    got, ref = eval_(core, dtype), eval_(ref_core, torch.float32)
-    errs = [((a - r).abs().max() / r.abs().max().clamp_min(1e-6)).item() for a, r in zip(got, ref)]
-    return all(e < TOLERANCE[dtype] for e in errs), dict(zip(("out", "dqkv", "dcls"), errs))
+def hbm_spec(device: str):
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name().lower()
+    return next((bw for key, bw in HBM_SPEC if key.lower() in name), None)
 
 
-def _refusal(be, step, device):
-    q, k, v = (t.transpose(1, 2) for t in step.qkv.unbind(2))
-    ck, cv = (t.transpose(1, 2) for t in step.cls_qkv.unbind(2)[1:])
-    pk, pv = (ck, cv) if step.cls != "exclude" else (None, None)
-    reasons = be.why_not(q, k, v, pk, pv, needs_grad=True)
-    return reasons
+def timed(fn, device: str, reps: int) -> dict:
+    """Latency statistics (seconds) of repeated calls: ``do_bench`` on a GPU, ``perf_counter`` per call on CPU."""
+    if device.startswith("cuda"):
+        times, method = gpu_times_ms(fn, warmup_ms=25, rep_ms=60)
+        return summarize([t / 1e3 for t in times], method)
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return summarize(times, "time.perf_counter per call")
 
 
-def _rate(row, nbytes, peak_gbps, spec_bps):
-    ms = row["ms"]
-    row.update(bytes=nbytes, **{"TB/s": nbytes / (ms * 1e-3) / 1e12}, pct_bw=100 * nbytes / (ms * 1e-3) / 1e9 / peak_gbps,
-               roofline_ms=nbytes / (peak_gbps * 1e9) * 1e3)
-    if spec_bps:
-        row["pct_hbm_spec"] = 100 * nbytes / (ms * 1e-3) / spec_bps
-    return row
+def bytes_moved(c: Case) -> int:
+    """Minimum traffic of one call: each tensor read or written once (the CLS prefix counted, tiny)."""
+    elem = torch.finfo(getattr(torch, c.dtype)).bits // 8
+    t = c.batch * c.frames * c.patches * c.heads * c.dim_head * elem  # one q/k/v/o tensor
+    extra = c.batch * c.heads * c.dim_head * elem * 4 if c.cls != "exclude" else 0
+    lse = c.batch * c.heads * c.frames * c.patches * 4
+    fwd, bwd = 4 * t + lse + extra, 8 * t + 2 * lse + 2 * extra
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[c.mode]
 
 
-def bench_steps(cfg, dtype, peak_gbps, spec_bps=None, deadline=None, log=print):
-    rows = []
-    device = cfg["device"]
-    for kind in cfg["steps"]:
-        step = Step(kind, cfg["batch"], cfg["frames"], cfg["patches"], cfg["heads"], cfg["dim_head"], dtype, device)
-        ref_core = get_backend(SDPA).build(cfg["dim_head"], cfg["heads"], sdpa_backend="math")
-        for label, name, opts in candidates():
-            if cfg.get("backends") and name not in cfg["backends"] and label not in cfg["backends"]:
-                continue
-            base = {"step": kind, "backend": label, "dtype": str(dtype).replace("torch.", "")}
-            if deadline is not None and time.monotonic() > deadline:
-                rows.append({**base, "status": "not run: the stage's time budget ran out"})
-                continue
-            be = get_backend(name)
-            reasons = _refusal(be, step, device)
-            if device == "cpu" and name == KERNEL and not cfg.get("time_interpreter"):
-                reasons = reasons or ["CPU: the Triton interpreter runs programs one by one; timing it is meaningless"]
-            if device == "cuda" and label == sdpa_label("math"):
-                reasons = reasons or ["math is the reference, not a contender (not timed on the GPU)"]
-            if reasons:
-                rows.append({**base, "status": "skipped: " + "; ".join(reasons)})
-                continue
-            core = be.build(cfg["dim_head"], cfg["heads"], **opts).to(device)
-            try:
-                ok, errs = check(step, core, ref_core, dtype)
-            except Exception as e:  # a backend that cannot run these inputs after all (e.g. SDPA impl refuses)
-                rows.append({**base, "status": f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"})
-                continue
-            if not ok:
-                rows.append({**base, "status": f"failed check (max rel err {errs})", "errors": errs})
-                continue
-            fns, prep_bwd = callables(step, core)
-            for mode in cfg["modes"]:
-                if mode == "bwd":
-                    prep_bwd()
-                row = {**base, "mode": mode, "errors": errs}
-                try:
-                    row.update(timed(fns[mode], device, cfg["reps"], cfg.get("rep_ms", 100)))
-                except Exception as e:  # noqa: BLE001
-                    rows.append({**row, "status": f"failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"})
-                    continue
-                if device == "cuda" and mode in ("fwd", "both") and cfg.get("graphs", True):
-                    try:
-                        row.update(graphed(fns[mode]))
-                    except Exception as e:  # e.g. a backend that cannot be captured in a CUDA graph
-                        row["graph_status"] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-                rows.append(_rate({**row, "status": "ok"}, step.bytes_moved(mode), peak_gbps, spec_bps))
-            log(f"  {kind:8s} {label:18s} " + " ".join(f"{r['mode']} {r['ms']:.4g} ms" for r in rows
-                                                       if r.get("backend") == label and r.get("step") == kind
-                                                       and "ms" in r))
-        for mode in cfg["modes"]:  # the roofline itself as a row
-            nbytes = step.bytes_moved(mode)
-            rows.append({"step": kind, "backend": "roofline", "dtype": str(dtype).replace("torch.", ""), "mode": mode,
-                         "ms": nbytes / (peak_gbps * 1e9) * 1e3, "bytes": nbytes, "TB/s": peak_gbps / 1e3,
-                         "pct_bw": 100.0, "status": "bound"})
-        if cfg.get("sdpa_only", True):
-            rows += sdpa_only(cfg, step, dtype, peak_gbps, spec_bps)
-        del step
-    return rows
+def _rates(c: Case, seconds: float) -> dict:
+    nbytes, peak, spec = bytes_moved(c), copy_bandwidth(c.device), hbm_spec(c.device)
+    out = {"bytes": nbytes, "tb_s": nbytes / seconds / 1e12, "roofline_s": nbytes / peak,
+           "pct_roofline": 100 * nbytes / seconds / peak, "copy_gb_s": peak / 1e9}
+    if spec:
+        out["pct_hbm_spec"] = 100 * nbytes / seconds / spec
+    return out
 
 
-def sdpa_only(cfg, step, dtype, peak_gbps, spec_bps=None):
-    """SDPA alone on contiguous pre-split (B, heads, S, d) tensors: what the copies cost is left out."""
+@functools.lru_cache(maxsize=64)
+def _prepared(key: tuple):
+    """(StepData, core, check record) of one contender on one step, shared by its three modes."""
+    d = dict(key)
+    groups = steps(d["frames"], d["patches"], [d["step"]])[d["step"]]
+    step = StepData(groups, d["cls"], d["batch"], d["heads"], d["dim_head"], getattr(torch, d["dtype"]), d["device"])
+    be = get_backend(d["backend"])
+    reasons = step.refusal(be)
+    if reasons:
+        return step, None, "; ".join(reasons)
+    core = be.build(d["dim_head"], d["heads"], **d["options"]).to(d["device"])
+    try:
+        return step, core, check(step, core, be, grads=be.supports_backward, poison=True)
+    except RuntimeError as e:  # a pinned SDPA implementation that cannot take these inputs refuses at the call
+        from ..errors import first_line
+
+        return step, None, first_line(e)
+
+
+def _checked(c: Case):
+    """(StepData, core, check) of the case's contender on its step, shared by its modes and its layer case;
+    Skip where it refuses the inputs."""
+    step, core, res = _prepared(tuple(sorted((k, v if not isinstance(v, dict) else _Frozen(v)) for k, v in
+                                             c.fields.items() if k not in ("mode", "group", "reps"))))
+    if core is None:
+        raise Skip(res)
+    return step, core, res
+
+
+def _time_step(c: Case) -> dict:
+    step, core, res = _checked(c)
+    if not res["within"]:
+        return {"error": res, "status": "failed", "reason": over_tolerance_text(res)}
+    if c.mode == "fwd":
+        def fn():
+            with torch.no_grad():
+                step.run(core, step.qkv, step.cls_qkv)
+    elif c.mode == "bwd":
+        leaves = step.inputs(True)
+        out = step.run(core, *leaves)
+
+        def fn():
+            torch.autograd.grad(out, leaves, step.grad_out, retain_graph=True, allow_unused=True)
+    else:
+        def fn():
+            leaves = step.inputs(True)
+            grads_of(step.run(core, *leaves), leaves, step.grad_out)
+    rec = {"error": res, **timed(fn, c.device, c.reps)}
+    rec.update(_rates(c, rec["median_s"]))
+    if c.device.startswith("cuda") and c.mode != "bwd":
+        try:
+            import triton.testing
+
+            rec["graph_s"] = summarize(triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="all"),
+                                       "")["median_s"] / 1e3
+        except Exception as e:  # noqa: BLE001 - e.g. a backend that cannot be captured in a CUDA graph
+            from ..errors import first_line
+
+            rec["not_measured"] = {"graph_s": first_line(e)}
+    return rec
+
+
+class _Frozen(dict):
+    """A hashable dict (the options in a cache key)."""
+
+    def __hash__(self):
+        return hash(tuple(sorted(self.items())))
+
+
+def _time_layer(c: Case) -> dict:
+    """A whole ``DividedAttention`` layer (qkv + attention + proj, official CLS rule), forward + backward."""
+    from ..attention import DividedAttention
+
+    _, _, res = _checked(c)  # the contender's check on this step: no speed without it
+    if not res["within"]:
+        return {"error": res, "status": "failed", "reason": over_tolerance_text(res)}
+    groups = steps(c.frames, c.patches, [c.step])[c.step]
+    dim, dt = c.heads * c.dim_head, getattr(torch, c.dtype)
+    layer = DividedAttention(dim, heads=c.heads, dim_head=c.dim_head, cls="official", backend=c.backend,
+                             **c.options).to(c.device, dt)
+    x = torch.randn(c.batch, 1 + c.frames * c.patches, dim, generator=torch.Generator().manual_seed(1)).to(c.device, dt)
+    x.requires_grad_()
+    params = [x, *layer.parameters()]
+
+    def fn():
+        y = layer(x, groups=groups)
+        torch.autograd.grad(y, params, torch.ones_like(y))
+    return {"error": res, **timed(fn, c.device, c.reps)}
+
+
+def _time_sdpa_only(c: Case) -> dict:
+    """SDPA alone on contiguous pre-split (B, heads, S, d) tensors, the CLS key/value in front of each group."""
     import torch.nn.functional as F
 
     from ..backends.regular import sdpa_context
 
-    rows = []
-    device = cfg["device"]
-    q, k, v = (step.groups.split(t).contiguous() for t in step.qkv.unbind(2))
-    if step.cls != "exclude":  # CLS key/value in front of every group (what regular builds)
-        ng = step.groups.num_groups
-        ck, cv = (t.transpose(1, 2).repeat_interleave(ng, 0) for t in step.cls_qkv.unbind(2)[1:])
+    groups = steps(c.frames, c.patches, [c.step])[c.step]
+    step = StepData(groups, c.cls, c.batch, c.heads, c.dim_head, getattr(torch, c.dtype), c.device)
+    q, k, v = (groups.split(t).contiguous() for t in step.qkv.unbind(2))
+    if c.cls != "exclude":
+        ck, cv = (t.transpose(1, 2).repeat_interleave(groups.num_groups, 0) for t in step.cls_qkv.unbind(2)[1:])
         k, v = torch.cat([ck, k], 2), torch.cat([cv, v], 2)
-    for impl in SDPA_IMPLS:
-        if impl == "math" and device == "cuda":
-            continue
-        base = {"step": step.kind, "backend": f"sdpa-only[{impl}]", "dtype": str(dtype).replace("torch.", "")}
-        try:
-            with sdpa_context(impl):
-                F.scaled_dot_product_attention(q, k, v)
-        except RuntimeError as e:
-            rows.append({**base, "status": f"skipped: {' '.join(str(e).split())[:200]}"})
-            continue
-        for mode in cfg["modes"]:
-            if mode != "fwd":
-                qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+    q, k, v = (t.detach().requires_grad_(c.mode != "fwd") for t in (q, k, v))
+    try:
+        with sdpa_context(c.impl):
+            o = F.scaled_dot_product_attention(q, k, v)
+    except RuntimeError as e:
+        from ..errors import first_line
 
-            def fwd():
-                with torch.no_grad(), sdpa_context(impl):
-                    F.scaled_dot_product_attention(q, k, v)
+        raise Skip(first_line(e)) from None
 
-            def both():
-                with sdpa_context(impl):
-                    o = F.scaled_dot_product_attention(qq, kk, vv)
-                torch.autograd.grad(o, (qq, kk, vv), torch.ones_like(o))
-            if mode == "bwd":
-                with sdpa_context(impl):
-                    o = F.scaled_dot_product_attention(qq, kk, vv)
-                go = torch.ones_like(o)
-                fn = lambda: torch.autograd.grad(o, (qq, kk, vv), go, retain_graph=True)  # noqa: E731
-            else:
-                fn = fwd if mode == "fwd" else both
-            try:
-                row = {**base, "mode": mode, **timed(fn, device, cfg["reps"], cfg.get("rep_ms", 100)), "status": "ok"}
-            except RuntimeError as e:
-                rows.append({**base, "mode": mode, "status": f"failed: {' '.join(str(e).split())[:200]}"})
-                continue
-            rows.append(_rate(row, step.bytes_moved(mode), peak_gbps, spec_bps))
-    return rows
+    def fn():
+        with sdpa_context(c.impl), torch.set_grad_enabled(c.mode != "fwd"):
+            y = o if c.mode == "bwd" else F.scaled_dot_product_attention(q, k, v)
+            if c.mode != "fwd":
+                torch.autograd.grad(y, (q, k, v), torch.ones_like(y), retain_graph=c.mode == "bwd")
+    rec = timed(fn, c.device, c.reps)
+    return {**rec, **_rates(c, rec["median_s"])}
 
 
-def bench_layer(cfg, dtype, deadline=None, log=print):
-    """A whole DividedAttention layer (qkv + attention + proj, official CLS rule), forward + backward, per
-    backend, for the temporal and the spatial step."""
-    from ..attention import DividedAttention
-
-    rows = []
-    device = cfg["device"]
-    dim = cfg["heads"] * cfg["dim_head"]
-    g = torch.Generator(device="cpu").manual_seed(1)
-    x0 = torch.randn(cfg["batch"], 1 + cfg["frames"] * cfg["patches"], dim, generator=g).to(device, dtype)
-    for kind, pattern in (("temporal", ("b (f n) d", "(b n) f d", {"n": cfg["patches"]})),
-                          ("spatial", ("b (f n) d", "(b f) n d", {"f": cfg["frames"]}))):
-        layer = DividedAttention(dim, heads=cfg["heads"], dim_head=cfg["dim_head"], cls="official").to(device, dtype)
-        for label, name, opts in candidates():
-            if cfg.get("backends") and name not in cfg["backends"] and label not in cfg["backends"]:
-                continue
-            if (device == "cpu" and name == KERNEL and not cfg.get("time_interpreter")) or \
-                    (device == "cuda" and label == sdpa_label("math")):
-                continue
-            base = {"step": f"layer-{kind}", "backend": label, "dtype": str(dtype).replace("torch.", ""),
-                    "mode": "both"}
-            if deadline is not None and time.monotonic() > deadline:
-                rows.append({**base, "status": "not run: the stage's time budget ran out"})
-                continue
-            try:
-                layer.set_backend(name, **opts)
-                x = x0.detach().requires_grad_()
-                params = [x] + list(layer.parameters())
-
-                def both():
-                    y = layer(x, pattern[0], pattern[1], **pattern[2])
-                    torch.autograd.grad(y, params, torch.ones_like(y))
-                both()
-                rows.append({**base, **timed(both, device, cfg["reps"], cfg.get("rep_ms", 100)), "status": "ok"})
-            except Exception as e:  # noqa: BLE001
-                rows.append({**base, "status": f"skipped: {type(e).__name__}: {' '.join(str(e).split())[:200]}"})
-                continue
-            log(f"  layer-{kind} {label:18s} both {rows[-1]['ms']:.4g} ms")
-    return rows
-
-
-def speedups(rows):
-    """triton vs the best other backend, per step and mode (only rows that passed their check)."""
+def kernel_cases(device: str, tiny: bool = False, step_names=("time", "space", "joint"), labels=None,
+                 layer: bool = True, sdpa_only: bool = True, modes=MODES) -> list:
+    """Every (step, contender, mode) case; ``labels``: only these contenders (labels or backend names)."""
+    cfg = config(device, tiny)
+    base = dict(device=device, **cfg)
+    cs = [(lab, n, o) for lab, n, o in contenders() if labels is None or lab in labels or n in labels]
+    if device.startswith("cuda"):  # math is the reference's kind, not a contender, on a GPU
+        cs = [t for t in cs if t[2].get("sdpa_backend") != "math"]
     out = []
-    keys = {(r["step"], r.get("mode")) for r in rows if r.get("status") == "ok"}
-    for step, mode in sorted(keys):
-        ok = [r for r in rows if r["step"] == step and r.get("mode") == mode and r.get("status") == "ok"
-              and not r["backend"].startswith("sdpa-only")]
-        tri = [r for r in ok if r["backend"] == KERNEL]
-        others = [r for r in ok if r["backend"] != KERNEL]
-        if tri and others:
-            best = min(others, key=lambda r: r["ms"])
-            out.append({"step": step, "mode": mode, "triton_ms": tri[0]["ms"], "best_other": best["backend"],
-                        "best_other_ms": best["ms"], "speedup": best["ms"] / tri[0]["ms"]})
+    for name, groups in steps(cfg["frames"], cfg["patches"], step_names).items():
+        cls = step_cls_mode("official", groups)
+        for lab, be, opts in cs:
+            out += [Case("kernel", f"{name}/{lab}/{m}", _time_step, step=name, cls=cls, backend=be, contender=lab,
+                         options=opts, mode=m, **base) for m in modes]
+            if layer and name in ("time", "space"):
+                out.append(Case("layer", f"layer-{name}/{lab}/fwd+bwd", _time_layer, step=name, cls=cls, backend=be,
+                                contender=lab, options=opts, mode="fwd+bwd", **base))
+        if sdpa_only:
+            from ..backends.regular import SDPA_BACKENDS
+
+            out += [Case("sdpa-only", f"{name}/sdpa-only[{impl}]/{m}", _time_sdpa_only, step=name, cls=cls,
+                         backend="regular", contender=f"sdpa-only[{impl}]", impl=impl, mode=m, **base)
+                    for impl in SDPA_BACKENDS if not (impl == "math" and device.startswith("cuda"))
+                    for m in (modes if not tiny else ("fwd+bwd",))]
     return out
 
 
-def device_name(device):
-    if device == "cuda":
-        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-    return "cpu"
-
-
-def meta(cfg, peak_gbps, spec_bps=None):
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": torch.cuda.get_device_name() if cfg["device"] == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
-            "copy_bandwidth_GBps": peak_gbps, "hbm_spec_Bps": spec_bps,
-            "workload": {k: cfg[k] for k in ("batch", "frames", "patches", "heads", "dim_head", "dtype")}}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        pass
-    return info
-
-
-def default_config(device: str) -> dict:
-    gpu = device == "cuda"
-    cfg = dict(batch=8, frames=8, patches=196, heads=12, dim_head=64, dtype="bfloat16") if gpu else \
-        dict(batch=1, frames=4, patches=16, heads=2, dim_head=16, dtype="float32")
-    cfg.update(device=device, modes=list(MODES), steps=list(STEPS), backends=None, reps=100 if gpu else 5, rep_ms=100,
-               layer=True)
-    return cfg
-
-
-def run_benchmark(cfg: dict, deadline: Optional[float] = None, log=print) -> dict:
-    """The whole benchmark for one config (see :func:`default_config`): {meta, rows, speedups}."""
-    dtype = getattr(torch, cfg["dtype"])
-    peak = cfg.get("peak_gbps") or copy_bandwidth(cfg["device"], dtype)
-    spec = hbm_spec(torch.cuda.get_device_name()) if cfg["device"] == "cuda" else None
-    info = meta(cfg, peak, spec)
-    log(f"device {cfg['device']} ({info['device']}), copy bandwidth {peak:.0f} GB/s"
-        + (f" (HBM spec {spec / 1e12:.2f} TB/s)" if spec else "") + f", workload B={cfg['batch']} T={cfg['frames']} "
-        f"N={cfg['patches']} H={cfg['heads']} d={cfg['dim_head']} {cfg['dtype']}")
-    rows = bench_steps(cfg, dtype, peak, spec, deadline=deadline, log=log)
-    if cfg.get("layer", True):
-        rows += bench_layer(cfg, dtype, deadline=deadline, log=log)
-    return {"meta": info, "rows": rows, "speedups": speedups(rows)}
-
-
-def format_rows(rows) -> str:
-    from ..tables import format_table
-
-    table = [{"step": r["step"], "backend": r["backend"], "mode": r.get("mode", "-"),
-              "ms": f"{r['ms']:.4f}" if "ms" in r else "-",
-              "q1-q3 (n)": (f"{r['q1_ms']:.4f}-{r['q3_ms']:.4f} (n={r['n']})" if r.get("q1_ms") is not None
-                            else ("1 run" if r.get("n") == 1 else "-")),
-              "graph ms": f"{r['graph_ms']:.4f}" if "graph_ms" in r else "-",
-              "TB/s": f"{r['TB/s']:.2f}" if "TB/s" in r else "-",
-              "%roofline": f"{r['pct_bw']:.1f}" if "pct_bw" in r else "-",
-              "status": r["status"] if r["status"] in ("ok", "bound") else "see below"} for r in rows]
-    text = format_table(table, ["step", "backend", "mode", "ms", "q1-q3 (n)", "graph ms", "TB/s", "%roofline",
-                                "status"])
-    notes = [f"{r['step']} {r['backend']}: {r['status']}" for r in rows if r["status"] not in ("ok", "bound")]
-    return text + ("\n\n" + "\n".join(notes) if notes else "")
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch", type=int)
-    p.add_argument("--frames", type=int)
-    p.add_argument("--patches", type=int)
-    p.add_argument("--heads", type=int)
-    p.add_argument("--dim-head", type=int)
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
-    p.add_argument("--backends", nargs="*", help="names or labels to run (default: every exact backend)")
-    p.add_argument("--reps", type=int, default=None)
-    p.add_argument("--peak-gbps", type=float, help="bandwidth for the roofline (default: measured copy bandwidth)")
-    p.add_argument("--no-layer", action="store_true", help="skip the whole-layer rows")
-    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<device>/bench_kernels.json)")
-    args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        from ..errors import DeviceUnavailableError
-
-        raise DeviceUnavailableError("--device cuda: this machine has no CUDA device "
-                                     f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})")
-    cfg = default_config(args.device)
-    for k in ("batch", "frames", "patches", "heads", "dim_head", "dtype", "reps", "peak_gbps"):
-        if getattr(args, k) is not None:
-            cfg[k] = getattr(args, k)
-    cfg.update(modes=args.modes, steps=args.steps, backends=args.backends, layer=not args.no_layer)
-    data = run_benchmark(cfg)
-    print(format_rows(data["rows"]))
-    sp = data["speedups"]
-    if sp:
-        from ..tables import format_table
-
-        print("\ntriton vs the best other backend (same data, token layout):")
-        print(format_table([{**s, "triton_ms": f"{s['triton_ms']:.4f}", "best_other_ms": f"{s['best_other_ms']:.4f}",
-                             "speedup": f"{s['speedup']:.2f}x"} for s in sp],
-                           ["step", "mode", "triton_ms", "best_other", "best_other_ms", "speedup"]))
-    path = args.out or ROOT / "benchmarks" / "results" / device_name(args.device) / "bench_kernels.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1))
-    print(f"\nsaved {os.path.relpath(path)}")
-    failed = [r for r in data["rows"] if r["status"].startswith("failed check") and r["backend"] == KERNEL]
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+@register_suite("kernels", help="one attention step (time, space, joint) on every exact backend, fwd / bwd / "
+                                "fwd+bwd, checked against float64 first; roofline; a whole layer; SDPA alone")
+def kernels_suite(device="cpu", tiny=False):
+    return kernel_cases(device, tiny)

@@ -5,7 +5,7 @@ paths; every figure is skipped, not faked, when the results hold no points for i
 
 Schemes and backends are styled from the registries, never by name: a scheme's label is its ``short`` and
 its colour :func:`~fast_timesformer.scheme_color` (the palette by registration index); a backend's colour
-is :data:`BACKEND_PALETTE` by registration index and its error marker is its declared ``kind``. The
+is :func:`~fast_timesformer.bench.palette.backend_colour` (registration index) and its error marker is its declared ``kind``. The
 baseline (``ours/<baseline>``, the error reference) is the exact backend ``auto`` picked
 (:func:`~fast_timesformer.bench.runner.baseline_backend`).
 
@@ -28,11 +28,10 @@ import textwrap
 from pathlib import Path
 
 from .measure import spread_text
+from .palette import BOUND, OURS, PEER, backend_colour, scheme_colour
 from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results
 from .workloads import scheme_label
 
-#: backend colours, given by registration index (cycling)
-BACKEND_PALETTE = ("#333333", "#e377c2", "#bcbd22", "#8c564b", "#9467bd", "#17becf", "#ff7f0e", "#1f77b4")
 MODES = ("fwd", "fwd+bwd")
 #: the error plot's marker per declared backend kind
 KIND_MARKERS = {"approximate": "o", "different_model": "s", "exact": "^"}
@@ -47,24 +46,7 @@ def schemes_in(recs) -> list:
     """The schemes of ``recs``, in registration order (unregistered ones after, by name)."""
     from ..schemes import list_schemes
 
-    return sorted({r["workload"]["scheme"] for r in recs}, key=lambda s: _registered_index(s, list_schemes()))
-
-
-def scheme_colour(name: str) -> str:
-    """The registry's colour of a scheme (:func:`~fast_timesformer.scheme_color`); for a scheme not
-    registered in this process, a palette colour from its name."""
-    from ..schemes import PALETTE, SCHEMES, scheme_color
-
-    return scheme_color(name) if name in SCHEMES else PALETTE[sum(map(ord, name)) % len(PALETTE)]
-
-
-def backend_colour(name: str) -> str:
-    """:data:`BACKEND_PALETTE` at the backend's registration index (unregistered: after the registered)."""
-    from ..backends import list_backends
-
-    names = list_backends()
-    i = names.index(name) if name in names else len(names) + sum(map(ord, name))
-    return BACKEND_PALETTE[i % len(BACKEND_PALETTE)]
+    return sorted({r["workload"].get("scheme") for r in recs}, key=lambda s: _registered_index(s, list_schemes()))
 
 
 def _plt():
@@ -150,7 +132,7 @@ def _sweep_base(recs, meta):
         base = run.get("settings", {}).get("sweep_base")
         if base:
             return base["frames"], base["image_size"]
-    sweep = [r["workload"] for r in recs if r["workload"]["group"] == "sweep"]
+    sweep = [r["workload"] for r in recs if r["workload"].get("group") == "sweep"]
     if not sweep:
         return None, None
     from collections import Counter
@@ -169,12 +151,12 @@ def _backends_in(recs, status=("ok",)):
     """Backends of ``recs`` (with a point of ``status``), in registration order."""
     from ..backends import list_backends
 
-    seen = {r["workload"]["backend"] for r in recs if r["status"] in status}
+    seen = {r["workload"].get("backend") for r in recs if r["status"] in status}
     return sorted(seen, key=lambda b: _registered_index(b, list_backends()))
 
 
 def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title, path):
-    pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"][fixed_field] == fixed_value
+    pts = [r for r in recs if r["workload"].get("group") == "sweep" and r["workload"][fixed_field] == fixed_value
            and r["status"] in ("ok", "oom")]
     backends = _backends_in(pts)
     if not backends:
@@ -184,15 +166,15 @@ def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title,
     for i, mode in enumerate(MODES):
         for j, be in enumerate(backends):
             ax = axes[i][j]
-            if not any(r["workload"]["backend"] == be and r["workload"]["mode"] == mode for r in pts):
+            if not any(r["workload"].get("backend") == be and r["workload"].get("mode") == mode for r in pts):
                 # an empty panel says why (the points' recorded reason), not just nothing
-                why = sorted({r.get("reason", "") for r in recs if r["workload"]["backend"] == be
-                              and r["workload"]["mode"] == mode and r["status"] == "skipped"} - {""})
+                why = sorted({r.get("reason", "") for r in recs if r["workload"].get("backend") == be
+                              and r["workload"].get("mode") == mode and r["status"] == "skipped"} - {""})
                 ax.text(0.5, 0.5, "not measured:\n" + textwrap.fill(why[0], 38) if why else "no points",
                         ha="center", va="center", fontsize=7, transform=ax.transAxes, wrap=True)
             for scheme in schemes_in(pts):
-                sel = sorted((r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be
-                              and r["workload"]["mode"] == mode and not r["workload"]["backend_options"]),
+                sel = sorted((r for r in pts if r["workload"].get("scheme") == scheme and r["workload"].get("backend") == be
+                              and r["workload"].get("mode") == mode and not r["workload"].get("backend_options")),
                              key=lambda r: r["workload"][x_field])
                 ok = [r for r in sel if r["status"] == "ok"]
                 colour = scheme_colour(scheme)
@@ -258,10 +240,10 @@ def plot_memory_vs_tokens(plt, recs, meta, out):
     the base resolution, dashed = higher resolution at the base frame count (two different workloads
     can have the same token count; they are never joined)."""
     f0, s0 = _sweep_base(recs, meta)
-    pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["status"] in ("ok", "oom")
-           and not r["workload"]["backend_options"]]
-    mode = "fwd+bwd" if any(r["workload"]["mode"] == "fwd+bwd" for r in pts) else "fwd"
-    pts = [r for r in pts if r["workload"]["mode"] == mode]
+    pts = [r for r in recs if r["workload"].get("group") == "sweep" and r["status"] in ("ok", "oom")
+           and not r["workload"].get("backend_options")]
+    mode = "fwd+bwd" if any(r["workload"].get("mode") == "fwd+bwd" for r in pts) else "fwd"
+    pts = [r for r in pts if r["workload"].get("mode") == mode]
     if not any(r["status"] == "ok" for r in pts) or f0 is None:
         return None
     base = baseline_backend(pts)
@@ -282,12 +264,12 @@ def plot_memory_vs_tokens(plt, recs, meta, out):
 
     ax = axes[0]
     for scheme in schemes_in(pts):
-        lines(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == base],
+        lines(ax, [r for r in pts if r["workload"].get("scheme") == scheme and r["workload"].get("backend") == base],
               scheme_colour(scheme), scheme_label(scheme))
     ax.set_title(f"per scheme (backend {base}, {mode})", fontsize=10)
     for ax, scheme in zip(axes[1:], per_backend):
         for be in _backends_in(pts):
-            lines(ax, [r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be],
+            lines(ax, [r for r in pts if r["workload"].get("scheme") == scheme and r["workload"].get("backend") == be],
                   backend_colour(be), be)
         ax.set_title(f"per backend ({scheme_label(scheme)}, {mode})", fontsize=10)
     from matplotlib.lines import Line2D
@@ -331,8 +313,8 @@ def _memory_schemes(pts, frames, image_size) -> list:
 
 def plot_backend_bars(plt, recs, meta, out):
     f, s = _sweep_base(recs, meta)
-    pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["frames"] == f
-           and r["workload"]["image_size"] == s and not r["workload"]["backend_options"]]
+    pts = [r for r in recs if r["workload"].get("group") == "sweep" and r["workload"]["frames"] == f
+           and r["workload"]["image_size"] == s and not r["workload"].get("backend_options")]
     if not any(r["status"] == "ok" for r in pts):
         return None
     backends = _backends_in(pts, status=("ok", "oom", "skipped", "error"))
@@ -344,8 +326,8 @@ def plot_backend_bars(plt, recs, meta, out):
         for j, be in enumerate(backends):
             xs, ys, errs = [], [], []
             for i, scheme in enumerate(schemes):
-                r = next((r for r in pts if r["workload"]["scheme"] == scheme and r["workload"]["backend"] == be
-                          and r["workload"]["mode"] == mode), None)
+                r = next((r for r in pts if r["workload"].get("scheme") == scheme and r["workload"].get("backend") == be
+                          and r["workload"].get("mode") == mode), None)
                 if r is None:
                     continue
                 if r["status"] == "ok":
@@ -409,7 +391,7 @@ def plot_error_vs_speed(plt, recs, meta, out):
         if w["backend_options"]:  # an error_sweep option set: name its values
             ax.annotate(",".join(f"{v}" for v in w["backend_options"].values()), (speedup, r["rel_error"]),
                         fontsize=7, xytext=(4, 2), textcoords="offset points")
-    kind_of_backend = {r["workload"]["backend"]: kind_of(r) for r, _ in rows}
+    kind_of_backend = {r["workload"].get("backend"): kind_of(r) for r, _ in rows}
     kinds = [Line2D([], [], ls="", marker=KIND_MARKERS.get(k, "^"), color="gray",
                     markeredgecolor="k" if k == "different_model" else "gray",
                     label=f"{b}: different model (deviation, not approximation)" if k == "different_model"
@@ -437,8 +419,8 @@ def plot_error_vs_speed(plt, recs, meta, out):
 def plot_flops(plt, recs, meta, out):
     f, s = _sweep_base(recs, meta)
     base = baseline_backend(recs)
-    pts = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["backend"] == base
-           and r["workload"]["mode"] == "fwd" and r["status"] in ("ok", "oom")]
+    pts = [r for r in recs if r["workload"].get("group") == "sweep" and r["workload"].get("backend") == base
+           and r["workload"].get("mode") == "fwd" and r["status"] in ("ok", "oom")]
     if not any(r["status"] == "ok" for r in pts):
         return None
     big = max((r.get("flops") or 0) for r in pts)
@@ -448,7 +430,7 @@ def plot_flops(plt, recs, meta, out):
                                                                 ("image_size", "frames", f, "resolution (px)"))):
         sel_all = [r for r in pts if r["workload"][fixed_field] == fixed]
         for scheme in schemes_in(sel_all):
-            sel = sorted((r for r in sel_all if r["workload"]["scheme"] == scheme), key=lambda r: r["workload"][x_field])
+            sel = sorted((r for r in sel_all if r["workload"].get("scheme") == scheme), key=lambda r: r["workload"][x_field])
             ok = [r for r in sel if r["status"] == "ok" and r.get("flops") is not None]
             if ok:
                 ax.plot([r["workload"][x_field] for r in ok], [r["flops"] * scale for r in ok], "o-",
@@ -467,15 +449,15 @@ def plot_flops(plt, recs, meta, out):
 
 
 def plot_peers(plt, recs, meta, out):
-    pts = [r for r in recs if r["workload"]["group"] == "target" and r["status"] == "ok"]
+    pts = [r for r in recs if r["workload"].get("group") == "target" and r["status"] == "ok"]
     if len(pts) < 2:
         return None
-    labels = [("ours/" + r["workload"]["backend"]) if r["workload"]["impl"] == "ours" else
-              {"hf": "Hugging Face", "lucidrains": "lucidrains"}.get(r["workload"]["impl"], r["workload"]["impl"])
+    labels = [("ours/" + r["workload"].get("backend")) if r["workload"].get("impl") == "ours" else
+              {"hf": "Hugging Face", "lucidrains": "lucidrains"}.get(r["workload"].get("impl"), r["workload"].get("impl"))
               for r in pts]
     labels = [f"{lab}\n{r['workload']['mode']}" for lab, r in zip(labels, pts)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = ["#2ca02c" if r["workload"]["impl"] == "ours" else "#7f7f7f" for r in pts]
+    colors = [OURS if r["workload"].get("impl") == "ours" else PEER for r in pts]
     axes[0].bar(range(len(pts)), [r["median_s"] * 1e3 for r in pts], color=colors, yerr=_yerr(pts))
     for i, r in enumerate(pts):
         axes[0].annotate(_spread_label(r), (i, r["median_s"] * 1e3), fontsize=6, ha="center", xytext=(0, 3),
@@ -497,8 +479,8 @@ def _size_pairs(recs):
     """{(frames, image_size): {"ours": rec, "hf": rec}} from the target and sizes groups (forward); ours =
     the baseline backend (:func:`~fast_timesformer.bench.runner.baseline_backend`)."""
     pairs = {}
-    recs = [r for r in recs if r["status"] == "ok" and r["workload"]["group"] in ("target", "sizes")
-            and r["workload"]["mode"] == "fwd"]
+    recs = [r for r in recs if r["status"] == "ok" and r["workload"].get("group") in ("target", "sizes")
+            and r["workload"].get("mode") == "fwd"]
     base = baseline_backend(recs)
     for r in recs:
         w = r["workload"]
@@ -518,7 +500,7 @@ def plot_hf_sizes(plt, recs, meta, out):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
     ax = axes[0]
     ours_name = f"ours ({pairs[sizes[0]]['ours']['workload']['backend']})"
-    for j, (impl, color, name) in enumerate((("ours", "#2ca02c", ours_name), ("hf", "#7f7f7f", "Hugging Face"))):
+    for j, (impl, color, name) in enumerate((("ours", OURS, ours_name), ("hf", PEER, "Hugging Face"))):
         rs = [pairs[k][impl] for k in sizes]
         xs = [i + (j - 0.5) * 0.38 for i in range(len(sizes))]
         ax.bar(xs, [r["median_s"] for r in rs], width=0.38, color=color, label=name, yerr=_yerr(rs, 1.0),
@@ -538,7 +520,7 @@ def plot_hf_sizes(plt, recs, meta, out):
     speed = [pairs[k]["hf"]["median_s"] / pairs[k]["ours"]["median_s"] for k in sizes]
     mem = [(pairs[k]["ours"].get("peak_mem_bytes") or 0) / pairs[k]["hf"]["peak_mem_bytes"]
            if pairs[k]["hf"].get("peak_mem_bytes") else float("nan") for k in sizes]
-    ax.plot(res, speed, "o-", color="#2ca02c", label="speed-up: HF time / ours")
+    ax.plot(res, speed, "o-", color=OURS, label="speed-up: HF time / ours")
     ax.plot(res, mem, "s--", color="#1f77b4", label="peak memory: ours / HF")
     for x, y in zip(res, speed):
         ax.annotate(f"{y:.2f}x", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
@@ -558,12 +540,69 @@ def plot_hf_sizes(plt, recs, meta, out):
     return _save(plt, fig, out / "hf_sizes.png")
 
 
-PLOTS = (plot_latency_vs_frames, plot_latency_vs_resolution, plot_memory_vs_tokens, plot_backend_bars,
-         plot_error_vs_speed, plot_flops, plot_peers, plot_hf_sizes)
+def plot_kernels(plt, recs, meta, out):
+    """The kernel suite: one panel per step and mode, a bar per contender that passed its float64 check (the
+    roofline, in grey, first), and the whole layer; failed and skipped contenders are named under the panel."""
+    pts = [r for r in recs if r["workload"].get("group") in ("kernel", "sdpa-only", "layer")]
+    panels = sorted({(r["workload"].get("group") == "layer", r["workload"]["step"], r["workload"].get("mode")) for r in pts})
+    if not any(r["status"] == "ok" for r in pts):
+        return None
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 0.4 + 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (is_layer, step, mode) in zip(axes.flat, panels):
+        sel = [r for r in pts if (r["workload"].get("group") == "layer") == is_layer and r["workload"]["step"] == step
+               and r["workload"].get("mode") == mode]
+        ok = sorted((r for r in sel if r["status"] == "ok"), key=lambda r: -r["median_s"])
+        bars = [("roofline", ok[0]["roofline_s"], BOUND)] if ok and ok[0].get("roofline_s") else []
+        bars = [(r["workload"]["contender"], r["median_s"], backend_colour(r["workload"]["contender"])) for r in ok] + bars
+        ax.barh([b[0] for b in bars], [b[1] * 1e3 for b in bars], color=[b[2] for b in bars],
+                xerr=[[0] * len(bars), [0] * len(bars)] if not ok else None)
+        ax.set_title(f"{'layer ' if is_layer else ''}{step} {mode}", fontsize=9)
+        ax.set_xlabel("median ms (lower is better)")
+        ax.tick_params(labelsize=7)
+        bad = [f"{r['workload']['contender']}: {r['status']}" for r in sel if r["status"] in ("failed", "error")]
+        if bad:
+            ax.text(0.99, 0.01, textwrap.fill("; ".join(bad), 50), transform=ax.transAxes, fontsize=6, ha="right",
+                    va="bottom", color="tab:red")
+    w = pts[0]["workload"]
+    fig.suptitle(f"Attention steps - {_device_title(meta)} | B={w['batch']} T={w['frames']} N={w['patches']} "
+                 f"H={w['heads']} d={w['dim_head']} {w['dtype']} | every bar passed its float64 check", fontsize=9)
+    return _save(plt, fig, out / "kernels.png")
 
 
-def plot_all(results_dir, out_dir=None) -> list:
-    """Draw every plot that the saved results support; returns the written paths."""
+def plot_train(plt, recs, meta, out):
+    """gpu-check's training step: time and peak memory per implementation."""
+    pts = [r for r in recs if r["workload"].get("group") == "train" and r["status"] == "ok"]
+    if not pts:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    labels = [r["label"].replace(" training step", "") for r in pts]
+    colours = [backend_colour(r["workload"].get("backend")) if r["workload"].get("impl") == "ours" else PEER for r in pts]
+    axes[0].bar(labels, [r["median_s"] * 1e3 for r in pts], color=colours, yerr=_yerr(pts))
+    for i, r in enumerate(pts):
+        axes[0].annotate(_spread_label(r), (i, r["median_s"] * 1e3), fontsize=6, ha="center", xytext=(0, 3),
+                         textcoords="offset points")
+    axes[0].set_ylabel("ms per training step (median)")
+    axes[1].bar(labels, [r["peak_mem_bytes"] / 2 ** 20 for r in pts], color=colours)
+    axes[1].set_ylabel("peak memory above start (MiB)")
+    w = pts[0]["workload"]["workload"]
+    fig.suptitle(f"Training step (forward, backward, AdamW; {pts[0]['workload']['amp']} autocast): B={w['batch']}, "
+                 f"{w['frames']}x{w['image_size']}, dim {w['dim']} depth {w['depth']} - {_device_title(meta)}",
+                 fontsize=9)
+    return _save(plt, fig, out / "train.png")
+
+
+PLOTS = {"latency_vs_frames.png": plot_latency_vs_frames, "latency_vs_resolution.png": plot_latency_vs_resolution,
+         "memory_vs_tokens.png": plot_memory_vs_tokens, "backend_bars.png": plot_backend_bars,
+         "error_vs_speed.png": plot_error_vs_speed, "flops_vs_frames_resolution.png": plot_flops,
+         "peers.png": plot_peers, "hf_sizes.png": plot_hf_sizes, "kernels.png": plot_kernels, "train.png": plot_train}
+
+
+def plot_all(results_dir, out_dir=None, only=None) -> list:
+    """Draw every plot the saved results support (``only``: these file names); returns the written paths."""
     results_dir = Path(results_dir)
     if not (results_dir / "results.jsonl").exists():
         raise FileNotFoundError(f"no results.jsonl in {results_dir} (run `fast-timesformer bench --out "
@@ -572,9 +611,5 @@ def plot_all(results_dir, out_dir=None) -> list:
     out.mkdir(parents=True, exist_ok=True)
     plt = _plt()
     recs, meta = _records(results_dir)
-    paths = []
-    for fn in PLOTS:
-        p = fn(plt, recs, meta, out)
-        if p is not None:
-            paths.append(Path(p))
-    return paths
+    paths = [fn(plt, recs, meta, out) for name, fn in PLOTS.items() if not only or name in only]
+    return [Path(p) for p in paths if p is not None]

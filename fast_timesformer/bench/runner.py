@@ -27,11 +27,13 @@ import torch
 
 from ..errors import FastTimesformerError
 from . import measure
+from .correctness import check_workload
 from .workloads import Skip, Workload, backend_kind, build
 
 RESULTS = "results.jsonl"
 META = "meta.json"
-DONE = ("ok", "oom", "skipped")
+STATUSES = ("ok", "oom", "skipped", "failed", "error")
+DONE = ("ok", "oom", "skipped", "failed")  # "failed": over its declared tolerance (not retried)
 
 
 class ResultsWriteError(FastTimesformerError):
@@ -80,24 +82,65 @@ def _git_commit() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def source_fingerprint(pkg_dir: Optional[Path] = None) -> str:
+    """sha256 over the package's Python sources (path inside the package + content), the same for a source tree
+    and an install: which code ran where a copy of the tree has no .git."""
+    import hashlib
+
+    pkg_dir = Path(pkg_dir or Path(__file__).resolve().parents[1])
+    h = hashlib.sha256()
+    for p in sorted(pkg_dir.rglob("*.py")):
+        h.update(("fast_timesformer/" + p.relative_to(pkg_dir).as_posix()).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _nvidia_smi() -> dict:
+    """Clocks, power, temperature and memory of the GPUs, as nvidia-smi reports them (driver included)."""
+    query = ("name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,power.limit,"
+             "temperature.gpu,memory.total,memory.used")
+    try:
+        res = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True, text=True,
+                             timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"error": str(e)}
+    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+    if res.returncode or len(lines) < 2:
+        return {"error": " ".join((res.stderr or res.stdout).split())[:300]}
+    keys = [k.strip() for k in lines[0].split(",")]
+    return {"gpus": [dict(zip(keys, (v.strip() for v in ln.split(",")))) for ln in lines[1:]]}
+
+
 def run_metadata(settings: Optional[dict] = None) -> dict:
+    """The one metadata block of a run (every suite, every gpu-check stage): device, versions, commit, load."""
     cuda = torch.cuda.is_available()
-    return {
+    meta = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu: {_cpu_name()}",
-        "cpu": _cpu_name(),
-        "cpu_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_avg_start": _loadavg(),
-        "cuda": torch.version.cuda if cuda else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {m: _version(m) for m in ("torch", "triton", "xformers", "transformers",
-                                              "timesformer-pytorch", "performer-pytorch", "fast_timesformer")},
-        "git": _git_commit(),
-        "argv": sys.argv,
+        "cpu": _cpu_name(), "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "load_avg_start": _loadavg(), "cuda": torch.version.cuda if cuda else None,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "versions": {m: _version(m) for m in ("torch", "triton", "xformers", "transformers", "timesformer-pytorch",
+                                              "performer-pytorch", "fast_timesformer")},
+        "git": _git_commit(), "source_fingerprint": source_fingerprint(), "argv": sys.argv,
+        "env": {k: os.environ[k] for k in ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES") if k in os.environ},
         "settings": settings or {},
     }
+    if cuda:
+        p = torch.cuda.get_device_properties(0)
+        meta["gpu"] = {"capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count,
+                       "memory_GiB": round(p.total_memory / 2 ** 30, 1), "nvidia_smi": _nvidia_smi()}
+    return meta
+
+
+def record_run(out_dir, settings: Optional[dict] = None, **extra) -> int:
+    """Append this run's metadata block to ``out_dir/meta.json``; returns its ``run_id``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = load_meta(out_dir)
+    run = dict(run_metadata(settings), run_id=len(meta["runs"]), **extra)
+    meta["runs"].append(run)
+    _write_meta(out_dir, meta)
+    return run["run_id"]
 
 
 # ---- one point -------------------------------------------------------------------------------
@@ -127,6 +170,13 @@ def _fail(rec: dict, e: BaseException) -> None:
                    traceback=traceback.format_exc(limit=6)[-4000:])
 
 
+def over_tolerance_text(err: dict) -> str:
+    """Why a point failed its correctness check, in one line."""
+    worst = ", ".join(f"{k} {v:.2g}" for k, v in err["max_rel"].items())
+    return (f"error vs {err['vs']} over the backend's declared tolerance (atol, rtol) = {tuple(err['tolerance'])}"
+            f"{' in step ' + repr(err['step']) if err.get('step') else ''}: max |err|/max |ref| {worst}; not timed")
+
+
 def _declared(w: Workload):
     """The registered :class:`~fast_timesformer.backends.Backend` of an attention/ours point (None for the peers)."""
     if w.impl not in ("attention", "ours"):
@@ -144,13 +194,14 @@ def _first_call(w: Workload, built) -> dict:
     from ..backends import AttentionCore
 
     cores = [m for m in built.model.modules() if isinstance(m, AttentionCore)]
-    before = sum(c.compile_seconds for c in cores)
+    before = sum(c.compile_seconds for c in cores), sum(getattr(c, "mask_seconds", 0.0) for c in cores)
     measure.sync(w.device)
     start = time.perf_counter()
     built.step()
     measure.sync(w.device)
     first = time.perf_counter() - start
-    return {"compile_s": sum(c.compile_seconds for c in cores) - before, "first_call_s": first}
+    return {"compile_s": sum(c.compile_seconds for c in cores) - before[0], "first_call_s": first,
+            "mask_s": sum(getattr(c, "mask_seconds", 0.0) for c in cores) - before[1]}
 
 
 def _compiled_flops(w: Workload, be, built) -> dict:
@@ -187,6 +238,11 @@ def _prepare(w: Workload, builder) -> tuple:
         rec["notes"] = list(built.notes)
         rec["params"] = sum(p.numel() for p in built.model.parameters())
         be = _declared(w)
+        if be is not None and be.exact:  # no speed without correctness: the error at this shape first
+            rec["error"] = check_workload(w)
+            if not rec["error"]["within"]:
+                rec.update(status="failed", reason=over_tolerance_text(rec["error"]))
+                return rec, None
         if be is not None and be.compiled is not None:
             rec.update(_first_call(w, built))
             rec.update(_compiled_flops(w, be, built))
@@ -226,6 +282,50 @@ def measure_point(w: Workload, *, builder: Callable[[Workload], object] = None) 
     if built is not None or rec["status"] != "skipped":
         del built
         measure.free_memory(w.device)
+    rec["wall_s"] = time.perf_counter() - t0
+    return rec
+
+
+class Case:
+    """A point measured by a suite's own function rather than built from a :class:`Workload` (a kernel step,
+    a fresh-process memory figure, ...): ``fields`` is its workload (plain JSON data; filters read it like a
+    Workload's attributes), ``fn(case) -> dict`` its figures (raise :class:`Skip` for a refusal)."""
+
+    interleave = 0
+
+    def __init__(self, group: str, label: str, fn: Callable, *, device: str = "cpu", **fields):
+        self.group, self.label, self.fn, self.device = group, label, fn, device
+        self.fields = dict(fields, group=group, device=device)
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__["fields"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to_dict(self) -> dict:
+        return dict(self.fields)
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.fields, sort_keys=True, separators=(",", ":"), default=str)
+
+    @property
+    def tokens(self):
+        return self.fields.get("tokens", 0)
+
+
+def measure_case(case: Case) -> dict:
+    """Run one :class:`Case`; never raises for refusals, OOM or errors (they become the status)."""
+    t0 = time.perf_counter()
+    rec = {"key": case.key, "workload": case.to_dict(), "label": case.label, "status": "ok", "reason": "",
+           "notes": [], "backend_kind": backend_kind(case.fields.get("backend", "")) or None}
+    try:
+        rec.update(case.fn(case))
+    except Exception as e:  # noqa: BLE001 - a suite records failures and goes on
+        _fail(rec, e)
+    if not case.device.startswith("cpu"):
+        measure.free_memory(case.device)
     rec["wall_s"] = time.perf_counter() - t0
     return rec
 
@@ -288,7 +388,7 @@ def latest_by_key(records: Iterable[dict]) -> dict:
     """The last record written for each key (a resumed run may retry an errored point)."""
     out = {}
     for r in records:
-        out[r["key"]] = r
+        out[(r.get("suite"), r["key"])] = r  # one results folder may hold several suites (gpu-check)
     return out
 
 
@@ -395,7 +495,8 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
     done = {}
     if resume:
         _drop_partial_line(results_path)
-        done = {k: r for k, r in latest_by_key(load_results(out_dir)).items() if r.get("status") in DONE}
+        done = {k: r for (suite, k), r in latest_by_key(load_results(out_dir)).items()
+                if r.get("status") in DONE and suite == (settings or {}).get("suite")}
     else:
         results_path.open("w").close()  # start over (truncation needs no free space)
         if (out_dir / META).exists():
@@ -409,8 +510,8 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
     _write_meta(out_dir, meta)
 
     todo = [p for p in points if p.key not in done]
-    if todo and warm_up_s > 0:
-        _warm_up(todo, builder or build, warm_up_s)
+    if warm_up_s > 0 and any(isinstance(p, Workload) for p in todo):
+        _warm_up([p for p in todo if isinstance(p, Workload)], builder or build, warm_up_s)
     if resume and done:
         log(f"resume: {len(points) - len(todo)} of {len(points)} points already in {results_path}")
     bar = None
@@ -437,8 +538,9 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
                      (v.group, v.frames, v.image_size) == (w.group, w.frames, w.image_size)]
             recs = measure_interleaved(batch, builder=builder, rounds=w.interleave)
         else:
-            recs = [measure_point(w, builder=builder)]
+            recs = [measure_case(w) if isinstance(w, Case) else measure_point(w, builder=builder)]
         for rec in recs:
+            rec["suite"], rec["group"] = run["settings"].get("suite"), rec["workload"].get("group")
             rec["run_id"] = run["run_id"]
             rec["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             append_record(results_path, rec)
@@ -449,7 +551,7 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
         bar.close()
     run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run["load_avg_end"] = _loadavg()
-    run["counts"] = {s: sum(r["status"] == s for r in fresh.values()) for s in ("ok", "oom", "skipped", "error")}
+    run["counts"] = {s: sum(r["status"] == s for r in fresh.values()) for s in STATUSES}
     _write_meta(out_dir, meta)
     return [fresh.get(k) or done[k] for k in keys if k in fresh or k in done]
 
@@ -525,7 +627,7 @@ SAME_CONFIG = ("scheme", "mode", "batch", "frames", "image_size", "patch_size", 
 
 def kind_of(rec: dict) -> str:
     """A record's backend kind: stored with it, else the registry's (older results), else ``exact``."""
-    return rec.get("backend_kind") or backend_kind(rec["workload"]["backend"]) or "exact"
+    return rec.get("backend_kind") or backend_kind(rec["workload"].get("backend")) or "exact"
 
 
 def baseline_backend(records: Iterable[dict]) -> Optional[str]:
@@ -533,11 +635,11 @@ def baseline_backend(records: Iterable[dict]) -> Optional[str]:
     (``reference_backend``), else the first exact backend, in registration order, with a measured point."""
     from ..backends import list_backends
 
-    records = [r for r in records if r.get("status") == "ok" and r["workload"]["impl"] in ("attention", "ours")]
+    records = [r for r in records if r.get("status") == "ok" and r["workload"].get("impl") in ("attention", "ours")]
     for r in records:
         if r.get("reference_backend"):
             return r["reference_backend"]
-    exact = {r["workload"]["backend"] for r in records if kind_of(r) == "exact"}
+    exact = {r["workload"].get("backend") for r in records if kind_of(r) == "exact"}
     order = list_backends()
     return min(exact, key=lambda b: (order.index(b) if b in order else len(order), b)) if exact else None
 
@@ -546,11 +648,11 @@ def peer_ratios(records: Iterable[dict]) -> list:
     """Speed and memory ratios at equal configs in one results file, for the ``target`` group and peers:
     every ``ours/<backend>`` against each peer (hf, lucidrains) and against ``ours/<baseline>``
     (:func:`baseline_backend`)."""
-    records = [r for r in records if r.get("status") == "ok"]
-    ours = [r for r in records if r["workload"]["impl"] == "ours"]
-    base = baseline_backend([r for r in ours if r["workload"]["group"] == "target"])
-    refs = [r for r in records if r["workload"]["impl"] in ("hf", "lucidrains")]
-    refs += [r for r in ours if r["workload"]["backend"] == base and r["workload"]["group"] == "target"]
+    records = [r for r in records if r.get("status") == "ok" and "scheme" in r["workload"] and r.get("median_s")]
+    ours = [r for r in records if r["workload"].get("impl") == "ours"]
+    base = baseline_backend([r for r in ours if r["workload"].get("group") == "target"])
+    refs = [r for r in records if r["workload"].get("impl") in ("hf", "lucidrains")]
+    refs += [r for r in ours if r["workload"].get("backend") == base and r["workload"].get("group") == "target"]
     out = []
     for ref in refs:
         pw = ref["workload"]

@@ -5,8 +5,9 @@ from collections import Counter
 from pathlib import Path
 
 from .measure import FLOPS_METHOD, spread_text
-from .plots import _size_pairs, _sweep_base, schemes_in
+from .plots import _size_pairs, _sweep_base, plot_all, schemes_in
 from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results, peer_ratios
+from .targets import MET, evaluate
 from .workloads import scheme_label
 
 PLOT_TITLES = {
@@ -18,7 +19,17 @@ PLOT_TITLES = {
     "backend_bars.png": "Backends at the base workload",
     "error_vs_speed.png": "Approximation error vs speed",
     "flops_vs_frames_resolution.png": "FLOPs vs frames and resolution (paper Figure 3 style)",
+    "kernels.png": "Attention steps on every exact backend (checked against float64 first)",
+    "train.png": "Training step: time and peak memory",
 }
+#: the sweep's groups, drawn and tabled above; every other group gets a table of its own
+SWEEP_GROUPS = ("sweep", "approx", "target", "sizes")
+#: figures a record of another group may carry, with their column names
+FIGURES = (("median_s", "median ms", lambda v: _ms(v)), ("peak_mem_bytes", "peak MiB", lambda v: _mb(v)),
+           ("pct_roofline", "% roofline", lambda v: f"{v:.1f}"), ("graph_s", "graph ms", lambda v: _ms(v)),
+           ("compile_s", "compile s", lambda v: f"{v:.2f}"), ("first_call_s", "first call s", lambda v: f"{v:.2f}"),
+           ("mask_s", "mask s", lambda v: f"{v:.3f}"), ("gemm_calls", "GEMM calls", str),
+           ("copy_bytes", "copied MB", lambda v: f"{v / 1e6:.1f}"), ("wall_s", "seconds", lambda v: f"{v:.1f}"))
 
 
 def _md_table(rows, columns):
@@ -68,7 +79,7 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
               "FlopCounterMode (matmul/conv/SDPA, counted as 2 per multiply-add); throughput = batch / median. "
               "`fwd` runs in `torch.inference_mode()` in eval mode; `fwd+bwd` is forward, mean of the output, "
               "backward (no optimizer step). Raw points: `results.jsonl`, run metadata: `meta.json`.", ""]
-    other = Counter((r["workload"]["backend"], r["flops_method"]) for r in recs
+    other = Counter((r["workload"].get("backend"), r["flops_method"]) for r in recs
                     if r["status"] == "ok" and r.get("flops_method") not in (None, FLOPS_METHOD))
     compiled = [r for r in recs if r["status"] == "ok" and r.get("compile_s") is not None]
     if other or compiled:
@@ -78,6 +89,13 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
         lines += [f"- `{b}` ({n} points): {m}" for (b, m), n in sorted(other.items())]
         lines += [""]
 
+    targets = evaluate(recs, every=any(r.get("suite") == "gpu-check" for r in recs),
+                       dry=any(r.get("settings", {}).get("tiny") for r in runs))
+    if targets:
+        lines += ["## Targets", "", _md_table([{"target": t["id"], "what": t["what"], "met": MET[t["met"]],
+                                                "figure": t["figure"], "needed": t["needed"], "source": t["source"],
+                                                "note": t["why"].replace("|", "/")} for t in targets],
+                                              ["target", "what", "met", "figure", "needed", "source", "note"]), ""]
     ratios = peer_ratios(recs)
     if ratios:
         lines += ["## Ours vs the peers (same run)", "",
@@ -98,7 +116,7 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                                   f"(ours {_ms(p['ours']['median_s'])} ms, {spread_text(p['ours'])}; HF "
                                   f"{_ms(p['hf']['median_s'])} ms, {spread_text(p['hf'])})"
                                   for (f, s_), p in pairs.items()), ""]
-        notes = sorted({n for r in recs if r["workload"]["group"] in ("target", "sizes") for n in r.get("notes", [])})
+        notes = sorted({n for r in recs if r["workload"].get("group") in ("target", "sizes") for n in r.get("notes", [])})
         lines += [f"- {n}" for n in notes] + [""]
 
     plots = [Path(p).name for p in (plots or [])] or [p for p in PLOT_TITLES if (out_dir / p).exists()]
@@ -109,7 +127,7 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                 kinds = {}
                 for r in recs:
                     if r.get("rel_error") is not None:
-                        kinds.setdefault(kind_of(r), set()).add(r["workload"]["backend"])
+                        kinds.setdefault(kind_of(r), set()).add(r["workload"].get("backend"))
                 approx = ", ".join(sorted(kinds.get("approximate", ()))) or "none"
                 other = ", ".join(sorted(kinds.get("different_model", ()))) or "none"
                 lines += [f"Approximate backends ({approx}) estimate softmax attention: their error is measured "
@@ -121,15 +139,15 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                           "the attention output alone.", ""]
 
     f, s = _sweep_base(recs, meta)
-    base = [r for r in recs if r["workload"]["group"] == "sweep" and r["workload"]["frames"] == f
+    base = [r for r in recs if r["workload"].get("group") == "sweep" and r["workload"]["frames"] == f
             and r["workload"]["image_size"] == s and r["status"] != "skipped"]  # skips: listed below
     if base:
         rows = []
         for scheme in schemes_in(base):
-            for r in sorted((r for r in base if r["workload"]["scheme"] == scheme),
-                            key=lambda r: (r["workload"]["backend"], r["workload"]["mode"])):
+            for r in sorted((r for r in base if r["workload"].get("scheme") == scheme),
+                            key=lambda r: (r["workload"].get("backend"), r["workload"]["mode"])):
                 ok = r["status"] == "ok"
-                rows.append({"scheme": scheme_label(scheme), "backend": r["workload"]["backend"],
+                rows.append({"scheme": scheme_label(scheme), "backend": r["workload"].get("backend"),
                              "mode": r["workload"]["mode"], "status": r["status"],
                              "median ms": _ms(r.get("median_s")) if ok else "-",
                              "IQR ms (n)": spread_text(r) if ok else "-",
@@ -143,14 +161,26 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                   _md_table(rows, ["scheme", "backend", "mode", "status", "median ms", "IQR ms (n)", "peak MiB",
                                    "GFLOP", "clips/s", "rel. error"]), ""]
 
-    odd = Counter((r["status"], r["workload"]["backend"], r["reason"][:160]) for r in recs
-                  if r["status"] in ("skipped", "oom", "error"))
+    for group in dict.fromkeys(r["workload"].get("group") for r in recs if r["workload"].get("group")
+                               not in SWEEP_GROUPS):
+        sel = [r for r in recs if r["workload"].get("group") == group]
+        cols = [(k, name, f) for k, name, f in FIGURES if any(r.get(k) is not None for r in sel)]
+        rows = [{"point": r["label"], "status": r["status"], **{name: f(r[k]) if r.get(k) is not None else "-"
+                                                                for k, name, f in cols},
+                 "error vs float64": "-" if not r.get("error") else
+                 f"{max(r['error']['max_rel'].values()):.1e} ({'within' if r['error']['within'] else 'OVER'} "
+                 f"tolerance)", "reason": " ".join((r.get("reason") or "").split())[:160].replace("|", "/")}
+                for r in sel]
+        lines += [f"## {sel[0].get('suite') or ''}: {group}", "",
+                  _md_table(rows, ["point", "status", *(c[1] for c in cols), "error vs float64", "reason"]), ""]
+    odd = Counter((r["status"], r["workload"].get("backend") or "-", r["reason"][:160]) for r in recs
+                  if r["status"] in ("skipped", "oom", "error", "failed") and r["workload"].get("group") in SWEEP_GROUPS)
     if odd:
         lines += ["## Points not measured", "",
                   _md_table([{"status": s_, "backend": b, "points": n, "reason": reason.replace("|", "/")}
                              for (s_, b, reason), n in sorted(odd.items())], ["status", "backend", "points", "reason"]),
                   ""]
-    missing = Counter((r["workload"]["backend"], k, v[:300]) for r in recs if r["status"] == "ok"
+    missing = Counter((r["workload"].get("backend"), k, v[:300]) for r in recs if r["status"] == "ok"
                       for k, v in (r.get("not_measured") or {}).items())
     if missing:
         lines += ["## Figures not measured (points otherwise ok)", "",
@@ -168,3 +198,13 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def draw(results, out, only=None) -> list:
+    """Every figure the records in ``results`` support (``only``: these file names), then ``summary.md``."""
+    paths = plot_all(results, out, only=only)
+    summary = write_summary(results, paths, out)
+    for p in paths:
+        print(f"plot: {p}")
+    print(f"summary: {summary}")
+    return paths

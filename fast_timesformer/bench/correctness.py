@@ -1,0 +1,177 @@
+"""No speed without correctness: an attention step on one backend against a float64 reference.
+
+:class:`StepData` holds one attention step's inputs as ``DividedAttention`` hands them to a core (q, k, v as
+strided views of a fused (b, M, 3, heads, d) projection, the CLS token's q/k/v apart, a (b, 1 + M, heads, d)
+output); :func:`reference` computes the step in float64 from the groups' token index lists and masks (no
+backend code, no strides). :func:`check` compares a backend's output (and gradients) with it against the
+backend's declared tolerance (:meth:`~fast_timesformer.backends.Backend.tolerance`, gradients 10x: three
+more matmuls). The kernel suite times only backends that pass; every exact point of a sweep carries
+:func:`check_workload`'s error at its shape, and a point over tolerance is recorded as ``failed``.
+tests/test_gpu_correctness.py (the GPU-marked tests, which gpu-check's correctness stage runs) uses it too.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..attention import step_cls_mode
+from ..backends import get_backend
+from ..groups import SequenceMask, TokenGroups
+from ..kernels.naive import per_group
+
+GRAD_FACTOR = 10  # gradients pass three more matmuls than the output: 10x the output's tolerance
+
+
+class StepData:
+    """One step's data: ``groups`` (a :class:`TokenGroups`), ``cls`` in exclude / per_group / global."""
+
+    def __init__(self, groups: TokenGroups, cls: str, b: int, h: int, d: int, dtype, device, seed: int = 0):
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        self.groups, self.cls, self.b, self.h, self.d, self.dtype = groups, cls, b, h, d, dtype
+        m = groups.num_tokens
+        self.qkv = (torch.randn(b, m, 3, h, d, generator=g) * 0.5).to(device=device, dtype=dtype)
+        self.cls_qkv = (torch.randn(b, 1, 3, h, d, generator=g) * 0.5).to(device=device, dtype=dtype)
+        self.grad_out = torch.randn(b, 1 + m, h, d, generator=g).to(device=device, dtype=dtype)
+        if cls == "exclude":
+            self.grad_out[:, :1] = 0  # the CLS row is a constant 0 here
+
+    def run(self, core, qkv, cls_qkv, poison: bool = False):
+        """The step's output (b, 1 + M, h, d); ``poison``: the buffer starts as NaN, so an unwritten row shows."""
+        q, k, v = qkv.unbind(2)
+        cq, ck, cv = cls_qkv.unbind(2)
+        out = q.new_empty(self.b, 1 + self.groups.num_tokens, self.h, self.d)
+        if poison:
+            out.fill_(float("nan"))
+        kw = dict(scale=self.d ** -0.5, dropout_p=0.0, out=out[:, 1:])
+        if self.groups.mask is not None:  # one [CLS; group] sequence per group and a mask, as DividedAttention
+            g, n_p = self.groups, int(self.cls != "exclude")
+            q, k, v = (g.split(t) for t in (q, k, v))
+            if n_p:
+                q, k, v = (torch.cat([per_group(c.transpose(1, 2), g.num_groups), t], 2)
+                           for c, t in ((cq, q), (ck, k), (cv, v)))
+            y = core(q, k, v, scale=kw["scale"], dropout_p=0.0, mask=SequenceMask(g, n_p))
+            g.merge_into(y[:, :, n_p:], out[:, 1:])
+            out[:, :1] = y[:, :, :1].reshape(self.b, g.num_groups, self.h, 1, self.d).mean(1).transpose(1, 2) \
+                if n_p else 0
+        elif self.cls == "exclude":
+            core.attend_groups(q, k, v, self.groups, **kw)
+            out[:, :1] = 0
+        elif self.cls == "per_group":
+            out[:, :1] = core.attend_groups(q, k, v, self.groups, prefix_k=ck, prefix_v=cv, prefix_q=cq,
+                                            want_prefix_out=True, **kw)
+        else:  # global
+            core.attend_groups(q, k, v, self.groups, prefix_k=ck, prefix_v=cv, prefix_q=cq, **kw)
+            out[:, :1] = core.attend_global_prefix(cq, ck, cv, q, k, v, scale=kw["scale"], dropout_p=0.0)
+        return out
+
+    def inputs(self, requires_grad: bool):
+        return tuple(t.detach().requires_grad_(requires_grad) for t in (self.qkv, self.cls_qkv))
+
+    def refusal(self, backend) -> list:
+        """The backend's declared reasons not to take these inputs ([] = it takes them)."""
+        q, k, v = (t.transpose(1, 2) for t in self.qkv.unbind(2))
+        pk, pv = (t.transpose(1, 2) for t in self.cls_qkv.unbind(2)[1:]) if self.cls != "exclude" else (None, None)
+        if self.groups.mask is not None:
+            return backend.why_not(q, k, v, needs_grad=True, mask=SequenceMask(self.groups, int(pk is not None)))
+        return backend.why_not(q, k, v, pk, pv, needs_grad=True)
+
+
+def reference(step: StepData, qkv: torch.Tensor, cls_qkv: torch.Tensor) -> torch.Tensor:
+    """The step's output in float64: softmax(q k^T d^-1/2) v within each group (and its mask), the CLS as
+    ``step.cls`` says."""
+    qkv, cls_qkv = qkv.double(), cls_qkv.double()
+    b, m, _, h, d = qkv.shape
+    idx = step.groups.index().to(qkv.device)  # (G, S) patch-token indices
+    G, S = idx.shape
+    q, k, v = qkv.unbind(2)
+    cq, ck, cv = cls_qkv.unbind(2)
+    qg, kg, vg = q[:, idx], k[:, idx], v[:, idx]  # (b, G, S, h, d)
+    allow = torch.ones(G, S, S, dtype=torch.bool, device=qkv.device)
+    if step.groups.mask is not None:
+        allow = step.groups.mask.allows(idx[:, :, None].cpu(), idx[:, None, :].cpu()).to(qkv.device)
+    if step.cls != "exclude":  # the CLS key/value in front of every group, met by everyone
+        kg = torch.cat([ck.unsqueeze(1).expand(b, G, 1, h, d), kg], 2)
+        vg = torch.cat([cv.unsqueeze(1).expand(b, G, 1, h, d), vg], 2)
+        allow = torch.cat([allow.new_ones(G, S, 1), allow], 2)
+
+    def attend(qq, kk, vv, mask=None):  # (..., Sq, h, d) x (..., Sk, h, d), one head at a time (memory)
+        outs = []
+        for i in range(h):
+            s = torch.einsum("...qd,...kd->...qk", qq[..., i, :], kk[..., i, :]) * d ** -0.5
+            if mask is not None:
+                s = s.masked_fill(~mask, float("-inf"))
+            outs.append(torch.softmax(s, -1) @ vv[..., i, :])
+        return torch.stack(outs, -2)
+
+    out = qkv.new_zeros(b, 1 + m, h, d)
+    out[:, 1 + idx.flatten()] = attend(qg, kg, vg, allow).flatten(1, 2)
+    if step.cls == "per_group":
+        out[:, :1] = attend(cq.unsqueeze(1).expand(b, G, 1, h, d), kg, vg).mean(1)
+    elif step.cls == "global":
+        out[:, :1] = attend(cq, torch.cat([ck, k], 1), torch.cat([cv, v], 1))
+    return out
+
+
+def grads_of(out, leaves, grad_out):
+    """Gradients of ``out`` w.r.t. ``leaves``; zeros for a leaf the output does not use (an excluded CLS)."""
+    gs = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, leaves)]
+
+
+def max_rel(a: torch.Tensor, r: torch.Tensor) -> float:
+    """max |a - r| / max |r| (inf where ``a`` holds a NaN or inf)."""
+    a, r = a.double(), r.double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return float((a - r).abs().max() / r.abs().max().clamp_min(1e-12))
+
+
+def over_tolerance(a: torch.Tensor, r: torch.Tensor, atol: float, rtol: float) -> float:
+    """max |a - r| / (atol + rtol |r|): <= 1 is within tolerance (``torch.allclose``'s rule)."""
+    a, r = a.double(), r.double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return float(((a - r).abs() / (atol + rtol * r.abs())).max())
+
+
+def check(step: StepData, core, backend, grads: bool = True, poison: bool = False) -> dict:
+    """The backend's output (and gradients) on ``step`` against :func:`reference`: ``max_rel`` per tensor,
+    ``tolerance`` (atol, rtol) declared for the dtype, ``within`` (every tensor within it; gradients 10x)."""
+    atol, rtol = backend.tolerance(step.dtype)
+    qkv64, cls64 = (t.detach().double().requires_grad_(grads) for t in (step.qkv, step.cls_qkv))
+    ref = reference(step, qkv64, cls64)
+    refs = [ref.detach(), *(grads_of(ref, (qkv64, cls64), step.grad_out.double()) if grads else ())]
+    qkv, cls_qkv = step.inputs(grads)
+    out = step.run(core, qkv, cls_qkv, poison=poison)
+    got = [out.detach(), *(grads_of(out, (qkv, cls_qkv), step.grad_out) if grads else ())]
+    names = ("out", "dqkv", "dcls")[:len(got)]
+    factor = [1] + [GRAD_FACTOR] * (len(got) - 1)
+    over = [over_tolerance(a, r, atol * f, rtol * f) for a, r, f in zip(got, refs, factor)]
+    return {"vs": "float64", "max_rel": dict(zip(names, (max_rel(a, r) for a, r in zip(got, refs)))),
+            "tolerance": [atol, rtol], "over_tolerance": max(over), "within": max(over) <= 1.0}
+
+
+@functools.lru_cache(maxsize=512)
+def _check_cached(backend: str, options: tuple, scheme: str, frames: int, grid: int, b: int, h: int, d: int,
+                  dtype: str, device: str) -> dict:
+    from ..schemes import get_scheme
+
+    be = get_backend(backend)
+    dt = getattr(torch, dtype)
+    worst = None
+    for name, groups in get_scheme(scheme).step_groups(frames, grid):
+        step = StepData(groups, step_cls_mode("official", groups), b, h, d, dt, device)
+        core = be.build(d, h, **dict(options)).to(device)
+        res = check(step, core, be, grads=be.supports_backward and not step.refusal(be))  # flex: no CPU backward
+        res["step"] = name
+        if worst is None or res["over_tolerance"] > worst["over_tolerance"]:
+            worst = res
+    return worst
+
+
+def check_workload(w) -> dict:
+    """The worst step of ``w``'s scheme on ``w``'s backend, batch 1, at ``w``'s frames, grid, heads, head dim,
+    dtype and device (output and gradients, where it has a backward), against float64; cached per shape."""
+    return dict(_check_cached(w.backend, tuple(w.backend_options), w.scheme, w.frames, w.grid, 1, w.heads,
+                              w.dim // w.heads, w.dtype, w.device))
