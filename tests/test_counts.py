@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from fast_timesformer.bench.counts import OpCounter, compare_with_hf
+from fast_timesformer.bench.counts import OpCounter, count_training_step
+from fast_timesformer.bench.workloads import Workload
 
 SMALL = dict(frames=4, image_size=32, patch_size=8, dim=64, depth=2, heads=4)  # 16 patches per frame
 
@@ -10,7 +11,8 @@ SMALL = dict(frames=4, image_size=32, patch_size=8, dim=64, depth=2, heads=4)  #
 @pytest.fixture(scope="module")
 def small_counts():
     pytest.importorskip("transformers")
-    return compare_with_hf(**SMALL)
+    w = Workload(impl="ours", num_classes=400, **SMALL)
+    return {"ours": count_training_step(w), "hf": count_training_step(w.replace(impl="hf"))}
 
 
 def test_counter_sees_gemms_and_copies():

@@ -1,28 +1,9 @@
-"""Counted, deterministic cost figures of one step: GEMM calls and bytes moved by copies.
-
-Timings on a shared CPU drift by tens of percent; counts do not. :class:`OpCounter` is a
-``TorchDispatchMode`` that sees every aten op a step runs (forward and backward, below autograd) and
-records:
-
-- ``gemm``: calls of ``mm`` / ``addmm`` (the linear layers, forward and backward) and, separately,
-  ``bmm`` / ``baddbmm`` (batched matmuls: Hugging Face's attention scores, SDPA's math path);
-- ``attention``: calls of the fused SDPA kernels (flash / efficient / cuDNN, forward and backward);
-- ``copy_bytes``: bytes written by ops whose only work is moving data: ``copy_``, ``cat``, ``stack``,
-  ``clone`` (what ``.contiguous()`` and a non-viewable ``reshape`` become), ``_to_copy``, the
-  ``*_backward`` / ``*_scatter`` ops that put a slice's gradient into a zero tensor, ``repeat``,
-  ``index_select``/``gather``-style copies; per op in ``copy_bytes_by_op``;
-- ``ops``: every aten call (a proxy for kernel launches).
-
-What a fused kernel copies internally (e.g. SDPA making an input contiguous) is not seen: only the
-ops a step issues are. Equivalent code::
-
-    with OpCounter() as c:
-        step()            # forward + backward
-    c.summary()
-
-:func:`count_training_step` builds ours and Hugging Face's model for a :class:`Workload` (the
-benchmark's own builder, our weights copied into HF) and counts one training step of each.
-"""
+"""Counted, deterministic cost figures of one step (timings on a shared CPU drift; counts do not):
+:class:`OpCounter`, a ``TorchDispatchMode`` that sees every aten op a step runs, forward and backward, and
+counts GEMM calls (``mm``/``addmm``, and batched ``bmm``/``baddbmm`` apart), fused attention calls, bytes
+written by ops whose only work is moving data (per op), and every aten call. What a fused kernel copies
+internally is not seen. :func:`count_training_step` counts one training step of a :class:`Workload` (the
+``counts`` suite: ours vs Hugging Face)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -31,7 +12,7 @@ from typing import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["OpCounter", "count_step", "count_training_step", "compare_with_hf"]
+__all__ = ["OpCounter", "count_step", "count_training_step"]
 
 aten = torch.ops.aten
 
@@ -139,16 +120,3 @@ def count_training_step(workload) -> dict:
     out = count_step(built.step)
     out["notes"] = list(built.notes)
     return out
-
-
-def compare_with_hf(*, frames: int = 8, image_size: int = 224, dim: int = 768, depth: int = 12, heads: int = 12,
-                    patch_size: int = 16, num_classes: int = 400, backend: str = "regular",
-                    scheme: str = "divided_space_time", batch: int = 1) -> dict:
-    """{"ours": counts, "hf": counts, "config": ...} for one training step at the same config and weights."""
-    from .workloads import Workload
-
-    w = Workload(impl="ours", scheme=scheme, backend=backend, mode="fwd+bwd", batch=batch, frames=frames,
-                 image_size=image_size, patch_size=patch_size, dim=dim, depth=depth, heads=heads,
-                 num_classes=num_classes, dtype="float32", device="cpu")
-    return {"config": w.to_dict(), "ours": count_training_step(w),
-            "hf": count_training_step(w.replace(impl="hf", backend="regular"))}

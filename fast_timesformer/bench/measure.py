@@ -1,18 +1,5 @@
-"""How a point is measured: latency (median + spread), peak memory, FLOPs, throughput, error.
-
-- Latency. CPU: :class:`torch.utils.benchmark.Timer` ``blocked_autorange`` (its first block-size
-  estimate doubles as warm-up). GPU: ``triton.testing.do_bench`` (CUDA-synchronised, 20/50/80 %
-  quantiles) when triton imports, else CUDA events around each call.
-- Peak memory. GPU: ``torch.cuda.max_memory_allocated`` over one call, minus what was allocated
-  before it (so: activations, gradients and workspace, not the weights). CPU: one call under
-  ``torch.profiler`` with ``profile_memory=True``; every CPU allocation and free the profiler sees
-  is replayed in time order and the highest running total above the start is the peak (the same
-  quantity as on the GPU: bytes live at once that the call itself allocated).
-- FLOPs: one call under :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions,
-  SDPA; elementwise work is not counted), forward only or forward + backward as the step does. A backend
-  that runs through torch.compile (``Backend.compiled``) cannot run under the counter: the runner counts
-  its FLOPs where its declaration says (the record's ``flops_method``), or records why not.
-"""
+"""How a point is measured: latency (median + spread), peak memory, FLOPs, throughput, error (the methods:
+docs/bench.md, "What is measured, and how")."""
 from __future__ import annotations
 
 import contextlib

@@ -1,27 +1,8 @@
-"""Plots drawn from saved results (``results.jsonl`` + ``meta.json``), never from a live run.
-
-``plot_all(results_dir)`` writes PNGs next to the results (matplotlib, Agg backend) and returns their
-paths; every figure is skipped, not faked, when the results hold no points for it.
-
-Schemes and backends are styled from the registries, never by name: a scheme's label is its ``short`` and
-its colour :func:`~fast_timesformer.scheme_color` (the palette by registration index); a backend's colour
-is :func:`~fast_timesformer.bench.palette.backend_colour` (registration index) and its error marker is its declared ``kind``. The
-baseline (``ours/<baseline>``, the error reference) is the exact backend ``auto`` picked
-(:func:`~fast_timesformer.bench.runner.baseline_backend`).
-
-- ``latency_vs_frames.png`` / ``latency_vs_resolution.png``: rows = fwd / fwd+bwd, columns = backends,
-  one line per scheme; OOM points are marked with an x at the top of the panel.
-- ``memory_vs_tokens.png``: peak memory of the training step vs patch tokens, per scheme (the baseline
-  backend) and per backend (the first registered scheme and the one with the most attention pairs).
-- ``backend_bars.png``: latency of every scheme x backend at the sweep's base workload.
-- ``error_vs_speed.png``: output error against the baseline at equal weights vs speed-up over it. An
-  ``approximate`` backend (performer) estimates softmax attention (its error shrinks with more features);
-  a ``different_model`` backend (fastformer) has its own parameters, so its point is a deviation, drawn
-  with another marker and labelled so.
-- ``flops_vs_frames_resolution.png``: FLOPs per clip (forward) vs frames and vs resolution, like the
-  paper's Figure 3, with OOM points marked.
-- ``peers.png``: the target comparison (ours vs Hugging Face vs lucidrains) when present.
-"""
+"""Plots drawn from saved records (``results.jsonl`` + ``meta.json``), never from a live run: ``plot_all`` writes
+every figure the records support (:data:`PLOTS`; a figure without points is skipped, not faked). Schemes and
+backends are styled from the registries (:mod:`.palette`, a backend's declared ``kind`` for its error marker);
+the baseline is the exact backend ``auto`` picked (:func:`~fast_timesformer.bench.runner.baseline_backend`).
+What each figure shows: docs/bench.md, "Plots"."""
 from __future__ import annotations
 
 import textwrap
@@ -67,24 +48,12 @@ def _save(plt, fig, path, layout: bool = True):
     return path
 
 
-def NullFormatter():
-    from matplotlib.ticker import NullFormatter as _NullFormatter
-
-    return _NullFormatter()
-
-
-def NullLocator():
-    from matplotlib.ticker import NullLocator as _NullLocator
-
-    return _NullLocator()
-
-
 def readable_log_axis(ax, which: str = "y", min_ticks: int = 3) -> None:
     """Label a log axis with at least ``min_ticks`` plain numbers inside its limits (matplotlib's default
     labels only powers of ten, which leaves one label, or none, on an axis spanning less than a decade)."""
     import math
 
-    from matplotlib.ticker import FixedLocator, FuncFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     axis = ax.yaxis if which == "y" else ax.xaxis
     lo, hi = sorted(ax.get_ylim() if which == "y" else ax.get_xlim())
@@ -156,6 +125,8 @@ def _backends_in(recs, status=("ok",)):
 
 
 def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title, path):
+    from matplotlib.ticker import NullLocator
+
     pts = [r for r in recs if r["workload"].get("group") == "sweep" and r["workload"][fixed_field] == fixed_value
            and r["status"] in ("ok", "oom")]
     backends = _backends_in(pts)
@@ -201,10 +172,7 @@ def _latency_figure(plt, recs, x_field, fixed_field, fixed_value, xlabel, title,
     axes[0][0].legend(fontsize=8, title="scheme", title_fontsize=8)
     fig.suptitle(title + "\n(error bars: first to third quartile of the repeated timings; none where a point "
                  "was timed once)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _mark_oom(ax, ooms, x_field, color):

@@ -1,16 +1,7 @@
-"""The sweep runner: measure points one by one, append each to ``results.jsonl`` as soon as it is done.
-
-Files in the output folder:
-
-- ``results.jsonl``: one JSON object per measured point (``key``, ``workload``, ``status`` in
-  ok / oom / skipped / error, ``reason``, the metrics, ``run_id``; ``not_measured``: ``{figure: why}`` for a
-  figure of an ok point that could not be taken, e.g. the FLOPs of a compiled backend that declares nowhere to
-  count them; ``compile_s`` / ``first_call_s`` for a compiled backend). Written and flushed per point, so
-  an interrupted run loses nothing; ``resume=True`` skips every point whose key is already there
-  with status ok, oom or skipped (errors are retried).
-- ``meta.json``: ``{"runs": [...]}``, one entry per run: device, library versions, git commit, suite,
-  filters, settings, start and end time.
-"""
+"""The runner: measure points one by one and append each record to ``results.jsonl`` as soon as it is done
+(flushed, all or nothing, so an interrupted run loses nothing; ``resume`` skips the points of the same suite
+already there with status ok, failed, oom or skipped); one metadata block per run in ``meta.json``
+(:func:`run_metadata`). The record schema: docs/bench.md, "Results files"."""
 from __future__ import annotations
 
 import json

@@ -1,30 +1,9 @@
-"""What gets measured: one :class:`Workload` per benchmark point, and how to build it.
-
-A workload is plain data (it round-trips through JSON and has a stable :attr:`Workload.key`, which
-is what ``--resume`` matches on). :func:`build` turns it into a callable that runs one step:
-
-========== ==================================================================================
-impl       what is built
-========== ==================================================================================
-attention  the attention part of one block of ``scheme``, ``depth`` times: pre-norm residual
-           :class:`~fast_timesformer.DividedAttention` steps over tokens (b, 1 + f*n, dim). Runs
-           without the models package (the harness is tested on it).
-ours       :class:`fast_timesformer.models.TimeSformer` (video in, logits out)
-hf         Hugging Face ``TimesformerForVideoClassification`` at the same config (divided or
-           space-only); our weights are copied in when the layouts match
-lucidrains ``timesformer_pytorch.TimeSformer`` at the same config (its own random weights: its
-           blocks differ - GEGLU feed-forward, CLS attends to everything - so weights cannot match)
-========== ==================================================================================
-
-``mode`` is ``"fwd"`` (inference mode, eval) or ``"fwd+bwd"`` (train mode, forward, mean of the
-output, backward into the parameters; no optimizer step).
-
-Schemes and backends are read from their registries (:func:`~fast_timesformer.list_schemes`,
-:func:`~fast_timesformer.list_backends`): a scheme's label is its ``short``, its groups come from
-``Scheme.step_groups`` and a size it cannot split is a :class:`Skip` with its ``why_not`` reasons; what a
-backend can run (devices, dtypes, backward, masks, availability) is what it declares. There is no list of
-scheme or backend names here.
-"""
+"""What gets measured: one :class:`Workload` per model point (plain data with a stable :attr:`Workload.key`, what
+``--resume`` matches) and :func:`build`, which turns it into a one-step callable. ``impl``: ``attention`` (the
+attention steps of one block of ``scheme``, ``depth`` times), ``ours`` (TimeSformer), ``hf`` (Hugging Face
+Timesformer with our weights copied in where the layouts match) or ``lucidrains`` (its own weights); ``mode``:
+``fwd`` (inference mode, eval) or ``fwd+bwd`` (train mode, forward, mean of the output, backward). Schemes and
+backends are read from their registries (docs/bench.md, "Suites"); there is no list of names here."""
 from __future__ import annotations
 
 import dataclasses
