@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from ._names import unknown_name_error
+from .activation_memory import linear_of_rows as _linear_of_rows
+from .activation_memory import recomputed
 from .backends import AttentionCore, get_backend, resolve_backend
 from .backends.common import (
     grouped_qkv,
@@ -265,11 +267,31 @@ class DividedAttention(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, from_pattern: Optional[str] = None, to_pattern: Optional[str] = None, *,
-                groups: Optional[TokenGroups] = None, cls: Optional[str] = None, **sizes) -> torch.Tensor:
+                groups: Optional[TokenGroups] = None, cls: Optional[str] = None, norm: Optional[nn.Module] = None,
+                recompute: bool = False, **sizes) -> torch.Tensor:
+        """Attention over ``norm(x)`` (``norm`` given: a block's pre-norm, applied per token inside the layer,
+        where it commutes with the regrouping). ``recompute``: the norm's output is not kept for backward but
+        recomputed from x together with the q/k/v projection (a block's ``activation_memory="selective"``;
+        see :mod:`fast_timesformer.activation_memory`)."""
         groups, cls = self._prepare(x, from_pattern, to_pattern, groups, cls, sizes)
+        recompute = recompute and torch.is_grad_enabled()
+        project = functools.partial(self._project, norm=norm, recompute=recompute)
         if groups.mask is not None:  # a mask-defined step (e.g. neighborhood windows)
-            return self._attend_masked(x, groups, cls)
-        return self._attend(x, groups, cls)
+            return self._attend_masked(x, groups, cls, project)
+        return self._attend(x, groups, cls, project, recompute and groups.is_time)
+
+    def _project(self, x: torch.Tensor, regroup=None, *, norm: Optional[nn.Module], recompute: bool):
+        """``qkv(regroup(norm(x)))`` (``regroup`` may give a tuple: then ``qkv`` of each); with ``recompute``
+        one recomputed piece (:func:`~fast_timesformer.activation_memory.recomputed`): backward keeps x,
+        not the norm's output or the regrouped copy."""
+        if recompute and norm is not None:
+            return recomputed(self._norm_regroup_qkv, x, norm, regroup)
+        return self._norm_regroup_qkv(x, norm, regroup)
+
+    def _norm_regroup_qkv(self, x, norm, regroup):
+        t = x if norm is None else norm(x)
+        t = t if regroup is None else regroup(t)
+        return tuple(self.qkv(u) for u in t) if isinstance(t, tuple) else self.qkv(t)
 
     def _prepare(self, x, from_pattern, to_pattern, groups, cls, sizes):
         """Check x and the call's arguments; return the TokenGroups and the CLS mode to run."""
@@ -302,13 +324,13 @@ class DividedAttention(nn.Module):
         groups.check_tokens(m)
         return groups, step_cls_mode(cls, groups)
 
-    def _attend(self, x, groups: TokenGroups, cls: str):
+    def _attend(self, x, groups: TokenGroups, cls: str, project, recompute_attention: bool = False):
         dropout_p = self.attn_dropout if self.training else 0.0
         core = self._plain_core(cls)
         if core is not None:
-            out = self._attend_sequences(core, x, groups, cls, dropout_p)
+            out = self._attend_sequences(core, x, groups, cls, dropout_p, project, recompute_attention)
         else:
-            out = self._attend_token_layout(x, groups, cls, dropout_p)
+            out = self._attend_token_layout(x, groups, cls, dropout_p, project)
         if out.dim() == 4:  # (b, 1 + M, h, d), not projected yet
             out = self.proj(out.flatten(2))
         return self.proj_drop(out)
@@ -318,60 +340,8 @@ class DividedAttention(nn.Module):
         core = self.cores[self.backend_name] if self.backend_name != AUTO else None
         return core if core is not None and core.capabilities.plain_sequences and cls != "global" else None
 
-    # ---- a block's residual branch, fused for training memory ----------------------------------------
-    def residual_branch(self, x: torch.Tensor, groups: TokenGroups, *, norm: Optional[nn.LayerNorm] = None,
-                        fc: Optional[nn.Linear] = None, drop: Optional[nn.Module] = None,
-                        zero_cls: bool = False) -> torch.Tensor:
-        """A pre-norm block's residual branch through this layer: ``fc(drop(self(norm(x), groups=groups)))``,
-        its CLS row set to 0 with ``zero_cls`` (the official temporal step: the CLS takes no part, and
-        ``temporal_fc``'s output row for it is dropped).
-
-        The same result, to float round-off, as that composition, which runs as written unless training
-        (grad enabled) with a plain-sequence core (``regular``, flex's batch layout) and plain modules
-        without hooks (:func:`fast_timesformer.fused.fusable`). Then the branch keeps fewer activations for
-        backward: the norm's output is recomputed from x (:func:`~fast_timesformer.fused.layer_norm_linear`),
-        and where the CLS is left out or absent and nothing random sits between ``proj`` and ``fc``, the two
-        projections run in the groups' layout keeping only the attention output
-        (:func:`~fast_timesformer.fused.linear_linear`), or only q/k/v where the attention is short enough
-        to recompute (:func:`~fast_timesformer.fused.attend_linear_linear`): 4 rows of width ``dim`` per
-        token for the official temporal step instead of 7.
-        """
-        from . import fused
-
-        groups, cls = self._prepare(x, None, None, groups, None, {})
-        core = self._plain_core(cls) if groups.mask is None else None
-        fuse_norm = (core is not None and norm is not None and fused.no_hooks(self)
-                     and fused.fusable(x, norm, self.qkv))
-        # between proj and fc: proj_drop (must be inactive) and drop, inactive or a per-sample factor
-        # (DropPath.sample_scale, drawn here as its forward would)
-        scale_ok = drop is None or not (drop.training and getattr(drop, "p", 1.0) > 0) or hasattr(drop, "sample_scale")
-        fuse_fc = (fuse_norm and fc is not None and scale_ok and not (self.training and self.proj_drop.p > 0)
-                   and (cls == "none" or (cls == "exclude" and zero_cls))
-                   and fused.no_hooks(drop) and fused.fusable(x, self.proj, fc))
-        fc_scale = drop.sample_scale(x) if fuse_fc and drop is not None and hasattr(drop, "sample_scale") else None
-        if not fuse_norm:
-            y = self(x if norm is None else norm(x), groups=groups)
-        else:
-            dropout_p = self.attn_dropout if self.training else 0.0
-            y = self._attend_sequences(core, x, groups, cls, dropout_p, norm=norm, fc=fc if fuse_fc else None,
-                                       fc_scale=fc_scale)
-            if fuse_fc:
-                return y  # (b, [1 +] M, dim), the CLS row 0
-            if y.dim() == 4:
-                y = self.proj(y.flatten(2))
-            y = self.proj_drop(y)
-        if drop is not None:
-            y = drop(y)
-        if fc is not None:
-            y = fc(y)
-            if zero_cls and torch.compiler.is_exporting():  # no write into a slice: ONNX export (see
-                y = torch.cat([torch.zeros_like(y[:, :1]), y[:, 1:]], 1)  # backends.common) mistranslates it
-            elif zero_cls:
-                y[:, :1] = 0  # in place on fc's fresh output (cheaper than re-concatenating x)
-        return y
-
-    def _attend_sequences(self, core, x, groups: TokenGroups, cls: str, dropout_p: float, *, norm=None, fc=None,
-                          fc_scale=None):
+    def _attend_sequences(self, core, x, groups: TokenGroups, cls: str, dropout_p: float, project,
+                          recompute_attention: bool = False):
         """The layer lays the groups out as plain (b*groups, h, S, d) sequences for the core and puts the
         result back in token layout (b, 1 + M, h, d) itself (cores with ``plain_sequences``).
 
@@ -383,24 +353,15 @@ class DividedAttention(nn.Module):
         ``exclude``/``none``: the group views of the patches' rows of the projection. Joint attention (one
         group in token order) needs no copy at all.
 
-        ``norm`` (from :meth:`residual_branch`): x is the norm's input; the norm runs fused with the q/k/v
-        GEMM (:func:`~fast_timesformer.fused.layer_norm_linear`; LayerNorm is per row, so it commutes with
-        the regrouping). ``fc`` (``exclude``/``none`` only): proj then fc in the groups' layout, reading the
-        attention output as a view (:func:`~fast_timesformer.fused.linear_linear`), and the result in token
-        layout (b, [1 +] M, dim) with the CLS row 0.
         """
-        from .fused import attend_linear_linear, attention_rows, layer_norm_linear, linear_linear
-
-        def project(rows):
-            return self.qkv(rows) if norm is None else layer_norm_linear(rows, norm, self.qkv)
-
         b = x.shape[0]
         h, d = self.heads, self.dim_head
         n_prefix = 0 if cls == "none" else 1
         joint = is_token_order(groups)
         if cls == "per_group":
-            rows = x if joint else prefixed_groups(x, groups, 1)  # (b*groups, 1 + S, dim)
-            qkv = project(rows).unflatten(-1, (3, h, d)).unbind(2)  # (b*groups, 1 + S, h, d) strided views
+            # (b*groups, 1 + S, dim) rows
+            qkv = project(x, None if joint else lambda t: prefixed_groups(t, groups, 1))
+            qkv = qkv.unflatten(-1, (3, h, d)).unbind(2)  # (b*groups, 1 + S, h, d) strided views
             q, k, v = (t.transpose(1, 2) for t in qkv)  # (b*groups, h, 1 + S, d)
             y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
             if joint:
@@ -415,47 +376,42 @@ class DividedAttention(nn.Module):
             # backward would fill a zero tensor of x's size and copy into it
             q, k, v = grouped_qkv(project(x), groups, n_prefix, h)  # (b*groups, h, S, d) views
         else:  # e.g. time groups at batch > 1: group x (one copy) rather than q, k and v (three)
-            qkv = project(prefixed_groups(x, groups, n_prefix, keep_prefix=False)).unflatten(-1, (3, h, d))
+            qkv = project(x, lambda t: prefixed_groups(t, groups, n_prefix, keep_prefix=False)).unflatten(-1, (3, h, d))
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (b*groups, h, S, d) views
-        if fc is not None:
-            s = None if fc_scale is None else fc_scale.repeat_interleave(groups.num_groups, 0)  # (b*groups, 1, 1)
-            if dropout_p == 0 and 8 * q.shape[2] <= self.dim and not core.capabilities.why_not(q, k, v):
-                # attention over short sequences (time: 8 frames) costs ~1% of the two projections: recomputed
-                # in backward rather than keeping its output (the core then runs inside a Function, without
-                # grad: only where it accepts these inputs with grad, so that its refusals still reach here)
-                attend = functools.partial(core, scale=self.scale, dropout_p=0.0)
-                rows = attend_linear_linear(q, k, v, attend, self.proj, fc, s)
-            else:
-                y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
-                rows = linear_linear(attention_rows(y), self.proj, fc, s)
-            return tokens_from_groups(rows.unsqueeze(1), groups, b, n_prefix).squeeze(2)
-        y = core(q, k, v, scale=self.scale, dropout_p=dropout_p)
-        return tokens_from_groups(y, groups, b, n_prefix)
 
-    def _attend_token_layout(self, x, groups: TokenGroups, cls: str, dropout_p: float):
+        def attend(q, k, v):
+            return tokens_from_groups(core(q, k, v, scale=self.scale, dropout_p=dropout_p), groups, b, n_prefix)
+
+        if recompute_attention:
+            return recomputed(_linear_of_rows, self.proj, attend, q, k, v)  # (b, [1 +] M, dim)
+        return attend(q, k, v)
+
+    def _attend_token_layout(self, x, groups: TokenGroups, cls: str, dropout_p: float, project):
         """q/k/v in token layout through the core's ``attend_groups`` / ``attend_global_prefix`` (cores
         with a fused token-layout kernel, ``auto``, and the ``global`` CLS)."""
         b, length, _ = x.shape
         h, d = self.heads, self.dim_head
+        with_cls = cls not in ("none", "exclude")
         if cls == "none":
-            cls_tok, patches = None, x
+            qkv, cls_qkv = project(x), None
+        elif with_cls:
+            qkv, cls_qkv = project(x, lambda t: (t[:, 1:], t[:, :1]))
         else:
-            cls_tok, patches = x[:, :1], x[:, 1:]
-        qkv = self.qkv(patches).unflatten(-1, (3, h, d))  # (b, M, 3, h, d)
-        q, k, v = qkv.unbind(2)  # (b, M, h, d) strided views
+            qkv, cls_qkv = project(x, lambda t: t[:, 1:]), None
+        q, k, v = qkv.unflatten(-1, (3, h, d)).unbind(2)  # (b, M, h, d) strided views
         out = x.new_empty(b, length, h, d, dtype=q.dtype)
-        out_patches = out if cls_tok is None else out[:, 1:]
+        out_patches = out if cls == "none" else out[:, 1:]
 
         cq = ck = cv = None
-        if cls_tok is not None and cls != "exclude":
-            cq, ck, cv = self.qkv(cls_tok).unflatten(-1, (3, h, d)).unbind(2)  # (b, 1, h, d)
+        if cls_qkv is not None:
+            cq, ck, cv = cls_qkv.unflatten(-1, (3, h, d)).unbind(2)  # (b, 1, h, d)
 
         core = self.core_for(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                              None if ck is None else ck.transpose(1, 2), None if cv is None else cv.transpose(1, 2))
         cls_out = core.attend_groups(q, k, v, groups, prefix_k=ck, prefix_v=cv, prefix_q=cq,
                                      want_prefix_out=cls == "per_group", scale=self.scale, dropout_p=dropout_p,
                                      out=out_patches)
-        if cls_tok is not None:
+        if cls != "none":
             if cls == "exclude":
                 out[:, :1] = 0
             elif cls == "per_group":
@@ -464,7 +420,7 @@ class DividedAttention(nn.Module):
                 out[:, :1] = core.attend_global_prefix(cq, ck, cv, q, k, v, scale=self.scale, dropout_p=dropout_p)
         return out
 
-    def _attend_masked(self, x, groups: TokenGroups, cls: str):
+    def _attend_masked(self, x, groups: TokenGroups, cls: str, project):
         """A step whose groups carry a :class:`~fast_timesformer.groups.TokenMask`: the core gets every group
         as one sequence ``[CLS; group]`` (no CLS for exclude/none) and a :class:`SequenceMask` (the CLS meets
         everyone, patches meet where the mask allows), and runs it natively (``supports_mask``) or refuses.
@@ -475,7 +431,7 @@ class DividedAttention(nn.Module):
         n_p = 1 if cls in ("global", "per_group") else 0
         has_cls = cls != "none"
         ng = groups.num_groups
-        qkv = self.qkv(x).unflatten(-1, (3, h, d))  # (b, [1 +] M, 3, h, d)
+        qkv = project(x).unflatten(-1, (3, h, d))  # (b, [1 +] M, 3, h, d)
         strides = [st for size, st in groups.seq if size > 1]
         if n_p and ng == 1 and strides == sorted(strides, reverse=True):  # [CLS; tokens] in token order: views
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (b, h, 1 + M, d)
@@ -513,6 +469,12 @@ class DividedAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}, backend={self.backend_name!r}, "
                 f"cls={self.cls_mode!r}, step={self.step!r}")
+
+
+def attention_rows(out: torch.Tensor) -> torch.Tensor:
+    """(B, h, S, d) attention output -> (B, S, h*d): a view wherever h and d are adjacent in memory, whatever
+    the order of B and S (SDPA's CPU kernels write (S, B, h, d)); the projection reads it as it is."""
+    return out.transpose(1, 2).flatten(2)
 
 
 # ---- switching backends on built models -------------------------------------------------------

@@ -45,6 +45,9 @@ def is_token_order(groups) -> bool:
 
 
 class _PrefixedGroups(torch.autograd.Function):
+    """:func:`prefixed_groups`. Keeps no tensor for backward (the groups and shapes only); recomputes nothing:
+    backward copies the gradient back to token layout."""
+
     @staticmethod
     def forward(ctx, x, groups, n_prefix, keep_prefix):
         b, _, c = x.shape
@@ -101,6 +104,9 @@ def groups_are_views(groups, b: int, rows: int) -> bool:
 
 
 class _TokensFromGroups(torch.autograd.Function):
+    """:func:`tokens_from_groups`. Keeps no tensor for backward (the groups and shapes only); recomputes
+    nothing: backward views or copies the gradient into the groups' layout."""
+
     @staticmethod
     def forward(ctx, y, groups, n_prefix, y_has_prefix, b):
         bg, h, sy, d = y.shape
@@ -185,6 +191,9 @@ def _tokens_from_groups_traced(y, groups, n_prefix, y_has_prefix, b):
 
 
 class _GroupedQKV(torch.autograd.Function):
+    """:func:`grouped_qkv`. Keeps no tensor for backward (the groups and shapes only); recomputes nothing:
+    backward writes the three gradients into one buffer."""
+
     @staticmethod
     def forward(ctx, qkv, groups, n_skip, heads):
         b, length, width = qkv.shape

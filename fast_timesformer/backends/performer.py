@@ -41,6 +41,11 @@ class PerformerCore(AttentionCore):
         self.calls_since_redraw = 0
         self.register_buffer("redraw_counter", torch.zeros((), dtype=torch.long))
 
+    @property
+    def recomputable(self) -> bool:
+        """Not with ``feature_redraw_interval``: every training call advances the redraw counter."""
+        return self.feature_redraw_interval is None
+
     @torch.no_grad()
     def redraw_features(self):
         """Draw a fresh random projection (uses the global torch RNG)."""

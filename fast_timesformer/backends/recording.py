@@ -87,6 +87,9 @@ class RecordingCore(AttentionCore):
         self.last: Optional[StepRecord] = None
         self.last_probs: Optional[torch.Tensor] = None  # of the last plain call (B, heads, Sq, P + Sk)
 
+    #: every call adds a record: a call recomputed in backward would record the step twice
+    recomputable = False
+
     def attend(self, q, k, v, prefix_k, prefix_v, *, scale, dropout_p):
         k, v = with_prefix(k, v, prefix_k, prefix_v)
         low = q.dtype in (torch.float16, torch.bfloat16)  # softmax in float32 for half types

@@ -87,6 +87,9 @@ class AttentionCore(nn.Module):
     #: seconds this core spent compiling (a backend that runs through torch.compile, ``Backend.compiled``: the
     #: first calls of shapes new to the process); 0 for the others. The benchmarks report it apart from the timings.
     compile_seconds: float = 0.0
+    #: whether a second call on the same inputs gives the first call's result and leaves the core as the first
+    #: left it (a block's activation memory recomputes attention in backward only where it does)
+    recomputable: bool = True
 
     def __init__(self, backend: "Backend", dim_head: int, heads: int):
         super().__init__()

@@ -4,7 +4,7 @@
   partition scheme) against ``regular`` (SDPA) for every registered scheme, inference, ViT-Tiny width. The
   first call of a compiled point is untimed and reported apart (``compile_s``, ``mask_s``); every exact
   point carries its error against float64 at its shape, so a wrong flex output is ``failed``, never a speed.
-- ``memory``: peak memory of one training step with and without the memory-saving training path, float32 and
+- ``memory``: peak memory of one training step in each ``activation_memory`` mode and Hugging Face's, float32 and
   bfloat16 autocast, ViT-B 8x224, each configuration in a fresh process (the CPU allocation replay of
   :func:`~fast_timesformer.bench.measure.peak_memory`: bytes allocated above the level at the step's start).
 - ``sdpa-cpu``: SDPA's CPU flash kernel vs its math path per sequence length (ViT-B step shapes), forward and
@@ -50,18 +50,16 @@ def flex_suite(device="cpu", tiny=False):
 
 
 def memory_step(path: str, amp: str, image_size: int, frames: int, depth: int, threads: int) -> dict:
-    """One configuration, in this (fresh) process: build, one warm-up step, the measured step's peak."""
-    import contextlib
-
-    from .. import fused
-
+    """One configuration, in this (fresh) process: build, one warm-up step, the measured step's peak. ``path``:
+    an ``activation_memory`` mode of ours, or ``"hf"`` (Hugging Face's model, our weights)."""
     torch.set_num_threads(threads)
-    built = build(Workload(impl="ours", backend="regular", mode="fwd+bwd", frames=frames, image_size=image_size,
-                           depth=depth, num_classes=400))
-    saving = contextlib.nullcontext if path == "saving" else fused.unfused
+    built = build(Workload(impl="hf" if path == "hf" else "ours", backend="regular", mode="fwd+bwd", frames=frames,
+                           image_size=image_size, depth=depth, num_classes=400))
+    if path != "hf":
+        built.model.set_activation_memory(path)
 
     def step():
-        with saving(), torch.autocast("cpu", dtype=getattr(torch, amp), enabled=amp != "float32"):
+        with torch.autocast("cpu", dtype=getattr(torch, amp), enabled=amp != "float32"):
             built.step()
     step()
     return measure.peak_memory(step, "cpu")
@@ -76,13 +74,15 @@ def _memory_case(c: Case) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-@register_suite("memory", help="training-step peak memory with / without the memory-saving path, float32 and bf16 "
-                               "autocast, ViT-B 8x224, each in a fresh process")
+@register_suite("memory", help="training-step peak memory per activation_memory mode and Hugging Face's, float32 "
+                               "and bf16 autocast, ViT-B 8x224, each in a fresh process")
 def memory_suite(device="cpu", tiny=False):
+    from ..activation_memory import MODES
+
     size = dict(image_size=32, frames=2, depth=1) if tiny else dict(image_size=224, frames=8, depth=12)
     return [Case("memory", f"{path}/{amp} ViT-B depth {size['depth']} {size['frames']}x{size['image_size']}",
                  _memory_case, device=device, path=path, amp=amp, threads=2, **size)
-            for amp in ("float32", "bfloat16") for path in ("saving", "plain")]
+            for amp in ("float32", "bfloat16") for path in (*MODES, "hf")]
 
 
 def _sdpa_case(c: Case) -> dict:

@@ -54,8 +54,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .. import fused
+from .. import activation_memory as memory
 from .._names import unknown_name_error
+from ..activation_memory import MemoryBlock, mlp_branch
 from ..attention import DividedAttention, set_backend
 from ..backends import BackendUnavailable
 from ..backends.spec import DEFAULT_BACKEND, parse_backend_spec
@@ -160,20 +161,18 @@ class FeedForward(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
                          nn.Dropout(dropout))
 
-    def residual_branch(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        """``self(norm(x))``, in training as one Function keeping x, the norm's statistics and the first
-        linear's output (:func:`fast_timesformer.fused.layer_norm_mlp`) where that is a drop-in."""
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, recompute: bool = False) -> torch.Tensor:
+        """``self(norm(x))`` as the TimeSformer :class:`~fast_timesformer.models.timesformer.Mlp` runs it
+        (``recompute``: backward keeps x and the first linear's output only)."""
         fc1, act, drop1, fc2, drop2 = self
-        if fused.mlp_fusable(x, norm, fc1, act, fc2, self, drop1, drop2):
-            return fused.layer_norm_mlp(x, norm, fc1, act, fc2)
-        return self(norm(x))
+        return mlp_branch(x, norm, fc1, act, drop1, fc2, drop2, recompute)
 
 
 def _norm(dim):
     return nn.LayerNorm(dim, eps=1e-6)
 
 
-class ContextBlock(nn.Module):
+class ContextBlock(MemoryBlock):
     """The context encoder's block on the context tokens (b, f*n, dim): the scheme's attention steps in
     order (``<step>_norm``, ``<step>_attn``; divided space-time: time, then space), then the MLP."""
 
@@ -189,14 +188,16 @@ class ContextBlock(nn.Module):
         self.mlp_norm = _norm(dim)
         self.mlp = FeedForward(dim, hidden, ff_dropout)
 
-    def forward(self, x, groups: tuple):
-        """``groups``: the scheme's TokenGroups per step for the context clip."""
-        for step, g in zip(self.step_names, groups):  # attn(norm(x)), fused in training (DividedAttention)
-            x = x + getattr(self, f"{step}_attn").residual_branch(x, g, norm=getattr(self, f"{step}_norm"))
-        return x + self.mlp.residual_branch(x, self.mlp_norm)
+    def _forward(self, x, groups: tuple, recompute: bool):
+        """``groups``: the scheme's TokenGroups per step for the context clip; ``recompute``: the selective
+        pieces (``forward`` runs the block's activation_memory mode)."""
+        for step, g in zip(self.step_names, groups):  # x + attn(norm(x))
+            attn, norm = getattr(self, f"{step}_attn"), getattr(self, f"{step}_norm")
+            x = x + attn(x, groups=g, norm=norm, recompute=recompute)
+        return x + self.mlp(x, self.mlp_norm, recompute)
 
 
-class TargetBlock(nn.Module):
+class TargetBlock(MemoryBlock):
     """Target queries (b, f'*n, dim): cross-attention to the context (at their own patch position, or all of
     it: ``target_attention``), then spatial self-attention within their own target frame, then MLP."""
 
@@ -214,15 +215,15 @@ class TargetBlock(nn.Module):
         self.mlp_norm = _norm(dim)
         self.mlp = FeedForward(dim, hidden, ff_dropout)
 
-    def forward(self, y, context, f: int, t: int, n: int, target_attention: str = "per_position"):
+    def _forward(self, y, context, f: int, t: int, n: int, target_attention: str, recompute: bool):
         if target_attention == "all_context":  # one group: every target query, every context token
             groups, context_groups = TokenGroups.joint(t, n), TokenGroups.joint(f, n)
         else:  # per_position: group p = the targets at patch p and the context tokens at patch p
             groups, context_groups = TokenGroups.time(t, n), TokenGroups.time(f, n)
         y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), groups=groups,
                                 context_groups=context_groups)
-        y = y + self.space_attn.residual_branch(y, TokenGroups.space(t, n), norm=self.space_norm)
-        return y + self.mlp.residual_branch(y, self.mlp_norm)
+        y = y + self.space_attn(y, groups=TokenGroups.space(t, n), norm=self.space_norm, recompute=recompute)
+        return y + self.mlp(y, self.mlp_norm, recompute)
 
 
 class GenerativeLayer(nn.Module):
@@ -267,6 +268,8 @@ class GenerativeTimeSformer(nn.Module):
         backend: a backend name, or a mapping step -> name or (name, options) over
             :attr:`attention_steps` (the scheme's steps, "space" and "cross"; missing steps: ``DEFAULT_BACKEND``), or
             "time=a,cross=b". ``**backend_options`` go to every attention layer's backend.
+        activation_memory: what each context and target block keeps for backward in training:
+            ``"selective"`` (default), ``"full"`` or ``"checkpoint"`` (:mod:`fast_timesformer.activation_memory`).
 
     ``forward(video)``: (b, num_frames, channels, H, W) -> (b, num_target_frames, out_channels, H, W).
     """
@@ -275,8 +278,8 @@ class GenerativeTimeSformer(nn.Module):
                  num_target_frames: int, channels: int = 3, out_channels: Optional[int] = None, depth: int,
                  heads: int = 8, dim_head: int = 64, attn_dropout: float = 0.0, ff_dropout: float = 0.0,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, scheme: str = "divided_space_time",
-                 target_attention: str = "per_position",
-                 backend: Union[str, Mapping[str, str]] = DEFAULT_BACKEND, **backend_options):
+                 target_attention: str = "per_position", backend: Union[str, Mapping[str, str]] = DEFAULT_BACKEND,
+                 activation_memory: str = memory.DEFAULT, **backend_options):
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
         ih, iw = to_hw(image_size, "image_size")
@@ -300,7 +303,8 @@ class GenerativeTimeSformer(nn.Module):
                            num_target_frames=num_target_frames, channels=channels, out_channels=out_channels,
                            depth=depth, heads=heads, dim_head=dim_head, attn_dropout=attn_dropout,
                            ff_dropout=ff_dropout, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, scheme=self.scheme.name,
-                           target_attention=target_attention, backend=backend, **backend_options)
+                           target_attention=target_attention, backend=backend,
+                           activation_memory=activation_memory, **backend_options)
         self.image_size = (ih, iw)
         self.patch_size = patch_size
         self.grid = (ih // patch_size, iw // patch_size)
@@ -319,6 +323,7 @@ class GenerativeTimeSformer(nn.Module):
             for _ in range(depth))
         self.norm = _norm(dim)
         self.to_pixels = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.set_activation_memory(activation_memory)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -340,6 +345,19 @@ class GenerativeTimeSformer(nn.Module):
         """:func:`fast_timesformer.attention.set_backend` on this model: every attention layer (a name), or
         some steps (a mapping over :attr:`attention_steps`); steps left out keep their backend."""
         return set_backend(self, backend, **options)
+
+    def set_activation_memory(self, mode: str) -> "GenerativeTimeSformer":
+        """What every context and target block keeps for backward (:mod:`fast_timesformer.activation_memory`)."""
+        memory.set_mode(self, mode)
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> "GenerativeTimeSformer":
+        """timm's name: ``set_activation_memory("checkpoint")``, or back to the default mode."""
+        return self.set_activation_memory("checkpoint" if enable else memory.DEFAULT)
+
+    def activation_memory_record(self) -> dict:
+        """{block name: the mode it runs} (:func:`fast_timesformer.activation_memory.record`)."""
+        return memory.record(self)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         if not isinstance(video, torch.Tensor) or video.dim() != 5:

@@ -31,10 +31,10 @@ from typing import Mapping, Optional, Union
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .. import fused
+from .. import activation_memory as memory
 from .._names import unknown_name_error
+from ..activation_memory import MemoryBlock, mlp_branch
 from ..attention import MODEL_CLS_MODES, DividedAttention, set_backend, step_cls_mode
 from ..backends.spec import DEFAULT_BACKEND, parse_backend_spec
 from ..groups import TokenGroups
@@ -59,16 +59,10 @@ class DropPath(nn.Module):
         self.p = p
 
     def forward(self, x):
-        scale = self.sample_scale(x)
-        return x if scale is None else x * scale
-
-    def sample_scale(self, x) -> Optional[torch.Tensor]:
-        """The per-sample factor forward multiplies x by, (b, 1, ..., 1): 0 or 1/keep, drawn from the global
-        generator; None when inactive (p = 0 or eval). Fused residual branches apply it themselves."""
         if self.p == 0.0 or not self.training:
-            return None
+            return x
         keep = 1.0 - self.p
-        return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
+        return x * x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
 
     def extra_repr(self):
         return f"p={self.p:.3f}"
@@ -84,17 +78,11 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-    def residual_branch(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        """``self(norm(x))``; in training (grad enabled, dropout inactive, plain modules without hooks) as one
-        Function that keeps x, the norm's statistics and fc1's output for backward, not the norm's or the
-        GELU's output (:func:`fast_timesformer.fused.layer_norm_mlp`): 5 rows of width ``dim`` per token
-        instead of 10 at mlp_ratio 4."""
-        if fused.mlp_fusable(x, norm, self.fc1, self.act, self.fc2, self, self.drop):
-            return fused.layer_norm_mlp(x, norm, self.fc1, self.act, self.fc2)
-        return self(norm(x))
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, recompute: bool = False) -> torch.Tensor:
+        """``drop(fc2(drop(act(fc1(norm(x))))))``. ``recompute``: backward keeps x and fc1's output only;
+        the norm's output, the GELU's and the dropout mask between are recomputed (a block's
+        ``activation_memory="selective"``)."""
+        return mlp_branch(x, norm, self.fc1, self.act, self.drop, self.fc2, self.drop, recompute)
 
 
 class PatchEmbed(nn.Module):
@@ -109,7 +97,7 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-class Block(nn.Module):
+class Block(MemoryBlock):
     """One TimeSformer block: the scheme's attention steps, then the MLP; pre-norm residuals.
 
     Each step adds the modules its scheme declares (:attr:`Step.modules <fast_timesformer.schemes.Step>`):
@@ -145,14 +133,21 @@ class Block(nn.Module):
             out.append((step, getattr(self, mods.norm), getattr(self, mods.attn), fc))
         return out
 
-    def forward(self, x: torch.Tensor, groups: tuple) -> torch.Tensor:
-        """x: (b, 1 + f*n, dim) with the CLS first; ``groups``: one TokenGroups per step."""
+    def _forward(self, x: torch.Tensor, groups: tuple, recompute: bool) -> torch.Tensor:
+        """x: (b, 1 + f*n, dim) with the CLS first; ``groups``: one TokenGroups per step; ``recompute``: the
+        ``selective`` pieces (:mod:`fast_timesformer.activation_memory`; ``forward`` runs the block's mode)."""
         for (step, norm, attn, fc), g in zip(self.attention_layers(), groups):
             # drop_path(attn(norm(x))), then fc; the CLS row of fc's output 0 where the CLS is no part of
-            # this step (only the patches change); fused in training to keep fewer activations
-            x = x + attn.residual_branch(x, g, norm=norm, fc=fc, drop=self.drop_path,
-                                         zero_cls=fc is not None and self._cls_left_out(g))
-        return x + self.drop_path(self.mlp.residual_branch(x, self.norm2))
+            # this step (only the patches change)
+            y = self.drop_path(attn(x, groups=g, norm=norm, recompute=recompute))
+            if fc is not None:
+                y = fc(y)
+                if self._cls_left_out(g) and torch.compiler.is_exporting():  # no write into a slice: ONNX
+                    y = torch.cat([torch.zeros_like(y[:, :1]), y[:, 1:]], 1)  # export mistranslates it
+                elif self._cls_left_out(g):
+                    y[:, :1] = 0  # in place on fc's fresh output (cheaper than re-concatenating x)
+            x = x + y
+        return x + self.drop_path(self.mlp(x, self.norm2, recompute))
 
     def _cls_left_out(self, groups: TokenGroups) -> bool:
         return step_cls_mode(self.cls_mode, groups) == "exclude"
@@ -178,6 +173,8 @@ class TimeSformer(nn.Module):
             ("performer", {"nb_features": 64})}``; steps left out use ``DEFAULT_BACKEND`` (``"regular"``). Step names per scheme
             are in :attr:`attention_steps`.
         cls_mode: ``"official"`` (default), ``"global"`` or ``"per_group"`` (see the module docstring).
+        activation_memory: what each block keeps for backward in training: ``"selective"`` (default),
+            ``"full"`` or ``"checkpoint"`` (:mod:`fast_timesformer.activation_memory`).
         **backend_options: passed to every attention layer's backend.
     """
 
@@ -186,13 +183,14 @@ class TimeSformer(nn.Module):
                  dim_head: Optional[int] = None, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  attn_dropout: float = 0.0, ff_dropout: float = 0.0, drop_path: float = 0.1,
                  scheme: str = "divided_space_time", backend: Union[str, Mapping] = DEFAULT_BACKEND,
-                 cls_mode: str = "official", scheme_options: Optional[Mapping] = None, **backend_options):
+                 cls_mode: str = "official", scheme_options: Optional[Mapping] = None,
+                 activation_memory: str = memory.DEFAULT, **backend_options):
         super().__init__()
         self.config = dict(num_classes=num_classes, num_frames=num_frames, image_size=image_size,
                            patch_size=patch_size, channels=channels, dim=dim, depth=depth, heads=heads,
                            dim_head=dim_head, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, attn_dropout=attn_dropout,
                            ff_dropout=ff_dropout, drop_path=drop_path, scheme=scheme, backend=backend,
-                           cls_mode=cls_mode, **backend_options)
+                           cls_mode=cls_mode, activation_memory=activation_memory, **backend_options)
         if scheme_options:  # kept out of the config when empty: configs saved before it load unchanged
             self.config["scheme_options"] = dict(scheme_options)
         self.scheme = get_scheme(scheme).with_options(**dict(scheme_options or {}))
@@ -217,7 +215,6 @@ class TimeSformer(nn.Module):
         self.num_frames, self.channels, self.dim, self.num_classes = num_frames, channels, dim, num_classes
         self.cls_mode = cls_mode
         self.attention_steps = self.scheme.step_names
-        self.grad_checkpointing = False
         backends = self._backend_table(backend, backend_options)
 
         n = self.grid[0] * self.grid[1]
@@ -234,6 +231,7 @@ class TimeSformer(nn.Module):
                   cls_mode, backends) for rate in rates)
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.set_activation_memory(activation_memory)
         self.reset_parameters()
 
     # ---- construction helpers -------------------------------------------------------------------
@@ -290,10 +288,19 @@ class TimeSformer(nn.Module):
     def attention_modules(self) -> list:
         return [m for m in self.modules() if isinstance(m, DividedAttention)]
 
-    def set_grad_checkpointing(self, enable: bool = True) -> "TimeSformer":
-        """Recompute each block in backward (``torch.utils.checkpoint``, non-reentrant) to save memory."""
-        self.grad_checkpointing = bool(enable)
+    def set_activation_memory(self, mode: str) -> "TimeSformer":
+        """What every block keeps for backward: ``"full"``, ``"selective"`` or ``"checkpoint"``
+        (:mod:`fast_timesformer.activation_memory`)."""
+        memory.set_mode(self, mode)
         return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> "TimeSformer":
+        """timm's name: ``set_activation_memory("checkpoint")``, or back to the default mode."""
+        return self.set_activation_memory("checkpoint" if enable else memory.DEFAULT)
+
+    def activation_memory_record(self) -> dict:
+        """{block name: the mode it runs} (:func:`fast_timesformer.activation_memory.record`)."""
+        return memory.record(self)
 
     # ---- forward --------------------------------------------------------------------------------
     def _check_input(self, video) -> tuple:
@@ -356,10 +363,7 @@ class TimeSformer(nn.Module):
         x, b, f, (gh, gw) = self._tokens(video)
         groups = self.scheme.token_groups(1 if self._frame_independent else f, gh, gw)
         for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, groups, use_reentrant=False)
-            else:
-                x = block(x, groups)
+            x = block(x, groups)
         return x, b, f, (gh, gw)
 
     def features(self, video) -> dict:

@@ -26,6 +26,8 @@ def _key_value(text: str):
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
+    from ..activation_memory import DEFAULT as DEFAULT_MEMORY
+    from ..activation_memory import MODES as MEMORY_MODES
     from ..backends import list_backends
     from ..models.registry import PRESETS
     from ..schemes import list_schemes
@@ -85,6 +87,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: off)")
     o.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
                    help="autocast dtype (bf16 on the CPU; fp16 with a grad scaler on CUDA)")
+    o.add_argument("--activation-memory", choices=tuple(MEMORY_MODES), default=DEFAULT_MEMORY,
+                   help="what each block keeps for backward: selective (default: recomputes norms, GELU and the "
+                        "time attention), full (keeps everything) or checkpoint (recomputes whole blocks); the "
+                        "mode each block ran is recorded in the metrics file and every checkpoint")
     o.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     o.add_argument("--seed", type=int, default=0)
     b = p.add_argument_group("bookkeeping")

@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..activation_memory import DEFAULT as DEFAULT_MEMORY
+from ..activation_memory import MODES as MEMORY_MODES
 from ..backends.spec import DEFAULT_BACKEND, parse_backend_spec
 from ..models import GenerativeTimeSformer, TimeSformer
 
@@ -52,6 +54,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     clip_grad: Optional[float] = 1.0
     amp: str = "off"                       # off | bf16 | fp16 (fp16: CUDA only)
+    activation_memory: str = DEFAULT_MEMORY  # what each block keeps for backward (activation_memory.MODES)
     device: str = "auto"
     seed: int = 0
     # bookkeeping
@@ -70,7 +73,7 @@ class TrainConfig:
     # fields that may differ between a run and its resumption
     RESUMABLE_CHANGES = ("resume", "workers", "progress", "out_dir", "metrics", "log_every", "save_every",
                          "device", "evaluate", "eval_each_epoch", "skip_bad_videos", "overwrite", "eval_views",
-                         "init")
+                         "init", "activation_memory")
 
     # the command-line option of each field (for messages that name what to change)
     OPTIONS = {"num_frames": "--frames", "num_target_frames": "--target-frames", "out_dir": "--out",
@@ -88,6 +91,9 @@ class TrainConfig:
         """Every numeric option is checked here, with one sentence naming the option."""
         if self.amp not in ("off", "bf16", "fp16"):
             raise ValueError(f"--amp must be off, bf16 or fp16, got {self.amp!r}")
+        if self.activation_memory not in MEMORY_MODES:
+            raise ValueError(f"--activation-memory must be one of {', '.join(MEMORY_MODES)}, got "
+                             f"{self.activation_memory!r}")
 
         def whole(name, low, value=None):
             v = getattr(self, name) if value is None else value
@@ -196,7 +202,7 @@ def model_spec(cfg: TrainConfig, *, num_classes: int, channels: int = 3) -> dict
     parsed = parse_backend_spec(cfg.backend, cfg.backend_options)
     backend, shared = parsed.to_json(), parsed.shared
     kwargs.update(num_frames=cfg.num_frames, image_size=cfg.image_size, channels=channels,
-                  scheme=cfg.scheme, backend=backend, **shared)
+                  scheme=cfg.scheme, backend=backend, activation_memory=cfg.activation_memory, **shared)
     if cfg.scheme_options:
         kwargs["scheme_options"] = dict(cfg.scheme_options)
     for key in ("attn_dropout", "ff_dropout", "drop_path"):

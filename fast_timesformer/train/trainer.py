@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
+from .. import activation_memory as memory
 from ..errors import BadVideoError, TrainingInterrupted
 from ..models import create_model
 from ..video import ClipTransform
@@ -397,7 +398,8 @@ class Trainer:
                 evaluation = "none (--no-eval)"
             else:
                 evaluation = "each epoch and at the end" if cfg.eval_each_epoch else "at the end"
-            self._log({"split": "data", "step": 0, **self.data_info, "evaluation": evaluation})
+            self._log({"split": "data", "step": 0, **self.data_info, "evaluation": evaluation,
+                       "activation_memory_in_effect": memory.record(self.module)})
         self._began = True
 
     @contextlib.contextmanager
@@ -598,8 +600,9 @@ class Trainer:
         return dataclasses.asdict(t)
 
     def checkpoint_config(self) -> dict:
-        """What a checkpoint records about the run (for resume and predict)."""
-        return self.cfg.to_dict()
+        """What a checkpoint records about the run (for resume and predict), with the activation-memory mode
+        each block ran (it differs from ``activation_memory`` where a condition stopped it)."""
+        return {**self.cfg.to_dict(), "activation_memory_in_effect": memory.record(self.module)}
 
     def save(self, path: str, *, rotate: bool = False) -> None:
         """Checkpoint (rank 0 writes; every process waits for it). ``rotate``: this is last.safetensors,
