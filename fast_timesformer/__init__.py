@@ -14,6 +14,7 @@ from .backends import (
     unregister_backend,
 )
 from .backends.spec import parse_backend_spec
+from .finite import check_finite
 from .groups import TokenGroups
 from .models.generative import GenerativeTimeSformer
 from .models.registry import create_model, list_models
@@ -27,5 +28,5 @@ __all__ = [
     "unregister_backend", "use_backend",
     "TimeSformer", "GenerativeTimeSformer", "create_model", "list_models", "load_vit_weights_into_timesformer",
     "Scheme", "Step", "register_scheme", "unregister_scheme", "get_scheme", "list_schemes", "scheme_color",
-    "parse_backend_spec",
+    "parse_backend_spec", "check_finite",
 ]

@@ -52,3 +52,27 @@ def unknown_name_error(kind: str, name, known: Iterable[str],
     close = close_match(str(name), known, aliases)
     hint = f" Did you mean {close!r}?" if close else ""
     return UnknownNameError(kind, name, known, f"unknown {kind} {name!r}; known: {', '.join(known)}.{hint}")
+
+
+def misplaced_name_error(name, given_as: str, kinds: Mapping[str, Iterable[str]]) -> ValueError:
+    """The error for a keyword ``name`` given as ``given_as`` (``"TimeSformer argument or regular option"``)
+    that is none of the kinds of argument in ``kinds`` (kind -> its names, e.g. ``{"TimeSformer argument":
+    [...], "regular option": [...], "neighborhood scheme option": [...]}``) where it was given.
+
+    Where ``name`` is exactly a name of another kind, the message says it belongs there; otherwise it
+    suggests the closest name over all kinds, saying which kind that one is."""
+    from .errors import UnknownNameError
+
+    kinds = {kind: [str(k) for k in known] for kind, known in kinds.items()}
+    every = [k for known in kinds.values() for k in known]
+    for kind, known in kinds.items():
+        if name in known:
+            return UnknownNameError(given_as, name, every, f"{name!r} is a {kind}, not a {given_as}: pass it as a "
+                                                           f"{kind}")
+    listed = "; ".join(f"{kind}s: {', '.join(known)}" for kind, known in kinds.items() if known)
+    close = close_match(str(name), every)
+    hint = ""
+    if close is not None:
+        kind = next(kind for kind, known in kinds.items() if close in known)
+        hint = f" Did you mean the {kind} {close!r}?"
+    return UnknownNameError(given_as, name, every, f"unknown {given_as} {name!r} ({listed}).{hint}")

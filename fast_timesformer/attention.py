@@ -117,16 +117,71 @@ def attention_groups_from_patterns(from_pattern: str, to_pattern: str, m: int, s
     return TokenGroups(group=(axes[g_name],), seq=(axes[s_name],), kind=kind)
 
 
-def _check_option_names(be, options) -> None:
-    """Raise ``TypeError`` (as Python does for an unexpected keyword) for an option the backend's factory
-    does not take, with the known options and the close match."""
+def check_rate(name: str, value) -> float:
+    """A dropout or drop-path probability: a number in [0, 1), else ``ValueError`` naming ``name`` (refused
+    where the model is built, not deep inside torch at the first call, and never ignored by a backend)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+    if not ok:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def backend_option_names(be) -> Optional[list]:
+    """The options a backend (a :class:`Backend` or a name) takes, from its factory's signature; ``None``
+    when that cannot be known (``auto`` resolves later, a factory taking ``**kwargs`` takes anything)."""
+    if isinstance(be, str):
+        if be == "auto":
+            return None
+        be = get_backend(be)
     try:
         params = inspect.signature(be.factory).parameters.values()
     except (TypeError, ValueError):
-        return
+        return None
     if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in ("self", "backend", "dim_head", "heads")]
+
+
+def check_model_options(model, table: Mapping[str, tuple], scheme, scheme_options: Mapping,
+                        shared: Mapping = ()) -> None:
+    """The one check of the keywords a model passes on: every backend option must be one its step's
+    backend takes, every scheme option one its scheme takes. A keyword that is neither says which kind of
+    argument it was taken as and which kind it is, or the close match over the model's own arguments,
+    the backends' options and the scheme's options (:func:`~fast_timesformer._names.misplaced_name_error`).
+
+    ``model``: the model class (its ``__init__`` names its own arguments); ``table``: step -> (backend name,
+    options) as :meth:`BackendSpec.table` gives it; ``scheme``: the :class:`Scheme` (without options);
+    ``shared``: the options given for every step (the model's ``**backend_options``: they could as well be
+    a misspelt model argument)."""
+    from ._names import misplaced_name_error
+
+    cls = model if isinstance(model, type) else type(model)
+    own = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+           if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    kinds = {f"{cls.__name__} argument": own}
+    for name, _ in table.values():
+        known = backend_option_names(name)
+        if known is not None:
+            kinds[f"{name} backend option"] = known
+    kinds[f"{scheme.name} scheme option"] = list(scheme.option_values)
+    for name in scheme_options:
+        if name not in scheme.option_values:
+            raise misplaced_name_error(name, f"{scheme.name} scheme option", kinds)
+    for step, (name, options) in table.items():
+        known = backend_option_names(name)
+        for option in options if known is not None else ():
+            if option not in known:
+                given_as = (f"{cls.__name__} argument or {name} backend option" if option in shared
+                            else f"{name} backend option (step {step!r})")
+                raise misplaced_name_error(option, given_as, kinds)
+
+
+def _check_option_names(be, options) -> None:
+    """Raise ``TypeError`` (as Python does for an unexpected keyword) for an option the backend's factory
+    does not take, with the known options and the close match."""
+    allowed = backend_option_names(be)
+    if allowed is None:
         return
-    allowed = [p.name for p in params if p.name not in ("self", "backend", "dim_head", "heads")]
     unknown = [o for o in options if o not in allowed]
     if unknown and not allowed:
         raise TypeError(f"backend {be.name!r} takes no options, got {sorted(options)}")
@@ -164,6 +219,8 @@ class DividedAttention(nn.Module):
             raise unknown_name_error("cls mode", cls, CLS_MODES)
         if heads < 1 or dim_head < 1 or dim < 1:
             raise ValueError(f"dim, heads and dim_head must be positive, got {dim}, {heads}, {dim_head}")
+        check_rate("dropout", dropout)
+        check_rate("attn_dropout", attn_dropout)
         self.dim, self.heads, self.dim_head = dim, heads, dim_head
         inner = heads * dim_head
         self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)

@@ -11,6 +11,7 @@ from .bench import cli as bench_cli
 from .errors import FastTimesformerError
 from .explain import cli as explain_cli
 from .models import cli as models_cli
+from .outputs import write_cause
 from .tables import format_table
 from .train import cli as train_cli
 from .train import data_cli
@@ -45,14 +46,18 @@ def main(argv=None) -> int:
 
 def console(argv=None) -> int:
     """The ``fast-timesformer`` entry point: like :func:`main`, but a user error (bad option, missing
-    file, refused backend) prints one line and exits 2 instead of a traceback
-    (``FAST_TIMESFORMER_TRACEBACK=1`` shows the traceback)."""
+    file, refused backend) prints one line and exits 2 instead of a traceback, and so does any failure to
+    read or write a file that no command turned into its own sentence (an ``OSError``: the path and the
+    cause) (``FAST_TIMESFORMER_TRACEBACK=1`` shows the traceback)."""
     try:
         return main(argv)
-    except (FastTimesformerError, ValueError, TypeError, FileNotFoundError, BackendUnavailable) as e:
+    except (FastTimesformerError, ValueError, TypeError, OSError, BackendUnavailable) as e:
         if os.environ.get("FAST_TIMESFORMER_TRACEBACK"):
             raise
-        print(f"fast-timesformer: error: {e}", file=sys.stderr)
+        line = str(e)
+        if isinstance(e, OSError) and not isinstance(e, FastTimesformerError) and e.filename is not None:
+            line = f"{e.filename}: {write_cause(e)}"
+        print(f"fast-timesformer: error: {line}", file=sys.stderr)
         return 2
 
 

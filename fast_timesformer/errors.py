@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib.metadata
 
 __all__ = ["FastTimesformerError", "CorruptCheckpointError", "BadVideoError", "DeviceUnavailableError",
-           "MissingDependencyError", "BrokenDependencyError", "import_failure"]
+           "MissingDependencyError", "BrokenDependencyError", "import_failure", "WriteFailedError",
+           "OutputPathError", "NonFiniteError", "DatasetLayoutError", "RunFolderBusyError"]
 
 
 class FastTimesformerError(Exception):
@@ -69,6 +70,45 @@ class WriteFailedError(FastTimesformerError, OSError):
 
     def __str__(self) -> str:  # OSError would format (errno, strerror); ours is the one sentence
         return f"{self.path}: {self.problem}"
+
+
+class OutputPathError(FastTimesformerError, ValueError):
+    """An output path that cannot be written, found before any work: it names a file where a folder is
+    wanted (or the reverse), sits under a file, or is on a read-only or unwritable place."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class NonFiniteError(FastTimesformerError, ValueError):
+    """A NaN or an infinity where only finite numbers make sense (weights, logits, a loss, gradients).
+
+    ``what`` names the thing checked (a checkpoint file, "the loss at step 12"), ``names`` the entries
+    found non-finite (tensor names, or empty for a single tensor)."""
+
+    def __init__(self, what: str, names=(), message: str = ""):
+        self.what, self.names = str(what), list(names)
+        super().__init__(message or f"{self.what} is not finite")
+
+
+class DatasetLayoutError(FastTimesformerError, ValueError):
+    """A video folder (or list) whose layout does not mean what it looks like: a class without videos,
+    fewer than two classes, a file under two labels or in both splits, a link loop."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class RunFolderBusyError(FastTimesformerError):
+    """Another live process holds the lock of a run folder (``holder`` describes it)."""
+
+    def __init__(self, path, holder: str):
+        self.path, self.holder = str(path), holder
+        super().__init__(f"{self.path} is in use by {holder}; wait for it to finish, or use another --out")
 
 
 class TrainingInterrupted(FastTimesformerError):

@@ -6,6 +6,7 @@ reads (:func:`check_video`), and turning a decoded clip into model input (:class
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from .errors import BadVideoError, import_failure
 
 __all__ = ["VIDEO_EXTENSIONS", "KINETICS_MEAN", "KINETICS_STD", "read_video", "read_video_frames", "check_video",
+           "link_problem",
            "sample_frame_indices", "resize_short_side", "crop", "normalize", "ClipTransform", "preprocess_clip"]
 
 
@@ -61,6 +63,20 @@ def _av_problem(e: Exception) -> str:
     return str(msg).rstrip(".")
 
 
+def link_problem(path: str) -> Optional[str]:
+    """Why a symbolic link cannot be followed ("is a link loop", "is a link to X, which does not exist"),
+    or None (not a link, or one that resolves)."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.path.realpath(path, strict=True)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a link loop: following its links leads back to itself"
+        return f"is a link to {os.readlink(path)!r}, which does not exist"
+    return None
+
+
 def read_video(path: str, num_frames: int, mode: str = "uniform", *,
                generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Decode ``num_frames`` sampled frames of a video file: uint8 tensor (f, 3, H, W), RGB.
@@ -75,6 +91,11 @@ def read_video_frames(path: str, pick: Callable[[int], Sequence[int]]) -> torch.
     :func:`read_video` picks one clip; multi-view testing picks several clips' frames at once."""
     av = _import_av()
     if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise BadVideoError((path, "is a folder, not a video file"))
+        link = link_problem(path)
+        if link is not None:
+            raise BadVideoError((path, link))
         raise FileNotFoundError(f"no such video file: {path}")
     try:
         container = av.open(path)
@@ -92,6 +113,12 @@ def read_video_frames(path: str, pick: Callable[[int], Sequence[int]]) -> torch.
             raise BadVideoError((path, f"cannot decode frame {len(frames)} ({_av_problem(e)})")) from None
     if not frames:
         raise BadVideoError((path, "no frame could be decoded"))
+    size = (frames[0].width, frames[0].height)
+    changed = next((i for i, fr in enumerate(frames) if (fr.width, fr.height) != size), None)
+    if changed is not None:  # the frames of a clip are stacked: one frame size throughout
+        fr = frames[changed]
+        raise BadVideoError((path, f"its frame size changes mid-stream: frame 0 is {size[0]}x{size[1]}, frame "
+                                   f"{changed} is {fr.width}x{fr.height}"))
     idx = list(pick(len(frames)))
     try:
         arrays = {i: torch.from_numpy(frames[i].to_ndarray(format="rgb24")) for i in set(idx)}
@@ -112,7 +139,9 @@ def check_video(path: str) -> Optional[str]:
     """
     av = _import_av()
     if not os.path.isfile(path):
-        return "does not exist"
+        if os.path.isdir(path):
+            return "is a folder, not a video file"
+        return link_problem(path) or "does not exist"
     if os.path.getsize(path) == 0:
         return "is empty (0 bytes)"
     try:

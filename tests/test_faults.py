@@ -363,7 +363,7 @@ def test_a_failing_checkpoint_write_keeps_the_last_good_one(tmp_path, capsys, mo
     assert_one_error_line(err, f"{last}: could not write the checkpoint (no space left on the device); the "
                                "checkpoint there before is unchanged")
     assert last.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["last.safetensors", "metrics.jsonl"]  # no temporary file left
+    assert sorted(os.listdir(tmp_path)) == [".lock", "last.safetensors", "metrics.jsonl"]  # no temporary file left
     with pytest.raises(WriteFailedError):
         ckpt.atomic_save_file({"a": torch.zeros(1)}, str(last), {})
     monkeypatch.undo()

@@ -2,6 +2,8 @@
 with no edit to the package: the suites, the runner, the plots and the summary read the registries (the
 scheme's steps, ``short`` label, ``why_not`` and colour; the backend's ``kind``, ``error_sweep``, devices and
 ``diagnostic``). The rest of registration from user code: tests/test_registration.py."""
+import os
+
 import matplotlib.figure
 import pytest
 import torch
@@ -84,7 +86,8 @@ def _legends_while_plotting(monkeypatch):
             for text, handle in zip(leg.get_texts(), leg.legend_handles):
                 colour = handle.get_color() if hasattr(handle, "get_color") else handle.get_facecolor()
                 entries.append((text.get_text(), to_hex(colour)))
-        seen[getattr(path, "name", str(path))] = entries
+        name = os.path.basename(str(path))  # written as NAME.<random>.tmp next to NAME, then moved over it
+        seen[name.rsplit(".", 2)[0] if name.endswith(".tmp") else name] = entries
         return real(fig, path, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)

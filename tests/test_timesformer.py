@@ -297,9 +297,10 @@ def test_registered_models_build_with_overrides(name):
 def test_create_model_refuses_an_argument_the_model_does_not_take():
     """Never dropped: a misspelt argument raises with the closest name, for either class; a backend's option
     (passed through to every attention layer) is an argument too."""
-    with pytest.raises(ValueError, match="unknown TimeSformer argument 'drop_pat'.*Did you mean 'drop_path'"):
+    with pytest.raises(ValueError, match="unknown TimeSformer argument or backend option 'drop_pat'.*Did you mean "
+                                         "the TimeSformer argument 'drop_path'"):
         create_model("tiny", drop_pat=0.1)
-    with pytest.raises(ValueError, match="unknown GenerativeTimeSformer argument 'num_classes'"):
+    with pytest.raises(ValueError, match="unknown GenerativeTimeSformer argument or backend option 'num_classes'"):
         create_model("generative_timesformer", num_classes=3)
     assert create_model("tiny", backend="performer", nb_features=16).blocks[0].attn.backend_name == "performer"
 

@@ -92,7 +92,7 @@ def test_checkpoint_roundtrip_and_atomic_write(tmp_path):
             assert torch.equal(v, s2["state"][pid][key])
     # no temporary file is left behind, and a failing write leaves the old file intact
     files = sorted(os.listdir(tmp_path))
-    assert files == ["last.safetensors", "metrics.jsonl"]  # no evaluation yet, so no best checkpoint
+    assert files == [".lock", "last.safetensors", "metrics.jsonl"]  # no evaluation yet, so no best checkpoint
     before = path.read_bytes()
     with pytest.raises(Exception):
         ckpt.atomic_save_file({"bad": torch.zeros(2)[None].expand(3, 2)[:, ::2].t()}, str(path),
@@ -313,7 +313,8 @@ def run_cli(args, capsys):
 
 
 def folder_bytes(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    # the run's files; .lock only records which process holds the folder (see run_folder.py)
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
 
 
 def records(path, split=None):
@@ -388,7 +389,7 @@ def test_overwrite_replaces_the_earlier_run_at_its_first_checkpoint(tmp_path, ca
                    f"{out / 'metrics.jsonl'}.new)\n")
     # only the new run is left: its last (no evaluation yet, so no best); the earlier previous and best are gone;
     # the metrics are the new run's
-    assert sorted(os.listdir(out)) == ["last.safetensors", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == [".lock", "last.safetensors", "metrics.jsonl"]  # .lock: the run folder's lock
     meta = ckpt.read_metadata(str(out / "last.safetensors"))
     assert meta["step"] == 2 and meta["config"]["lr"] == 1e-2 and meta["config"]["overwrite"] is True
     rows = records(out / "metrics.jsonl")
@@ -396,21 +397,22 @@ def test_overwrite_replaces_the_earlier_run_at_its_first_checkpoint(tmp_path, ca
     # it resumes as any run (overwrite is not a setting a resumed run must repeat)
     rc, _, err = run_cli(new + ["--resume", "auto"], capsys)
     assert rc == 0 and err == ""
-    assert sorted(os.listdir(out)) == ["best.safetensors", "last.safetensors", "metrics.jsonl", "previous.safetensors"]
+    assert sorted(os.listdir(out)) == [".lock", "best.safetensors", "last.safetensors", "metrics.jsonl",
+                                       "previous.safetensors"]
     assert ckpt.read_metadata(str(out / "best.safetensors"))["step"] == 3
     assert [r["step"] for r in records(out / "metrics.jsonl", "train")] == [1, 2, 3]
     # a first checkpoint at an epoch end: the best one (written first, to its pending twin) replaces the earlier too
     rc, _, err = run_cli(["train", *ARGS, "--steps", "3", "--lr", "5e-3", "--out", str(out), "--overwrite"], capsys)
     assert rc == 0 and err.count("\n") == 1
-    assert sorted(os.listdir(out)) == ["best.safetensors", "last.safetensors", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == [".lock", "best.safetensors", "last.safetensors", "metrics.jsonl"]
     for name in ("best", "last"):
         meta = ckpt.read_metadata(str(out / f"{name}.safetensors"))
         assert meta["step"] == 3 and meta["config"]["lr"] == 5e-3
     assert [r["split"] for r in records(out / "metrics.jsonl")] == ["data", "train", "train", "train", "eval"]
     # --overwrite into an empty folder is a plain fresh start
     rc, _, err = run_cli(["train", *ARGS, "--steps", "1", "--out", str(tmp_path / "new"), "--overwrite"], capsys)
-    assert rc == 0 and err == "" and sorted(os.listdir(tmp_path / "new")) == ["best.safetensors", "last.safetensors",
-                                                                              "metrics.jsonl"]
+    assert rc == 0 and err == ""
+    assert sorted(os.listdir(tmp_path / "new")) == [".lock", "best.safetensors", "last.safetensors", "metrics.jsonl"]
 
 
 def test_an_overwrite_that_fails_before_its_first_checkpoint_loses_nothing(tmp_path, monkeypatch, capsys):
@@ -474,7 +476,7 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_loses_nothing(tmp_p
                                                          and os.kill(os.getpid(), signal.SIGINT)))
         with pytest.raises(TrainingInterrupted, match="at step 2 of 6: checkpoint saved"):
             t.fit()
-    assert sorted(os.listdir(out)) == ["last.safetensors", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == [".lock", "last.safetensors", "metrics.jsonl"]
     assert ckpt.read_metadata(str(out / "last.safetensors"))["config"]["lr"] == 1e-2
     assert [r["step"] for r in records(out / "metrics.jsonl", "train")] == [1, 2]
 

@@ -132,6 +132,7 @@ def cmd_bench(args) -> int:
     import time
 
     from ..devices import check_device
+    from ..outputs import check_output_dir
     from .runner import RESULTS, format_summary, peer_ratios, run_sweep
     from .suites import filter_points, get_suite
     from .summary import draw
@@ -150,7 +151,7 @@ def cmd_bench(args) -> int:
         return 0
     for dev in sorted({p.device for p in points}):  # never a sweep of points all skipped for want of a GPU
         check_device(dev, label=f"--device {dev}")
-    out = Path(args.out or f"bench_out/{args.suite}")
+    out = Path(check_output_dir(args.out or f"bench_out/{args.suite}"))  # a file, read-only: one line, before any work
     if (out / RESULTS).exists() and (out / RESULTS).stat().st_size and not (args.resume or args.overwrite):
         from ..errors import FastTimesformerError
 
@@ -181,11 +182,12 @@ def cmd_bench(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    from ..outputs import check_output_dir
     from .summary import draw
 
     results = Path(args.results)
     if not (results / "results.jsonl").exists():
         print(f"error: no results.jsonl in {results}", file=sys.stderr)
         return 2
-    draw(results, Path(args.out) if args.out else results)
+    draw(results, Path(check_output_dir(args.out or results, option="--out" if args.out else "--results")))
     return 0

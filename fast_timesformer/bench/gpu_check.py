@@ -196,6 +196,7 @@ def add_subcommand(sub) -> None:
 def cmd_gpu_check(args) -> int:
     from .._names import unknown_name_error
     from ..devices import check_device
+    from ..outputs import check_output_dir
     from .runner import source_fingerprint
 
     if args.fingerprint:
@@ -213,6 +214,7 @@ def cmd_gpu_check(args) -> int:
     for name in args.stages or ():
         if name not in names:
             raise unknown_name_error("stage", name, names)
+    check_output_dir(args.out)  # before any stage runs
     if not args.dry_run:
         check_device("cuda", label="gpu-check", hint=" (--dry-run runs the stages on CPU)")
     return orchestrate(Path(args.out), args.dry_run, args.stages, budgets, args.total_s, args.install_log)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from ..outputs import save_figure
 from .measure import spread_text
 from .palette import BOUND, OURS, PEER, backend_colour, scheme_colour
 from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results
@@ -43,8 +44,10 @@ def _save(plt, fig, path, layout: bool = True):
     """Lay the figure out (unless the caller did), write it as a PNG, close it; returns the path."""
     if layout:
         fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=110)  # atomic; a failed write is one line naming the path
+    finally:
+        plt.close(fig)
     return path
 
 

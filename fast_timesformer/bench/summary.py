@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from ..outputs import write_text
 from .measure import FLOPS_METHOD, spread_text
 from .plots import _size_pairs, _sweep_base, plot_all, schemes_in
 from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results, peer_ratios
@@ -196,7 +197,7 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
                               "first call s": f"{r['first_call_s']:.2f}" if r.get("first_call_s") is not None else "-"}
                              for r in compiled], ["point", "compile s", "first call s"]), ""]
     path = out_dir / "summary.md"
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path
 
 

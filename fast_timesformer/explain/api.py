@@ -197,9 +197,10 @@ def save_explanation(expl: Explanation, out_dir: str, *, top_k: int = 5, title: 
     ``out_dir``; returns their paths."""
     from safetensors.torch import save_file
 
+    from ..outputs import check_output_dir, write_text, writing
     from .plots import plot_rollout, plot_step
 
-    os.makedirs(out_dir, exist_ok=True)
+    check_output_dir(out_dir, option="the output folder", create=True)
     paths = {"rollout": os.path.join(out_dir, "rollout.png"),
              "step": os.path.join(out_dir, f"step_{expl.step}.png"),
              "arrays": os.path.join(out_dir, "attention.safetensors"),
@@ -227,8 +228,7 @@ def save_explanation(expl: Explanation, out_dir: str, *, top_k: int = 5, title: 
             "layout": "frame_independent" if expl.layout.frame_independent else "clip",
             "about": "probs.<i>: layer i's patch-query probabilities over [CLS; group] (CLS column only when it "
                      "is a key), groups: the patch indices of each group; see docs/explain.md"}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, paths["arrays"], metadata=meta)
-    with open(paths["summary"], "w") as fh:
-        json.dump(expl.summary(top_k), fh, indent=2)
-        fh.write("\n")
+    with writing(paths["arrays"]):
+        save_file({k: v.contiguous() for k, v in tensors.items()}, paths["arrays"], metadata=meta)
+    write_text(paths["summary"], json.dumps(expl.summary(top_k), indent=2) + "\n")
     return paths

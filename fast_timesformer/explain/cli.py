@@ -79,10 +79,12 @@ def read_clip(path: str, transform):
 
 
 def cmd_explain(args) -> int:
+    from ..outputs import check_output_dir
     from .api import check_step, explain_clip, save_explanation
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    check_output_dir(args.out)  # before the model runs
     model, transform, classes = load_model_for_explain(args.checkpoint, args.device)
     step = check_step(model, args.step)
     layers = args.layer

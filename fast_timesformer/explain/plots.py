@@ -5,6 +5,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..outputs import save_figure
+
 __all__ = ["plot_rollout", "plot_step"]
 
 
@@ -56,8 +58,10 @@ def plot_rollout(expl, path: str, *, title: Optional[str] = None) -> str:
     fig.subplots_adjust(top=0.80)
     fig.suptitle(f"{head}\npredicted {top['label']} (p={top['probability']:.2f}); "
                  f"rollout kept on the CLS itself: {expl.rollout_cls:.0%}", fontsize=8, y=0.99)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -100,6 +104,8 @@ def plot_step(expl, path: str) -> str:
         ax.set_ylabel("t", fontsize=7)
     fig.subplots_adjust(top=1 - 0.75 / (1.45 * rows + 0.7))
     fig.suptitle(f"{expl.scheme}: step '{expl.step}' per layer (heads averaged, no residual)", fontsize=8, y=0.995)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path

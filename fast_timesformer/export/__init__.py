@@ -45,6 +45,7 @@ import torch
 
 from ..errors import FastTimesformerError
 from ..models.resample import to_hw
+from ..outputs import check_output_file, writing
 from ..train.onnx_predict import (  # noqa: F401 (re-exported: the ONNX reading lives below train, which predict uses)
     EXPORT_PACKAGES,
     INPUT,
@@ -217,14 +218,15 @@ def export_model(model, out, *, format: str = "onnx", frames: Optional[int] = No
         resize = None if base.resize is None else int(round(base.resize * ih / base.image_size))
         transform = dataclasses.asdict(dataclasses.replace(base, num_frames=f, image_size=ih, resize=resize))
     swap, notices = export_backend_plan(model)
-    path = str(out)
+    path = check_output_file(out)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     try:
         with use_backend(model, swap) if swap else contextlib.nullcontext(), torch.no_grad():
             meta = _metadata(model, transform, classes, source)
-            (_write_onnx if format == "onnx" else _write_pt2)(model, example, path, meta, optimize)
+            with writing(path):  # a full disk or an I/O error: one line naming the file
+                (_write_onnx if format == "onnx" else _write_pt2)(model, example, path, meta, optimize)
             report = ExportReport(path, format, f, (ih, iw), notices)
             run = _run_export(path, format)
             g = torch.Generator().manual_seed(seed)
@@ -258,6 +260,7 @@ def export_checkpoint(checkpoint: str, out, *, format: str = "onnx", frames: Opt
 def cmd_export(args) -> int:
     if not os.path.exists(args.checkpoint):
         raise FileNotFoundError(f"no checkpoint at {args.checkpoint}")
+    check_output_file(args.out)  # before the checkpoint is loaded
     for name, v in (("--frames", args.frames), ("--image-size", args.image_size)):
         if v is not None and v < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {v}")

@@ -57,7 +57,7 @@ from torch import nn
 from .. import activation_memory as memory
 from .._names import unknown_name_error
 from ..activation_memory import MemoryBlock, mlp_branch
-from ..attention import DividedAttention, set_backend
+from ..attention import DividedAttention, check_model_options, check_rate, set_backend
 from ..backends import BackendUnavailable
 from ..backends.spec import DEFAULT_BACKEND, parse_backend_spec
 from ..groups import TokenGroups
@@ -293,12 +293,15 @@ class GenerativeTimeSformer(nn.Module):
             raise ValueError(f"image_size {ih}x{iw} is not divisible by patch_size={patch_size}")
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
+        check_rate("attn_dropout", attn_dropout)
+        check_rate("ff_dropout", ff_dropout)
         if target_attention not in TARGET_ATTENTION:
             raise unknown_name_error("target_attention", target_attention, TARGET_ATTENTION)
         self.scheme = get_scheme(scheme)
         self.target_attention = target_attention
         self.attention_steps = generative_steps(self.scheme)
         backends = parse_backend_spec(backend, backend_options).table(self.attention_steps)
+        check_model_options(type(self), backends, self.scheme, {}, shared=backend_options)
         self.config = dict(dim=dim, image_size=image_size, patch_size=patch_size, num_frames=num_frames,
                            num_target_frames=num_target_frames, channels=channels, out_channels=out_channels,
                            depth=depth, heads=heads, dim_head=dim_head, attn_dropout=attn_dropout,

@@ -35,8 +35,9 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from .._names import unknown_name_error
-from ..backends import get_backend, list_backends
+from .._names import misplaced_name_error, unknown_name_error
+from ..attention import backend_option_names
+from ..backends import list_backends
 from .generative import GenerativeTimeSformer
 from .timesformer import TimeSformer
 
@@ -94,18 +95,25 @@ def model_class(name: str) -> type:
 
 
 def check_arguments(model_cls: type, arguments, *, also=()) -> None:
-    """Raise :class:`~fast_timesformer.errors.UnknownNameError` (with the closest name) for the first of
-    ``arguments`` that ``model_cls`` does not take: a constructor argument, or (a model passing
-    ``**backend_options`` to its backends) an option of a registered backend's core."""
+    """Raise :class:`~fast_timesformer.errors.UnknownNameError` (with the closest name and its kind) for the
+    first of ``arguments`` that ``model_cls`` does not take: a constructor argument, or (a model passing
+    ``**backend_options`` to its backends) an option of a registered backend's core. Which backend takes
+    which option, per attention step, the model itself checks when it is built
+    (:func:`~fast_timesformer.attention.check_model_options`)."""
     params = inspect.signature(model_cls.__init__).parameters
-    known = [p for p, v in params.items() if p != "self" and v.kind is not v.VAR_KEYWORD] + list(also)
+    own = [p for p, v in params.items() if p != "self" and v.kind is not v.VAR_KEYWORD] + list(also)
+    kinds = {f"{model_cls.__name__} argument": own}
+    given_as = f"{model_cls.__name__} argument"
     if any(v.kind is v.VAR_KEYWORD for v in params.values()):
+        given_as += " or backend option"
         for backend in list_backends():
-            core = inspect.signature(get_backend(backend).factory).parameters
-            known += [p for p in list(core)[3:] if p not in known]  # after (backend, dim_head, heads)
+            options = backend_option_names(backend)
+            if options:
+                kinds[f"{backend} backend option"] = options
+    known = {k for names in kinds.values() for k in names}
     for key in arguments:
         if key not in known:
-            raise unknown_name_error(f"{model_cls.__name__} argument", key, known)
+            raise misplaced_name_error(key, given_as, kinds)
 
 
 def create_model(name: str, pretrained=None, **overrides) -> nn.Module:

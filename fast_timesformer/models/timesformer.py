@@ -35,7 +35,14 @@ from torch import nn
 from .. import activation_memory as memory
 from .._names import unknown_name_error
 from ..activation_memory import MemoryBlock, mlp_branch
-from ..attention import MODEL_CLS_MODES, DividedAttention, set_backend, step_cls_mode
+from ..attention import (
+    MODEL_CLS_MODES,
+    DividedAttention,
+    check_model_options,
+    check_rate,
+    set_backend,
+    step_cls_mode,
+)
 from ..backends.spec import DEFAULT_BACKEND, parse_backend_spec
 from ..groups import TokenGroups
 from ..schemes import Scheme, get_scheme
@@ -54,9 +61,7 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float = 0.0):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
-        self.p = p
+        self.p = check_rate("drop_path", p)
 
     def forward(self, x):
         if self.p == 0.0 or not self.training:
@@ -193,7 +198,12 @@ class TimeSformer(nn.Module):
                            cls_mode=cls_mode, activation_memory=activation_memory, **backend_options)
         if scheme_options:  # kept out of the config when empty: configs saved before it load unchanged
             self.config["scheme_options"] = dict(scheme_options)
-        self.scheme = get_scheme(scheme).with_options(**dict(scheme_options or {}))
+        for name, rate in (("attn_dropout", attn_dropout), ("ff_dropout", ff_dropout), ("drop_path", drop_path)):
+            check_rate(name, rate)  # the last block's drop_path is the whole value: checked even at depth 1
+        base_scheme = get_scheme(scheme)
+        check_model_options(type(self), self._backend_table(backend, backend_options, base_scheme), base_scheme,
+                            scheme_options or {}, shared=backend_options)
+        self.scheme = base_scheme.with_options(**dict(scheme_options or {}))
         if cls_mode not in MODEL_CLS_MODES:
             raise unknown_name_error("cls_mode", cls_mode, MODEL_CLS_MODES)
         for name, v in (("num_frames", num_frames), ("channels", channels), ("dim", dim), ("depth", depth),
@@ -235,9 +245,9 @@ class TimeSformer(nn.Module):
         self.reset_parameters()
 
     # ---- construction helpers -------------------------------------------------------------------
-    def _backend_table(self, backend, options) -> dict:
+    def _backend_table(self, backend, options, scheme=None) -> dict:
         """step -> (backend name, options) for every step (steps a mapping leaves out: the default backend)."""
-        return parse_backend_spec(backend, options).table(self.scheme.step_names)
+        return parse_backend_spec(backend, options).table((scheme or self.scheme).step_names)
 
     def reset_parameters(self) -> None:
         """The official initialisation: truncated normal (std .02) for embeddings and Linear weights, zero

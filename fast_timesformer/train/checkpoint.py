@@ -15,26 +15,30 @@ values, scheduler description, class names, the scaler's scalars, free-form ``ex
 
 Writes are atomic: the file is written to a temporary name in the same folder (with the permissions any
 new file gets under the umask), flushed to disk, and moved over the destination with ``os.replace`` - a
-crash or a full disk leaves the old checkpoint or the new one, never half of one; a failed write raises
-:class:`~fast_timesformer.errors.WriteFailedError` naming the file. ``previous=`` keeps the file being
-replaced under another name (the trainer keeps ``previous.safetensors`` next to ``last.safetensors``).
+crash or a full disk leaves the old checkpoint or the new one, never half of one; a failed write
+(``OSError``, or safetensors' own ``SafetensorError``) raises
+:class:`~fast_timesformer.errors.WriteFailedError` naming the file. Weights that are not finite are never
+written, and a file holding them is never loaded (:class:`~fast_timesformer.errors.NonFiniteError`).
+``previous=`` keeps the file being replaced under another name (the trainer keeps ``previous.safetensors``
+next to ``last.safetensors``).
 
 Reading a file that is not a whole checkpoint (truncated, garbage, empty) raises
 :class:`~fast_timesformer.errors.CorruptCheckpointError` with one sentence; nothing is ever unpickled.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import tempfile
 from typing import Any, Optional
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..errors import CheckpointMismatchLineError, CorruptCheckpointError, WriteFailedError
+from ..errors import CheckpointMismatchLineError, CorruptCheckpointError, NonFiniteError, WriteFailedError
+from ..finite import describe, nonfinite_entries
+from ..outputs import write_cause
 
 FORMAT = "fast_timesformer.train/1"
 META_KEY = "fast_timesformer"
@@ -128,7 +132,7 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise WriteFailedError(path, f"cannot write a checkpoint here ({e.strerror or e})") from None
+        raise WriteFailedError(path, f"cannot write a checkpoint here ({write_cause(e)})") from None
     os.close(fd)
     try:
         save_file(_storable(tensors), tmp, metadata=metadata)
@@ -142,12 +146,9 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError):
-            what = e.strerror or str(e)
-            if e.errno == errno.ENOSPC:
-                what = "no space left on the device"
+        if isinstance(e, (OSError, SafetensorError)):  # safetensors reports a full disk as SafetensorError
             kept = "the checkpoint there before is unchanged" if os.path.exists(path) else "nothing was written"
-            raise WriteFailedError(path, f"could not write the checkpoint ({what}); {kept}") from None
+            raise WriteFailedError(path, f"could not write the checkpoint ({write_cause(e)}); {kept}") from None
         raise
     try:  # make the rename itself durable where the OS allows it
         dfd = os.open(folder, os.O_RDONLY)
@@ -164,8 +165,14 @@ def save_checkpoint(path: str, *, model: torch.nn.Module, optimizer: Optional[to
                     classes: Optional[list] = None, scheduler: Optional[dict] = None,
                     extra: Optional[dict] = None, save_rng: bool = True, previous: Optional[str] = None) -> None:
     """Write a checkpoint atomically (see the module docstring for the layout; ``previous``: see
-    :func:`atomic_save_file`)."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    :func:`atomic_save_file`). Model weights with a NaN or an infinity raise
+    :class:`~fast_timesformer.errors.NonFiniteError` and nothing is written: such a file is never saved."""
+    state = model.state_dict()
+    bad = nonfinite_entries(state)
+    if bad:
+        raise NonFiniteError(path, [n for n, _ in bad], f"{path}: not written: the model's weights are not finite "
+                                                        f"({describe(bad)})")
+    tensors = {f"model.{k}": v for k, v in state.items()}
     meta: dict[str, Any] = {"format": FORMAT, "step": step, "epoch": epoch, "config": config or {},
                             "classes": classes, "scheduler": scheduler, "extra": extra or {}}
     if optimizer is not None:
@@ -239,7 +246,9 @@ def load_checkpoint(path: str, *, model: Optional[torch.nn.Module] = None,
                     strict: bool = True) -> dict:
     """Load what is asked for from a checkpoint and return its metadata.
 
-    The model is loaded strictly by default: a missing or unexpected key raises, naming the keys.
+    The model is loaded strictly by default: a missing or unexpected key raises, naming the keys. Model
+    weights with a NaN or an infinity raise :class:`~fast_timesformer.errors.NonFiniteError` naming the file
+    (nothing is loaded): neither resume nor predict runs on them.
     """
     meta = read_metadata(path)
     groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "rng": {}, "scaler": {}}
@@ -255,6 +264,10 @@ def load_checkpoint(path: str, *, model: Optional[torch.nn.Module] = None,
     except Exception as e:
         raise _unreadable(path, e) from None
     if model is not None:
+        bad = nonfinite_entries(groups["model"])
+        if bad:
+            raise NonFiniteError(path, [n for n, _ in bad], f"{path}: the checkpoint's weights are not finite "
+                                                            f"({describe(bad)}); it cannot be used")
         own = model.state_dict()
         shapes = [f"{k} is {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
                   for k, v in groups["model"].items() if k in own and own[k].shape != v.shape]

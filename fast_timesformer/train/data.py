@@ -26,12 +26,12 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import BadVideoError
-from ..video import VIDEO_EXTENSIONS, ClipTransform, check_video, preprocess_clip, read_video
+from ..errors import BadVideoError, DatasetLayoutError
+from ..video import VIDEO_EXTENSIONS, ClipTransform, check_video, link_problem, preprocess_clip, read_video
 
 __all__ = [
     "MovingShapes", "BouncingShapes", "VideoFolder", "build_dataset", "build_train_eval", "stratified_split",
-    "DEFAULT_VAL_FRACTION",
+    "DEFAULT_VAL_FRACTION", "check_entries", "list_videos",
 ]
 
 _MIX = 1_000_003  # spreads (seed, index) over distinct generator seeds
@@ -308,6 +308,86 @@ class BouncingShapes(Dataset):
 # ---------------------------------------------------------------------------------------------------
 # Real video: class-per-folder, decoded with PyAV
 # ---------------------------------------------------------------------------------------------------
+# ---- what a folder (or a list of files) means -------------------------------------------------------
+def list_videos(folder: str) -> list[str]:
+    """Video files (by :data:`VIDEO_EXTENSIONS`) under ``folder``, sorted, at any depth.
+
+    Links are followed once each: a folder link that leads back into a folder the walk is already inside
+    raises :class:`~fast_timesformer.errors.DatasetLayoutError` naming it as a loop (so does any link that
+    loops on itself); a broken link named like a video is listed, and :func:`check_video` names it."""
+    out: list[str] = []
+
+    def walk(d: str, inside: dict) -> None:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            raise DatasetLayoutError(d, f"cannot be listed ({e.strerror or e})") from None
+        for e in entries:
+            problem = link_problem(e.path)
+            if problem is not None and "loop" in problem:
+                raise DatasetLayoutError(e.path, problem)
+            if problem is None and e.is_dir():  # follows a link to a folder
+                real = os.path.realpath(e.path)
+                if real in inside:
+                    raise DatasetLayoutError(e.path, f"is a link loop: it leads back to {inside[real]}, which "
+                                                     "holds it")
+                walk(e.path, {**inside, real: e.path})
+            elif e.name.lower().endswith(VIDEO_EXTENSIONS):
+                out.append(e.path)
+
+    walk(folder, {os.path.realpath(folder): folder})
+    return out
+
+
+def check_entries(entries: Sequence[tuple[str, int, str]], classes: Sequence[str], *, where: str,
+                  class_folders: Optional[Sequence[str]] = None, skipped: Sequence[tuple[str, int]] = ()) -> None:
+    """Refuse a classification dataset that does not mean what it looks like, in one line
+    (:class:`~fast_timesformer.errors.DatasetLayoutError`), before anything is decoded or trained:
+
+    * fewer than two classes;
+    * a class without a training video (``skipped``: the (path, label) pairs ``--skip-bad-videos`` left
+      out, so the message can say a class was emptied by it);
+    * a file listed twice, compared by real path (links resolved): under two labels, in both splits, or
+      twice in one class (a held-out split could then put it on both sides).
+
+    ``entries``: (path, label index into ``classes``, split) with split ``"train"`` or ``"eval"``; the
+    class rule applies when there are training entries. ``where`` (the folder or list file) and
+    ``class_folders`` (one folder per class, if the classes are folders) name the place at fault. The one
+    check for a video folder (:class:`VideoFolder`, :func:`build_train_eval`) and any list of files."""
+    if len(classes) < 2:
+        only = f" ({classes[0]!r})" if classes else ""
+        raise DatasetLayoutError(where, f"has {len(classes)} class{'' if len(classes) == 1 else 'es'}{only}; "
+                                        "classification needs at least two")
+    if any(split == "train" for _, _, split in entries):
+        counts = [0] * len(classes)
+        for _, label, split in entries:
+            if split == "train":
+                counts[label] += 1
+        for label, n in enumerate(counts):
+            if n == 0:
+                place = class_folders[label] if class_folders else where
+                left = sum(1 for _, lab in skipped if lab == label)
+                why = (f" (--skip-bad-videos left out its {left} unreadable file{'s' if left > 1 else ''})"
+                       if left else "")
+                raise DatasetLayoutError(place, f"class {classes[label]!r} has no videos{why}; remove the class "
+                                                "or add videos to it")
+    seen: dict[str, tuple[str, int, str]] = {}
+    for path, label, split in entries:
+        real = os.path.realpath(path)
+        if real in seen:
+            other, olabel, osplit = seen[real]
+            if olabel != label:
+                how = f"under two labels ({classes[olabel]!r} and {classes[label]!r})"
+            elif osplit != split:
+                how = "in both the training and the evaluation split"
+            else:
+                how = f"twice in class {classes[label]!r}"
+            same = "" if real in (path, other) else f" ({real})"
+            raise DatasetLayoutError(where, f"{other} and {path} are the same file{same}: it is listed {how}; "
+                                            "each file may appear once")
+        seen[real] = (path, label, split)
+
+
 class VideoFolder(Dataset):
     """``root/<class name>/<video file>``: one class per sub-folder (UCF101 layout).
 
@@ -315,9 +395,12 @@ class VideoFolder(Dataset):
     :data:`VIDEO_EXTENSIONS` are listed recursively under each. Returns ``(clip, label)`` with
     ``clip`` float (num_frames, 3, image_size, image_size), normalised.
 
-    ``check`` (default): every file is checked with :func:`check_video` here, before any training. Files
-    that fail raise one :class:`~fast_timesformer.errors.BadVideoError` naming every one of them; with
-    ``skip_bad=True`` they are left out instead and listed in :attr:`skipped` as (path, problem) pairs.
+    The listing is checked first (:func:`check_entries`: at least two classes, none without videos, no file
+    twice, links followed once, a link loop named as one), then, with ``check`` (default), every file with
+    :func:`check_video`, before any training. Files that fail raise one
+    :class:`~fast_timesformer.errors.BadVideoError` naming every one of them; with ``skip_bad=True`` they are
+    left out instead and listed in :attr:`skipped` as (path, problem) pairs. ``split`` (``"train"`` or
+    ``"eval"``) tags the files for :func:`check_entries`: a class may have no evaluation videos.
     ``samples``: use this list of (path, label) pairs instead of listing the folder (no check).
 
     Random sampling/cropping draws from ``(seed, epoch, index)`` (call :meth:`set_epoch`), never from the
@@ -326,10 +409,18 @@ class VideoFolder(Dataset):
 
     def __init__(self, root: str, transform: Optional[ClipTransform] = None, *, seed: int = 0,
                  classes: Optional[Sequence[str]] = None, samples: Optional[Sequence[tuple[str, int]]] = None,
-                 check: bool = True, skip_bad: bool = False):
+                 check: bool = True, skip_bad: bool = False, split: str = "train"):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"video folder {root!r} does not exist")
-        found = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+        found = []
+        for d in sorted(os.scandir(root), key=lambda e: e.name):
+            if d.name.startswith("."):
+                continue
+            problem = link_problem(d.path)
+            if problem is not None and "loop" in problem:
+                raise DatasetLayoutError(d.path, problem)
+            if problem is None and d.is_dir():
+                found.append(d.name)
         if classes is None:
             classes = found
         elif samples is None:
@@ -342,29 +433,42 @@ class VideoFolder(Dataset):
         self.transform = transform or ClipTransform()
         self.seed, self.epoch = seed, 0
         self.skipped: list[tuple[str, str]] = []
+        self.split = split
         if samples is not None:
             self.samples = [(str(p), int(label)) for p, label in samples]
             return
         self.samples = []
         for label, name in enumerate(self.classes):
             folder = os.path.join(root, name)
-            if not os.path.isdir(folder):
-                continue
-            for dirpath, _, files in sorted(os.walk(folder)):
-                for f in sorted(files):
-                    if f.lower().endswith(VIDEO_EXTENSIONS):
-                        self.samples.append((os.path.join(dirpath, f), label))
+            if os.path.isdir(folder):
+                self.samples += [(path, label) for path in list_videos(folder)]
         if not self.samples:
             raise ValueError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}")
+        self.check_layout()
         if check:
-            problems = [(path, why) for path, _ in self.samples if (why := check_video(path)) is not None]
-            if problems and not skip_bad:
-                raise BadVideoError(problems)
-            bad = {path for path, _ in problems}
-            self.skipped = problems
-            self.samples = [(p, label) for p, label in self.samples if p not in bad]
-            if not self.samples:
-                raise BadVideoError(problems)  # nothing left to train on
+            self.check_files(skip_bad)
+
+    def check_layout(self, skipped: Sequence[tuple[str, int]] = ()) -> None:
+        """:func:`check_entries` on this folder's files (every one in :attr:`split`)."""
+        folders = [os.path.join(self.root, c) for c in self.classes]
+        check_entries([(p, label, self.split) for p, label in self.samples], self.classes, where=self.root,
+                      class_folders=folders if all(map(os.path.isdir, folders)) else None, skipped=skipped)
+
+    def check_files(self, skip_bad: bool = False) -> None:
+        """:func:`check_video` on every file: unreadable ones raise one :class:`BadVideoError` naming them all,
+        or, with ``skip_bad``, are left out and listed in :attr:`skipped` (then a class left without videos
+        is refused as :meth:`check_layout` refuses one)."""
+        problems = [(path, why) for path, _ in self.samples if (why := check_video(path)) is not None]
+        if problems and not skip_bad:
+            raise BadVideoError(problems)
+        bad = {path for path, _ in problems}
+        self.skipped = problems
+        left_out = [(p, label) for p, label in self.samples if p in bad]
+        self.samples = [(p, label) for p, label in self.samples if p not in bad]
+        if not self.samples:
+            raise BadVideoError(problems)  # nothing left to train on
+        if left_out:
+            self.check_layout(skipped=left_out)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -448,8 +552,12 @@ def build_train_eval(name: str, *, train_samples: int = 1024, eval_samples: int 
         if val_fraction is not None:
             raise ValueError(f"{name} has a {os.path.basename(val_root)}/ folder, which is the evaluation set; "
                              "--val-fraction splits a folder without one")
-        train = VideoFolder(root, t_train, seed=seed, skip_bad=skip_bad)
-        evalset = VideoFolder(val_root, t_eval, seed=seed, classes=train.classes, skip_bad=skip_bad)
+        train = VideoFolder(root, t_train, seed=seed, check=False)
+        evalset = VideoFolder(val_root, t_eval, seed=seed, classes=train.classes, check=False, split="eval")
+        check_entries([(p, label, "train") for p, label in train.samples]
+                      + [(p, label, "eval") for p, label in evalset.samples], train.classes, where=name)
+        train.check_files(skip_bad)
+        evalset.check_files(skip_bad)
         return train, evalset, {"eval": "folder", "eval_root": val_root, "train_files": len(train),
                                 "eval_files": len(evalset), "skipped": train.skipped + evalset.skipped}
     fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
@@ -489,7 +597,7 @@ def build_dataset(name: str, split: str, *, num_samples: int, num_frames: int, i
                         None)
         if val_root is not None and split == "eval":
             return VideoFolder(val_root, _folder_transforms(num_frames, image_size)[1], seed=seed,
-                               classes=classes, skip_bad=skip_bad)
+                               classes=classes, skip_bad=skip_bad, split="eval")
         train, evalset, _ = build_train_eval(name, num_frames=num_frames, image_size=image_size, seed=seed,
                                              val_fraction=val_fraction, skip_bad=skip_bad)
         if split == "eval" and evalset is None:

@@ -18,7 +18,6 @@ Presets: ``cpu`` finishes in minutes on 2 cores; ``gpu`` trains a larger model o
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -26,6 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..outputs import check_output_dir, save_figure, write_json, write_text
 from .config import TrainConfig
 from .run_folder import EarlierRunError, describe_files, earlier_run_files
 from .trainer import Trainer
@@ -120,6 +120,7 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
     if device not in (None, "auto"):
         settings["device"] = device
     names = _schemes(schemes)
+    check_output_dir(out_dir)
     _check_out_dir(out_dir, names, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     rows = []
@@ -147,10 +148,8 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
                                       "machine": platform.machine(), "threads": torch.get_num_threads(),
                                       "device": str(trainer.device)},
     }
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(write_table(results) + "\n")
+    write_json(os.path.join(out_dir, "results.json"), results, indent=2)
+    write_text(os.path.join(out_dir, "results.md"), write_table(results) + "\n")
     plot_results(results, os.path.join(out_dir, "accuracy.png"))
     print(write_table(results))
     return results
@@ -229,6 +228,8 @@ def plot_results(results: dict, path: str) -> None:
                  f"{s['steps']} steps; backends swapped in after training", fontsize=9)
     ax.legend(fontsize=7, ncol=3, loc="upper center")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 

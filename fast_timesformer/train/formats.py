@@ -355,23 +355,6 @@ def convert_ssv2(annotations: str, out: str, *, videos: Optional[str] = None, ch
 # ---------------------------------------------------------------------------------------------------
 # Training and evaluation sets from list files
 # ---------------------------------------------------------------------------------------------------
-def _scanned(dataset, skip_bad: bool):
-    """The scan a class folder's files get (:func:`~fast_timesformer.video.check_video` on every
-    file; unreadable ones refused in one line, or left out with ``skip_bad``)."""
-    from ..errors import BadVideoError
-    from ..video import check_video
-
-    problems = [(p, why) for p, _ in dataset.samples if (why := check_video(p)) is not None]
-    if problems and not skip_bad:
-        raise BadVideoError(problems)
-    bad = {p for p, _ in problems}
-    dataset.skipped = problems
-    dataset.samples = [(p, label) for p, label in dataset.samples if p not in bad]
-    if not dataset.samples:
-        raise BadVideoError(problems)
-    return dataset
-
-
 def build_list_train_eval(list_path: str, *, data_root: Optional[str] = None, classes: Optional[str] = None,
                           val_list: Optional[str] = None, num_frames: int = 8, image_size: int = 224, seed: int = 0,
                           val_fraction: Optional[float] = None, skip_bad: bool = False):
@@ -382,7 +365,7 @@ def build_list_train_eval(list_path: str, *, data_root: Optional[str] = None, cl
     ``classes``: a class-name file (default: the classes the training list implies). ``val_list``: the
     evaluation list; without one, a seeded class-stratified ``val_fraction`` of the training list is held
     out, as for a folder without ``val/``. The files are scanned as a folder's are."""
-    from .data import DEFAULT_VAL_FRACTION, VideoFolder, _folder_transforms, stratified_split
+    from .data import DEFAULT_VAL_FRACTION, VideoFolder, _folder_transforms, check_entries, stratified_split
 
     root = os.path.dirname(os.path.abspath(list_path)) if data_root is None else data_root
     names = read_classes(classes) if classes is not None else None
@@ -392,18 +375,25 @@ def build_list_train_eval(list_path: str, *, data_root: Optional[str] = None, cl
     def dataset(rows, transform):
         return VideoFolder(root, transform, seed=seed, classes=names, samples=[(e.file, e.label) for e in rows])
 
+    def scanned(data):  # a folder's scan: every file checked, unreadable ones refused or left out (skip_bad)
+        data.check_files(skip_bad)
+        return data
+
     if val_list is not None:
         if val_fraction is not None:
             raise ValueError(f"--val-dataset {val_list} is the evaluation set; --val-fraction splits a training "
                              "list given without one")
         held, _ = read_list_file(val_list, root, names)
         check_disjoint(entries, list_path, held, val_list)
-        train, evalset = _scanned(dataset(entries, t_train), skip_bad), _scanned(dataset(held, t_eval), skip_bad)
+        check_entries([(e.file, e.label, "train") for e in entries] + [(e.file, e.label, "eval") for e in held],
+                      names, where=list_path)
+        train, evalset = scanned(dataset(entries, t_train)), scanned(dataset(held, t_eval))
         return train, evalset, {"eval": "list", "train_list": list_path, "eval_list": val_list, "data_root": root,
                                 "train_files": len(train), "eval_files": len(evalset),
                                 "skipped": train.skipped + evalset.skipped}
     fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
-    whole = _scanned(dataset(entries, t_train), skip_bad)
+    check_entries([(e.file, e.label, "train") for e in entries], names, where=list_path)
+    whole = scanned(dataset(entries, t_train))
     train_idx, held_idx = stratified_split([label for _, label in whole.samples], fraction, seed)
     train = VideoFolder(root, t_train, seed=seed, classes=names, samples=[whole.samples[i] for i in train_idx])
     train.skipped = whole.skipped

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..finite import check_finite
 from ..models import create_model
 from ..video import ClipTransform
 from . import checkpoint as ckpt
@@ -15,7 +16,8 @@ __all__ = ["load_trained_model", "predict_video"]
 
 
 def load_trained_model(path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a model from a training checkpoint; returns (model in eval mode, metadata)."""
+    """Rebuild a model from a training checkpoint; returns (model in eval mode, metadata). Weights that are
+    not finite are refused (:class:`~fast_timesformer.errors.NonFiniteError` naming the file)."""
     device = resolve_device(device)
     meta = ckpt.read_metadata(path)
     spec = meta.get("extra", {}).get("model_spec")
@@ -30,7 +32,8 @@ def load_trained_model(path: str, device: str | torch.device = "cpu") -> tuple[n
 def predict_video(video_path: str, checkpoint_path: str, top_k: int = 5,
                   device: str | torch.device = "cpu", views="1x1") -> list[tuple[str, float]]:
     """Top-k (class name, probability) for one video file, with the checkpoint's preprocessing; ``views``
-    (``"TxS"``): temporal clips x spatial crops, softmax averaged (:mod:`~fast_timesformer.train.views`)."""
+    (``"TxS"``): temporal clips x spatial crops, softmax averaged (:mod:`~fast_timesformer.train.views`).
+    Scores that are not finite raise :class:`~fast_timesformer.errors.NonFiniteError` naming the checkpoint."""
     views = parse_views(views, "--views")
     device = resolve_device(device)
     model, meta = load_trained_model(checkpoint_path, device)
@@ -41,6 +44,7 @@ def predict_video(video_path: str, checkpoint_path: str, top_k: int = 5,
     t = ClipTransform(**{k: tuple(v) if isinstance(v, list) else v
                          for k, v in meta["extra"]["transform"].items()})
     probs = average_view_scores(model, video_views(video_path, t, views)[None].to(device))[0]
+    check_finite(probs, f"{checkpoint_path}: the model's output for {video_path}")  # never "1. a  nan", exit 0
     k = min(top_k, probs.numel())
     top = probs.topk(k)
     names = [classes[i] if i < len(classes) else str(i) for i in top.indices.tolist()]

@@ -13,6 +13,7 @@ import os
 import torch
 
 from ..errors import CorruptCheckpointError, FastTimesformerError, first_line
+from ..finite import check_finite
 from ..video import ClipTransform
 from .views import average_view_scores, parse_views, video_views
 
@@ -80,6 +81,7 @@ def predict_onnx(video_path: str, onnx_path: str, top_k: int = 5, views="1x1") -
         return torch.from_numpy(sess.run([OUTPUT], {INPUT: x.contiguous().numpy()})[0])
 
     probs = average_view_scores(model, video_views(video_path, t, views)[None])[0]
+    check_finite(probs, f"{onnx_path}: the model's output for {video_path}")
     top = probs.topk(min(top_k, probs.numel()))
     classes = meta["classes"]
     names = [classes[i] if i < len(classes) else str(i) for i in top.indices.tolist()]

@@ -14,16 +14,28 @@ With ``overwrite`` the earlier files stay as they are until the new run writes i
 ``best.safetensors.new``); that write replaces ``last``, then ``best`` and the metrics are moved into place and
 the earlier ``previous`` is removed. A crash or failure before it leaves the earlier run whole and resumable;
 an interrupt before the first optimizer step saves nothing (an interrupt later saves, and so replaces).
+
+One run folder, one writer. A run takes the folder's lock (:meth:`RunFolder.lock`: ``fcntl.flock`` on
+``<out_dir>/.lock``, which records the holder) before it writes anything; a second process gets
+:class:`~fast_timesformer.errors.RunFolderBusyError`, one line naming the holder. The operating system
+drops the lock when its process ends, however it ends (``kill -9`` included), so a lock file left by a
+dead process is free: the next run takes it over and says whose it was. Within one process the lock is
+shared (several :class:`Trainer` objects of one script may use one folder in turn) and released when the
+last of them is gone.
 """
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
+import socket
 import time
+import weakref
 from typing import Callable, Optional
 
-from ..errors import CorruptCheckpointError, FastTimesformerError, WriteFailedError
+from ..errors import CorruptCheckpointError, FastTimesformerError, RunFolderBusyError, WriteFailedError
+from ..outputs import check_output_dir
 from . import checkpoint as ckpt
 from .config import TrainConfig
 
@@ -33,6 +45,25 @@ __all__ = ["RunFolder", "EarlierRunError", "earlier_run_files", "describe_files"
 
 LAST, PREVIOUS, BEST, METRICS = "last.safetensors", "previous.safetensors", "best.safetensors", "metrics.jsonl"
 PENDING = ".new"  # suffix of the files an overwriting run writes before its first checkpoint
+LOCK = ".lock"
+
+
+class _Held:
+    """This process's hold on one folder's lock: the open lock file; closing it releases the lock."""
+
+    def __init__(self, real: str, fd: int):
+        self.real, self.fd = real, fd
+
+    def __del__(self):  # the last RunFolder (so the last Trainer) of this folder in this process is gone
+        _HELD.pop(self.real, None)
+        try:
+            os.ftruncate(self.fd, 0)  # released in order: no holder left on record (a killed process leaves one)
+        except OSError:
+            pass
+        os.close(self.fd)
+
+
+_HELD: "weakref.WeakValueDictionary[str, _Held]" = weakref.WeakValueDictionary()  # real path -> this process's hold
 
 
 class EarlierRunError(FastTimesformerError, FileExistsError):
@@ -46,6 +77,14 @@ class EarlierRunError(FastTimesformerError, FileExistsError):
 
     def __str__(self) -> str:  # OSError would format (errno, strerror); ours is the one sentence
         return self.message
+
+
+def _holder(fd: int) -> str:
+    """What a lock file says about the process that took it ("process 123 on host (since ...)")."""
+    try:
+        return os.pread(fd, 512, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def earlier_run_files(out_dir: str, metrics: Optional[str] = None) -> list[str]:
@@ -81,6 +120,34 @@ class RunFolder:
         self.out_dir = out_dir
         self.metrics_path = metrics or os.path.join(out_dir, METRICS)
         self.replacing: list[str] = []
+
+    def lock(self) -> Optional[str]:
+        """Take this folder's lock (creating the folder) for as long as this object lives (a Trainer's run
+        folder: the trainer's life) or the process runs; returns the description of the dead process whose
+        lock file it took over, or None. A live holder in another process raises
+        :class:`~fast_timesformer.errors.RunFolderBusyError` naming it."""
+        real = os.path.realpath(self.out_dir)
+        held = _HELD.get(real)
+        if held is not None:
+            self._held = held
+            return None
+        check_output_dir(self.out_dir, create=True)
+        path = os.path.join(self.out_dir, LOCK)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _holder(fd)
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise WriteFailedError(path, f"cannot lock the run folder ({e.strerror or e})") from None
+            raise RunFolderBusyError(self.out_dir, holder or "another process") from None
+        stale = _holder(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (f"process {os.getpid()} on {socket.gethostname()} (since "
+                       f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})").encode(), 0)
+        self._held = _HELD[real] = _Held(real, fd)
+        return stale
 
     @property
     def last_path(self) -> str:

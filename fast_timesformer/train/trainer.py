@@ -40,8 +40,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import activation_memory as memory
-from ..errors import BadVideoError, TrainingInterrupted
+from ..errors import BadVideoError, NonFiniteError, TrainingInterrupted
+from ..finite import describe, nonfinite_entries
 from ..models import create_model
+from ..outputs import check_output_dir, check_output_file
 from ..video import ClipTransform
 from . import checkpoint as ckpt
 from .config import TrainConfig, model_spec, task_of
@@ -130,6 +132,9 @@ class Trainer:
         self.device = self.dist.device
         self.task = task_of(cfg.dataset)
         cfg.check()
+        check_output_dir(cfg.out_dir)  # a file, a read-only place: one line before the data is scanned
+        if cfg.metrics:
+            check_output_file(cfg.metrics, option="--metrics")
         self.folder = RunFolder(cfg.out_dir, cfg.metrics)
         if not cfg.resume:  # refuses a used folder, or (overwrite) lists what this run will replace
             self.folder.replacing = self.folder.earlier_run(cfg, self._note)
@@ -199,6 +204,10 @@ class Trainer:
         self.resumed_from: Optional[str] = None
         self._saved_step: Optional[int] = None  # the step of the last.safetensors this process wrote
         self._last_good = False                 # last.safetensors is ours and whole: rotate it on save
+        if self.dist.is_main:  # before anything is written (a resume rewrites the metrics file)
+            stale = self.folder.lock()
+            if stale:
+                self._note(f"{cfg.out_dir}: took over the lock left by {stale}, which no longer runs")
         if cfg.resume:
             self._resume(cfg.resume)
         if cfg.init and self.resumed_from is None:  # a fresh start (a resumed run has its own weights)
@@ -451,14 +460,43 @@ class Trainer:
                 loss, _ = self._loss(self.model, x, y)
                 self.scaler.scale(loss / cfg.accum).backward()
             step_loss += float(loss.detach()) / cfg.accum
+        norm = None
         if cfg.clip_grad:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.clip_grad)
+            norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.clip_grad)
+        self._stop_if_not_finite(step_loss, norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return step_loss, lr
+
+    def _stop_if_not_finite(self, loss: float, norm: Optional[torch.Tensor]) -> None:
+        """Stop before the optimizer step when the step's loss or a gradient is NaN or infinite: the weights
+        stay those of the last finite step and no checkpoint is written, so the newest checkpoint is the last
+        finite one. Under ``--amp fp16`` non-finite gradients are the grad scaler's business (it skips that
+        step and lowers its scale, as it is meant to); a non-finite loss stops the run there too. Every
+        process decides alike (the gradients are reduced; the loss flag is reduced here)."""
+        grads = {} if self.scaler.is_enabled() else {
+            n: p.grad for n, p in self.module.named_parameters() if p.grad is not None}
+        if norm is None and grads:
+            norm = torch.nn.utils.get_total_norm(list(grads.values()))
+        bad_loss, bad_grad = all_reduce_max([0.0 if math.isfinite(loss) else 1.0,
+                                             0.0 if not grads or bool(torch.isfinite(norm)) else 1.0], self.dist)
+        if not (bad_loss or bad_grad):
+            return
+        step = self.step + 1
+        what = (f"the loss is not finite ({'NaN' if loss != loss else loss})" if bad_loss else
+                f"the gradients are not finite ({describe(nonfinite_entries(grads)) or 'on another process'})")
+        if self._saved_step is not None:
+            saved = f"the newest checkpoint, {self.folder.last_path} (step {self._saved_step}), is the last finite one"
+        elif self.resumed_from:
+            saved = f"the newest checkpoint is still the one it resumed from, {self.resumed_from}"
+        else:
+            saved = "this run saved no checkpoint"
+        raise NonFiniteError(f"step {step}", [], f"training stopped at step {step}: {what}; no checkpoint was "
+                                                 f"written for it and {saved} (a lower --lr, --clip-grad or "
+                                                 "--warmup may help)")
 
     def _log_train(self, epoch: int, lr: float, window: _LossWindow) -> dict:
         """The train record of the steps since the last one: mean loss over every process, throughput."""
