@@ -210,3 +210,31 @@ def test_every_backend_that_cannot_export_says_why():
     declared = {n for n in list_backends() if get_backend(n).export_why_not}
     assert {"flex", "triton", "xformers"} <= declared
     assert not get_backend("regular").export_why_not
+
+
+def test_export_reads_a_hugging_face_folder_with_its_class_names(tmp_path, capsys):
+    from transformers import TimesformerConfig, TimesformerForVideoClassification
+
+    from fast_timesformer.cli import console
+
+    torch.manual_seed(0)
+    labels = {0: "archery", 1: "bowling", 2: "cooking"}
+    hf = TimesformerForVideoClassification(TimesformerConfig(
+        image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})).eval()
+    with torch.no_grad():  # HF initialises biases and time embeddings to 0: make every tensor matter
+        for p in hf.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "hf.pt2"
+    assert console(["export", str(tmp_path / "hf"), "--format", "pt2", "--out", str(out)]) == 0
+    extra = {"meta/classes": "", "meta/transform": ""}
+    program = torch.export.load(str(out), extra_files=extra).module()
+    assert json.loads(extra["meta/classes"]) == ["archery", "bowling", "cooking"]
+    assert json.loads(extra["meta/transform"])["num_frames"] == 4
+    x = clips(2)[0]
+    with torch.no_grad():
+        ref = hf(pixel_values=x).logits
+    assert ref.std() > 0.1
+    # ours (exported) vs Hugging Face's own code: the same float32 math in another order
+    torch.testing.assert_close(program(x), ref, atol=1e-4, rtol=0)
