@@ -78,10 +78,9 @@ def _ort_runner(sess) -> Callable:
 
 
 def _export_hf(hf, x, path: str) -> None:
-    import contextlib
-    import io
+    from . import _quiet_exporter
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet_exporter():
         program = torch.onnx.export(hf, (x,), dynamo=True, input_names=["pixel_values"], verbose=False)
     program.save(path)
 
@@ -119,7 +118,7 @@ def build_rows(frames: int, image_size: int, threads: int, workdir: str, bf16: b
     path = os.path.join(workdir, f"ours_{frames}x{image_size}.onnx")
     t = time.perf_counter()
     try:
-        export_model(ours, path, format="onnx", check_batches=(1,))
+        export_model(ours, path, format="onnx", check_batches=())  # measure() compares every row with HF
         rows["ort ours"] = {"run": _ort_runner(_ort_session(path, threads)), "path": path,
                             "export_s": round(time.perf_counter() - t, 1)}
     except Exception as e:  # noqa: BLE001
@@ -146,43 +145,54 @@ def build_rows(frames: int, image_size: int, threads: int, workdir: str, bf16: b
     return rows, x, notes
 
 
-def _time(fn, x) -> float:
-    with torch.no_grad():
-        t = time.perf_counter()
-        fn(x)
-        return time.perf_counter() - t
-
-
-def measure(rows: dict, x, repeats: int) -> dict:
-    """An untimed first call per row (its logits compared with hf eager's), then ``repeats`` rotated rounds.
-    Returns per-row results (ratios to hf eager)."""
+def measure(rows: dict, x, repeats: int, *, warmup: bool = True, partial: Optional[Callable] = None) -> dict:
+    """``warmup``: an untimed first call per row (the compiled row had its first call when built); then
+    ``repeats`` rotated rounds. Every row's logits (from the first call) are compared with hf eager's.
+    Returns per-row results (ratios to hf eager); ``partial(result)`` is called after each round."""
     live = [n for n, r in rows.items() if "run" in r]
     base = "hf eager"
     out = {n: {"times_s": [], "ratios": []} for n in live}
-    with torch.no_grad():
-        ref = rows[base]["run"](x).float()
+    logits = {}
+
+    def compare():
+        ref = logits[base]
         for n in live:
-            y = rows[n]["run"](x).float()
-            out[n]["max_abs_diff_vs_hf"] = float((y - ref).abs().max())
-            out[n]["top1_equal_hf"] = bool(y.argmax(-1).eq(ref.argmax(-1)).all())
+            out[n]["max_abs_diff_vs_hf"] = float((logits[n] - ref).abs().max())
+            out[n]["top1_equal_hf"] = bool(logits[n].argmax(-1).eq(ref.argmax(-1)).all())
+
+    if warmup:
+        with torch.no_grad():
+            logits.update({n: rows[n]["run"](x).float() for n in live})
+        compare()
     loads = []
+    result = {"rows": out, "load_1min": loads, "warmup_call": warmup}
     for r in range(repeats):
         order = live[r % len(live):] + live[: r % len(live)]
         loads.append(_load())
-        times = {n: _time(rows[n]["run"], x) for n in order}
+        times = {}
+        for n in order:
+            with torch.no_grad():
+                t = time.perf_counter()
+                y = rows[n]["run"](x)
+                times[n] = time.perf_counter() - t
+            logits.setdefault(n, y.float())
+        if r == 0 and not warmup:
+            compare()
         _say(f"round {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n]:.2f} s" for n in live) + f" (load {loads[-1]})")
         for n in live:
             out[n]["times_s"].append(round(times[n], 4))
             out[n]["ratios"].append(round(times[base] / times[n], 4))
-    for n in live:
-        out[n]["median_s"] = round(statistics.median(out[n]["times_s"]), 4)
-        out[n]["ratio_to_hf"] = round(statistics.median(out[n]["ratios"]), 3)
+            out[n]["median_s"] = round(statistics.median(out[n]["times_s"]), 4)
+            out[n]["ratio_to_hf"] = round(statistics.median(out[n]["ratios"]), 3)
+        result["rounds_done"] = r + 1
+        if partial is not None:
+            partial(result)
     for n, r in rows.items():
         if "error" in r:
             out[n] = {"error": r["error"]}
         else:
             out[n].update({k: v for k, v in r.items() if k not in ("run", "path")})
-    return {"rows": out, "load_1min": loads}
+    return result
 
 
 def profile_leader(rows: dict, results: dict, x, workdir: str, threads: int, top: int = 15) -> dict:
@@ -237,10 +247,11 @@ def _say(msg: str) -> None:
     print(f"[cpu-inference {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_suite(out_dir: str, *, sizes=SIZES, threads: int = 2, repeats=3, bf16: bool = False,
+def run_suite(out_dir: str, *, sizes=SIZES, threads: int = 2, repeats=3, warmup=True, bf16: bool = False,
               agreement_clips: int = 8) -> dict:
-    """Measure every row at every size; write ``results.json`` and ``results.md`` into ``out_dir``.
-    ``repeats``: rounds per size (an int, or one per size: 8x448 calls are 10x as long)."""
+    """Measure every row at every size; write ``results.json`` and ``results.md`` into ``out_dir`` (sizes an
+    earlier run recorded there are kept). ``repeats``, ``warmup``: per size (an int / bool, or one per size:
+    8x448 calls are 10x as long)."""
     torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,15 +261,23 @@ def run_suite(out_dir: str, *, sizes=SIZES, threads: int = 2, repeats=3, bf16: b
                           "torch": torch.__version__, "onnxruntime": _version("onnxruntime"),
                           "transformers": _version("transformers")},
               "load_1min_start": _load(), "sizes": {}}
+    earlier = out_dir / "results.json"
+    if earlier.exists():
+        record["sizes"] = json.loads(earlier.read_text()).get("sizes", {})
     with tempfile.TemporaryDirectory() as work:
         reps = [repeats] * len(sizes) if isinstance(repeats, int) else list(repeats)
-        for (frames, size), rep in zip(sizes, reps):
+        warm = [warmup] * len(sizes) if isinstance(warmup, bool) else list(warmup)
+        for (frames, size), rep, wu in zip(sizes, reps, warm):
             key = f"{frames}x{size}"
             _say(f"{key}: building the rows (compile, exports)")
             rows, x, notes = build_rows(frames, size, threads, work, bf16=bf16)
             _say(f"{key}: built; timing {rep} rounds")
-            res = measure(rows, x, rep)
-            res["repeats"] = rep
+            def save(partial, key=key, rep=rep):
+                record["sizes"][key] = {**partial, "repeats": rep, "complete": False}
+                (out_dir / "results.json").write_text(json.dumps(record, indent=1, default=str))
+
+            res = measure(rows, x, rep, warmup=wu, partial=save)
+            res["repeats"], res["complete"] = rep, True
             res["profile"] = profile_leader(rows, res, x, work, threads)
             if bf16:
                 res["bf16_top1_agreement"] = bf16_agreement(rows, frames, size, agreement_clips)
@@ -311,5 +330,7 @@ if __name__ == "__main__":  # python -m fast_timesformer.export.cpu_bench OUT_DI
     args = [a for a in args if a != "--bf16"]
     points = [a.split(":") for a in args[1:]] or [[f"{f}x{s}", "3"] for f, s in SIZES]
     sizes = tuple(tuple(int(v) for v in p[0].split("x")) for p in points)
-    rec = run_suite(args[0], sizes=sizes, bf16=bf16, repeats=[int(p[1]) if len(p) > 1 else 3 for p in points])
+    # FxS:R rounds after an untimed call per row; FxS:Rn without it (the first round's logits are compared)
+    rec = run_suite(args[0], sizes=sizes, bf16=bf16, repeats=[int(p[1].rstrip("n")) if len(p) > 1 else 3 for p in points],
+                    warmup=[not (len(p) > 1 and p[1].endswith("n")) for p in points])
     print(markdown(rec))
