@@ -573,3 +573,22 @@ def test_ours_vs_hugging_face_by_size(tmp_path):
     assert "hf_sizes.png" in {p.name for p in plot_all(tmp_path)}
     summary = write_summary(tmp_path, []).read_text()
     assert "2x32:" in summary and "2x64:" in summary and "x faster, memory" in summary
+
+
+def test_a_mistyped_filter_or_a_used_output_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    from fast_timesformer.cli import console
+
+    assert console(["bench", "--suite", "tiny", "--backends", "regualr", "--list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'regualr'" in err[0] and "Did you mean 'regular'?" in err[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"key": "k"}\n')
+    argv = ["bench", "--suite", "tiny", "--out", str(out), "--limit", "1", "--no-plots", "--no-progress",
+            "--threads", str(torch.get_num_threads())]
+    assert console(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds results" in err[0] and "--overwrite" in err[0]
+    assert (out / "results.jsonl").read_text() == '{"key": "k"}\n'  # untouched
+    assert console(argv + ["--overwrite"]) == 0
+    assert len(load_results(out)) == 1
