@@ -215,3 +215,23 @@ def _texts_of_kernels_figure(results):
     finally:
         matplotlib.figure.Figure.savefig = real
     return seen
+
+
+def test_every_exact_sweep_point_carries_its_float64_error_and_a_wrong_one_is_failed(tmp_path):
+    """No speed without correctness in the sweeps too: an exact point records its error against float64 at its
+    shape; one over its backend's declared tolerance is 'failed', has no timing, and is drawn nowhere."""
+    register_backend(Backend("user_wrong", WrongCore, kind="exact", devices=("cpu",)))
+    try:
+        base = Workload(impl="attention", dim=16, heads=2, depth=1, frames=2, image_size=32, num_classes=3,
+                        min_run_time=0.001, group="sweep")
+        pts = [base.replace(backend=b, mode=m) for b in ("regular", "user_wrong") for m in ("fwd", "fwd+bwd")]
+        recs = run_sweep(pts, tmp_path, progress=False, log=quiet, warm_up_s=0)
+    finally:
+        unregister_backend("user_wrong")
+    good, bad = recs[:2], recs[2:]
+    assert all(r["status"] == "ok" and r["error"]["within"] and r["error"]["max_rel"]["out"] < 1e-5 for r in good)
+    assert all(r["status"] == "failed" and "median_s" not in r and not r["error"]["within"] for r in bad)
+    assert all("declared tolerance" in r["reason"] for r in bad)
+    summary = write_summary(tmp_path, plot_all(tmp_path)).read_text()
+    rows = [ln for ln in summary.splitlines() if "| user_wrong | fwd" in ln]
+    assert rows and all("| failed | - |" in ln for ln in rows)  # reported failed, with no time

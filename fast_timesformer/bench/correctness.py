@@ -143,7 +143,8 @@ def check(step: StepData, core, backend, grads: bool = True, poison: bool = Fals
     ref = reference(step, qkv64, cls64)
     refs = [ref.detach(), *(grads_of(ref, (qkv64, cls64), step.grad_out.double()) if grads else ())]
     qkv, cls_qkv = step.inputs(grads)
-    out = step.run(core, qkv, cls_qkv, poison=poison)
+    with torch.inference_mode(not grads):  # as a forward point runs (a compiled backend's guards see the mode)
+        out = step.run(core, qkv, cls_qkv, poison=poison)
     got = [out.detach(), *(grads_of(out, (qkv, cls_qkv), step.grad_out) if grads else ())]
     names = ("out", "dqkv", "dcls")[:len(got)]
     factor = [1] + [GRAD_FACTOR] * (len(got) - 1)
@@ -152,26 +153,59 @@ def check(step: StepData, core, backend, grads: bool = True, poison: bool = Fals
             "tolerance": [atol, rtol], "over_tolerance": max(over), "within": max(over) <= 1.0}
 
 
+def check_layer(layer, groups: TokenGroups, b: int, grads: bool) -> dict:
+    """A ``DividedAttention`` layer (official CLS rule) on ``groups`` against the same layer's weights in float64
+    (:func:`reference` between its projections): the very calls a model point makes, so a compiled backend
+    compiles nothing new for its check."""
+    import torch.nn.functional as F
+
+    w = layer.qkv.weight
+    atol, rtol = layer.cores[layer.backend_name].backend.tolerance(w.dtype)
+    x = torch.randn(b, 1 + groups.num_tokens, layer.dim, generator=torch.Generator().manual_seed(0))
+    x64 = x.double().requires_grad_(grads)
+
+    def f64(lin, t):
+        return F.linear(t, lin.weight.double(), None if lin.bias is None else lin.bias.double())
+
+    qkv = f64(layer.qkv, x64).unflatten(-1, (3, layer.heads, layer.dim_head))
+    step = StepData.__new__(StepData)
+    step.groups, step.cls = groups, step_cls_mode("official", groups)
+    ref = f64(layer.proj, reference(step, qkv[:, 1:], qkv[:, :1]).flatten(2))
+    xi = x.to(w.device, w.dtype).requires_grad_(grads)
+    with torch.inference_mode(not grads):
+        out = layer(xi, groups=groups)
+    got, refs = [out.detach()], [ref.detach()]
+    if grads:
+        go = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        got.append(torch.autograd.grad(out, xi, go.to(out))[0])
+        refs.append(torch.autograd.grad(ref, x64, go.double())[0])
+    factor = [1, GRAD_FACTOR][:len(got)]
+    over = [over_tolerance(a, r, atol * f, rtol * f) for a, r, f in zip(got, refs, factor)]
+    return {"vs": "float64", "max_rel": dict(zip(("out", "dx"), (max_rel(a, r) for a, r in zip(got, refs)))),
+            "tolerance": [atol, rtol], "over_tolerance": max(over), "within": max(over) <= 1.0}
+
+
 @functools.lru_cache(maxsize=512)
 def _check_cached(backend: str, options: tuple, scheme: str, frames: int, grid: int, b: int, h: int, d: int,
                   dtype: str, device: str) -> dict:
+    from ..attention import DividedAttention
     from ..schemes import get_scheme
 
     be = get_backend(backend)
-    dt = getattr(torch, dtype)
     worst = None
     for name, groups in get_scheme(scheme).step_groups(frames, grid):
-        step = StepData(groups, step_cls_mode("official", groups), b, h, d, dt, device)
-        core = be.build(d, h, **dict(options)).to(device)
-        res = check(step, core, be, grads=be.supports_backward and not step.refusal(be))  # flex: no CPU backward
-        res["step"] = name
+        layer = DividedAttention(h * d, heads=h, dim_head=d, cls="official", backend=backend, step=name,
+                                 **dict(options)).to(device, getattr(torch, dtype)).eval()
+        probe = StepData(groups, step_cls_mode("official", groups), 1, h, d, getattr(torch, dtype), device)
+        res = dict(check_layer(layer, groups, b, grads=be.supports_backward and not probe.refusal(be)), step=name)
         if worst is None or res["over_tolerance"] > worst["over_tolerance"]:
             worst = res
     return worst
 
 
 def check_workload(w) -> dict:
-    """The worst step of ``w``'s scheme on ``w``'s backend, batch 1, at ``w``'s frames, grid, heads, head dim,
-    dtype and device (output and gradients, where it has a backward), against float64; cached per shape."""
+    """The worst step of ``w``'s scheme, each a ``DividedAttention`` layer on ``w``'s backend at ``w``'s frames,
+    grid, heads, head dim, dtype and device, batch 1 (output and input gradient where the backend has a
+    backward here), against float64; cached per shape."""
     return dict(_check_cached(w.backend, tuple(w.backend_options), w.scheme, w.frames, w.grid, 1, w.heads,
                               w.dim // w.heads, w.dtype, w.device))
