@@ -1,13 +1,12 @@
-"""No speed without correctness: an attention step on one backend against a float64 reference.
+"""No speed without correctness: attention on one backend against a float64 reference.
 
-:class:`StepData` holds one attention step's inputs as ``DividedAttention`` hands them to a core (q, k, v as
-strided views of a fused (b, M, 3, heads, d) projection, the CLS token's q/k/v apart, a (b, 1 + M, heads, d)
-output); :func:`reference` computes the step in float64 from the groups' token index lists and masks (no
-backend code, no strides). :func:`check` compares a backend's output (and gradients) with it against the
-backend's declared tolerance (:meth:`~fast_timesformer.backends.Backend.tolerance`, gradients 10x: three
-more matmuls). The kernel suite times only backends that pass; every exact point of a sweep carries
-:func:`check_workload`'s error at its shape, and a point over tolerance is recorded as ``failed``.
-tests/test_gpu_correctness.py (the GPU-marked tests, which gpu-check's correctness stage runs) uses it too.
+:func:`reference` computes one step in float64 from the groups' token index lists and masks (no backend code,
+no strides). :func:`check` compares a backend core on :class:`StepData` (q, k, v as strided views of a fused
+projection, as ``DividedAttention`` hands them; the kernel suite and tests/test_gpu_correctness.py, the
+GPU-marked tests gpu-check runs); :func:`check_workload` runs each step of a model point's scheme as a
+``DividedAttention`` layer at the point's shape against the same weights in float64 (the calls the model
+makes). Tolerance: the backend's declared one for the dtype (:meth:`~fast_timesformer.backends.Backend.tolerance`),
+gradients 10x (three more matmuls); a point over it is ``failed``, never timed.
 """
 from __future__ import annotations
 
