@@ -137,7 +137,7 @@ def write_text(path, text: str) -> str:
     """Write ``text`` to ``path`` atomically; a failure raises :class:`WriteFailedError` and leaves what was
     there before."""
     with _replacing(path) as tmp:
-        with open(tmp, "w") as fh:
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

@@ -147,6 +147,8 @@ def test_a_checkpoint_on_a_real_full_disk(small_disk):
     ["bench", "--suite", "tiny", "--limit", "1", "--out"],
     ["plot", "--results", "RESULTS", "--out"],
     ["gpu-check", "--dry-run", "--out"],
+    ["data", "ssv2", "RESULTS", "--out"],
+    ["data", "kinetics", "train.csv", "--videos", "RESULTS", "--out"],
 ])
 def test_every_writer_refuses_an_output_path_that_is_a_file_before_any_work(tmp_path, capsys, command):
     results = tmp_path / "results"

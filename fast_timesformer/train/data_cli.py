@@ -20,7 +20,10 @@ def _print_report(conv, check: bool) -> None:
 
 
 def cmd_kinetics(args) -> int:
+    from ..outputs import check_output_dir
     from .formats import convert_kinetics
+
+    check_output_dir(args.out)  # a file, a read-only place: one line before the annotations are read
 
     conv = convert_kinetics(args.csv, args.videos, args.out, check=args.check)
     _print_report(conv, args.check)
@@ -28,7 +31,10 @@ def cmd_kinetics(args) -> int:
 
 
 def cmd_ssv2(args) -> int:
+    from ..outputs import check_output_dir
     from .formats import convert_ssv2
+
+    check_output_dir(args.out)  # a file, a read-only place: one line before the annotations are read
 
     conv = convert_ssv2(args.annotations, args.out, videos=args.videos, check=args.check)
     _print_report(conv, args.check)

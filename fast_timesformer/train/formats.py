@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..errors import FastTimesformerError
+from ..outputs import check_output_dir, write_text
 
 __all__ = [
     "ListFileError", "ListEntry", "read_classes", "read_list_file", "check_disjoint", "write_list_file",
@@ -163,9 +164,8 @@ def check_disjoint(train: Sequence[ListEntry], train_path: str, evaluation: Sequ
 
 
 def write_list_file(path: str, rows: Sequence[tuple[str, int]]) -> None:
-    """Write ``PATH LABEL`` lines (the label an index)."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(f"{clip} {label}\n" for clip, label in rows)
+    """Write ``PATH LABEL`` lines (the label an index), atomically; a failed write is one line naming the file."""
+    write_text(path, "".join(f"{clip} {label}\n" for clip, label in rows))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,9 +212,8 @@ def _finish(conv: Conversion, found: dict[str, list[tuple[str, int]]], check: bo
     if not any(found.values()):
         total = sum(len(v) for v in conv.missing.values())
         raise FileNotFoundError(f"none of the {total} clips were found under {conv.videos}")
-    os.makedirs(conv.out, exist_ok=True)
-    with open(conv.classes_path, "w", encoding="utf-8") as f:
-        f.writelines(f"{name}\n" for name in conv.classes)
+    check_output_dir(conv.out, create=True)
+    write_text(conv.classes_path, "".join(f"{name}\n" for name in conv.classes))
     for split, rows in found.items():
         if check:
             problems = [(clip, why) for clip, _ in rows
