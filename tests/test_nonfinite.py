@@ -111,6 +111,19 @@ def test_predict_on_a_folder_says_it_is_a_folder(trained, tmp_path, capsys):
     assert rc == 2 and out == "" and err == f"fast-timesformer: error: {tmp_path}: is a folder, not a video file\n"
 
 
+def test_a_foreign_checkpoint_with_non_finite_weights_is_refused(tmp_path):
+    from fast_timesformer import TimeSformer
+
+    model = TimeSformer(num_classes=3, num_frames=2, image_size=8, patch_size=4, dim=16, depth=1, heads=2)
+    state = model.state_dict()
+    state["head.bias"] = torch.tensor([0.0, float("nan"), 0.0])
+    torch.save({"model_state": state}, tmp_path / "release.pth")  # the official release layout
+    with pytest.raises(NonFiniteError) as e:
+        TimeSformer.from_pretrained(tmp_path / "release.pth", heads=2)
+    assert str(e.value) == (f"{tmp_path / 'release.pth'}: the checkpoint's weights are not finite (NaN in head.bias); "
+                            "it cannot be used")
+
+
 # ---- checkpoints ----------------------------------------------------------------------------------
 def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
     model = torch.nn.Linear(2, 2)

@@ -39,8 +39,9 @@ import torch
 from torch import nn
 
 from ..devices import check_device
-from ..errors import CheckpointConfigError, CorruptCheckpointError, FastTimesformerError
+from ..errors import CheckpointConfigError, CorruptCheckpointError, FastTimesformerError, NonFiniteError
 from ..errors import first_line as _first_line
+from ..finite import describe, nonfinite_entries
 from .resample import resample_pos_embed, resample_time_embed, to_hw
 
 __all__ = [
@@ -520,8 +521,13 @@ def load_state_dict_into(model: nn.Module, state: Mapping[str, torch.Tensor], *,
     ``checkpoint_config``: the checkpoint's ``image_size``/``patch_size`` when its grid is not square;
     ``notes``: lines for the report (what the caller assumed).
     ``strict=True`` raises :class:`CheckpointMismatchError` before changing the model if anything does not
-    fit; ``strict=False`` loads what fits and warns with the list of what did not.
+    fit; ``strict=False`` loads what fits and warns with the list of what did not. Weights holding a NaN or an
+    infinity raise :class:`~fast_timesformer.errors.NonFiniteError` naming ``source``, whatever ``strict``.
     """
+    bad = nonfinite_entries(state)
+    if bad:  # before anything is loaded: never a model that predicts NaN from a damaged release
+        raise NonFiniteError(str(source), [n for n, _ in bad], f"{source or 'the state dict'}: the checkpoint's weights "
+                                                                f"are not finite ({describe(bad)}); it cannot be used")
     report = LoadReport(source=str(source), format=fmt, config=_model_config(model), notes=list(notes or []))
     own = model.state_dict()
     buffers = {name for name, _ in model.named_buffers()}
