@@ -71,6 +71,15 @@ def test_pt2_round_trip_equals_eager(tmp_path):
     assert json.loads(extra["meta/classes"]) == list("abcde")
     for x in clips(1, 3):
         torch.testing.assert_close(loaded(x), model(x), atol=PT2_TOL, rtol=0)
+    # another clip size fixed at export (--frames/--image-size): the embeddings resampled in the graph, as eager
+    path = tmp_path / "small.pt2"
+    export_model(model, path, format="pt2", frames=2, image_size=24)
+    extra = {"meta/transform": ""}
+    loaded = torch.export.load(str(path), extra_files=extra).module()
+    t = json.loads(extra["meta/transform"])
+    assert (t["num_frames"], t["image_size"]) == (2, 24)
+    for x in clips(1, 3, f=2, size=24):
+        torch.testing.assert_close(loaded(x), model(x), atol=PT2_TOL, rtol=0)
 
 
 @pytest.mark.parametrize("scheme", list_schemes())
