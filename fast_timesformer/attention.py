@@ -329,7 +329,8 @@ class DividedAttention(nn.Module):
         """Attention over ``norm(x)`` (``norm`` given: a block's pre-norm, applied per token inside the layer,
         where it commutes with the regrouping). ``recompute``: the norm's output is not kept for backward but
         recomputed from x together with the q/k/v projection (a block's ``activation_memory="selective"``;
-        see :mod:`fast_timesformer.activation_memory`)."""
+        see :mod:`fast_timesformer.activation_memory`). The models' blocks call every layer this way, so a
+        forward hook on the layer sees x before the norm, and the norm in the call's keywords."""
         groups, cls = self._prepare(x, from_pattern, to_pattern, groups, cls, sizes)
         recompute = recompute and torch.is_grad_enabled()
         project = functools.partial(self._project, norm=norm, recompute=recompute)

@@ -43,10 +43,15 @@ def clip(model, seed=1, dtype=torch.float64):
 
 # ---- the recorded probabilities --------------------------------------------------------------------
 def _layer_inputs(model, video):
-    """The input each DividedAttention layer received, in call order (forward hooks, regular backend)."""
+    """The tokens each DividedAttention layer attended over, in call order (forward hooks, regular backend):
+    its input after the block's pre-norm, which the block hands to the layer as ``norm=``."""
     seen = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append((mod, args[0].detach())))
-             for m in model.modules() if isinstance(m, DividedAttention)]
+
+    def hook(mod, args, kwargs, out):
+        norm = kwargs.get("norm")
+        seen.append((mod, (args[0] if norm is None else norm(args[0])).detach()))
+
+    hooks = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules() if isinstance(m, DividedAttention)]
     try:
         with torch.no_grad():
             model(video)
