@@ -176,6 +176,11 @@ def test_bad_path_damaged_checkpoint_and_unfit_size_exit_2_with_one_line(tmp_pat
     good = str(tmp_path / "run" / "last.safetensors")
     assert console(["export", good, "--format", "pt2", "--out", out, "--image-size", "20"]) == 2
     _one_line(capsys.readouterr().err, "20", "not divisible by the patch size")
+    Trainer(TrainConfig(model="tiny", dataset="bouncing", num_frames=4, image_size=16, train_samples=4,
+                        eval_samples=4, batch=4, steps=1, device="cpu", out_dir=str(tmp_path / "gen"), progress=False,
+                        seed=0)).fit()  # future-frame prediction: no class logits to export
+    assert console(["export", str(tmp_path / "gen" / "last.safetensors"), "--format", "pt2", "--out", out]) == 2
+    _one_line(capsys.readouterr().err, "export needs a classification checkpoint")
     assert not (tmp_path / "m.pt2").exists()
 
 

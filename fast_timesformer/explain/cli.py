@@ -27,10 +27,11 @@ def _is_train_checkpoint(path: str) -> bool:
     return True
 
 
-def load_model_for_explain(path: str, device: str = "cpu"):
+def load_model_for_explain(path: str, device: str = "cpu", purpose: str = "explain"):
     """``(model, ClipTransform, class names or None)`` from a ``fast-timesformer train`` checkpoint (as
     ``predict`` reads it) or a Hugging Face folder / official file (``TimeSformer.from_pretrained``).
-    Damaged files raise :class:`CorruptCheckpointError`, mismatched ones ``CheckpointMismatchError``."""
+    Damaged files raise :class:`CorruptCheckpointError`, mismatched ones ``CheckpointMismatchError``; ``purpose``
+    names the command in the other refusals (explain, export)."""
     from ..errors import FastTimesformerError
     from ..video import ClipTransform
 
@@ -43,7 +44,7 @@ def load_model_for_explain(path: str, device: str = "cpu"):
             model, meta = load_trained_model(path, device)
             extra = meta.get("extra", {})
             if extra.get("task") != "classify":
-                raise ValueError(f"{path} is a {extra.get('task')!r} model; explain needs a classification "
+                raise ValueError(f"{path} is a {extra.get('task')!r} model; {purpose} needs a classification "
                                  "checkpoint")
             t = ClipTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in extra["transform"].items()})
             return model, t, meta.get("classes") or None
@@ -58,7 +59,7 @@ def load_model_for_explain(path: str, device: str = "cpu"):
     # damaged file (a mismatch is CheckpointMismatchError, a damaged file CorruptCheckpointError, both above).
     ih, iw = model.image_size
     if ih != iw:
-        raise ValueError(f"{path}: explain reads square clips; the model expects {ih}x{iw}")
+        raise ValueError(f"{path}: {purpose} reads square clips; the model expects {ih}x{iw}")
     id2label = getattr(getattr(model, "load_report", None), "meta", {}).get("id2label") or {}
     classes = [id2label.get(i, str(i)) for i in range(model.num_classes)] if id2label else None
     return model, ClipTransform(num_frames=model.num_frames, image_size=ih), classes

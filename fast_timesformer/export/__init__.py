@@ -105,7 +105,7 @@ def load_classifier(path: str):
     from ..explain.cli import load_model_for_explain
     from ..models import TimeSformer
 
-    model, transform, classes = load_model_for_explain(path)
+    model, transform, classes = load_model_for_explain(path, purpose="export")
     if not isinstance(model, TimeSformer):
         raise ExportError(f"{path}: export takes TimeSformer classifiers, got {type(model).__name__}")
     return model, dataclasses.asdict(transform), classes
