@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 from conftest import DEVICE, DTYPE
 
-from fast_timesformer.bench.suites import sweep_backends
-from fast_timesformer.bench.workloads import Workload
+from fast_timesformer.bench.workloads import Workload, benchmarked_backends
 from fast_timesformer.schemes import list_schemes
 
 SCHEMES = list_schemes()
-BACKENDS = sweep_backends()  # every backend but the diagnostic ones
+BACKENDS = benchmarked_backends()  # every backend but the diagnostic ones
 MODES = ("fwd", "fwd+bwd")
 
 if DEVICE == "cuda":
