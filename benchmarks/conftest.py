@@ -1,11 +1,11 @@
 """pytest-benchmark suites: ``pytest benchmarks --benchmark-only`` (not part of ``make test``).
 
-Every case builds a :class:`~fast_timesformer.bench.workloads.Workload` (the same builder as
+Every model case builds a :class:`~fast_timesformer.bench.workloads.Workload` (the same builder as
 ``fast-timesformer bench``), is grouped by scheme and backend (``benchmark.group``), synchronises the
 GPU after each call, and is skipped with the builder's reason where it cannot run here (a backend that
-refuses the device, a missing peer package). Results are saved as JSON under ``.benchmarks/`` (``--benchmark-save=fast_timesformer``)
+refuses the device, a missing peer package); ``test_bench_data.py`` times the training data instead. Results are saved as JSON under ``.benchmarks/`` (``--benchmark-save=fast_timesformer``)
 unless ``--benchmark-json``/``--benchmark-save`` is given: compare runs with ``--benchmark-compare``.
-CI runs the single ``tiny`` case: ``pytest benchmarks -k tiny --benchmark-only``.
+CI runs the ``tiny`` cases: ``pytest benchmarks -k tiny --benchmark-only``.
 """
 from __future__ import annotations
 
