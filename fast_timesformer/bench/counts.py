@@ -1,23 +1,16 @@
-"""Counted, deterministic cost figures of one step (timings on a shared CPU drift; counts do not):
-:class:`OpCounter`, a ``TorchDispatchMode`` that sees every aten op a step runs, forward and backward, and
-counts GEMM calls (``mm``/``addmm``, and batched ``bmm``/``baddbmm`` apart), fused attention calls, bytes
-written by ops whose only work is moving data (per op), and every aten call. What a fused kernel copies
-internally is not seen. :func:`count_training_step` counts one training step of a :class:`Workload` (the
-``counts`` suite: ours vs Hugging Face)."""
+"""Counted, deterministic cost of one step (timings on a shared CPU drift; counts do not): :class:`OpCounter`, a
+``TorchDispatchMode``, sees every aten op a step runs, forward and backward, and counts GEMM calls (``mm``/``addmm``;
+batched ``bmm``/``baddbmm`` apart), fused attention calls, bytes written by ops whose only work is moving data (per
+op), and every aten call. What a fused kernel copies internally is not seen."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["OpCounter", "count_step", "count_training_step"]
 
-aten = torch.ops.aten
-
-LINEAR_GEMMS = ("mm", "addmm")
-BATCHED_GEMMS = ("bmm", "baddbmm")
 ATTENTION_KERNELS = (
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
     "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward",
@@ -61,38 +54,22 @@ class OpCounter(TorchDispatchMode):
             self.copy_bytes_by_op[name] += _nbytes(args[0] if name.endswith("_") else out)
         return out
 
-    # ---- the figures ---------------------------------------------------------------------------
-    @property
-    def linear_gemms(self) -> int:
-        return sum(self.calls[n] for n in LINEAR_GEMMS)
-
-    @property
-    def batched_gemms(self) -> int:
-        return sum(self.calls[n] for n in BATCHED_GEMMS)
-
-    @property
-    def attention_calls(self) -> int:
-        return sum(self.calls[n] for n in ATTENTION_KERNELS)
-
-    @property
-    def copy_bytes(self) -> int:
-        return sum(self.copy_bytes_by_op.values())
-
     def summary(self) -> dict:
+        c, copied = self.calls, self.copy_bytes_by_op
         return {
-            "gemm_calls": self.linear_gemms,  # mm + addmm: the target's figure
-            "mm": self.calls["mm"], "addmm": self.calls["addmm"],
-            "batched_gemm_calls": self.batched_gemms,
-            "attention_kernel_calls": self.attention_calls,
-            "copy_bytes": self.copy_bytes,
-            "copy_cat_bytes": self.copy_bytes_by_op["copy_"] + self.copy_bytes_by_op["cat"],
-            "copy_bytes_by_op": {k: v for k, v in sorted(self.copy_bytes_by_op.items(), key=lambda kv: -kv[1])},
-            "copy_calls_by_op": {k: self.calls[k] for k in sorted(self.copy_bytes_by_op)},
-            "aten_calls": sum(self.calls.values()),
+            "gemm_calls": c["mm"] + c["addmm"],  # the target's figure
+            "mm": c["mm"], "addmm": c["addmm"],
+            "batched_gemm_calls": c["bmm"] + c["baddbmm"],
+            "attention_kernel_calls": sum(c[n] for n in ATTENTION_KERNELS),
+            "copy_bytes": sum(copied.values()),
+            "copy_cat_bytes": copied["copy_"] + copied["cat"],
+            "copy_bytes_by_op": dict(copied.most_common()),
+            "copy_calls_by_op": {k: c[k] for k in sorted(copied)},
+            "aten_calls": sum(c.values()),
         }
 
 
-def count_step(step: Callable[[], object]) -> dict:
+def count_step(step) -> dict:
     """Run ``step`` once under :class:`OpCounter`; returns its :meth:`~OpCounter.summary`."""
     with OpCounter() as c:
         step()
@@ -100,11 +77,10 @@ def count_step(step: Callable[[], object]) -> dict:
 
 
 def count_training_step(workload) -> dict:
-    """Counts of one training step (forward, mean of the logits, backward) of ``workload``
-    (:class:`~fast_timesformer.bench.workloads.Workload`; impl "ours" or "hf", mode forced to fwd+bwd).
-    One step runs first, uncounted, so that lazy initialisation is not counted. A backend that runs through
-    torch.compile (``Backend.compiled``) is refused with a ValueError: it cannot run under :class:`OpCounter`
-    (a TorchDispatchMode), and its uncompiled path would issue other ops than the ones it runs."""
+    """Counts of one training step (forward, mean of the logits, backward) of a
+    :class:`~fast_timesformer.bench.workloads.Workload` (impl "ours" or "hf"), after one uncounted step (lazy
+    initialisation). A compiled backend (``Backend.compiled``) is refused: it cannot run under a TorchDispatchMode,
+    and its uncompiled path would issue other ops."""
     from .workloads import build
 
     if workload.impl == "ours":
@@ -114,8 +90,7 @@ def count_training_step(workload) -> dict:
             raise ValueError(f"backend {workload.backend!r} runs through torch.compile, which cannot run under "
                              "OpCounter (a TorchDispatchMode): its ops are not counted (count a backend that runs "
                              "eagerly, e.g. regular)")
-    w = workload.replace(mode="fwd+bwd")
-    built = build(w)
+    built = build(workload.replace(mode="fwd+bwd"))
     built.step()
     out = count_step(built.step)
     out["notes"] = list(built.notes)

@@ -1,22 +1,9 @@
-"""``fast-timesformer gpu-check --out DIR``: prove the kernel and measure every target in one command.
-
-An orchestrator over suites, made for a short GPU loan (one H100/H200, minutes, no network, at most 8 files
-back): each stage is one suite run in its own process (a CUDA error poisons only its own process) with its own
-time budget (at 85 % it starts no new point; at 100 % its process group is killed); every stage appends its
-records to ``DIR/results.jsonl`` and its run's metadata to ``DIR/meta.json`` as it goes, so a stage that
-fails, crashes or runs out of time keeps what it measured, is recorded with its reason, and the next stage
-runs. Then ``summary.md`` (with the target table), four figures, and the target table printed last.
-``--dry-run``: every stage on CPU at tiny sizes (``--tiny``; Triton under ``TRITON_INTERPRET=1``); ``make
-test`` runs it. Stages::
-
-    correctness  the GPU-marked tests (tests/test_gpu_correctness.py), run by pytest: every exact backend vs
-                 float64, output and gradients, poisoned outputs; model level triton vs regular
-    kernels      bench --suite kernels: time / space / joint steps, fwd / bwd / fwd+bwd, roofline, CUDA graph
-    train        bench --suite train: the layer fwd+bwd; TimeSformer-B training step vs Hugging Face
-    sweep        bench --suite gpu-sweep: reduced Figure 3, every scheme x regular / triton, forward
-
-Files: results.jsonl, meta.json, summary.md, gpu_check.log and the figures of :data:`FIGURES` (8). See
-docs/gpu.md.
+"""``fast-timesformer gpu-check --out DIR``: prove the kernel and measure every target in one command, made for a
+short GPU loan (minutes, no network, at most 8 files back). An orchestrator over suites: each stage (:data:`STAGES`)
+is one suite run in its own process with its own time budget (at 85 % it starts no new point; at 100 % its process
+group is killed); each appends its records and run metadata to DIR as it goes, so a stage that fails or runs out of
+time keeps what it measured and the next one runs. Then ``summary.md``, :data:`FIGURES` and the target table, printed
+last. ``--dry-run``: every stage on CPU at tiny sizes, Triton interpreted (``make test`` runs it). See docs/gpu.md.
 """
 from __future__ import annotations
 
@@ -55,24 +42,22 @@ STAGES = (
 )
 
 
-def _command(stage: Stage, out: Path, dry: bool, budget: float) -> list:
-    if stage.suite == "correctness":
-        return [sys.executable, "-m", "fast_timesformer.bench.gpu_check", "--correctness", str(out)] + \
-            (["--dry-run"] if dry else [])
-    return [sys.executable, "-m", "fast_timesformer.cli", "bench", "--suite", stage.suite, "--out", str(out),
-            "--resume", "--no-plots", "--no-progress", "--budget-s", f"{budget * SOFT_FRACTION:.0f}",
-            "--device", "cpu" if dry else "cuda", *(["--tiny", "--threads", "1"] if dry else []), *stage.args]
-
-
 def run_stage(stage: Stage, out: Path, dry: bool, budget: float, log) -> tuple:
     """(status, reason, seconds) of one stage's process; its process group is killed at ``budget``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", CUBLAS_WORKSPACE_CONFIG=":4096:8")  # deterministic cuBLAS
     if dry:
         env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
                    FAST_TIMESFORMER_CORRECTNESS_DEVICE="cpu")
+    if stage.suite == "correctness":
+        cmd = [sys.executable, "-m", "fast_timesformer.bench.gpu_check", "--correctness", str(out),
+               *(["--dry-run"] if dry else [])]
+    else:
+        cmd = [sys.executable, "-m", "fast_timesformer.cli", "bench", "--suite", stage.suite, "--out", str(out),
+               "--resume", "--no-plots", "--no-progress", "--budget-s", f"{budget * SOFT_FRACTION:.0f}",
+               "--device", "cpu" if dry else "cuda", *(["--tiny", "--threads", "1"] if dry else []), *stage.args]
     t0, killed = time.monotonic(), []
-    proc = subprocess.Popen(_command(stage, out, dry, budget), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, start_new_session=True, cwd=str(ROOT))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True, cwd=str(ROOT))
     timer = threading.Timer(budget, lambda: (killed.append(True), os.killpg(proc.pid, signal.SIGKILL)))
     timer.start()
     tail = []
@@ -163,8 +148,6 @@ def run_correctness(out: Path, dry: bool) -> int:
 
         def pytest_runtest_logreport(self, report):
             if report.when == "call" or report.outcome != "passed":
-                if report.when != "call" and report.outcome == "passed":
-                    return
                 status = {"passed": "ok", "failed": "failed", "skipped": "skipped"}[report.outcome]
                 reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr or "")
                 if report.failed:

@@ -1,25 +1,17 @@
-"""The kernel suite (``bench --suite kernels``): one attention step on every qualifying backend, same data.
-
-Contenders come from the registry by what they declare: every exact, benchmarked backend that takes the step's
-inputs (``Backend.why_not``; a refusal is a ``skipped`` record with its reasons); a backend whose core takes an
-``sdpa_backend`` option runs once per SDPA implementation (flash, efficient, cudnn, math) and once with torch's
-choice. Steps are the scheme registry's (``time``, ``space``, ``joint``, ... with the official CLS rule,
-:func:`~fast_timesformer.attention.step_cls_mode`), on q, k, v as strided views of a fused qkv projection and a
-(b, 1 + f*n, heads, d) output buffer, exactly what ``DividedAttention`` hands a core (each backend pays for the
-copies it needs). Before a contender is timed its output and gradients are checked against float64
-(:mod:`.correctness`); one over its declared tolerance is recorded as ``failed`` and never timed.
-
-Records (group ``kernel``; ``layer``: a whole ``DividedAttention`` layer forward+backward; ``sdpa-only``: SDPA
-alone on pre-split contiguous tensors, no layout copies) carry the median and quartiles, the bytes that must
-move at least once (forward: q, k, v read, o written; backward: q, k, v, o, dO read, dq, dk, dv written, plus
-the float32 LSE), the roofline time at the measured copy bandwidth and the fraction reached (and of the HBM
-specification on a known GPU); on a GPU also the time replayed from a CUDA graph (``graph_s``: without the
-Python and launch overhead of the eager loop).
+"""The kernel suite (``bench --suite kernels``): one attention step of the scheme registry (``time``, ``space``,
+``joint``, official CLS rule) on every exact benchmarked backend that takes it, same data; a backend taking an
+``sdpa_backend`` option runs once per SDPA implementation and once with torch's choice. q, k, v are strided views of a
+fused qkv projection and the output a (b, 1 + f*n, heads, d) buffer, as ``DividedAttention`` hands a core. Each
+contender is checked against float64 first (:mod:`.correctness`); one over its tolerance is ``failed``, never timed.
+Groups: ``kernel``; ``layer`` (a whole ``DividedAttention`` layer fwd+bwd); ``sdpa-only`` (SDPA alone on contiguous
+pre-split tensors). Records carry the minimum bytes moved, the roofline at the measured copy bandwidth (and the HBM
+specification on a known GPU) and, on a GPU, the CUDA-graph replay time ``graph_s``. See docs/bench.md.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import time
 
 import torch
@@ -47,18 +39,14 @@ def config(device: str, tiny: bool = False) -> dict:
     return dict(batch=1, frames=4, patches=16, heads=2, dim_head=16, dtype="float32", reps=5)
 
 
-def steps(frames: int, patches: int, names=None) -> dict:
-    """{step name: TokenGroups} of every registered scheme's steps at this size (first definition of a name
-    wins; a scheme that cannot split the size is left out), or only ``names``."""
+def step_groups(frames: int, patches: int, name: str):
+    """The TokenGroups of step ``name`` at this size, from the first registered scheme that has the step and can
+    split the size; None if none."""
     from ..schemes import SCHEMES
 
     grid = int(round(patches ** 0.5))
-    out = {}
-    for scheme in SCHEMES.values():
-        if not scheme.reasons(frames, grid):
-            for name, groups in scheme.step_groups(frames, grid):
-                out.setdefault(name, groups)
-    return {n: g for n, g in out.items() if names is None or n in names}
+    return next((g for s in SCHEMES.values() if not s.reasons(frames, grid) for n, g in s.step_groups(frames, grid)
+                 if n == name), None)
 
 
 def contenders() -> list:
@@ -69,13 +57,9 @@ def contenders() -> list:
     out = []
     for name in benchmarked_backends():
         be = get_backend(name)
-        if not be.exact:
-            continue
-        if "sdpa_backend" in inspect.signature(be.factory).parameters:
-            out += [(f"{name}[{impl}]", name, {"sdpa_backend": impl}) for impl in SDPA_BACKENDS]
-            out.append((f"{name}[default]", name, {}))
-        else:
-            out.append((name, name, {}))
+        per_impl = be.exact and "sdpa_backend" in inspect.signature(be.factory).parameters
+        out += [(f"{name}[{impl}]", name, {"sdpa_backend": impl}) for impl in SDPA_BACKENDS] if per_impl else []
+        out += [(f"{name}[default]" if per_impl else name, name, {})] if be.exact else []
     return out
 
 
@@ -130,10 +114,11 @@ def _rates(c: Case, seconds: float) -> dict:
 
 
 @functools.lru_cache(maxsize=64)
-def _prepared(key: tuple):
-    """(StepData, core, check record) of one contender on one step, shared by its three modes."""
-    d = dict(key)
-    groups = steps(d["frames"], d["patches"], [d["step"]])[d["step"]]
+def _prepared(key: str):
+    """(StepData, core, check record) of one contender on one step (``key``: its fields as JSON), shared by its
+    modes and its layer case."""
+    d = json.loads(key)
+    groups = step_groups(d["frames"], d["patches"], d["step"])
     step = StepData(groups, d["cls"], d["batch"], d["heads"], d["dim_head"], getattr(torch, d["dtype"]), d["device"])
     be = get_backend(d["backend"])
     reasons = step.refusal(be)
@@ -149,10 +134,9 @@ def _prepared(key: tuple):
 
 
 def _checked(c: Case):
-    """(StepData, core, check) of the case's contender on its step, shared by its modes and its layer case;
-    Skip where it refuses the inputs."""
-    step, core, res = _prepared(tuple(sorted((k, v if not isinstance(v, dict) else _Frozen(v)) for k, v in
-                                             c.fields.items() if k not in ("mode", "group", "reps"))))
+    """(StepData, core, check) of the case's contender on its step; Skip where it refuses the inputs."""
+    step, core, res = _prepared(json.dumps({k: v for k, v in c.fields.items() if k not in ("mode", "group", "reps")},
+                                           sort_keys=True))
     if core is None:
         raise Skip(res)
     return step, core, res
@@ -191,13 +175,6 @@ def _time_step(c: Case) -> dict:
     return rec
 
 
-class _Frozen(dict):
-    """A hashable dict (the options in a cache key)."""
-
-    def __hash__(self):
-        return hash(tuple(sorted(self.items())))
-
-
 def _time_layer(c: Case) -> dict:
     """A whole ``DividedAttention`` layer (qkv + attention + proj, official CLS rule), forward + backward."""
     from ..attention import DividedAttention
@@ -205,7 +182,7 @@ def _time_layer(c: Case) -> dict:
     _, _, res = _checked(c)  # the contender's check on this step: no speed without it
     if not res["within"]:
         return {"error": res, "status": "failed", "reason": over_tolerance_text(res)}
-    groups = steps(c.frames, c.patches, [c.step])[c.step]
+    groups = step_groups(c.frames, c.patches, c.step)
     dim, dt = c.heads * c.dim_head, getattr(torch, c.dtype)
     layer = DividedAttention(dim, heads=c.heads, dim_head=c.dim_head, cls="official", backend=c.backend,
                              **c.options).to(c.device, dt)
@@ -225,7 +202,7 @@ def _time_sdpa_only(c: Case) -> dict:
 
     from ..backends.regular import sdpa_context
 
-    groups = steps(c.frames, c.patches, [c.step])[c.step]
+    groups = step_groups(c.frames, c.patches, c.step)
     step = StepData(groups, c.cls, c.batch, c.heads, c.dim_head, getattr(torch, c.dtype), c.device)
     q, k, v = (groups.split(t).contiguous() for t in step.qkv.unbind(2))
     if c.cls != "exclude":
@@ -249,30 +226,32 @@ def _time_sdpa_only(c: Case) -> dict:
     return {**rec, **_rates(c, rec["median_s"])}
 
 
-def kernel_cases(device: str, tiny: bool = False, step_names=("time", "space", "joint"), labels=None,
-                 layer: bool = True, sdpa_only: bool = True, modes=MODES) -> list:
-    """Every (step, contender, mode) case; ``labels``: only these contenders (labels or backend names)."""
+def kernel_cases(device: str, tiny: bool = False, labels=None) -> list:
+    """Every (step, contender, mode) case, a layer case per contender at ``time`` and ``space``, and SDPA alone;
+    ``labels``: only these contenders (labels or backend names)."""
     cfg = config(device, tiny)
     base = dict(device=device, **cfg)
     cs = [(lab, n, o) for lab, n, o in contenders() if labels is None or lab in labels or n in labels]
     if device.startswith("cuda"):  # math is the reference's kind, not a contender, on a GPU
         cs = [t for t in cs if t[2].get("sdpa_backend") != "math"]
     out = []
-    for name, groups in steps(cfg["frames"], cfg["patches"], step_names).items():
+    for name in ("time", "space", "joint"):
+        groups = step_groups(cfg["frames"], cfg["patches"], name)
+        if groups is None:
+            continue
         cls = step_cls_mode("official", groups)
         for lab, be, opts in cs:
             out += [Case("kernel", f"{name}/{lab}/{m}", _time_step, step=name, cls=cls, backend=be, contender=lab,
-                         options=opts, mode=m, **base) for m in modes]
-            if layer and name in ("time", "space"):
+                         options=opts, mode=m, **base) for m in MODES]
+            if name in ("time", "space"):
                 out.append(Case("layer", f"layer-{name}/{lab}/fwd+bwd", _time_layer, step=name, cls=cls, backend=be,
                                 contender=lab, options=opts, mode="fwd+bwd", **base))
-        if sdpa_only:
-            from ..backends.regular import SDPA_BACKENDS
+        from ..backends.regular import SDPA_BACKENDS
 
-            out += [Case("sdpa-only", f"{name}/sdpa-only[{impl}]/{m}", _time_sdpa_only, step=name, cls=cls,
-                         backend="regular", contender=f"sdpa-only[{impl}]", impl=impl, mode=m, **base)
-                    for impl in SDPA_BACKENDS if not (impl == "math" and device.startswith("cuda"))
-                    for m in (modes if not tiny else ("fwd+bwd",))]
+        out += [Case("sdpa-only", f"{name}/sdpa-only[{impl}]/{m}", _time_sdpa_only, step=name, cls=cls,
+                     backend="regular", contender=f"sdpa-only[{impl}]", impl=impl, mode=m, **base)
+                for impl in SDPA_BACKENDS if not (impl == "math" and device.startswith("cuda"))
+                for m in (MODES if not tiny else ("fwd+bwd",))]
     return out
 
 

@@ -1,6 +1,6 @@
-"""The plot colours of every figure, schemes and backends alike: each gets the colour of its registration index
-in its palette (cycling), so a scheme or backend registered from user code has one, the same in every plot.
-The scheme palette is the registry's (:data:`fast_timesformer.schemes.PALETTE`, :func:`~fast_timesformer.scheme_color`)."""
+"""The plot colours of every figure: a scheme or backend gets the colour of its registration index in its palette
+(cycling), so one registered from user code has one, the same in every plot. Schemes: the registry's palette
+(:func:`~fast_timesformer.scheme_color`)."""
 from __future__ import annotations
 
 #: backend colours, by registration index
@@ -20,15 +20,12 @@ def scheme_colour(name: str) -> str:
 
 
 def backend_colour(name: str) -> str:
-    """A backend's colour; a contender label such as ``regular[flash]`` takes its backend's palette entry, shaded
-    per variant so the variants stay apart."""
+    """A backend's colour; a contender label such as ``regular[flash]`` takes its backend's, shaded per variant."""
+    import matplotlib.colors as mc
+
     from ..backends import list_backends
 
     base, _, variant = name.partition("[")
     colour = BACKENDS[_index(base, list_backends()) % len(BACKENDS)]
-    if not variant:
-        return colour
-    import matplotlib.colors as mc
-
-    k = 0.25 + 0.5 * (sum(map(ord, variant)) % 7) / 6  # blend toward white by a stable fraction
+    k = 0.25 + 0.5 * (sum(map(ord, variant)) % 7) / 6 if variant else 0  # toward white by a stable fraction
     return mc.to_hex([c + (1 - c) * k for c in mc.to_rgb(colour)])

@@ -1,20 +1,5 @@
-"""Suites that answer one question each (registered with :func:`~fast_timesformer.bench.suites.register_suite`):
-
-- ``flex``: FlexAttention (``flex``, compiled; groups as its batch axis, or as a block mask over the clip for a
-  partition scheme) against ``regular`` (SDPA) for every registered scheme, inference, ViT-Tiny width. The
-  first call of a compiled point is untimed and reported apart (``compile_s``, ``mask_s``); every exact
-  point carries its error against float64 at its shape, so a wrong flex output is ``failed``, never a speed.
-- ``memory``: peak memory of one training step in each ``activation_memory`` mode and Hugging Face's, float32 and
-  bfloat16 autocast, ViT-B 8x224, each configuration in a fresh process (the CPU allocation replay of
-  :func:`~fast_timesformer.bench.measure.peak_memory`: bytes allocated above the level at the step's start).
-- ``sdpa-cpu``: SDPA's CPU flash kernel vs its math path per sequence length (ViT-B step shapes), forward and
-  forward+backward: whether ``regular`` should choose per length on CPU.
-- ``counts``: GEMM calls and bytes copied in one training step, ours vs Hugging Face (deterministic; no timing).
-- ``train``: gpu-check's targets: a ``DividedAttention`` layer forward+backward (time and space steps) with
-  each contender, and a TimeSformer-Base training step (B=8, 8x224, bf16 autocast, AdamW) with ours
-  ``regular``, ours ``triton`` and Hugging Face.
-- ``gpu-sweep``: gpu-check's reduced Figure 3: every registered scheme x ``regular`` / ``triton``, forward.
-"""
+"""Suites that answer one question each (``flex``, ``memory``, ``sdpa-cpu``, ``counts``), and gpu-check's ``train``
+and ``gpu-sweep``: each one's ``help`` says what it measures; docs/bench.md the rest."""
 from __future__ import annotations
 
 import json
@@ -173,8 +158,7 @@ def train_suite(device="cuda", tiny=False):
     size = dict(dim=32, depth=1, heads=2, frames=2, image_size=32, batch=2, num_classes=5) if tiny else \
         dict(dim=768, depth=12, heads=12, frames=8, image_size=224, batch=8, num_classes=400)
     amp = "float32" if tiny else "bfloat16"
-    cases = [c for c in kernel_cases(device, tiny, ("time", "space"), labels=(KERNEL, f"{SDPA}[default]"),
-                                     sdpa_only=False, modes=()) if c.group == "layer"]
+    cases = [c for c in kernel_cases(device, tiny, labels=(KERNEL, f"{SDPA}[default]")) if c.group == "layer"]
     for impl, be in (("ours", SDPA), ("ours", KERNEL), ("hf", SDPA)):
         w = Workload(impl=impl, backend=be, mode="fwd+bwd", device=device, group="train", **size)
         cases.append(Case("train", f"{'ours/' + be if impl == 'ours' else 'Hugging Face'} training step",

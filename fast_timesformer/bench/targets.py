@@ -1,9 +1,5 @@
-"""The project's stated targets, evaluated on records (the one place the thresholds live).
-
-Each target reads the records of one suite; :func:`evaluate` gives a row per target whose suite has records
-(``every=True``: all of them, so a stage that never ran shows as not measured). A needed point that did not
-run (a peer that failed to import, a refusal, an error) fails its target, quoting the point's reason.
-"""
+"""The project's stated targets, evaluated on records (the one place the thresholds live). A needed point that did
+not run (a peer that failed to import, a refusal, an error) fails its target, quoting the point's reason."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,24 +67,25 @@ def _kernel(step):
     return value
 
 
-def _ratio(what, a: dict, b: dict, memory=False):
+def _ratio(a: tuple, b: tuple, memory=False):
+    """a / b of the median time (met at >= threshold) or of peak memory (met at <= it); a, b: (label, fields)."""
     def value(recs, t):
-        ra, rb = _find(recs, a["label"], **a["fields"]), _find(recs, b["label"], **b["fields"])
         key = "peak_mem_bytes" if memory else "median_s"
-        v = ra[key] / rb[key]
+        v = _find(recs, a[0], **a[1])[key] / _find(recs, b[0], **b[1])[key]
         return v, (v <= t.threshold) if memory else (v >= t.threshold), f"{v:.2f}{'' if memory else 'x'}", ""
     return value
 
 
 def _layer(step):
-    return _ratio("layer", {"label": f"{SDPA} layer {step}", "fields": dict(group="layer", step=step,
-                                                                             contender=f"{SDPA}[default]")},
-                  {"label": f"{KERNEL} layer {step}", "fields": dict(group="layer", step=step, contender=KERNEL)})
+    return _ratio((f"{SDPA} layer {step}", dict(group="layer", step=step, contender=f"{SDPA}[default]")),
+                  (f"{KERNEL} layer {step}", dict(group="layer", step=step, contender=KERNEL)))
 
 
-def _train(impl, backend):
-    label = "Hugging Face training step" if impl == "hf" else f"ours/{backend} training step"
-    return {"label": label, "fields": dict(group="train", impl=impl, **({"backend": backend} if impl == "ours" else {}))}
+def _train(backend=None):
+    """(label, fields) of the training step of ours with ``backend``, or of Hugging Face's (None)."""
+    if backend is None:
+        return "Hugging Face training step", dict(group="train", impl="hf")
+    return f"ours/{backend} training step", dict(group="train", impl="ours", backend=backend)
 
 
 def _sweep(recs, t):
@@ -117,11 +114,11 @@ TARGETS = (
     Target("layer-spatial", f"DividedAttention layer fwd+bwd, space: {SDPA} / {KERNEL}", 1.5, "docs/triton.md",
            "train", _layer("space")),
     Target("train-vs-hf", f"training step TimeSformer-B B=8 8x224 bf16: Hugging Face / ours-{KERNEL}", 1.5,
-           "issue 12", "train", _ratio("", _train("hf", None), _train("ours", KERNEL))),
+           "issue 12", "train", _ratio(_train(), _train(KERNEL))),
     Target("train-vs-regular", f"training step: ours-{SDPA} / ours-{KERNEL}", 1.2, "issue 12", "train",
-           _ratio("", _train("ours", SDPA), _train("ours", KERNEL))),
+           _ratio(_train(SDPA), _train(KERNEL))),
     Target("train-memory", f"training step peak memory: ours-{KERNEL} / Hugging Face", 0.6, "issue 12", "train",
-           _ratio("", _train("ours", KERNEL), _train("hf", None), memory=True), "<= 0.6"),
+           _ratio(_train(KERNEL), _train(), memory=True), "<= 0.6"),
     Target("sweep-complete", "reduced Figure 3: points measured or OOM-recorded / all points", 1.0, "issue 11",
            "gpu-sweep", _sweep, "all"),
     Target("wall-time", "whole gpu-check, seconds (the stages' processes)", 480, "issue 11", "gpu-check",
