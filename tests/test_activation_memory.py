@@ -226,3 +226,22 @@ def test_train_records_the_mode_each_block_ran(tmp_path, capsys):
         console(args[:-1] + ["fulll"])
     assert exit_info.value.code == 2
     assert "argument --activation-memory: invalid choice: 'fulll'" in capsys.readouterr().err
+
+
+def test_the_memory_suite_holds_the_published_configurations_and_runs_each_in_a_fresh_process(tmp_path):
+    """README's and docs/activation_memory.md's peaks come from ``bench --suite memory``: every mode and Hugging
+    Face's at ViT-B 8x224 (float32, bf16 autocast) and 8x448 (float32); ``--max-tokens 1568`` keeps 8x224. A tiny
+    point runs in its own process and records its peak."""
+    from fast_timesformer.bench.runner import run_sweep
+    from fast_timesformer.bench.suites import filter_points, suite_points
+
+    pts = suite_points("memory")
+    assert {(c.path, c.amp, c.image_size) for c in pts} == {
+        (p, amp, s) for s, amps in ((224, ("float32", "bfloat16")), (448, ("float32",))) for amp in amps
+        for p in (*memory.MODES, "hf")}
+    assert all(c.frames == 8 and c.depth == 12 for c in pts)
+    assert {c.image_size for c in filter_points(pts, max_tokens=1568)} == {224}
+    tiny = [c for c in suite_points("memory", tiny=True) if c.amp == "float32" and c.path in ("selective", "hf")]
+    recs = run_sweep(tiny, tmp_path, progress=False, log=lambda _m: None, settings={"suite": "memory"})
+    assert [r["status"] for r in recs] == ["ok", "ok"], [r["reason"] for r in recs]
+    assert all(r["peak_mem_bytes"] > 0 and "profiler" in r["mem_method"] for r in recs)

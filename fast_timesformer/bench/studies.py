@@ -59,15 +59,18 @@ def _memory_case(c: Case) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-@register_suite("memory", help="training-step peak memory per activation_memory mode and Hugging Face's, float32 "
-                               "and bf16 autocast, ViT-B 8x224, each in a fresh process")
+@register_suite("memory", help="training-step peak memory per activation_memory mode and Hugging Face's, ViT-B "
+                               "B=1: 8x224 float32 and bf16 autocast, 8x448 float32; each in a fresh process (CPU "
+                               "allocation replay: bytes above the level at the step's start)")
 def memory_suite(device="cpu", tiny=False):
     from ..activation_memory import MODES
 
-    size = dict(image_size=32, frames=2, depth=1) if tiny else dict(image_size=224, frames=8, depth=12)
-    return [Case("memory", f"{path}/{amp} ViT-B depth {size['depth']} {size['frames']}x{size['image_size']}",
-                 _memory_case, device=device, path=path, amp=amp, threads=2, **size)
-            for amp in ("float32", "bfloat16") for path in (*MODES, "hf")]
+    frames, depth = (2, 1) if tiny else (8, 12)
+    sizes = [(32, "float32"), (32, "bfloat16")] if tiny else [(224, "float32"), (224, "bfloat16"), (448, "float32")]
+    return [Case("memory", f"{path}/{amp} ViT-B depth {depth} {frames}x{size}", _memory_case, device=device,
+                 impl="hf" if path == "hf" else "ours", path=path, amp=amp, threads=2, image_size=size, frames=frames,
+                 depth=depth, tokens=frames * (size // 16) ** 2)
+            for size, amp in sizes for path in (*MODES, "hf")]
 
 
 def _sdpa_case(c: Case) -> dict:
