@@ -6,12 +6,12 @@ import sys
 
 import pytest
 import torch
+from helpers import MODEL
 
 from fast_timesformer.train import checkpoint as ckpt
 from fast_timesformer.train.config import TrainConfig
 from fast_timesformer.train.trainer import Trainer
 
-MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
 ARGS = ["--model", MODEL, "--frames", "4", "--image-size", "16", "--train-samples", "16", "--eval-samples", "6",
         "--batch", "4", "--steps", "3", "--lr", "3e-3", "--warmup", "1", "--seed", "3", "--attn-dropout", "0",
         "--ff-dropout", "0", "--drop-path", "0", "--device", "cpu", "--no-progress", "--log-every", "1"]

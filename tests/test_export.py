@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import one_error_line
 
 from fast_timesformer import TimeSformer, get_backend, list_schemes, register_backend, unregister_backend
 from fast_timesformer.backends.common import (
@@ -153,34 +154,28 @@ def test_predict_on_onnx_ranks_as_predict_with_the_checkpoint(tmp_path, capsys):
 
 
 # ---- refusals -----------------------------------------------------------------------------------------
-def _one_line(err, *parts):
-    assert err.count("\n") == 1 and err.startswith("fast-timesformer: error: ") and "Traceback" not in err, err
-    for p in parts:
-        assert p in err, (p, err)
-
-
 def test_bad_path_damaged_checkpoint_and_unfit_size_exit_2_with_one_line(tmp_path, capsys):
     from fast_timesformer.cli import console
 
     out = str(tmp_path / "m.pt2")
     assert console(["export", str(tmp_path / "nothing.safetensors"), "--format", "pt2", "--out", out]) == 2
-    _one_line(capsys.readouterr().err, "nothing.safetensors")
+    one_error_line(capsys.readouterr().err, "nothing.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"PK\x03\x04 not a checkpoint at all" * 40)
     assert console(["export", str(bad), "--format", "pt2", "--out", out]) == 2
-    _one_line(capsys.readouterr().err, str(bad))
+    one_error_line(capsys.readouterr().err, str(bad))
     from fast_timesformer.train.trainer import TrainConfig, Trainer
 
     Trainer(TrainConfig(model="tiny", num_frames=4, image_size=16, train_samples=4, eval_samples=4, batch=4,
                         steps=1, device="cpu", out_dir=str(tmp_path / "run"), progress=False, seed=0)).fit()
     good = str(tmp_path / "run" / "last.safetensors")
     assert console(["export", good, "--format", "pt2", "--out", out, "--image-size", "20"]) == 2
-    _one_line(capsys.readouterr().err, "20", "not divisible by the patch size")
+    one_error_line(capsys.readouterr().err, "20", "not divisible by the patch size")
     Trainer(TrainConfig(model="tiny", dataset="bouncing", num_frames=4, image_size=16, train_samples=4,
                         eval_samples=4, batch=4, steps=1, device="cpu", out_dir=str(tmp_path / "gen"), progress=False,
                         seed=0)).fit()  # future-frame prediction: no class logits to export
     assert console(["export", str(tmp_path / "gen" / "last.safetensors"), "--format", "pt2", "--out", out]) == 2
-    _one_line(capsys.readouterr().err, "export needs a classification checkpoint")
+    one_error_line(capsys.readouterr().err, "export needs a classification checkpoint")
     assert not (tmp_path / "m.pt2").exists()
 
 
@@ -193,7 +188,7 @@ def test_damaged_onnx_file_for_predict_exits_2(tmp_path, capsys):
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"")
     assert console(["predict", str(video), "--checkpoint", str(bad)]) == 2
-    _one_line(capsys.readouterr().err, str(bad), "ONNX Runtime cannot load it")
+    one_error_line(capsys.readouterr().err, str(bad), "ONNX Runtime cannot load it")
 
 
 def test_unexportable_backends_fall_back_when_exact_and_are_refused_otherwise(tmp_path):

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from helpers import ARGS, one_error_line, run_cli, tiny_run
 
 from fast_timesformer.errors import (
     CorruptCheckpointError,
@@ -20,31 +21,6 @@ from fast_timesformer.errors import (
 from fast_timesformer.train import checkpoint as ckpt
 from fast_timesformer.train.config import TrainConfig
 from fast_timesformer.train.trainer import Trainer
-
-MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
-ARGS = ["--model", MODEL, "--frames", "4", "--image-size", "16", "--train-samples", "12", "--eval-samples", "4",
-        "--batch", "4", "--lr", "3e-3", "--warmup", "1", "--device", "cpu", "--no-progress", "--log-every", "1"]
-
-
-def tiny(tmp_path, **kw) -> TrainConfig:
-    base = dict(model=MODEL, num_frames=4, image_size=16, train_samples=12, eval_samples=4, batch=4, steps=4,
-                lr=3e-3, warmup=1, device="cpu", out_dir=str(tmp_path), progress=False, log_every=1, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def run_cli(args, capsys):
-    from fast_timesformer.cli import console
-
-    rc = console(args)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def assert_one_error_line(err, *parts):
-    assert err.count("\n") == 1 and err.startswith("fast-timesformer: error: ") and "Traceback" not in err, err
-    for p in parts:
-        assert p in err, (p, err)
 
 
 def same_state(a: Trainer, b: Trainer) -> None:
@@ -63,7 +39,7 @@ def metric_steps(path, split="train"):
 
 # ---- damaged checkpoints --------------------------------------------------------------------------
 def test_damaged_checkpoints_for_resume_and_predict(tmp_path, capsys):
-    Trainer(tiny(tmp_path / "run", steps=2)).fit()
+    Trainer(tiny_run(tmp_path / "run", steps=2)).fit()
     good = (tmp_path / "run" / "last.safetensors").read_bytes()
     cases = {"truncated": (good[: len(good) // 2], "the checkpoint is truncated: its header describes more data"),
              "garbage": (b"PK\x03\x04 not a checkpoint at all" * 40, "not a readable safetensors checkpoint"),
@@ -72,19 +48,19 @@ def test_damaged_checkpoints_for_resume_and_predict(tmp_path, capsys):
         path = tmp_path / f"{name}.safetensors"
         path.write_bytes(blob)
         with pytest.raises(CorruptCheckpointError) as info:
-            Trainer(tiny(tmp_path / "other", resume=str(path)))
+            Trainer(tiny_run(tmp_path / "other", resume=str(path)))
         assert str(info.value) == f"{path}: {info.value.problem}" and problem in str(info.value)
         for text in (str(info.value),):
             assert "pickle" not in text and "trust" not in text and "\n" not in text
         rc, _, err = run_cli(["predict", str(tmp_path / "clip.mp4"), "--checkpoint", str(path)], capsys)
         assert rc == 2
-        assert_one_error_line(err, str(path), problem)
+        one_error_line(err, str(path), problem)
         assert "pickle" not in err and "trust" not in err
 
 
 def test_resume_auto_uses_the_previous_checkpoint_when_last_is_damaged(tmp_path, capsys):
     out = tmp_path / "run"
-    Trainer(tiny(out, steps=6, save_every=1)).fit(stop_at=3)
+    Trainer(tiny_run(out, steps=6, save_every=1)).fit(stop_at=3)
     last, prev = out / "last.safetensors", out / "previous.safetensors"
     assert ckpt.read_metadata(str(last))["step"] == 3 and ckpt.read_metadata(str(prev))["step"] == 2
     last.write_bytes(last.read_bytes()[:1000])  # damaged: cut short
@@ -93,9 +69,9 @@ def test_resume_auto_uses_the_previous_checkpoint_when_last_is_damaged(tmp_path,
     # an explicit --resume of the damaged file names the whole one before it
     with pytest.raises(CorruptCheckpointError, match=r"truncated or damaged.*previous\.safetensors \(step 2\), is whole: "
                                                      r"--resume .*previous\.safetensors continues from there"):
-        Trainer(tiny(out, steps=6, save_every=1, resume=str(last)))
+        Trainer(tiny_run(out, steps=6, save_every=1, resume=str(last)))
     # --resume auto says so, in one line, and continues from it
-    t = Trainer(tiny(out, steps=6, save_every=1, resume="auto"))
+    t = Trainer(tiny_run(out, steps=6, save_every=1, resume="auto"))
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{last}: the checkpoint is truncated or damaged" in err
     assert f"resuming from the checkpoint before it, {prev} (step 2)" in err
@@ -106,28 +82,28 @@ def test_resume_auto_uses_the_previous_checkpoint_when_last_is_damaged(tmp_path,
 
     # the resumed run equals the straight one, bit for bit
     t.fit()
-    straight = Trainer(tiny(tmp_path / "straight", steps=6, save_every=1))
+    straight = Trainer(tiny_run(tmp_path / "straight", steps=6, save_every=1))
     straight.fit()
     same_state(t, straight)
 
     last.write_bytes(b"")
     prev.write_bytes(b"junk")
     with pytest.raises(CorruptCheckpointError, match=r"empty \(0 bytes\); the checkpoint before it, .* is damaged too"):
-        Trainer(tiny(out, steps=6, resume="auto"))
+        Trainer(tiny_run(out, steps=6, resume="auto"))
 
 
 # ---- device, numbers, finished runs ---------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: nothing to refuse")
 def test_cuda_asked_for_on_a_machine_without_it(tmp_path, capsys):
     with pytest.raises(DeviceUnavailableError, match="--device cuda: no CUDA device on this machine"):
-        Trainer(tiny(tmp_path, device="cuda"))
+        Trainer(tiny_run(tmp_path, device="cuda"))
     rc, _, err = run_cli(["train", *ARGS[:-5], "--steps", "1", "--device", "cuda", "--out", str(tmp_path)], capsys)
     assert rc == 2
-    assert_one_error_line(err, "--device cuda: no CUDA device on this machine")
+    one_error_line(err, "--device cuda: no CUDA device on this machine")
     rc, _, err = run_cli(["predict", str(tmp_path / "clip.mp4"), "--checkpoint", str(tmp_path / "x.safetensors"),
                           "--device", "cuda"], capsys)
     assert rc == 2
-    assert_one_error_line(err, "--device cuda: no CUDA device on this machine")
+    one_error_line(err, "--device cuda: no CUDA device on this machine")
 
 
 @pytest.mark.parametrize("option,value,message", [
@@ -153,7 +129,7 @@ def test_numeric_options_are_checked_with_one_true_sentence(tmp_path, capsys, op
     length = [] if option in ("--epochs", "--steps") else ["--epochs", "1"]
     rc, _, err = run_cli(["train", *ARGS, *length, option, value, "--out", str(tmp_path)], capsys)
     assert rc == 2
-    assert_one_error_line(err, message)
+    one_error_line(err, message)
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
@@ -194,7 +170,7 @@ def test_interrupt_in_process_saves_a_consistent_checkpoint_and_resume_is_exact(
     metrics.jsonl holds every step once."""
     kw = dict(steps=5, accum=2, attn_dropout=0.1, drop_path=0.2, save_every=0)
     run = tmp_path / "run"
-    t = Trainer(tiny(run, **kw))
+    t = Trainer(tiny_run(run, **kw))
     log = t._log
 
     def log_and_signal(record):
@@ -214,9 +190,9 @@ def test_interrupt_in_process_saves_a_consistent_checkpoint_and_resume_is_exact(
 
     (run / "metrics.jsonl").open("a").write('{"split": "train", "step": 3, "loss": 1.0}\n{"split": "tr')
     torch.manual_seed(99)  # the RNG state in between must not matter
-    resumed = Trainer(tiny(run, resume="auto", **kw))
+    resumed = Trainer(tiny_run(run, resume="auto", **kw))
     resumed.fit()
-    straight = Trainer(tiny(tmp_path / "straight", **kw))
+    straight = Trainer(tiny_run(tmp_path / "straight", **kw))
     straight.fit()
     same_state(resumed, straight)
     assert metric_steps(run / "metrics.jsonl") == [1, 2, 3, 4, 5]
@@ -240,7 +216,7 @@ def test_an_interrupted_run_leaves_no_dataloader_worker_running(tmp_path, monkey
     starts with SIGINT/SIGTERM blocked, so a signal to the group while it forks cannot kill it."""
     import multiprocessing
 
-    t = Trainer(tiny(tmp_path / "run", steps=50, workers=1))
+    t = Trainer(tiny_run(tmp_path / "run", steps=50, workers=1))
     log = t._log
     seen = {}
 
@@ -360,7 +336,7 @@ def test_a_failing_checkpoint_write_keeps_the_last_good_one(tmp_path, capsys, mo
     monkeypatch.setattr(ckpt, "save_file", full_disk)
     rc, _, err = run_cli(args + ["--resume", "auto"], capsys)
     assert rc == 2
-    assert_one_error_line(err, f"{last}: could not write the checkpoint (no space left on the device); the "
+    one_error_line(err, f"{last}: could not write the checkpoint (no space left on the device); the "
                                "checkpoint there before is unchanged")
     assert last.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == [".lock", "last.safetensors", "metrics.jsonl"]  # no temporary file left
@@ -368,12 +344,12 @@ def test_a_failing_checkpoint_write_keeps_the_last_good_one(tmp_path, capsys, mo
         ckpt.atomic_save_file({"a": torch.zeros(1)}, str(last), {})
     monkeypatch.undo()
     assert metric_steps(tmp_path / "metrics.jsonl") == [1, 2]  # step 2 logged before its save failed
-    t = Trainer(tiny(tmp_path, resume="auto", steps=3, save_every=1, eval_samples=4, train_samples=12))
+    t = Trainer(tiny_run(tmp_path, resume="auto", steps=3, save_every=1, eval_samples=4, train_samples=12))
     assert t.step == 1 and metric_steps(tmp_path / "metrics.jsonl") == [1]
 
 
 def test_a_failing_metrics_write_leaves_no_partial_line(tmp_path, monkeypatch):
-    t = Trainer(tiny(tmp_path, steps=3))
+    t = Trainer(tiny_run(tmp_path, steps=3))
     t.fit(stop_at=1)
     before = (tmp_path / "metrics.jsonl").read_bytes()
     real_write = os.write
@@ -395,11 +371,11 @@ def test_a_failing_metrics_write_leaves_no_partial_line(tmp_path, monkeypatch):
 
 def test_resume_auto_without_a_checkpoint_replaces_the_old_metrics(tmp_path, capsys):
     """(A fresh start without --resume in a used folder is refused: tests/test_train.py.)"""
-    Trainer(tiny(tmp_path, steps=2)).fit()
+    Trainer(tiny_run(tmp_path, steps=2)).fit()
     for name in ("last.safetensors", "best.safetensors"):
         os.remove(tmp_path / name)  # the metrics alone are left
     capsys.readouterr()
-    Trainer(tiny(tmp_path, steps=2, resume="auto")).fit()  # nothing to resume: a new run, from step 0
+    Trainer(tiny_run(tmp_path, steps=2, resume="auto")).fit()  # nothing to resume: a new run, from step 0
     err = capsys.readouterr().err
     assert err == (f"fast-timesformer: {tmp_path / 'metrics.jsonl'} held records of an earlier run, but --resume auto "
                    f"found no checkpoint in {tmp_path} to continue: this run starts at step 0 and replaces them\n")

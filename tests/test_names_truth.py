@@ -2,20 +2,13 @@
 each recognised where they belong, with the close match and its kind; every bench filter value is checked
 against its registry; a dropout or drop-path out of range is refused where the model is built."""
 import pytest
+from helpers import run_cli
 
 from fast_timesformer import DividedAttention, GenerativeTimeSformer, TimeSformer
 from fast_timesformer.errors import UnknownNameError
 
 TINY = dict(num_classes=3, num_frames=2, image_size=8, patch_size=4, dim=16, depth=1, heads=2)
 GEN = dict(dim=16, image_size=8, patch_size=4, num_frames=2, num_target_frames=1, depth=1, heads=2, dim_head=8)
-
-
-def run_cli(args, capsys):
-    from fast_timesformer.cli import console
-
-    rc = console(args)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.mark.parametrize("make,ends", [

@@ -6,31 +6,14 @@ import os
 
 import pytest
 import torch
+from helpers import ARGS, run_cli, tiny_run
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fast_timesformer import check_finite
 from fast_timesformer.errors import NonFiniteError
 from fast_timesformer.train import checkpoint as ckpt
-from fast_timesformer.train.config import TrainConfig
 from fast_timesformer.train.trainer import Trainer
-
-MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
-
-
-def tiny(out, **kw) -> TrainConfig:
-    base = dict(model=MODEL, num_frames=4, image_size=16, train_samples=8, eval_samples=4, batch=4, steps=2,
-                lr=3e-3, warmup=1, device="cpu", out_dir=str(out), progress=False, log_every=1, seed=0)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def run_cli(args, capsys):
-    from fast_timesformer.cli import console
-
-    rc = console(args)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def rewrite(src, dst, **values):
@@ -50,7 +33,7 @@ def trained(tmp_path_factory):
     """A checkpoint at step 2 of a 4-step run on moving shapes, and a video to predict."""
     av = pytest.importorskip("av", reason="PyAV (the 'video' extra) is not installed")
     tmp = tmp_path_factory.mktemp("trained")
-    Trainer(tiny(tmp / "run", steps=4)).fit(stop_at=2)
+    Trainer(tiny_run(tmp / "run", steps=4)).fit(stop_at=2)
     video = tmp / "clip.mp4"
     with av.open(str(video), mode="w") as c:
         s = c.add_stream("mpeg4", rate=8)
@@ -142,21 +125,17 @@ def test_resume_from_a_checkpoint_with_non_finite_weights_is_refused(trained, tm
     good, _ = trained
     bad = rewrite(good, tmp_path / "bad.safetensors", head_bias=float("nan"))
     with pytest.raises(NonFiniteError) as e:
-        Trainer(tiny(tmp_path / "run", steps=4, resume=str(bad))).fit()
+        Trainer(tiny_run(tmp_path / "run", steps=4, resume=str(bad))).fit()
     assert str(e.value) == (f"{bad}: the checkpoint's weights are not finite (NaN in head.bias); it cannot be "
                             "used")
 
 
 # ---- a diverging run ----------------------------------------------------------------------------------
-ARGS = ["--model", MODEL, "--frames", "4", "--image-size", "16", "--train-samples", "8", "--eval-samples", "4",
-        "--batch", "4", "--warmup", "0", "--device", "cpu", "--no-progress", "--log-every", "1"]
-
-
 def test_a_diverging_run_stops_at_its_first_non_finite_loss(tmp_path, capsys):
     # the issue's run: --lr 1e12 without clipping went on with a NaN loss, reported "acc 0.5", exited 0 and
     # saved a NaN best.safetensors; here the step-1 update makes step 2's loss NaN
-    rc, out, err = run_cli(["train", *ARGS, "--lr", "1e12", "--clip-grad", "0", "--steps", "6", "--save-every", "1",
-                            "--out", str(tmp_path)], capsys)
+    rc, out, err = run_cli(["train", *ARGS, "--warmup", "0", "--lr", "1e12", "--clip-grad", "0", "--steps", "6",
+                            "--save-every", "1", "--out", str(tmp_path)], capsys)
     last = tmp_path / "last.safetensors"
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err == (f"fast-timesformer: error: training stopped at step 2: the loss is not finite (NaN); no checkpoint "
@@ -171,7 +150,7 @@ def test_a_diverging_run_stops_at_its_first_non_finite_loss(tmp_path, capsys):
 
 
 def test_non_finite_gradients_stop_the_run_naming_them(tmp_path):
-    t = Trainer(tiny(tmp_path, steps=3, clip_grad=None))
+    t = Trainer(tiny_run(tmp_path, steps=3, clip_grad=None))
     t.module.head.weight.register_hook(lambda g: torch.full_like(g, float("inf")))
     with pytest.raises(NonFiniteError) as e:
         t.fit()

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 import torch
+from helpers import MODEL, one_error_line, run_cli
 
 from fast_timesformer import outputs
 from fast_timesformer.errors import OutputPathError, WriteFailedError
@@ -53,20 +54,6 @@ def fill(folder, leave=0):
     if leave:
         with open(folder / "filler", "r+b") as f:
             f.truncate(max(0, os.path.getsize(folder / "filler") - leave))
-
-
-def run_cli(args, capsys):
-    from fast_timesformer.cli import console
-
-    rc = console(args)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def one_error_line(err, *parts):
-    assert err.count("\n") == 1 and err.startswith("fast-timesformer: error: ") and "Traceback" not in err, err
-    for p in parts:
-        assert p in err, (p, err)
 
 
 # ---- the helpers ------------------------------------------------------------------------------------
@@ -214,7 +201,6 @@ def test_bench_plots_on_a_full_disk_are_one_line_and_keep_the_results(small_disk
     assert (out / "results.jsonl").read_bytes() == results
 
 
-MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
 TRAIN = ["train", "--model", MODEL, "--frames", "4", "--image-size", "16", "--train-samples", "8", "--eval-samples",
          "4", "--batch", "4", "--lr", "3e-3", "--warmup", "0", "--device", "cpu", "--no-progress", "--steps", "3",
          "--save-every", "1", "--no-eval"]

@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from helpers import MODEL
 
 from fast_timesformer.train.config import TrainConfig
 from fast_timesformer.train.run_folder import LOCK, RunFolder
 from fast_timesformer.train.trainer import Trainer
 
-MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
 ARGS = ["--model", MODEL, "--frames", "4", "--image-size", "16", "--train-samples", "8", "--eval-samples", "4",
         "--batch", "4", "--lr", "3e-3", "--warmup", "0", "--device", "cpu", "--no-progress", "--steps", "2"]
 

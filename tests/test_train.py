@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from helpers import ARGS, MODEL, one_error_line, run_cli
 
 from fast_timesformer.backends.spec import parse_backend_spec
 from fast_timesformer.train import checkpoint as ckpt
@@ -12,8 +13,7 @@ from fast_timesformer.train.trainer import Trainer, _param_groups, lr_at
 
 
 def tiny(tmp_path, **kw) -> TrainConfig:
-    base = dict(model='{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}',
-                num_frames=4, image_size=16, train_samples=12, eval_samples=8, batch=4, steps=4,
+    base = dict(model=MODEL, num_frames=4, image_size=16, train_samples=12, eval_samples=8, batch=4, steps=4,
                 lr=3e-3, warmup=1, out_dir=str(tmp_path), progress=False, log_every=1, seed=0)
     base.update(kw)
     return TrainConfig(**base)
@@ -299,19 +299,6 @@ def test_future_frame_prediction_trains(tmp_path):
 
 
 # ---- the command line: --no-eval; a used --out folder (refused, --overwrite, --resume auto) ------------
-MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
-ARGS = ["--model", MODEL, "--frames", "4", "--image-size", "16", "--train-samples", "12", "--eval-samples", "4",
-        "--batch", "4", "--lr", "3e-3", "--warmup", "1", "--device", "cpu", "--no-progress", "--log-every", "1"]
-
-
-def run_cli(args, capsys):
-    from fast_timesformer.cli import console
-
-    rc = console(args)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
 def folder_bytes(folder):
     # the run's files; .lock only records which process holds the folder (see run_folder.py)
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
@@ -320,11 +307,6 @@ def folder_bytes(folder):
 def records(path, split=None):
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     return [r for r in rows if split is None or r["split"] == split]
-
-
-def one_error_line(err):
-    assert err.count("\n") == 1 and err.startswith("fast-timesformer: error: ") and "Traceback" not in err, err
-    return err[len("fast-timesformer: error: "):-1]
 
 
 def test_a_fresh_start_in_a_used_folder_is_refused_and_touches_nothing(tmp_path, capsys):

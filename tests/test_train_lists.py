@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import MODEL
 
 from fast_timesformer.cli import console
 from fast_timesformer.train import checkpoint as ckpt
@@ -13,8 +14,6 @@ from fast_timesformer.train.inference import predict_video
 from fast_timesformer.train.trainer import Trainer
 
 av = pytest.importorskip("av", reason="PyAV (the 'video' extra) is not installed")
-
-MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
 
 
 def write_video(path, label, i, frames=6, h=16, w=24):

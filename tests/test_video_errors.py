@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from helpers import MODEL
 
 from fast_timesformer import video
 from fast_timesformer.errors import BadVideoError
@@ -14,8 +15,6 @@ from fast_timesformer.train.config import TrainConfig
 from fast_timesformer.train.trainer import Trainer
 
 av = pytest.importorskip("av", reason="PyAV (the 'video' extra) is not installed")
-
-MODEL = '{"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "patch_size": 8, "mlp_ratio": 2.0}'
 
 
 def write_video(path, num_frames=6, size=16, value=40, codec="mpeg4", noise=False):
