@@ -10,6 +10,7 @@ from .backends import BackendUnavailable, get_backend, list_backends
 from .bench import cli as bench_cli
 from .errors import FastTimesformerError
 from .explain import cli as explain_cli
+from .export import cpu_bench  # noqa: F401 (registers the cpu-inference suite of 'bench')
 from .models import cli as models_cli
 from .outputs import write_cause
 from .tables import format_table

@@ -592,3 +592,28 @@ def test_a_mistyped_filter_or_a_used_output_folder_is_one_line_and_exit_2(tmp_pa
     assert (out / "results.jsonl").read_text() == '{"key": "k"}\n'  # untouched
     assert console(argv + ["--overwrite"]) == 0
     assert len(load_results(out)) == 1
+
+
+def test_cases_measured_together_get_one_call_of_those_left(tmp_path):
+    """Cases sharing a ``together`` key reach the suite's function in one call, only those the filters and
+    --resume leave; a failure of the call is every one of its records' status."""
+    from fast_timesformer.bench.runner import Case
+
+    calls = []
+
+    def rows(cases):
+        calls.append([c.label for c in cases])
+        if any(c.fields.get("broken") for c in cases):
+            raise RuntimeError("the rows could not be built")
+        return [{"median_s": 0.1 * (i + 1)} for i, _ in enumerate(cases)]
+
+    pts = [Case("g", f"{s} {r}", rows, together=s, row=r, size=s, broken=s == "big") for s in ("small", "big")
+           for r in ("a", "b", "c")]
+    kept = filter_points(pts, limit=5)  # a filter leaves "big c" out
+    recs = run_sweep(kept, tmp_path, progress=False, log=quiet, warm_up_s=0, settings={"suite": "t"})
+    assert calls == [["small a", "small b", "small c"], ["big a", "big b"]]
+    assert [r["median_s"] for r in recs[:3]] == pytest.approx([0.1, 0.2, 0.3])
+    assert [r["status"] for r in recs[3:]] == ["error", "error"] and "could not be built" in recs[3]["reason"]
+    calls.clear()  # resume: the errors are retried, together; the ok cases are not measured again
+    run_sweep(pts, tmp_path, resume=True, progress=False, log=quiet, warm_up_s=0, settings={"suite": "t"})
+    assert calls == [["big a", "big b", "big c"]]

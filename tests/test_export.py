@@ -247,3 +247,72 @@ def test_export_reads_a_hugging_face_folder_with_its_class_names(tmp_path, capsy
     assert ref.std() > 0.1
     # ours (exported) vs Hugging Face's own code: the same float32 math in another order
     torch.testing.assert_close(program(x), ref, atol=1e-4, rtol=0)
+
+
+@needs_onnx
+def test_global_cls_mode_exports_exactly_to_onnx_and_pt2(tmp_path):
+    """cls_mode="global" (the CLS token attends to every token in every step, lucidrains' convention): the
+    CLS row takes another path through each step than the official rule, so it is exported and checked too."""
+    from fast_timesformer.export import INPUT, onnx_session
+
+    model = tiny(cls_mode="global")
+    path = tmp_path / "global.onnx"
+    export_model(model, path, format="onnx", check_batches=(2,), optimize=False)
+    sess = onnx_session(str(path))
+    pt2 = tmp_path / "global.pt2"
+    export_model(model, pt2, format="pt2", check_batches=())
+    loaded = torch.export.load(str(pt2)).module()
+    for x in clips(1, 3):
+        ref = model(x)
+        assert ref.std() > 0.1
+        torch.testing.assert_close(torch.from_numpy(sess.run(None, {INPUT: x.numpy()})[0]), ref, atol=ONNX_TOL, rtol=0)
+        torch.testing.assert_close(loaded(x), ref, atol=PT2_TOL, rtol=0)
+    official = tiny()  # the same weights under the official rule compute other logits: the mode is in the graph
+    assert not torch.allclose(official(clips(1)[0]), model(clips(1)[0]), atol=1e-3)
+
+
+# ---- the CPU inference suite (bench --suite cpu-inference) -------------------------------------------------
+@needs_onnx
+@pytest.mark.slow  # ~30 s idle, a minute on a loaded machine: two torch.compile rows (float32, bf16), two exports
+def test_cpu_inference_suite_tiny_end_to_end(tmp_path):
+    """Every row built and timed in rotated rounds on a tiny model, one record each in the bench schema, the
+    ratios computed from the rounds, the leader profiled, the bf16 rows' agreement; plot draws the summary."""
+    import statistics
+
+    pytest.importorskip("transformers", reason="Hugging Face transformers (the base row) is not installed")
+    from fast_timesformer.bench.runner import load_meta, load_results
+    from fast_timesformer.cli import main
+    from fast_timesformer.export.cpu_bench import ROWS
+
+    out = tmp_path / "cpu"
+    assert main(["bench", "--suite", "cpu-inference", "--tiny", "--threads", str(torch.get_num_threads()), "--out", str(out),
+                 "--no-progress", "--no-plots"]) == 0
+    recs = {r["workload"]["row"]: r for r in load_results(out)}
+    assert list(recs) == [r.name for r in ROWS] and {r["status"] for r in recs.values()} == {"ok"}
+    assert {r["suite"] for r in recs.values()} == {"cpu-inference"}
+    rounds = recs["hf eager"]["workload"]["rounds"]
+    hf_times = recs["hf eager"]["round_times_s"]
+    for name, r in recs.items():
+        assert len(r["round_times_s"]) == rounds == r["n_times"]
+        ratios = [b / t for b, t in zip(hf_times, r["round_times_s"])]
+        assert r["ratio_to_hf"] == pytest.approx(statistics.median(ratios))
+        assert r["median_s"] == pytest.approx(statistics.median(r["round_times_s"]))
+        if r["workload"]["dtype"] == "float32":  # the same weights and float32 math in every row: ONNX_TOL
+            assert r["max_abs_diff_vs_hf"] <= ONNX_TOL and r["top1_equal_hf"], name
+        else:
+            k = r["top1_agreement_fp32"] * r["workload"]["agreement_clips"]
+            assert 0 <= k <= r["workload"]["agreement_clips"] and k == round(k)
+            assert r["group"] == "bf16" and not r["leader"]
+    assert recs["hf eager"]["ratio_to_hf"] == 1.0
+    assert all(recs[n]["compile_s"] > 0 for n in ("ours compiled", "ours compiled bf16"))
+    assert all(recs[n]["export_s"] > 0 for n in ("ort ours", "ort hf"))
+    (leader,) = [n for n, r in recs.items() if r.get("profile")]
+    fp32 = {n: r["median_s"] for n, r in recs.items() if r["group"] == "float32"}
+    assert recs[leader]["leader"] and leader == min(fp32, key=fp32.get)
+    assert recs[leader]["profile"]["ops"] and 0 < sum(o["share"] for o in recs[leader]["profile"]["ops"]) <= 1 + 1e-9
+    (run,) = load_meta(out)["runs"]
+    assert run["settings"]["suite"] == "cpu-inference" and run["counts"]["ok"] == len(ROWS)
+    assert main(["plot", "--results", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "## cpu-inference: float32" in summary and "## cpu-inference: bf16" in summary
+    assert f"{recs['ort ours']['ratio_to_hf']:.2f}x" in summary and f"Where 2x32 {leader} spends" in summary

@@ -280,12 +280,16 @@ def measure_point(w: Workload, *, builder: Callable[[Workload], object] = None) 
 class Case:
     """A point measured by a suite's own function rather than built from a :class:`Workload` (a kernel step,
     a fresh-process memory figure, ...): ``fields`` is its workload (plain JSON data; filters read it like a
-    Workload's attributes), ``fn(case) -> dict`` its figures (raise :class:`Skip` for a refusal)."""
+    Workload's attributes), ``fn(case) -> dict`` its figures (raise :class:`Skip` for a refusal).
+
+    ``together``: a key (not part of the workload) of cases measured in one call, timed against each other:
+    the runner hands every case of the key still to measure (after filters and ``--resume``) to
+    ``fn(cases) -> [figures, ...]`` at once (:func:`measure_cases`)."""
 
     interleave = 0
 
-    def __init__(self, group: str, label: str, fn: Callable, *, device: str = "cpu", **fields):
-        self.group, self.label, self.fn, self.device = group, label, fn, device
+    def __init__(self, group: str, label: str, fn: Callable, *, device: str = "cpu", together=None, **fields):
+        self.group, self.label, self.fn, self.device, self.together = group, label, fn, device, together
         self.fields = dict(fields, group=group, device=device)
 
     def __getattr__(self, name):
@@ -306,11 +310,15 @@ class Case:
         return self.fields.get("tokens", 0)
 
 
+def _case_record(case: Case) -> dict:
+    return {"key": case.key, "workload": case.to_dict(), "label": case.label, "status": "ok", "reason": "",
+            "notes": [], "backend_kind": backend_kind(case.fields.get("backend", "")) or None}
+
+
 def measure_case(case: Case) -> dict:
     """Run one :class:`Case`; never raises for refusals, OOM or errors (they become the status)."""
     t0 = time.perf_counter()
-    rec = {"key": case.key, "workload": case.to_dict(), "label": case.label, "status": "ok", "reason": "",
-           "notes": [], "backend_kind": backend_kind(case.fields.get("backend", "")) or None}
+    rec = _case_record(case)
     try:
         rec.update(case.fn(case))
     except Exception as e:  # noqa: BLE001 - a suite records failures and goes on
@@ -319,6 +327,26 @@ def measure_case(case: Case) -> dict:
         measure.free_memory(case.device)
     rec["wall_s"] = time.perf_counter() - t0
     return rec
+
+
+def measure_cases(cases: list) -> list:
+    """Run the :class:`Case` s of one ``together`` key in one call, ``cases[0].fn(cases)``, which returns
+    one figures dict per case (a dict may set its case's ``status`` and ``reason``); a failure of the call
+    is every case's status. ``wall_s``: the call's wall time shared out."""
+    t0 = time.perf_counter()
+    recs = [_case_record(c) for c in cases]
+    try:
+        figures = list(cases[0].fn(cases))
+        if len(figures) != len(cases):
+            raise RuntimeError(f"the suite returned {len(figures)} results for {len(cases)} cases")
+        for rec, fig in zip(recs, figures):
+            rec.update(fig)
+    except Exception as e:  # noqa: BLE001 - a suite records failures and goes on
+        for rec in recs:
+            _fail(rec, e)
+    for rec in recs:
+        rec["wall_s"] = (time.perf_counter() - t0) / len(cases)
+    return recs
 
 
 def measure_interleaved(ws: list, *, builder: Callable[[Workload], object] = None, rounds: int = 3) -> list:
@@ -524,7 +552,10 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
             bar.set_description(w.label[:60])
         elif progress:
             log(f"[{i + 1}/{len(todo)}] {w.label}")
-        if w.interleave and w.device.startswith("cpu"):
+        if isinstance(w, Case) and w.together is not None:
+            recs = measure_cases([v for v in todo if isinstance(v, Case) and v.together == w.together
+                                  and v.key not in fresh])
+        elif w.interleave and w.device.startswith("cpu"):
             batch = [v for v in todo if v.interleave and v.key not in fresh and
                      (v.group, v.frames, v.image_size) == (w.group, w.frames, w.image_size)]
             recs = measure_interleaved(batch, builder=builder, rounds=w.interleave)

@@ -14,7 +14,9 @@ from .workloads import scheme_label
 #: the sweep's groups, drawn and tabled together; every other group gets a table of its own
 SWEEP_GROUPS = ("sweep", "approx", "target", "sizes")
 #: figures a record of another group may carry, with their column names
-FIGURES = (("median_s", "median ms", lambda v: _ms(v)), ("peak_mem_bytes", "peak MiB", lambda v: _mb(v)),
+FIGURES = (("median_s", "median ms", lambda v: _ms(v)), ("ratio_to_hf", "x HF eager", lambda v: f"{v:.2f}x"),
+           ("top1_agreement_fp32", "top-1 = float32", lambda v: f"{v:.0%}"),
+           ("export_s", "export s", lambda v: f"{v:.1f}"), ("peak_mem_bytes", "peak MiB", lambda v: _mb(v)),
            ("pct_roofline", "% roofline", lambda v: f"{v:.1f}"), ("graph_s", "graph ms", lambda v: _ms(v)),
            ("compile_s", "compile s", lambda v: f"{v:.2f}"), ("first_call_s", "first call s", lambda v: f"{v:.2f}"),
            ("mask_s", "mask s", lambda v: f"{v:.3f}"), ("gemm_calls", "GEMM calls", str),
@@ -150,6 +152,11 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
              "error vs float64": "-" if not r.get("error") else f"{max(r['error']['max_rel'].values()):.1e} "
              f"({'within' if r['error']['within'] else 'OVER'} tolerance)", "reason": _one_line(r.get("reason"))}
             for r in sel])
+        for r in sel:
+            if r.get("profile"):
+                p = r["profile"]
+                lines += [f"Where {r['label']} spends its time ({p['tool']}, {p['total_s']:.3g} s): "
+                          + ", ".join(f"{o['op']} {o['share']:.1%}" for o in p["ops"][:8]), ""]
     odd = Counter((r["status"], r["workload"].get("backend") or "-", r["reason"][:160]) for r in recs
                   if r["status"] in ("skipped", "oom", "error", "failed") and r["workload"].get("group") in SWEEP_GROUPS)
     if odd:

@@ -25,7 +25,7 @@ What is exported:
   :class:`~fast_timesformer.video.ClipTransform`), ``scheme``, ``source``, ``fast_timesformer``
   (the version). A pt2 file carries the same strings as ``extra_files``. ``predict VIDEO --checkpoint
   model.onnx`` needs nothing else (:func:`~fast_timesformer.train.onnx_predict.predict_onnx`: ONNX Runtime,
-  no model code). The CPU inference benchmark of exported files: :mod:`.cpu_bench`.
+  no model code). The CPU inference suite (``fast-timesformer bench --suite cpu-inference``): :mod:`.cpu_bench`.
 """
 from __future__ import annotations
 
