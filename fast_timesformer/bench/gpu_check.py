@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,22 +21,16 @@ LOG = "gpu_check.log"
 TOTAL_LIMIT_S = 480  # the whole command on one H100/H200
 FIGURES = ("kernels.png", "train.png", "latency_vs_frames.png", "latency_vs_resolution.png")
 SOFT_FRACTION = 0.85  # a stage starts no new point after this fraction of its budget; killed at 100 %
-# the contenders the kernel stage times (the correctness stage checks every exact backend)
-KERNEL_CONTENDERS = "triton,regular,xformers"
 
 
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    suite: str
-    budget_s: float  # on the GPU
-    dry_budget_s: float  # the CPU dry run
-    args: tuple = ()
+# a stage: one suite's run, with its budgets in seconds on the GPU and in the CPU dry run
+Stage = namedtuple("Stage", "name suite budget_s dry_budget_s args", defaults=((),))
 
 
 STAGES = (
     Stage("correctness", "correctness", 130, 60),
-    Stage("kernels", "kernels", 75, 90, ("--backends", KERNEL_CONTENDERS, "--groups", "kernel,sdpa-only")),
+    # the kernel stage times these contenders; the correctness stage checks every exact backend
+    Stage("kernels", "kernels", 75, 90, ("--backends", "triton,regular,xformers", "--groups", "kernel,sdpa-only")),
     Stage("train", "train", 75, 60),
     Stage("sweep", "gpu-sweep", 90, 60),
 )
@@ -142,9 +136,8 @@ def run_correctness(out: Path, dry: bool) -> int:
 
         def pytest_collection_modifyitems(self, items):
             for it in items:
-                cs = getattr(it, "callspec", None)
-                self.params[it.nodeid] = {"test": it.originalname, **({k: v for k, v in cs.params.items()}
-                                                                      if cs else {})}
+                self.params[it.nodeid] = {"test": it.originalname, **getattr(getattr(it, "callspec", None), "params",
+                                                                             {})}
 
         def pytest_runtest_logreport(self, report):
             if report.when == "call" or report.outcome != "passed":
@@ -187,20 +180,15 @@ def cmd_gpu_check(args) -> int:
         return 0
     if not args.out:
         raise ValueError("gpu-check needs --out DIR")
-    names = [s.name for s in STAGES]
-    budgets = {}
-    for text in args.budget:
-        name, _, secs = text.partition("=")
-        if name not in names:
-            raise unknown_name_error("stage", name, names)
-        budgets[name] = float(secs)
-    for name in args.stages or ():
+    names, budgets = [s.name for s in STAGES], [t.partition("=") for t in args.budget]
+    for name in [n for n, _, _ in budgets] + list(args.stages or ()):
         if name not in names:
             raise unknown_name_error("stage", name, names)
     check_output_dir(args.out)  # before any stage runs
     if not args.dry_run:
         check_device("cuda", label="gpu-check", hint=" (--dry-run runs the stages on CPU)")
-    return orchestrate(Path(args.out), args.dry_run, args.stages, budgets, args.total_s, args.install_log)
+    return orchestrate(Path(args.out), args.dry_run, args.stages, {n: float(s) for n, _, s in budgets}, args.total_s,
+                       args.install_log)
 
 
 if __name__ == "__main__":  # the correctness stage's process

@@ -5,8 +5,7 @@ fused qkv projection and the output a (b, 1 + f*n, heads, d) buffer, as ``Divide
 contender is checked against float64 first (:mod:`.correctness`); one over its tolerance is ``failed``, never timed.
 Groups: ``kernel``; ``layer`` (a whole ``DividedAttention`` layer fwd+bwd); ``sdpa-only`` (SDPA alone on contiguous
 pre-split tensors). Records carry the minimum bytes moved, the roofline at the measured copy bandwidth (and the HBM
-specification on a known GPU) and, on a GPU, the CUDA-graph replay time ``graph_s``. See docs/bench.md.
-"""
+specification on a known GPU) and, on a GPU, the CUDA-graph replay time ``graph_s``. See docs/bench.md."""
 from __future__ import annotations
 
 import functools
@@ -18,6 +17,7 @@ import torch
 
 from ..attention import step_cls_mode
 from ..backends import get_backend
+from ..errors import first_line
 from .correctness import StepData, check, grads_of
 from .measure import gpu_times_ms, summarize
 from .runner import Case, over_tolerance_text
@@ -73,13 +73,6 @@ def copy_bandwidth(device: str) -> float:
     return 2 * src.numel() * src.element_size() / s
 
 
-def hbm_spec(device: str):
-    if not device.startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name().lower()
-    return next((bw for key, bw in HBM_SPEC if key.lower() in name), None)
-
-
 def timed(fn, device: str, reps: int) -> dict:
     """Latency statistics (seconds) of repeated calls: ``do_bench`` on a GPU, ``perf_counter`` per call on CPU."""
     if device.startswith("cuda"):
@@ -105,12 +98,12 @@ def bytes_moved(c: Case) -> int:
 
 
 def _rates(c: Case, seconds: float) -> dict:
-    nbytes, peak, spec = bytes_moved(c), copy_bandwidth(c.device), hbm_spec(c.device)
+    nbytes, peak = bytes_moved(c), copy_bandwidth(c.device)
     out = {"bytes": nbytes, "tb_s": nbytes / seconds / 1e12, "roofline_s": nbytes / peak,
            "pct_roofline": 100 * nbytes / seconds / peak, "copy_gb_s": peak / 1e9}
-    if spec:
-        out["pct_hbm_spec"] = 100 * nbytes / seconds / spec
-    return out
+    name = torch.cuda.get_device_name().lower() if c.device.startswith("cuda") else ""
+    spec = next((bw for key, bw in HBM_SPEC if name and key.lower() in name), None)
+    return {**out, "pct_hbm_spec": 100 * nbytes / seconds / spec} if spec else out
 
 
 @functools.lru_cache(maxsize=64)
@@ -128,8 +121,6 @@ def _prepared(key: str):
     try:
         return step, core, check(step, core, be, grads=be.supports_backward, poison=True)
     except RuntimeError as e:  # a pinned SDPA implementation that cannot take these inputs refuses at the call
-        from ..errors import first_line
-
         return step, None, first_line(e)
 
 
@@ -169,9 +160,7 @@ def _time_step(c: Case) -> dict:
             rec["graph_s"] = summarize(triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="all"),
                                        "")["median_s"] / 1e3
         except Exception as e:  # noqa: BLE001 - e.g. a backend that cannot be captured in a CUDA graph
-            from ..errors import first_line
-
-            rec["not_measured"] = {"graph_s": first_line(e)}
+                rec["not_measured"] = {"graph_s": first_line(e)}
     return rec
 
 
@@ -196,33 +185,37 @@ def _time_layer(c: Case) -> dict:
     return {"error": res, **timed(fn, c.device, c.reps)}
 
 
-def _time_sdpa_only(c: Case) -> dict:
-    """SDPA alone on contiguous pre-split (B, heads, S, d) tensors, the CLS key/value in front of each group."""
+def timed_sdpa(q, k, v, impl: str, mode: str, device: str, reps: int) -> dict:
+    """:func:`timed` SDPA alone, pinned to ``impl``, on (B, heads, S, d) tensors: fwd, bwd or fwd+bwd; Skip where
+    that implementation cannot take them."""
     import torch.nn.functional as F
 
     from ..backends.regular import sdpa_context
 
+    q, k, v = (t.detach().requires_grad_(mode != "fwd") for t in (q, k, v))
+    try:
+        with sdpa_context(impl):
+            o = F.scaled_dot_product_attention(q, k, v)
+    except RuntimeError as e:
+        raise Skip(first_line(e)) from None
+
+    def fn():
+        with sdpa_context(impl), torch.set_grad_enabled(mode != "fwd"):
+            y = o if mode == "bwd" else F.scaled_dot_product_attention(q, k, v)
+            if mode != "fwd":
+                torch.autograd.grad(y, (q, k, v), torch.ones_like(y), retain_graph=mode == "bwd")
+    return timed(fn, device, reps)
+
+
+def _time_sdpa_only(c: Case) -> dict:
+    """SDPA alone on contiguous pre-split (B, heads, S, d) tensors, the CLS key/value in front of each group."""
     groups = step_groups(c.frames, c.patches, c.step)
     step = StepData(groups, c.cls, c.batch, c.heads, c.dim_head, getattr(torch, c.dtype), c.device)
     q, k, v = (groups.split(t).contiguous() for t in step.qkv.unbind(2))
     if c.cls != "exclude":
         ck, cv = (t.transpose(1, 2).repeat_interleave(groups.num_groups, 0) for t in step.cls_qkv.unbind(2)[1:])
         k, v = torch.cat([ck, k], 2), torch.cat([cv, v], 2)
-    q, k, v = (t.detach().requires_grad_(c.mode != "fwd") for t in (q, k, v))
-    try:
-        with sdpa_context(c.impl):
-            o = F.scaled_dot_product_attention(q, k, v)
-    except RuntimeError as e:
-        from ..errors import first_line
-
-        raise Skip(first_line(e)) from None
-
-    def fn():
-        with sdpa_context(c.impl), torch.set_grad_enabled(c.mode != "fwd"):
-            y = o if c.mode == "bwd" else F.scaled_dot_product_attention(q, k, v)
-            if c.mode != "fwd":
-                torch.autograd.grad(y, (q, k, v), torch.ones_like(y), retain_graph=c.mode == "bwd")
-    rec = timed(fn, c.device, c.reps)
+    rec = timed_sdpa(q, k, v, c.impl, c.mode, c.device, c.reps)
     return {**rec, **_rates(c, rec["median_s"])}
 
 

@@ -157,16 +157,12 @@ def plot_latency(plt, recs, meta, along: int):
                    if not r["workload"].get("backend_options")]
             _line(ax, sel, lambda r: r["workload"][x_field], lambda r: r["median_s"] * 1e3, scheme_colour(scheme),
                   scheme_label(scheme), err=True, marker="o", ms=4)
-        ax.set_yscale("log")
         ax.set_xscale("log", base=2)
+        xs = sorted({r["workload"][x_field] for r in pts})
+        ax.set(yscale="log", xticks=xs, xticklabels=xs, ylabel="median latency (ms)" if j == 0 else None,
+               xlabel=xlabel if i == 1 else None)
         ax.set_title(f"{be} - {mode}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        if j == 0:
-            ax.set_ylabel("median latency (ms)")
-        if i == 1:
-            ax.set_xlabel(xlabel)
-        xs = sorted({r["workload"][x_field] for r in pts})
-        ax.set_xticks(xs, [str(x) for x in xs])
         ax.xaxis.set_minor_locator(NullLocator())
     for ax in axes.flat:
         readable_log_axis(ax, "y")
@@ -213,10 +209,9 @@ def plot_memory_vs_tokens(plt, recs, meta):
             for a, st, mk in styles]
     for ax in axes:
         _log_axes(ax)
-        ax.set_xlabel("patch tokens per clip (frames x patches)")
+        ax.set(xlabel="patch tokens per clip (frames x patches)", ylabel=MEMORY_LABEL if ax is axes[0] else None)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(handles=ax.get_legend_handles_labels()[0] + keys, fontsize=7)
-    axes[0].set_ylabel(MEMORY_LABEL)
     method = next((r.get("mem_method") for r in pts if r.get("mem_method")), "")
     fig.suptitle(f"Peak memory vs tokens - {_device(meta)}\n({method})", fontsize=10)
     return fig
@@ -266,9 +261,9 @@ def plot_backend_bars(plt, recs, meta):
             ax.bar(xs, [r["median_s"] * 1e3 for r in ok], width=width, color=backend_colour(be),
                    label=be if xs else None, yerr=_yerr(ok) if ok else None,
                    error_kw={"elinewidth": 0.8, "capsize": 1.5})
-        ax.set_xticks(range(len(schemes)), [scheme_label(s_) for s_ in schemes])
-        ax.set_ylim(bottom=0)  # a linear axis from 0: bar lengths compare (on a log axis they do not)
-        ax.set_ylabel("median latency (ms)")
+        # a linear axis from 0: bar lengths compare (on a log axis they do not)
+        ax.set(xticks=range(len(schemes)), xticklabels=map(scheme_label, schemes), ylim=(0, None),
+               ylabel="median latency (ms)")
         ax.set_title(mode, fontsize=10)
         ax.grid(True, axis="y", which="both", alpha=0.3)
     axes[0].legend(fontsize=8, title="backend", title_fontsize=8)
@@ -321,8 +316,8 @@ def plot_error_vs_speed(plt, recs, meta):
               fontsize=7, loc="lower right", title="scheme", title_fontsize=7)
     ax.axvline(1.0, color="gray", lw=0.8, ls="--")
     _log_axes(ax)
-    ax.set_xlabel(f"speed-up over backend {base!r} at the same workload (x)")
-    ax.set_ylabel(f"relative error of the output vs {base!r}, same weights")
+    ax.set(xlabel=f"speed-up over backend {base!r} at the same workload (x)",
+           ylabel=f"relative error of the output vs {base!r}, same weights")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(f"Approximation error vs speed (forward) - {_device(meta)}\n"
                  "large markers: feature sweep at the base workload; small: the frames/resolution sweep", fontsize=9)
@@ -342,11 +337,9 @@ def plot_flops(plt, recs, meta):
             _line(ax, _where(sel, scheme=scheme), lambda r: r["workload"][x_field],
                   lambda r: None if r.get("flops") is None else r["flops"] * scale, scheme_colour(scheme),
                   scheme_label(scheme), marker="o", ms=4)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{unit} per clip (forward)")
+        ax.set(xlabel=xlabel, ylabel=f"{unit} per clip (forward)", xticks=sorted({r["workload"][x_field] for r in sel}))
         ax.set_title(f"vs {xlabel} ({at})", fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.set_xticks(sorted({r["workload"][x_field] for r in sel}))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Compute cost per clip (torch.utils.flop_counter), like the paper's Figure 3 - {_device(meta)}",
                  fontsize=10)
@@ -359,10 +352,9 @@ def _time_and_memory(plt, pts, labels, colours, ylabel, title):
     xs = range(len(pts))
     axes[0].bar(xs, [r["median_s"] * 1e3 for r in pts], color=colours, yerr=_yerr(pts))
     _annotate_spread(axes[0], xs, pts)
-    axes[0].set_ylabel(ylabel)
     axes[1].bar(xs, [(r.get("peak_mem_bytes") or 0) / MIB for r in pts], color=colours)
-    axes[1].set_ylabel(MEMORY_LABEL)
-    for ax in axes:
+    for ax, label in zip(axes, (ylabel, MEMORY_LABEL)):
+        ax.set(ylabel=label)
         ax.set_xticks(xs, labels, fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=9)
@@ -423,9 +415,8 @@ def plot_hf_sizes(plt, recs, meta):
         ax.bar(xs, [r["median_s"] for r in rs], width=0.38, color=colour, label=name, yerr=_yerr(rs, 1.0),
                error_kw={"elinewidth": 0.8, "capsize": 2})
         _annotate_spread(ax, xs, rs, 1.0)
-    ax.set_xticks(range(len(sizes)), [f"{f}x{s_}" for f, s_ in sizes])
-    ax.set_ylabel("median forward latency (s)")
-    ax.set_xlabel("frames x resolution (px)")
+    ax.set(xticks=range(len(sizes)), xticklabels=[f"{f}x{s_}" for f, s_ in sizes],
+           ylabel="median forward latency (s)", xlabel="frames x resolution (px)")
     res = [s_ for _f, s_ in sizes]
     speed = [p["hf"]["median_s"] / p["ours"]["median_s"] for p in pairs.values()]
     mem = [(p["ours"].get("peak_mem_bytes") or 0) / p["hf"]["peak_mem_bytes"] if p["hf"].get("peak_mem_bytes")
@@ -436,11 +427,9 @@ def plot_hf_sizes(plt, recs, meta):
         for x, y in zip(res, ys):
             ax2.annotate(text.format(y), (x, y), fontsize=7, xytext=(4, dy), textcoords="offset points")
     ax2.axhline(1.0, color="gray", lw=0.8)
-    ax2.set_xticks(res, [str(x) for x in res])
-    ax2.set_xlabel(f"resolution (px) at {sizes[0][0]} frames")
-    ax2.set_ylabel("ratio")
+    ax2.set(xticks=res, xticklabels=res, xlabel=f"resolution (px) at {sizes[0][0]} frames", ylabel="ratio")
     for a in (ax, ax2):
-        a.set_ylim(bottom=0)
+        a.set(ylim=(0, None))
         a.legend(fontsize=8)
         a.grid(True, axis="y" if a is ax else "both", alpha=0.3)
     w = pairs[sizes[0]]["ours"]["workload"]

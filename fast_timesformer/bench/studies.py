@@ -74,22 +74,9 @@ def memory_suite(device="cpu", tiny=False):
 
 
 def _sdpa_case(c: Case) -> dict:
-    import torch.nn.functional as F
+    from .kernels import timed_sdpa
 
-    from ..backends.regular import sdpa_context
-    from .kernels import timed
-
-    train = c.mode == "fwd+bwd"
-    q, k, v = (torch.randn(*c.shape, requires_grad=train) for _ in range(3))
-    g = torch.randn(*c.shape)
-
-    def fn():
-        with sdpa_context(c.impl):
-            o = F.scaled_dot_product_attention(q, k, v)
-            if train:
-                o.backward(g)
-    fn()
-    return timed(fn, "cpu", c.reps)
+    return timed_sdpa(*(torch.randn(*c.shape) for _ in range(3)), c.impl, c.mode, "cpu", c.reps)
 
 
 @register_suite("sdpa-cpu", help="SDPA's CPU flash kernel vs its math path per sequence length, fwd and fwd+bwd")

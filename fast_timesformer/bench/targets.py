@@ -2,21 +2,13 @@
 not run (a peer that failed to import, a refusal, an error) fails its target, quoting the point's reason."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from collections import namedtuple
+from typing import Callable
 
 from .studies import KERNEL, SDPA
 
-
-@dataclass(frozen=True)
-class Target:
-    id: str
-    what: str
-    threshold: Optional[float]  # None: every case must pass
-    source: str
-    suite: str
-    value: Callable  # value(records, target) -> (value, met, figure, why)
-    needed: str = ""
+# threshold None: every case must pass; value(records, target) -> (value, met, figure, why)
+Target = namedtuple("Target", "id what threshold source suite value needed", defaults=("",))
 
 
 class Missing(Exception):
