@@ -225,13 +225,9 @@ def _memory_schemes(pts, frames, image_size) -> list:
     names = [s for s in schemes_in([r for r in pts if r["status"] == "ok"]) if s in SCHEMES]
     if not names:
         return []
-    grid = image_size // pts[0]["workload"]["patch_size"]
-
-    def pairs(name):
-        scheme = SCHEMES[name]
-        return -1 if scheme.reasons(frames, grid) else sum(n for _step, n in scheme.attention_pairs(frames, grid))
-
-    costliest = max(names, key=pairs)
+    grid, schemes = image_size // pts[0]["workload"]["patch_size"], [SCHEMES[n] for n in names]
+    costliest = max(schemes, key=lambda s: -1 if s.reasons(frames, grid) else
+                    sum(n for _step, n in s.attention_pairs(frames, grid))).name
     return [names[0]] + ([costliest] if costliest != names[0] else [])
 
 
@@ -275,23 +271,15 @@ def plot_backend_bars(plt, recs, meta):
     return fig
 
 
-def _baseline_twin(recs, w, baseline):
-    """The ``baseline`` backend's ok point at the same workload as ``w``."""
-    same = ("impl", "scheme", "mode", "batch", "frames", "image_size", "dim", "depth", "heads", "dtype", "device")
-    return next((r for r in recs if r["status"] == "ok" and r["workload"].get("backend") == baseline
-                 and all(r["workload"].get(k) == w.get(k) for k in same)), None)
-
-
 def plot_error_vs_speed(plt, recs, meta):
     from matplotlib.lines import Line2D
 
-    base = baseline_backend(recs)
-    rows = []
-    for r in recs:
-        twin = r["status"] == "ok" and r.get("rel_error") is not None and _baseline_twin(
-            recs, r["workload"], r.get("reference_backend") or base)
+    base, ok, rows = baseline_backend(recs), [r for r in recs if r["status"] == "ok"], []
+    same = ("impl", "scheme", "mode", "batch", "frames", "image_size", "dim", "depth", "heads", "dtype", "device")
+    for r in (r for r in ok if r.get("rel_error") is not None):  # vs the baseline's point at the same workload
+        twin = _where(ok, backend=r.get("reference_backend") or base, **{k: r["workload"].get(k) for k in same})
         if twin:
-            rows.append((r, twin["median_s"] / r["median_s"]))
+            rows.append((r, twin[0]["median_s"] / r["median_s"]))
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8.5, 5.4), layout="tight")
