@@ -7,5 +7,5 @@ and ``docs/gpu.md``.
 """
 from . import kernels, studies  # noqa: F401,E402  (they register their suites)
 from .runner import Case, load_results, measure_point, run_sweep  # noqa: F401
-from .suites import SUITES, filter_points, get_suite, list_suites, register_suite, suite_points  # noqa: F401
+from .suites import SUITES, filter_points, get_suite, register_suite, suite_points  # noqa: F401
 from .workloads import Skip, Workload, build  # noqa: F401

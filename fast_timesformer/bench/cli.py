@@ -2,20 +2,43 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
-FILTERS = ("schemes", "backends", "impls", "modes", "groups")
+import torch
+
+from .._names import unknown_name_error
+from ..devices import check_device
+from ..errors import FastTimesformerError
+from ..outputs import check_output_dir
+from .gpu_check import add_subcommand as add_gpu_check
+from .runner import RESULTS, format_summary, peer_ratios, run_sweep
+from .suites import SUITES, filter_points, get_suite
+from .summary import draw
+
+#: the list filters: option name -> the point attribute it matches
+FILTERS = {"schemes": "scheme", "backends": "backend", "impls": "impl", "modes": "mode", "groups": "group"}
 
 
 def _csv(text):
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def add_subcommands(sub) -> None:
-    from .gpu_check import add_subcommand as add_gpu_check
-    from .suites import SUITES
+def _threads_arg(text):
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes a positive integer or 'auto', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be >= 1, got {n}")
+    return n
 
+
+def add_subcommands(sub) -> None:
     b = sub.add_parser("bench", help="run a benchmark suite; results, plots and summary.md go to --out",
                        description="Run a benchmark suite. Each point is appended to OUT/results.jsonl as soon "
                                    "as it is measured (--resume skips finished points); then the plots and "
@@ -52,37 +75,17 @@ def add_subcommands(sub) -> None:
     p.set_defaults(func=cmd_plot)
 
 
-def _threads_arg(text):
-    if text == "auto":
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--threads takes a positive integer or 'auto', got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be >= 1, got {n}")
-    return n
-
-
 def choose_threads(requested, points) -> str:
-    """Set torch's CPU threads; returns how they were chosen (stored in meta.json).
-
-    ``auto``: torch's default (one per core) on an idle machine; 1 thread when other processes already
-    keep more than half a core busy, because multi-threaded ops then wait for descheduled threads and
-    timings slow down erratically (a 2-layer forward: 8 ms on 1 thread, 0.7 s on 2, measured here under a
-    load of 8)."""
-    import os
-
-    import torch
-
+    """Set torch's CPU threads; returns how they were chosen (stored in meta.json). ``auto``: torch's default
+    (one per core) on an idle machine; 1 thread when other processes keep more than half a core busy, where
+    multi-threaded ops wait for descheduled threads (a 2-layer forward: 8 ms on 1 thread, 0.7 s on 2, load 8)."""
     if requested != "auto":
         torch.set_num_threads(requested)
         return f"{requested} (--threads)"
     default = torch.get_num_threads()
     if not any(p.device.startswith("cpu") for p in points) or default == 1:
         return f"{default} (torch default)"
-    cores = os.cpu_count() or 1
-    busy = busy_cores()
+    cores, busy = os.cpu_count() or 1, busy_cores()
     if busy is None:
         return f"{default} (torch default; CPU use of other processes unknown)"
     if busy > 0.5:
@@ -96,9 +99,6 @@ def choose_threads(requested, points) -> str:
 def busy_cores(seconds: float = 1.0):
     """How many cores other processes keep busy, sampled from /proc/stat while this one sleeps (Linux);
     the 1-minute load average otherwise (it lags: a run that just ended still counts)."""
-    import os
-    import time
-
     def sample():
         with open("/proc/stat") as fh:
             vals = [int(v) for v in fh.readline().split()[1:]]
@@ -116,31 +116,14 @@ def busy_cores(seconds: float = 1.0):
             return None
 
 
-def check_filters(args, points) -> None:
-    """A filter value that no point of the suite has is a typo: one line naming it and the closest match."""
-    from .._names import unknown_name_error
-
-    attr = {"schemes": "scheme", "backends": "backend", "impls": "impl", "modes": "mode", "groups": "group"}
-    for name in FILTERS:
-        known = sorted({str(getattr(p, attr[name], None)) for p in points} - {"None"})
+def cmd_bench(args) -> int:
+    suite = get_suite(args.suite)
+    all_points = suite.points(device=args.device or suite.device, tiny=args.tiny)
+    for name, attr in FILTERS.items():  # a value no point of the suite has is a typo: one line, the closest match
+        known = sorted({str(getattr(p, attr, None)) for p in all_points} - {"None"})
         for value in getattr(args, name) or ():
             if value not in known:
                 raise unknown_name_error(f"--{name} value", value, known)
-
-
-def cmd_bench(args) -> int:
-    import time
-
-    from ..devices import check_device
-    from ..outputs import check_output_dir
-    from .runner import RESULTS, format_summary, peer_ratios, run_sweep
-    from .suites import filter_points, get_suite
-    from .summary import draw
-
-    suite = get_suite(args.suite)
-    device = args.device or suite.device
-    all_points = suite.points(device=device, tiny=args.tiny)
-    check_filters(args, all_points)
     points = filter_points(all_points, schemes=args.schemes, backends=args.backends, impls=args.impls,
                            modes=args.modes, groups=args.groups, max_tokens=args.max_tokens, limit=args.limit)
     if not points:
@@ -153,17 +136,14 @@ def cmd_bench(args) -> int:
         check_device(dev, label=f"--device {dev}")
     out = Path(check_output_dir(args.out or f"bench_out/{args.suite}"))  # a file, read-only: one line, before any work
     if (out / RESULTS).exists() and (out / RESULTS).stat().st_size and not (args.resume or args.overwrite):
-        from ..errors import FastTimesformerError
-
         raise FastTimesformerError(f"{out} already holds results ({RESULTS}): pass --resume to add to them or "
                                    "--overwrite to replace them")
     threads = choose_threads(args.threads, points)
     settings = dict(suite.settings, suite=args.suite, tiny=args.tiny, threads=threads,
-                    filters={k: getattr(args, k) for k in FILTERS + ("max_tokens", "limit", "device")})
+                    filters={k: getattr(args, k) for k in (*FILTERS, "max_tokens", "limit", "device")})
     print(f"suite {args.suite}: {len(points)} points -> {out}/{RESULTS}", flush=True)
-    deadline = time.monotonic() + args.budget_s if args.budget_s else None
     records = run_sweep(points, out, resume=args.resume, progress=not args.no_progress, settings=settings,
-                        deadline=deadline)
+                        deadline=time.monotonic() + args.budget_s if args.budget_s else None)
     print(format_summary(records))
     for r in peer_ratios(records):
         mem = "" if r["mem_ratio"] is None else f", peak memory ours/{r['peer']} = {r['mem_ratio']:.2f}"
@@ -182,12 +162,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from ..outputs import check_output_dir
-    from .summary import draw
-
     results = Path(args.results)
-    if not (results / "results.jsonl").exists():
-        print(f"error: no results.jsonl in {results}", file=sys.stderr)
+    if not (results / RESULTS).exists():
+        print(f"error: no {RESULTS} in {results}", file=sys.stderr)
         return 2
     draw(results, Path(check_output_dir(args.out or results, option="--out" if args.out else "--results")))
     return 0

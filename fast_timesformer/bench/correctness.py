@@ -1,18 +1,16 @@
-"""No speed without correctness: attention on one backend against a float64 reference.
+"""No speed without correctness: attention on one backend against a float64 reference (docs/bench.md).
 
-:func:`reference` computes one step in float64 from the groups' token index lists and masks (no backend code,
-no strides). :func:`check` compares a backend core on :class:`StepData` (q, k, v as strided views of a fused
-projection, as ``DividedAttention`` hands them; the kernel suite and tests/test_gpu_correctness.py, the
-GPU-marked tests gpu-check runs); :func:`check_workload` runs each step of a model point's scheme as a
-``DividedAttention`` layer at the point's shape against the same weights in float64 (the calls the model
-makes). Tolerance: the backend's declared one for the dtype (:meth:`~fast_timesformer.backends.Backend.tolerance`),
-gradients 10x (three more matmuls); a point over it is ``failed``, never timed.
+:func:`check` compares a backend core on :class:`StepData` (the kernel suite, tests/test_gpu_correctness.py);
+:func:`check_workload` runs each step of a model point's scheme as a ``DividedAttention`` layer at the point's shape
+against the same weights in float64: the calls the model makes, so a compiled backend compiles nothing new for it.
+Tolerance: the backend's declared one for the dtype, gradients 10x; a point over it is ``failed``, never timed.
 """
 from __future__ import annotations
 
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from ..attention import step_cls_mode
 from ..backends import get_backend
@@ -76,20 +74,20 @@ class StepData:
         return backend.why_not(q, k, v, pk, pv, needs_grad=True)
 
 
-def reference(step: StepData, qkv: torch.Tensor, cls_qkv: torch.Tensor) -> torch.Tensor:
-    """The step's output in float64: softmax(q k^T d^-1/2) v within each group (and its mask), the CLS as
-    ``step.cls`` says."""
+def reference(groups: TokenGroups, cls: str, qkv: torch.Tensor, cls_qkv: torch.Tensor) -> torch.Tensor:
+    """The step's output in float64 from the groups' token index lists (and mask), no backend code:
+    softmax(q k^T d^-1/2) v within each group, the CLS as ``cls`` (exclude / per_group / global) says."""
     qkv, cls_qkv = qkv.double(), cls_qkv.double()
     b, m, _, h, d = qkv.shape
-    idx = step.groups.index().to(qkv.device)  # (G, S) patch-token indices
+    idx = groups.index().to(qkv.device)  # (G, S) patch-token indices
     G, S = idx.shape
     q, k, v = qkv.unbind(2)
     cq, ck, cv = cls_qkv.unbind(2)
     qg, kg, vg = q[:, idx], k[:, idx], v[:, idx]  # (b, G, S, h, d)
     allow = torch.ones(G, S, S, dtype=torch.bool, device=qkv.device)
-    if step.groups.mask is not None:
-        allow = step.groups.mask.allows(idx[:, :, None].cpu(), idx[:, None, :].cpu()).to(qkv.device)
-    if step.cls != "exclude":  # the CLS key/value in front of every group, met by everyone
+    if groups.mask is not None:
+        allow = groups.mask.allows(idx[:, :, None].cpu(), idx[:, None, :].cpu()).to(qkv.device)
+    if cls != "exclude":  # the CLS key/value in front of every group, met by everyone
         kg = torch.cat([ck.unsqueeze(1).expand(b, G, 1, h, d), kg], 2)
         vg = torch.cat([cv.unsqueeze(1).expand(b, G, 1, h, d), vg], 2)
         allow = torch.cat([allow.new_ones(G, S, 1), allow], 2)
@@ -105,9 +103,9 @@ def reference(step: StepData, qkv: torch.Tensor, cls_qkv: torch.Tensor) -> torch
 
     out = qkv.new_zeros(b, 1 + m, h, d)
     out[:, 1 + idx.flatten()] = attend(qg, kg, vg, allow).flatten(1, 2)
-    if step.cls == "per_group":
+    if cls == "per_group":
         out[:, :1] = attend(cq.unsqueeze(1).expand(b, G, 1, h, d), kg, vg).mean(1)
-    elif step.cls == "global":
+    elif cls == "global":
         out[:, :1] = attend(cq, torch.cat([ck, k], 1), torch.cat([cv, v], 1))
     return out
 
@@ -118,85 +116,66 @@ def grads_of(out, leaves, grad_out):
     return [torch.zeros_like(x) if g is None else g for g, x in zip(gs, leaves)]
 
 
-def max_rel(a: torch.Tensor, r: torch.Tensor) -> float:
-    """max |a - r| / max |r| (inf where ``a`` holds a NaN or inf)."""
-    a, r = a.double(), r.double()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return float((a - r).abs().max() / r.abs().max().clamp_min(1e-12))
-
-
-def over_tolerance(a: torch.Tensor, r: torch.Tensor, atol: float, rtol: float) -> float:
-    """max |a - r| / (atol + rtol |r|): <= 1 is within tolerance (``torch.allclose``'s rule)."""
-    a, r = a.double(), r.double()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return float(((a - r).abs() / (atol + rtol * r.abs())).max())
+def _verdict(got: list, refs: list, names: tuple, atol: float, rtol: float) -> dict:
+    """``max_rel`` per tensor (max |a - r| / max |r|), the tolerance, and ``within``: every tensor within
+    ``torch.allclose``'s rule (gradients GRAD_FACTOR x the tolerance); a NaN or inf is never within."""
+    max_rel, over = {}, 0.0
+    for i, (name, a, r) in enumerate(zip(names, got, refs)):
+        a, r, f = a.double(), r.double(), 1 if i == 0 else GRAD_FACTOR
+        if not torch.isfinite(a).all():
+            max_rel[name] = over = float("inf")
+            continue
+        err = (a - r).abs()
+        max_rel[name] = float(err.max() / r.abs().max().clamp_min(1e-12))
+        over = max(over, float((err / (atol * f + rtol * f * r.abs())).max()))
+    return {"vs": "float64", "max_rel": max_rel, "tolerance": [atol, rtol], "over_tolerance": over,
+            "within": over <= 1.0}
 
 
 def check(step: StepData, core, backend, grads: bool = True, poison: bool = False) -> dict:
-    """The backend's output (and gradients) on ``step`` against :func:`reference`: ``max_rel`` per tensor,
-    ``tolerance`` (atol, rtol) declared for the dtype, ``within`` (every tensor within it; gradients 10x)."""
-    atol, rtol = backend.tolerance(step.dtype)
+    """The backend's output (and gradients) on ``step`` against :func:`reference` (:func:`_verdict`)."""
     qkv64, cls64 = (t.detach().double().requires_grad_(grads) for t in (step.qkv, step.cls_qkv))
-    ref = reference(step, qkv64, cls64)
+    ref = reference(step.groups, step.cls, qkv64, cls64)
     refs = [ref.detach(), *(grads_of(ref, (qkv64, cls64), step.grad_out.double()) if grads else ())]
     qkv, cls_qkv = step.inputs(grads)
     with torch.inference_mode(not grads):  # as a forward point runs (a compiled backend's guards see the mode)
         out = step.run(core, qkv, cls_qkv, poison=poison)
     got = [out.detach(), *(grads_of(out, (qkv, cls_qkv), step.grad_out) if grads else ())]
-    names = ("out", "dqkv", "dcls")[:len(got)]
-    factor = [1] + [GRAD_FACTOR] * (len(got) - 1)
-    over = [over_tolerance(a, r, atol * f, rtol * f) for a, r, f in zip(got, refs, factor)]
-    return {"vs": "float64", "max_rel": dict(zip(names, (max_rel(a, r) for a, r in zip(got, refs)))),
-            "tolerance": [atol, rtol], "over_tolerance": max(over), "within": max(over) <= 1.0}
-
-
-def check_layer(layer, groups: TokenGroups, b: int, grads: bool) -> dict:
-    """A ``DividedAttention`` layer (official CLS rule) on ``groups`` against the same layer's weights in float64
-    (:func:`reference` between its projections): the very calls a model point makes, so a compiled backend
-    compiles nothing new for its check."""
-    import torch.nn.functional as F
-
-    w = layer.qkv.weight
-    atol, rtol = layer.cores[layer.backend_name].backend.tolerance(w.dtype)
-    x = torch.randn(b, 1 + groups.num_tokens, layer.dim, generator=torch.Generator().manual_seed(0))
-    x64 = x.double().requires_grad_(grads)
-
-    def f64(lin, t):
-        return F.linear(t, lin.weight.double(), None if lin.bias is None else lin.bias.double())
-
-    qkv = f64(layer.qkv, x64).unflatten(-1, (3, layer.heads, layer.dim_head))
-    step = StepData.__new__(StepData)
-    step.groups, step.cls = groups, step_cls_mode("official", groups)
-    ref = f64(layer.proj, reference(step, qkv[:, 1:], qkv[:, :1]).flatten(2))
-    xi = x.to(w.device, w.dtype).requires_grad_(grads)
-    with torch.inference_mode(not grads):
-        out = layer(xi, groups=groups)
-    got, refs = [out.detach()], [ref.detach()]
-    if grads:
-        go = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        got.append(torch.autograd.grad(out, xi, go.to(out))[0])
-        refs.append(torch.autograd.grad(ref, x64, go.double())[0])
-    factor = [1, GRAD_FACTOR][:len(got)]
-    over = [over_tolerance(a, r, atol * f, rtol * f) for a, r, f in zip(got, refs, factor)]
-    return {"vs": "float64", "max_rel": dict(zip(("out", "dx"), (max_rel(a, r) for a, r in zip(got, refs)))),
-            "tolerance": [atol, rtol], "over_tolerance": max(over), "within": max(over) <= 1.0}
+    return _verdict(got, refs, ("out", "dqkv", "dcls"), *backend.tolerance(step.dtype))
 
 
 @functools.lru_cache(maxsize=512)
-def _check_cached(backend: str, options: tuple, scheme: str, frames: int, grid: int, b: int, h: int, d: int,
-                  dtype: str, device: str) -> dict:
+def _check_cached(backend: str, options: tuple, scheme: str, frames: int, grid: int, h: int, d: int, dtype: str,
+                  device: str) -> dict:
+    """The worst step: each a ``DividedAttention`` layer (official CLS rule, batch 1) against its own weights in
+    float64 (:func:`reference` between its projections); output and, where the backend takes gradients here,
+    input gradient."""
     from ..attention import DividedAttention
     from ..schemes import get_scheme
 
-    be = get_backend(backend)
-    worst = None
+    be, dt, worst = get_backend(backend), getattr(torch, dtype), None
+
+    def f64(lin, t):  # the layer's projection in float64
+        return F.linear(t, lin.weight.double(), None if lin.bias is None else lin.bias.double())
+
     for name, groups in get_scheme(scheme).step_groups(frames, grid):
         layer = DividedAttention(h * d, heads=h, dim_head=d, cls="official", backend=backend, step=name,
-                                 **dict(options)).to(device, getattr(torch, dtype)).eval()
-        probe = StepData(groups, step_cls_mode("official", groups), 1, h, d, getattr(torch, dtype), device)
-        res = dict(check_layer(layer, groups, b, grads=be.supports_backward and not probe.refusal(be)), step=name)
+                                 **dict(options)).to(device, dt).eval()
+        cls = step_cls_mode("official", groups)
+        grads = be.supports_backward and not StepData(groups, cls, 1, h, d, dt, device).refusal(be)
+        x = torch.randn(1, 1 + groups.num_tokens, h * d, generator=torch.Generator().manual_seed(0))
+        x64 = x.double().requires_grad_(grads)
+        qkv = f64(layer.qkv, x64).unflatten(-1, (3, h, d))
+        ref = f64(layer.proj, reference(groups, cls, qkv[:, 1:], qkv[:, :1]).flatten(2))
+        xi = x.to(device, dt).requires_grad_(grads)
+        with torch.inference_mode(not grads):  # as a forward point runs (a compiled backend's guards see the mode)
+            out = layer(xi, groups=groups)
+        got, refs = [out.detach()], [ref.detach()]
+        if grads:
+            go = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            got.append(torch.autograd.grad(out, xi, go.to(out))[0])
+            refs.append(torch.autograd.grad(ref, x64, go.double())[0])
+        res = dict(_verdict(got, refs, ("out", "dx"), *be.tolerance(dt)), step=name)
         if worst is None or res["over_tolerance"] > worst["over_tolerance"]:
             worst = res
     return worst
@@ -204,7 +183,6 @@ def _check_cached(backend: str, options: tuple, scheme: str, frames: int, grid: 
 
 def check_workload(w) -> dict:
     """The worst step of ``w``'s scheme, each a ``DividedAttention`` layer on ``w``'s backend at ``w``'s frames,
-    grid, heads, head dim, dtype and device, batch 1 (output and input gradient where the backend has a
-    backward here), against float64; cached per shape."""
-    return dict(_check_cached(w.backend, tuple(w.backend_options), w.scheme, w.frames, w.grid, 1, w.heads,
+    grid, heads, head dim, dtype and device, against float64 (:func:`_check_cached`; cached per shape)."""
+    return dict(_check_cached(w.backend, tuple(w.backend_options), w.scheme, w.frames, w.grid, w.heads,
                               w.dim // w.heads, w.dtype, w.device))

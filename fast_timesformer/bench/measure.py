@@ -1,5 +1,5 @@
-"""How a point is measured: latency (median + spread), peak memory, FLOPs, throughput, error (the methods:
-docs/bench.md, "What is measured, and how")."""
+"""How a point is measured: latency (median + spread), peak memory, FLOPs, error (the methods: docs/bench.md,
+"What is measured, and how")."""
 from __future__ import annotations
 
 import contextlib
@@ -11,14 +11,15 @@ from typing import Callable
 
 import torch
 
-OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
+FLOPS_METHOD = "torch.utils.flop_counter.FlopCounterMode over one call (2 per multiply-add)"
 
 
 def is_oom(err: BaseException) -> bool:
     """True for CUDA and CPU allocator failures (``torch.OutOfMemoryError``, ``DefaultCPUAllocator``)."""
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(err, RuntimeError) and any(m in str(err).lower() for m in OOM_MARKERS)
+    markers = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
+    return isinstance(err, RuntimeError) and any(m in str(err).lower() for m in markers)
 
 
 def free_memory(device: str) -> None:
@@ -33,10 +34,8 @@ def sync(device: str) -> None:
 
 
 def summarize(times, method: str, calls_per_time: int = 1) -> dict:
-    """Latency statistics of repeated measurements (seconds): median, min, max, and the interquartile
-    range only when there are at least 2 measurements (``iqr_s`` is None for a single run: a spread of
-    0 would claim a precision nobody measured). ``n_times``: how many measurements the statistics
-    come from; ``runs``: calls timed in all (a measurement may average several calls)."""
+    """Median, min, max and quartiles of repeated measurements (seconds); the IQR is None for a single run (a
+    spread of 0 would claim a precision nobody measured). ``runs``: calls timed in all."""
     ts = sorted(float(t) for t in times)
     if not ts:
         raise ValueError("no timings")
@@ -50,40 +49,32 @@ def summarize(times, method: str, calls_per_time: int = 1) -> dict:
     return out
 
 
-def spread_count(rec: dict) -> int:
-    """How many measurements a record's spread comes from (older records: ``blocks`` or ``runs``)."""
-    for k in ("n_times", "blocks", "runs"):
-        if rec.get(k):
-            return int(rec[k])
-    return 1 if rec.get("median_s") is not None else 0
-
-
 def spread_text(rec: dict, scale: float = 1e3, digits: int = 2) -> str:
-    """``"0.12 (n=5)"`` for an IQR from n measurements; ``"1 run"`` where there is no spread."""
-    n = spread_count(rec)
+    """``"0.12 (n=5)"`` for an IQR from n measurements (older records: ``runs``); ``"1 run"`` without spread."""
+    n = int(rec.get("n_times") or rec.get("runs") or (1 if rec.get("median_s") is not None else 0))
     if n < 2 or rec.get("iqr_s") is None:
         return "1 run" if n <= 1 else f"- (n={n})"
     return f"{rec['iqr_s'] * scale:.{digits}g} (n={n})"
 
 
 def time_step(step: Callable[[], object], device: str, *, min_run_time: float = 0.25) -> dict:
-    """Latency statistics in seconds (see :func:`summarize`)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return _time_cuda(step, min_run_time)
+    """Latency statistics in seconds (:func:`summarize`): CUDA through :func:`gpu_times_ms`, CPU through
+    ``torch.utils.benchmark``'s ``blocked_autorange`` (its block-size estimate is also the warm-up)."""
+    if torch.device(device).type == "cuda":
+        ms = max(1, int(min_run_time * 1000))
+        times, method = gpu_times_ms(step, warmup_ms=max(ms // 4, 25), rep_ms=ms)
+        return summarize([t / 1e3 for t in times], method)
     from torch.utils import benchmark
 
     m = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads()
                         ).blocked_autorange(min_run_time=min_run_time)
-    out = summarize(m.times, "torch.utils.benchmark.Timer.blocked_autorange (one measurement = the mean of a "
-                             "block of calls)", calls_per_time=m.number_per_run)
-    out["blocks"] = len(m.times)
-    return out
+    return summarize(m.times, "torch.utils.benchmark.Timer.blocked_autorange (one measurement = the mean of a "
+                              "block of calls)", calls_per_time=m.number_per_run)
 
 
 def gpu_times_ms(fn: Callable[[], object], *, warmup_ms: int = 25, rep_ms: int = 100) -> tuple:
-    """(list of per-call milliseconds, method) on the current CUDA device: ``triton.testing.do_bench``
-    (L2 flushed before each call, CUDA events around it) when triton imports, else CUDA events."""
+    """(per-call milliseconds, method) on the current CUDA device: ``triton.testing.do_bench`` (L2 flushed
+    before each call, CUDA events around it) when triton imports, else CUDA events."""
     try:
         from triton.testing import do_bench
     except ImportError:
@@ -93,28 +84,20 @@ def gpu_times_ms(fn: Callable[[], object], *, warmup_ms: int = 25, rep_ms: int =
         return [float(t) for t in times], "triton.testing.do_bench (CUDA events per call, L2 flushed)"
     fn()
     torch.cuda.synchronize()
-    times, total = [], 0.0
-    while total < rep_ms or len(times) < 5:
+    times: list = []
+    while sum(times) < rep_ms or len(times) < 5:
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         fn()
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
-        total += times[-1]
     return times, "CUDA events per call"
-
-
-def _time_cuda(step, min_run_time):
-    ms = max(1, int(min_run_time * 1000))
-    times, method = gpu_times_ms(step, warmup_ms=max(ms // 4, 25), rep_ms=ms)
-    return summarize([t / 1e3 for t in times], method)
 
 
 def peak_memory(step: Callable[[], object], device: str) -> dict:
     """Peak bytes allocated by one call above the level at its start."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -158,9 +141,8 @@ def cpu_peak_bytes(step: Callable[[], object]) -> int:
     finally:
         with _quiet_stderr():
             prof.__exit__(None, None, None)
-    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    events.sort(key=lambda t: t[0])
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
     cur = peak = 0
     for _, nbytes in events:
         cur += nbytes
@@ -168,33 +150,21 @@ def cpu_peak_bytes(step: Callable[[], object]) -> int:
     return int(peak)
 
 
-def _cpu_sdpa_formulas() -> dict:
-    """FLOP formulas for the CPU flash SDPA ops, which FlopCounterMode does not count by itself."""
-    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-    out = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        def fwd(q, k, v, *args, out_shape=None, **kwargs):
-            return sdpa_flop_count(q, k, v)
-
-        def bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs):
-            return sdpa_backward_flop_count(grad_out, q, k, v)
-
-        out[aten._scaled_dot_product_flash_attention_for_cpu] = fwd
-        if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
-            out[aten._scaled_dot_product_flash_attention_for_cpu_backward] = bwd
-    return out
-
-
-FLOPS_METHOD = "torch.utils.flop_counter.FlopCounterMode over one call (2 per multiply-add)"
-
-
 def count_flops(step: Callable[[], object]) -> int:
-    """FLOPs of one call (matmuls, convolutions and attention; 2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one call (2 per multiply-add). FlopCounterMode skips the CPU flash SDPA ops: their formulas are
+    registered through ``custom_mapping``."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-    with FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_formulas()) as counter:
+    def fwd(q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    def bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, q, k, v)
+
+    ops = (("_scaled_dot_product_flash_attention_for_cpu", fwd),
+           ("_scaled_dot_product_flash_attention_for_cpu_backward", bwd))
+    formulas = {getattr(torch.ops.aten, name): f for name, f in ops if hasattr(torch.ops.aten, name)}
+    with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
         step()
     return int(counter.get_total_flops())
 

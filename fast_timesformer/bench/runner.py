@@ -1,9 +1,9 @@
-"""The runner: measure points one by one and append each record to ``results.jsonl`` as soon as it is done
-(flushed, all or nothing, so an interrupted run loses nothing; ``resume`` skips the points of the same suite
-already there with status ok, failed, oom or skipped); one metadata block per run in ``meta.json``
-(:func:`run_metadata`). The record schema: docs/bench.md, "Results files"."""
+"""The runner: measure points one by one, each record appended to ``results.jsonl`` as soon as it is done
+(fsynced, all or nothing); one metadata block per run in ``meta.json`` (:func:`run_metadata`); ``resume`` skips
+a suite's points already recorded as ok, failed, oom or skipped. The record schema: docs/bench.md."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -11,35 +11,42 @@ import subprocess
 import sys
 import time
 import traceback
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import torch
 
-from ..errors import FastTimesformerError
+from ..attention import use_backend
+from ..backends import AttentionCore, BackendUnavailable, list_backends
+from ..errors import FastTimesformerError, first_line
+from ..tables import format_table
 from . import measure
 from .correctness import check_workload
-from .workloads import Skip, Workload, backend_kind, build
+from .workloads import Skip, Workload, backend_kind, build, registered_backend
 
-RESULTS = "results.jsonl"
-META = "meta.json"
+RESULTS, META = "results.jsonl", "meta.json"
 STATUSES = ("ok", "oom", "skipped", "failed", "error")
-DONE = ("ok", "oom", "skipped", "failed")  # "failed": over its declared tolerance (not retried)
+DONE = ("ok", "oom", "skipped", "failed")  # not retried by resume ("failed": over its declared tolerance)
+#: what a non-exact backend's relative error against the exact baseline means, by its declared kind
+ERROR_KINDS = {"approximate": "approximation error", "different_model": "deviation (different model)",
+               "exact": "rounding difference"}
 
 
 class ResultsWriteError(FastTimesformerError):
-    """Writing ``results.jsonl`` or ``meta.json`` failed (disk full, read-only folder): the sweep stops,
-    and what was saved before stays intact (a partial record is cut off again, ``meta.json`` is replaced
-    only by a complete file)."""
+    """Writing ``results.jsonl`` or ``meta.json`` failed (disk full, read-only folder): the sweep stops, and what
+    was saved before stays intact."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # ---- metadata --------------------------------------------------------------------------------
-def _version(module: str) -> Optional[str]:
+def _version(dist: str) -> Optional[str]:
     try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:
+        return version(dist)
+    except PackageNotFoundError:
         return None
 
 
@@ -54,20 +61,22 @@ def _cpu_name() -> str:
 
 
 def _loadavg():
-    """1/5/15-minute load average: other processes on the machine skew CPU timings (recorded per run)."""
+    """1/5/15-minute load average: other processes on the machine skew CPU timings."""
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
 
 
+def _output(cmd: list, timeout: float, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
 def _git_commit() -> dict:
     root = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = _output(["git", "rev-parse", "HEAD"], 10, root).stdout.strip()
+        dirty = _output(["git", "status", "--porcelain", "--untracked-files=no"], 10, root).stdout.strip()
         return {"commit": sha or None, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -76,8 +85,6 @@ def _git_commit() -> dict:
 def source_fingerprint(pkg_dir: Optional[Path] = None) -> str:
     """sha256 over the package's Python sources (path inside the package + content), the same for a source tree
     and an install: which code ran where a copy of the tree has no .git."""
-    import hashlib
-
     pkg_dir = Path(pkg_dir or Path(__file__).resolve().parents[1])
     h = hashlib.sha256()
     for p in sorted(pkg_dir.rglob("*.py")):
@@ -90,8 +97,7 @@ def _nvidia_smi() -> dict:
     query = ("name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,power.limit,"
              "temperature.gpu,memory.total,memory.used")
     try:
-        res = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True, text=True,
-                             timeout=20)
+        res = _output(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], 20)
     except (OSError, subprocess.SubprocessError) as e:
         return {"error": str(e)}
     lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
@@ -105,8 +111,7 @@ def run_metadata(settings: Optional[dict] = None) -> dict:
     """The one metadata block of a run (every suite, every gpu-check stage): device, versions, commit, load."""
     cuda = torch.cuda.is_available()
     meta = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "device": torch.cuda.get_device_name(0) if cuda else f"cpu: {_cpu_name()}",
+        "started": _now(), "device": torch.cuda.get_device_name(0) if cuda else f"cpu: {_cpu_name()}",
         "cpu": _cpu_name(), "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "load_avg_start": _loadavg(), "cuda": torch.version.cuda if cuda else None,
         "python": platform.python_version(), "platform": platform.platform(),
@@ -123,168 +128,27 @@ def run_metadata(settings: Optional[dict] = None) -> dict:
     return meta
 
 
-def record_run(out_dir, settings: Optional[dict] = None, **extra) -> int:
-    """Append this run's metadata block to ``out_dir/meta.json``; returns its ``run_id``."""
-    out_dir = Path(out_dir)
+def _start_run(out_dir: Path, settings: Optional[dict], **extra) -> tuple:
+    """(meta, run): this run's metadata block appended to ``out_dir/meta.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = load_meta(out_dir)
     run = dict(run_metadata(settings), run_id=len(meta["runs"]), **extra)
     meta["runs"].append(run)
     _write_meta(out_dir, meta)
-    return run["run_id"]
+    return meta, run
+
+
+def record_run(out_dir, settings: Optional[dict] = None, **extra) -> int:
+    """Append this run's metadata block to ``out_dir/meta.json``; returns its ``run_id``."""
+    return _start_run(Path(out_dir), settings, **extra)[1]["run_id"]
 
 
 # ---- one point -------------------------------------------------------------------------------
-def _new_record(w: Workload) -> dict:
-    """A record; ``backend_kind``: the backend's declared kind (what the plots style it by, also where the
-    results are read in a process that does not register it)."""
-    kind = backend_kind(w.backend) if w.impl in ("attention", "ours") else None
-    return {"key": w.key, "workload": w.to_dict(), "label": w.label, "tokens": w.tokens,
-            "status": "ok", "reason": "", "notes": [], "backend_kind": kind}
-
-
-#: what a non-exact backend's relative error against the exact baseline means, by its declared kind
-ERROR_KINDS = {"approximate": "approximation error", "different_model": "deviation (different model)",
-               "exact": "rounding difference"}
-
-
-def _fail(rec: dict, e: BaseException) -> None:
-    """Turn an exception into the record's status: skipped (refusal), oom, or error."""
-    from ..backends.registry import BackendUnavailable
-
-    if isinstance(e, (Skip, BackendUnavailable)):
-        rec.update(status="skipped", reason=str(e))
-    elif measure.is_oom(e):
-        rec.update(status="oom", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
-    else:
-        rec.update(status="error", reason=f"{type(e).__name__}: {e}"[:2000],
-                   traceback=traceback.format_exc(limit=6)[-4000:])
-
-
-def over_tolerance_text(err: dict) -> str:
-    """Why a point failed its correctness check, in one line."""
-    worst = ", ".join(f"{k} {v:.2g}" for k, v in err["max_rel"].items())
-    return (f"error vs {err['vs']} over the backend's declared tolerance (atol, rtol) = {tuple(err['tolerance'])}"
-            f"{' in step ' + repr(err['step']) if err.get('step') else ''}: max |err|/max |ref| {worst}; not timed")
-
-
-def _declared(w: Workload):
-    """The registered :class:`~fast_timesformer.backends.Backend` of an attention/ours point (None for the peers)."""
-    if w.impl not in ("attention", "ours"):
-        return None
-    from ..backends import get_backend, list_backends
-
-    return get_backend(w.backend) if w.backend in list_backends() else None
-
-
-def _first_call(w: Workload, built) -> dict:
-    """A compiled backend's first call, untimed and outside any dispatch mode: it compiles the shapes new to the
-    process (and raises the backend's run-time refusals). ``compile_s``: what the model's attention cores
-    recorded compiling in it (:attr:`AttentionCore.compile_seconds`; 0 where an earlier point or the sweep's
-    warm-up compiled the same shapes); ``first_call_s``: its wall time, compile included."""
-    from ..backends import AttentionCore
-
-    cores = [m for m in built.model.modules() if isinstance(m, AttentionCore)]
-    before = sum(c.compile_seconds for c in cores), sum(getattr(c, "mask_seconds", 0.0) for c in cores)
-    measure.sync(w.device)
-    start = time.perf_counter()
-    built.step()
-    measure.sync(w.device)
-    first = time.perf_counter() - start
-    return {"compile_s": sum(c.compile_seconds for c in cores) - before[0], "first_call_s": first,
-            "mask_s": sum(getattr(c, "mask_seconds", 0.0) for c in cores) - before[1]}
-
-
-def _compiled_flops(w: Workload, be, built) -> dict:
-    """FLOPs of a backend that cannot run under FlopCounterMode: counted on the same model with the backend its
-    :class:`~fast_timesformer.backends.Compiled` declaration names swapped in, or ``not_measured`` says why not."""
-    decl = be.compiled
-    why = decl.flops_refusal(be, dict(w.backend_options))
-    if why:
-        return {"flops": None, "not_measured": {"flops": why}}
-    from ..attention import use_backend
-
-    try:
-        with use_backend(built.model, decl.flops_backend):
-            flops = measure.count_flops(built.step)
-    except Exception as e:  # noqa: BLE001 - the point's own figures stand; its FLOPs say why they are missing
-        from ..errors import first_line
-
-        return {"flops": None, "not_measured": {"flops": f"counting the FLOPs of {be.name!r} on "
-                                                         f"{decl.flops_backend!r} failed: {first_line(e)[:300]}"}}
-    method = (f"{measure.FLOPS_METHOD}, of the same model with backend {decl.flops_backend!r} swapped in: "
-              f"{be.name!r} runs through torch.compile, which cannot run under the counter")
-    return {"flops": flops, "flops_method": method + (f"; {decl.flops_why}" if decl.flops_why else "")}
-
-
-def _prepare(w: Workload, builder) -> tuple:
-    """Build, count FLOPs (first call: also the warm-up and the refusal check), measure peak memory.
-
-    A backend that runs through torch.compile (``Backend.compiled``) never runs under a dispatch mode: its first
-    call is a plain, untimed one (the compile, reported apart as ``compile_s``) and its FLOPs are counted where
-    its declaration says (:func:`_compiled_flops`)."""
-    rec, built = _new_record(w), None
-    try:
-        built = builder(w)
-        rec["notes"] = list(built.notes)
-        rec["params"] = sum(p.numel() for p in built.model.parameters())
-        be = _declared(w)
-        if be is not None and be.exact:  # no speed without correctness: the error at this shape first
-            rec["error"] = check_workload(w)
-            if not rec["error"]["within"]:
-                rec.update(status="failed", reason=over_tolerance_text(rec["error"]))
-                return rec, None
-        if be is not None and be.compiled is not None:
-            rec.update(_first_call(w, built))
-            rec.update(_compiled_flops(w, be, built))
-        else:
-            rec["flops"] = measure.count_flops(built.step)
-            rec["flops_method"] = measure.FLOPS_METHOD
-        measure.sync(w.device)
-        rec.update(measure.peak_memory(built.step, w.device))
-    except Exception as e:  # noqa: BLE001 - a sweep records failures and goes on
-        _fail(rec, e)
-        built = None
-    return rec, built
-
-
-def _finish(w: Workload, rec: dict, built) -> None:
-    try:
-        rec["throughput_clips_s"] = w.batch / rec["median_s"]
-        rec["tflops_s"] = None if rec.get("flops") is None else rec["flops"] / rec["median_s"] / 1e12
-        if built.reference_output is not None:
-            rec["rel_error"] = measure.relative_error(built.output(), built.reference_output())
-            rec["error_kind"] = ERROR_KINDS.get(rec.get("backend_kind"), "error")
-            rec["reference_backend"] = built.reference_backend
-    except Exception as e:  # noqa: BLE001
-        _fail(rec, e)
-
-
-def measure_point(w: Workload, *, builder: Callable[[Workload], object] = None) -> dict:
-    """Measure one workload; never raises for OOM, refusals or errors (they become the status)."""
-    t0 = time.perf_counter()
-    rec, built = _prepare(w, builder or build)
-    if built is not None:
-        try:
-            rec.update(measure.time_step(built.step, w.device, min_run_time=w.min_run_time))
-            _finish(w, rec, built)
-        except Exception as e:  # noqa: BLE001
-            _fail(rec, e)
-    if built is not None or rec["status"] != "skipped":
-        del built
-        measure.free_memory(w.device)
-    rec["wall_s"] = time.perf_counter() - t0
-    return rec
-
-
 class Case:
     """A point measured by a suite's own function rather than built from a :class:`Workload` (a kernel step,
     a fresh-process memory figure, ...): ``fields`` is its workload (plain JSON data; filters read it like a
-    Workload's attributes), ``fn(case) -> dict`` its figures (raise :class:`Skip` for a refusal).
-
-    ``together``: a key (not part of the workload) of cases measured in one call, timed against each other:
-    the runner hands every case of the key still to measure (after filters and ``--resume``) to
-    ``fn(cases) -> [figures, ...]`` at once (:func:`measure_cases`)."""
+    Workload's attributes), ``fn(case) -> dict`` its figures (raise :class:`Skip` for a refusal). ``together``: a
+    key (not part of the workload) of cases measured in one call, timed against each other (:func:`measure_cases`)."""
 
     interleave = 0
 
@@ -310,15 +174,134 @@ class Case:
         return self.fields.get("tokens", 0)
 
 
-def _case_record(case: Case) -> dict:
-    return {"key": case.key, "workload": case.to_dict(), "label": case.label, "status": "ok", "reason": "",
-            "notes": [], "backend_kind": backend_kind(case.fields.get("backend", "")) or None}
+def _new_record(p) -> dict:
+    """A point's record; ``backend_kind``: its backend's declared kind (what the plots style it by, also where
+    the results are read in a process that does not register it)."""
+    ours = getattr(p, "impl", "attention") in ("attention", "ours")
+    return {"key": p.key, "workload": p.to_dict(), "label": p.label, "tokens": p.tokens, "status": "ok",
+            "reason": "", "notes": [], "backend_kind": backend_kind(getattr(p, "backend", "")) if ours else None}
+
+
+def _fail(rec: dict, e: BaseException) -> None:
+    """Turn an exception into the record's status: skipped (refusal), oom, or error."""
+    if isinstance(e, (Skip, BackendUnavailable)):
+        rec.update(status="skipped", reason=str(e))
+    elif measure.is_oom(e):
+        rec.update(status="oom", reason=first_line(e)[:300])
+    else:
+        rec.update(status="error", reason=f"{type(e).__name__}: {e}"[:2000],
+                   traceback=traceback.format_exc(limit=6)[-4000:])
+
+
+def over_tolerance_text(err: dict) -> str:
+    """Why a point failed its correctness check, in one line."""
+    worst = ", ".join(f"{k} {v:.2g}" for k, v in err["max_rel"].items())
+    return (f"error vs {err['vs']} over the backend's declared tolerance (atol, rtol) = {tuple(err['tolerance'])}"
+            f"{' in step ' + repr(err['step']) if err.get('step') else ''}: max |err|/max |ref| {worst}; not timed")
+
+
+def _timed_call(step: Callable, device: str) -> float:
+    measure.sync(device)
+    start = time.perf_counter()
+    step()
+    measure.sync(device)
+    return time.perf_counter() - start
+
+
+def _first_call(w: Workload, built) -> dict:
+    """A compiled backend's first call, untimed and outside any dispatch mode: it compiles the shapes new to the
+    process (and raises the backend's run-time refusals). ``compile_s`` and ``mask_s``: what the model's attention
+    cores recorded compiling and building masks in it (0 where an earlier point compiled the same shapes);
+    ``first_call_s``: its wall time, compile included."""
+    cores = [m for m in built.model.modules() if isinstance(m, AttentionCore)]
+
+    def spent():
+        return sum(c.compile_seconds for c in cores), sum(getattr(c, "mask_seconds", 0.0) for c in cores)
+
+    before, first = spent(), _timed_call(built.step, w.device)
+    after = spent()
+    return {"compile_s": after[0] - before[0], "first_call_s": first, "mask_s": after[1] - before[1]}
+
+
+def _compiled_flops(w: Workload, be, built) -> dict:
+    """FLOPs of a backend that cannot run under FlopCounterMode: counted on the same model with the backend its
+    :class:`~fast_timesformer.backends.Compiled` declaration names swapped in, or ``not_measured`` says why not."""
+    decl = be.compiled
+    why = decl.flops_refusal(be, dict(w.backend_options))
+    if why:
+        return {"flops": None, "not_measured": {"flops": why}}
+    try:
+        with use_backend(built.model, decl.flops_backend):
+            flops = measure.count_flops(built.step)
+    except Exception as e:  # noqa: BLE001 - the point's own figures stand; its FLOPs say why they are missing
+        return {"flops": None, "not_measured": {"flops": f"counting the FLOPs of {be.name!r} on "
+                                                         f"{decl.flops_backend!r} failed: {first_line(e)[:300]}"}}
+    method = (f"{measure.FLOPS_METHOD}, of the same model with backend {decl.flops_backend!r} swapped in: "
+              f"{be.name!r} runs through torch.compile, which cannot run under the counter")
+    return {"flops": flops, "flops_method": method + (f"; {decl.flops_why}" if decl.flops_why else "")}
+
+
+def _prepare(w: Workload, builder) -> tuple:
+    """(record, built or None): build; an exact backend's float64 check at this shape (over its tolerance: the
+    point is ``failed``, never timed); FLOPs (a compiled backend: :func:`_first_call`, then :func:`_compiled_flops`;
+    otherwise the counted call is also the warm-up); peak memory."""
+    rec = _new_record(w)
+    be = registered_backend(w.backend) if w.impl in ("attention", "ours") else None
+    compiled = be is not None and be.compiled is not None
+    try:
+        built = builder(w)
+        rec.update(notes=list(built.notes), params=sum(p.numel() for p in built.model.parameters()))
+        if be is not None and be.exact:  # no speed without correctness: the error at this shape first
+            rec["error"] = check_workload(w)
+            if not rec["error"]["within"]:
+                rec.update(status="failed", reason=over_tolerance_text(rec["error"]))
+                return rec, None
+        if compiled:
+            rec.update(_first_call(w, built))
+            rec.update(_compiled_flops(w, be, built))
+        else:
+            rec.update(flops=measure.count_flops(built.step), flops_method=measure.FLOPS_METHOD)
+        measure.sync(w.device)
+        rec.update(measure.peak_memory(built.step, w.device))
+        return rec, built
+    except Exception as e:  # noqa: BLE001 - a sweep records failures and goes on
+        _fail(rec, e)
+        return rec, None
+
+
+def _finish(w: Workload, rec: dict, built, timing: Callable[[], dict]) -> None:
+    """The point's latency (``timing()``), throughput, and its error against ``built.reference_backend``."""
+    try:
+        rec.update(timing())
+        rec["throughput_clips_s"] = w.batch / rec["median_s"]
+        rec["tflops_s"] = None if rec.get("flops") is None else rec["flops"] / rec["median_s"] / 1e12
+        if built.reference_backend:
+            out = built.output()
+            with use_backend(built.model, built.reference_backend):
+                ref = built.output()
+            rec.update(rel_error=measure.relative_error(out, ref), reference_backend=built.reference_backend,
+                       error_kind=ERROR_KINDS.get(rec.get("backend_kind"), "error"))
+    except Exception as e:  # noqa: BLE001
+        _fail(rec, e)
+
+
+def measure_point(w: Workload, *, builder: Callable[[Workload], object] = None) -> dict:
+    """Measure one workload; never raises for OOM, refusals or errors (they become the status)."""
+    t0 = time.perf_counter()
+    rec, built = _prepare(w, builder or build)
+    if built is not None:
+        _finish(w, rec, built, lambda: measure.time_step(built.step, w.device, min_run_time=w.min_run_time))
+    if built is not None or rec["status"] != "skipped":
+        del built
+        measure.free_memory(w.device)
+    rec["wall_s"] = time.perf_counter() - t0
+    return rec
 
 
 def measure_case(case: Case) -> dict:
     """Run one :class:`Case`; never raises for refusals, OOM or errors (they become the status)."""
     t0 = time.perf_counter()
-    rec = _case_record(case)
+    rec = _new_record(case)
     try:
         rec.update(case.fn(case))
     except Exception as e:  # noqa: BLE001 - a suite records failures and goes on
@@ -330,11 +313,11 @@ def measure_case(case: Case) -> dict:
 
 
 def measure_cases(cases: list) -> list:
-    """Run the :class:`Case` s of one ``together`` key in one call, ``cases[0].fn(cases)``, which returns
-    one figures dict per case (a dict may set its case's ``status`` and ``reason``); a failure of the call
-    is every case's status. ``wall_s``: the call's wall time shared out."""
+    """The :class:`Case` s of one ``together`` key (those still to measure, after filters and ``--resume``) in one
+    call, ``cases[0].fn(cases)``: one figures dict per case (it may set its case's ``status`` and ``reason``); a
+    failure of the call is every case's status. ``wall_s``: the call's wall time shared out."""
     t0 = time.perf_counter()
-    recs = [_case_record(c) for c in cases]
+    recs = [_new_record(c) for c in cases]
     try:
         figures = list(cases[0].fn(cases))
         if len(figures) != len(cases):
@@ -350,52 +333,36 @@ def measure_cases(cases: list) -> list:
 
 
 def measure_interleaved(ws: list, *, builder: Callable[[Workload], object] = None, rounds: int = 3) -> list:
-    """Measure several workloads with their timed calls taken round-robin (A B C A B C ...).
-
-    For comparisons on a shared CPU: drifting load from other processes hits every implementation
-    alike. Latency = median over ``rounds`` single calls timed with ``time.perf_counter`` (a
-    ``torch.utils.benchmark`` timer would add its own warm-up calls, seconds each at this size).
-    """
+    """Measure several workloads with their timed calls taken round-robin (A B C A B C ...): on a shared CPU,
+    drifting load hits every implementation alike. Latency: the median of ``rounds`` single calls
+    (``time.perf_counter``; a ``torch.utils.benchmark`` timer would add warm-up calls, seconds each here)."""
     t0 = time.perf_counter()
     prepared = [(w, *_prepare(w, builder or build)) for w in ws]
-    times = {id(rec): [] for _, rec, _ in prepared}
+    times = [[] for _ in ws]
     for _ in range(rounds):
-        for w, rec, built in prepared:
-            if built is None or rec["status"] != "ok":
-                continue
-            try:
-                measure.sync(w.device)
-                start = time.perf_counter()
-                built.step()
-                measure.sync(w.device)
-                times[id(rec)].append(time.perf_counter() - start)
-            except Exception as e:  # noqa: BLE001
-                _fail(rec, e)
-    out = []
-    for w, rec, built in prepared:
-        ts = times[id(rec)]
+        for (w, rec, built), ts in zip(prepared, times):
+            if built is not None and rec["status"] == "ok":
+                try:
+                    ts.append(_timed_call(built.step, w.device))
+                except Exception as e:  # noqa: BLE001
+                    _fail(rec, e)
+    method = f"time.perf_counter per call, {rounds} rounds interleaved with {len(ws) - 1} other implementation(s)"
+    for (w, rec, built), ts in zip(prepared, times):
         if rec["status"] == "ok" and ts:
-            rec.update(measure.summarize(ts, f"time.perf_counter per call, {rounds} rounds interleaved with "
-                                             f"{len(ws) - 1} other implementation(s)"))
-            _finish(w, rec, built)
+            _finish(w, rec, built, lambda: measure.summarize(ts, method))  # called at once, in this iteration
         rec["wall_s"] = (time.perf_counter() - t0) / len(ws)
-        out.append(rec)
+    records = [rec for _, rec, _ in prepared]
     del prepared, built
     measure.free_memory(ws[0].device)
-    return out
+    return records
 
 
 # ---- results files ---------------------------------------------------------------------------
 def load_results(out_dir) -> list:
     """Every record in ``out_dir/results.jsonl`` (a truncated last line, from a kill, is ignored)."""
     path = Path(out_dir) / RESULTS
-    if not path.exists():
-        return []
     out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
+    for line in path.read_text().splitlines() if path.exists() else ():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
@@ -404,20 +371,14 @@ def load_results(out_dir) -> list:
 
 
 def latest_by_key(records: Iterable[dict]) -> dict:
-    """The last record written for each key (a resumed run may retry an errored point)."""
-    out = {}
-    for r in records:
-        out[(r.get("suite"), r["key"])] = r  # one results folder may hold several suites (gpu-check)
-    return out
+    """The last record written for each (suite, key) (a resumed run may retry an errored point)."""
+    return {(r.get("suite"), r["key"]): r for r in records}
 
 
 def _drop_partial_line(path: Path) -> None:
-    """A run killed mid-write leaves a last line without newline: cut it so appends start clean.
-
-    Cut in place (``truncate``), never by rewriting the file: a rewrite on a full disk would lose it."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
+    """Cut the last line a run killed mid-write left without newline, in place (``truncate``: a rewrite on a full
+    disk could lose the file)."""
+    data = path.read_bytes() if path.exists() else b""
     if data and not data.endswith(b"\n"):
         try:
             os.truncate(path, data.rfind(b"\n") + 1)
@@ -450,9 +411,7 @@ def append_record(path: Path, rec: dict) -> None:
 
 def load_meta(out_dir) -> dict:
     path = Path(out_dir) / META
-    if path.exists():
-        return json.loads(path.read_text())
-    return {"runs": []}
+    return json.loads(path.read_text()) if path.exists() else {"runs": []}
 
 
 def _write_meta(out_dir: Path, meta: dict) -> None:
@@ -473,38 +432,30 @@ def _write_meta(out_dir: Path, meta: dict) -> None:
                                 f"unchanged") from e
 
 
-def _warm_up(todo, builder, seconds: float = 2.0) -> None:
-    """Run the first runnable point for a while before anything is timed: the first calls of a process
-    pay for thread-pool start-up, allocator growth and lazy initialisation (seen as a 2-5x slower first
-    point of a sweep)."""
+def _warm_up(todo, builder, seconds: float) -> None:
+    """Run the first runnable point for a while before anything is timed: the first calls of a process pay for
+    thread-pool start-up, allocator growth and lazy initialisation (seen as a 2-5x slower first point)."""
     for w in todo[:8]:
         try:
             built = builder(w)
-        except Exception:  # noqa: BLE001 - refusals and failures are recorded by the sweep itself
-            continue
-        try:
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 built.step()
-        except Exception:  # noqa: BLE001
+            return
+        except Exception:  # noqa: BLE001 - refusals and failures are recorded by the sweep itself
             continue
-        finally:
-            del built
-        return
 
 
 def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, progress: bool = True,
               settings: Optional[dict] = None, builder: Callable[[Workload], object] = None,
               log: Callable[[str], None] = print, warm_up_s: float = 2.0,
               deadline: Optional[float] = None) -> list:
-    """Measure ``points`` in order, appending each record to ``out_dir/results.jsonl`` at once.
-
-    Returns the records of this call (resumed points: their stored record). Without ``resume`` an
-    existing results file is replaced. Before timing, the first runnable point runs for ``warm_up_s``.
-    ``deadline`` (a ``time.monotonic()`` value): no new point starts after it; the points left out are
-    missing from the returned list (and from the file), so ``resume`` would measure them.
+    """Measure ``points`` in order, appending each record to ``out_dir/results.jsonl`` at once; returns the records
+    of this call (resumed points: their stored record). Without ``resume`` an existing results file is replaced.
+    Before timing, the first runnable point runs for ``warm_up_s``. ``deadline`` (``time.monotonic()``): no point
+    starts after it; the points left out are missing from the returned list and the file (``resume`` measures them).
     """
-    points = list(points)
+    points, settings = list(points), settings or {}
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         raise ValueError("the sweep has duplicate points")
@@ -515,19 +466,11 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
     if resume:
         _drop_partial_line(results_path)
         done = {k: r for (suite, k), r in latest_by_key(load_results(out_dir)).items()
-                if r.get("status") in DONE and suite == (settings or {}).get("suite")}
+                if r.get("status") in DONE and suite == settings.get("suite")}
     else:
         results_path.open("w").close()  # start over (truncation needs no free space)
-        if (out_dir / META).exists():
-            (out_dir / META).unlink()
-    meta = load_meta(out_dir)
-    run = run_metadata(settings)
-    run["run_id"] = len(meta["runs"])
-    run["points"] = len(points)
-    run["resumed"] = sum(k in done for k in keys)
-    meta["runs"].append(run)
-    _write_meta(out_dir, meta)
-
+        (out_dir / META).unlink(missing_ok=True)
+    meta, run = _start_run(out_dir, settings, points=len(points), resumed=sum(k in done for k in keys))
     todo = [p for p in points if p.key not in done]
     if warm_up_s > 0 and any(isinstance(p, Workload) for p in todo):
         _warm_up([p for p in todo if isinstance(p, Workload)], builder or build, warm_up_s)
@@ -540,7 +483,7 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
 
             bar = tqdm(total=len(todo), unit="pt", dynamic_ncols=True, file=sys.stderr)
         except ImportError:
-            bar = None
+            pass
     fresh = {}
     for i, w in enumerate(todo):
         if w.key in fresh:
@@ -562,63 +505,23 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
         else:
             recs = [measure_case(w) if isinstance(w, Case) else measure_point(w, builder=builder)]
         for rec in recs:
-            rec["suite"], rec["group"] = run["settings"].get("suite"), rec["workload"].get("group")
-            rec["run_id"] = run["run_id"]
-            rec["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            rec.update(suite=settings.get("suite"), group=rec["workload"].get("group"), run_id=run["run_id"],
+                       measured_at=_now())
             append_record(results_path, rec)
             fresh[rec["key"]] = rec
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
-    run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    run["load_avg_end"] = _loadavg()
-    run["counts"] = {s: sum(r["status"] == s for r in fresh.values()) for s in STATUSES}
+    run.update(finished=_now(), load_avg_end=_loadavg(),
+               counts={s: sum(r["status"] == s for r in fresh.values()) for s in STATUSES})
     _write_meta(out_dir, meta)
     return [fresh.get(k) or done[k] for k in keys if k in fresh or k in done]
 
 
 # ---- the table at the end --------------------------------------------------------------------
 def _fmt(v, scale=1.0, digits=3):
-    if v is None:
-        return "-"
-    return f"{v * scale:.{digits}g}"
-
-
-def _one_line(text: str) -> str:
-    return " ".join((text or "").split())
-
-
-def not_measured_text(rec: dict) -> str:
-    """``"flops not measured: <why>"`` for each figure an ok point could not take ("" when none)."""
-    return "; ".join(f"{k} not measured: {v}" for k, v in (rec.get("not_measured") or {}).items())
-
-
-def summary_rows(records: Iterable[dict], notes: Optional[list] = None) -> list:
-    """Table rows; a point's reason (or, for an ok point, why a figure is missing) is a note number (``[1]``),
-    its full text kept once in ``notes`` (so the table never cuts a sentence mid-word)."""
-    rows = []
-    notes = [] if notes is None else notes
-    for r in records:
-        w = r["workload"]
-        ok = r["status"] == "ok"
-        reason = _one_line(r.get("reason") or (not_measured_text(r) if ok else ""))
-        if reason and r["status"] == "error":
-            reason = reason.split(" Traceback")[0]
-        if reason and reason not in notes:
-            notes.append(reason)
-        rows.append({
-            "group": w["group"], "point": r["label"], "status": r["status"],
-            "median ms": _fmt(r.get("median_s"), 1e3) if ok else "-",
-            "IQR ms (n)": measure.spread_text(r) if ok else "-",
-            "peak MB": _fmt(r.get("peak_mem_bytes"), 1e-6) if ok else "-",
-            "GFLOP": _fmt(r.get("flops"), 1e-9) if ok else "-",
-            "clips/s": _fmt(r.get("throughput_clips_s")) if ok else "-",
-            "rel err": _fmt(r.get("rel_error"), 1, 2) if ok else "-",
-            "compile s": _fmt(r.get("compile_s")) if ok else "-",
-            "reason": f"[{notes.index(reason) + 1}]" if reason else "",
-        })
-    return rows
+    return "-" if v is None else f"{v * scale:.{digits}g}"
 
 
 TABLE_COLUMNS = ["group", "point", "status", "median ms", "IQR ms (n)", "peak MB", "GFLOP", "clips/s", "rel err",
@@ -626,12 +529,26 @@ TABLE_COLUMNS = ["group", "point", "status", "median ms", "IQR ms (n)", "peak MB
 
 
 def format_summary(records: Iterable[dict]) -> str:
-    """The console table, then the reasons in full, one numbered line each."""
-    from ..tables import format_table
-
-    records = list(records)
-    notes: list = []
-    rows = summary_rows(records, notes)
+    """The console table; a point's reason (or, for an ok point, why a figure is missing) is a note number
+    (``[1]``), its full text printed once after the table (never a sentence cut mid-word)."""
+    records, notes, rows = list(records), [], []
+    for r in records:
+        ok = r["status"] == "ok"
+        not_measured = "; ".join(f"{k} not measured: {v}" for k, v in (r.get("not_measured") or {}).items())
+        reason = " ".join((r.get("reason") or (not_measured if ok else "")).split())
+        if reason and r["status"] == "error":
+            reason = reason.split(" Traceback")[0]
+        if reason and reason not in notes:
+            notes.append(reason)
+        row = dict.fromkeys(TABLE_COLUMNS + ["compile s"], "-")
+        row.update({"group": r["workload"]["group"], "point": r["label"], "status": r["status"],
+                    "reason": f"[{notes.index(reason) + 1}]" if reason else ""})
+        if ok:
+            row.update({"median ms": _fmt(r.get("median_s"), 1e3), "IQR ms (n)": measure.spread_text(r),
+                        "peak MB": _fmt(r.get("peak_mem_bytes"), 1e-6), "GFLOP": _fmt(r.get("flops"), 1e-9),
+                        "clips/s": _fmt(r.get("throughput_clips_s")), "rel err": _fmt(r.get("rel_error"), 1, 2),
+                        "compile s": _fmt(r.get("compile_s"))})
+        rows.append(row)
     if not rows:
         return "(no points)"
     columns = list(TABLE_COLUMNS)
@@ -655,8 +572,6 @@ def kind_of(rec: dict) -> str:
 def baseline_backend(records: Iterable[dict]) -> Optional[str]:
     """The exact backend the others are compared with: the one the error measurements ran against
     (``reference_backend``), else the first exact backend, in registration order, with a measured point."""
-    from ..backends import list_backends
-
     records = [r for r in records if r.get("status") == "ok" and r["workload"].get("impl") in ("attention", "ours")]
     for r in records:
         if r.get("reference_backend"):

@@ -1,26 +1,8 @@
-"""The suites of ``fast-timesformer bench --suite NAME``: one registry, one runner, one record schema.
-
-A suite is a function ``points(device, tiny) -> list`` registered with :func:`register_suite`; each point is a
-:class:`~fast_timesformer.bench.workloads.Workload` (a model or attention stack the runner builds and times) or
-a :class:`~fast_timesformer.bench.runner.Case` (a function of the suite's own: a kernel step, a fresh-process
-memory figure). The runner writes one record per point to ``results.jsonl`` and one metadata block per run to
-``meta.json``; ``fast-timesformer plot`` draws whatever the records hold. A new suite is one function::
-
-    @register_suite("mine", help="what it measures")
-    def mine(device="cpu", tiny=False):
-        return [Workload(impl="ours", backend="regular", frames=2 if tiny else 8, device=device)]
-
-``tiny``: seconds-long sizes (``--tiny``; what the tests and gpu-check's dry run use). Schemes and backends come
-from their registries and are chosen by what they declare, never by name, so a newly registered scheme or
-backend joins the sweeps (shown as skipped, with its reasons, where it cannot run):
-
-- the sweeps: every registered scheme x every benchmarked backend (not ``Backend.diagnostic``);
-- the error measurement (``reference=True``): every backend whose ``kind`` is not ``exact``, against the
-  exact backend ``auto`` picks, in the sweep's forward points and at each option set of its ``error_sweep``;
-  every exact backend's point carries its error against float64 at its shape (:mod:`.correctness`);
-- the targets: the backend ``auto`` picks (CPU), or every exact backend declaring the device, dtype and
-  backward (GPU), against the peers.
-"""
+"""The suites of ``fast-timesformer bench --suite NAME``: a function ``points(device, tiny) -> list`` registered
+with :func:`register_suite`, each point a :class:`~fast_timesformer.bench.workloads.Workload` (built and timed by
+the runner) or a :class:`~fast_timesformer.bench.runner.Case` (a function of the suite's own). ``tiny``:
+seconds-long sizes. Schemes and backends come from their registries, chosen by what they declare (docs/bench.md,
+"Suites"): a newly registered one joins the sweeps, shown as skipped with its reasons where it cannot run."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,7 +10,10 @@ from typing import Callable
 
 import torch
 
-from .workloads import Workload, auto_backend, backend_kind, benchmarked_backends
+from .._names import unknown_name_error
+from ..backends import get_backend
+from ..schemes import list_schemes
+from .workloads import DTYPES, Workload, auto_backend, backend_kind, benchmarked_backends
 
 
 @dataclass(frozen=True)
@@ -51,13 +36,7 @@ def register_suite(name: str, *, help: str, device: str = "cpu", **settings):
     return deco
 
 
-def list_suites() -> list:
-    return list(SUITES)
-
-
 def get_suite(name: str) -> Suite:
-    from .._names import unknown_name_error
-
     if name not in SUITES:
         raise unknown_name_error("suite", name, SUITES)
     return SUITES[name]
@@ -70,9 +49,6 @@ def suite_points(name: str, device: str = None, tiny: bool = False) -> list:
 
 def exact_backends(device: str, dtype: str, backward: bool = False) -> list:
     """Benchmarked exact backends that declare ``device`` and ``dtype`` (and backward, if asked)."""
-    from ..backends import get_backend
-    from .workloads import DTYPES
-
     dev = device.split(":")[0]
     return [n for n in benchmarked_backends() if (be := get_backend(n)).exact and dev in be.devices
             and DTYPES[dtype] in be.dtypes and (be.supports_backward or not backward)]
@@ -80,47 +56,42 @@ def exact_backends(device: str, dtype: str, backward: bool = False) -> list:
 
 def inexact_backends(device: str) -> list:
     """Benchmarked backends whose ``kind`` is not ``exact`` (their error is measured) that declare ``device``."""
-    from ..backends import get_backend
-
-    return [n for n in benchmarked_backends() if not get_backend(n).exact
-            and device.split(":")[0] in get_backend(n).devices]
-
-
-def _schemes() -> list:
-    from ..schemes import list_schemes
-
-    return list_schemes()
+    return [n for n in benchmarked_backends() if not (be := get_backend(n)).exact
+            and device.split(":")[0] in be.devices]
 
 
 def sweep(base: Workload, frames_list, res_list, base_frames, base_res, backends, modes=("fwd", "fwd+bwd")):
     """frames sweep at ``base_res`` + resolution sweep at ``base_frames``, every registered scheme x backends x
     modes; the forward points of a backend that is not exact also measure its error (group ``sweep``), then
     every non-exact backend at each option set of its ``error_sweep`` at the base size (group ``approx``)."""
-    from ..backends import get_backend
-
     configs = [(f, base_res) for f in frames_list]
     configs += [(base_frames, r) for r in res_list if (base_frames, r) not in configs]
     points = [base.replace(scheme=s, backend=be, mode=m, frames=f, image_size=r, group="sweep",
                            reference=(m == "fwd" and backend_kind(be) != "exact"))
-              for f, r in configs for s in _schemes() for be in backends for m in modes]
+              for f, r in configs for s in list_schemes() for be in backends for m in modes]
     at = base.replace(frames=base_frames, image_size=base_res, mode="fwd", group="approx", reference=True)
-    return points + [at.replace(scheme=s, backend=n, backend_options=opts)
-                     for n in inexact_backends(base.device) for opts in get_backend(n).error_sweep for s in _schemes()]
+    return points + [at.replace(scheme=s, backend=n, backend_options=opts) for n in inexact_backends(base.device)
+                     for opts in get_backend(n).error_sweep for s in list_schemes()]
 
 
-def target(device, dtype, batch, mode, backends, min_run_time, peers=("hf", "lucidrains"), interleave=0, size=224):
-    """Group ``target``: TimeSformer-Base (divided, 8 frames) with each of ``backends``, then the peers (a peer
+def target(device, dtype, batch, mode, backends, min_run_time, peers=("hf", "lucidrains"), interleave=0):
+    """Group ``target``: TimeSformer-Base (divided, 8x224) with each of ``backends``, then the peers (a peer
     runs its own attention; the backend field is unused)."""
-    base = Workload(impl="ours", batch=batch, frames=8, image_size=size, dim=768, depth=12, heads=12,
+    base = Workload(impl="ours", batch=batch, frames=8, image_size=224, dim=768, depth=12, heads=12,
                     num_classes=400, dtype=dtype, device=device, mode=mode, group="target",
                     min_run_time=min_run_time, interleave=interleave)
     return [base.replace(backend=b) for b in backends] + [base.replace(impl=p) for p in peers]
 
 
+def cpu_target(device: str) -> list:
+    """The CPU target: ours (``auto``'s backend) vs HF vs lucidrains, B=1 8x224 forward, 3 single calls each
+    taken round-robin after a FLOP-count and a peak-memory call (~3-6 s each)."""
+    return target(device, "float32", 1, "fwd", [auto_backend(device)], min_run_time=5.0, interleave=3)
+
+
 def hf_by_size(device="cpu", sizes=(336, 448), modes=("fwd",), rounds=3, tiny=False):
-    """Group ``sizes``: ours (the backend ``auto`` picks) and Hugging Face, B=1, float32, same weights, at each
-    resolution and mode; the two are timed alternately (``rounds`` single calls each) after a FLOP-count and a
-    peak-memory pass."""
+    """Group ``sizes``: ours (``auto``'s backend) and Hugging Face, B=1, float32, same weights, at each resolution
+    and mode; the two are timed alternately (``rounds`` single calls each)."""
     kw = dict(frames=2, dim=32, depth=1, heads=2) if tiny else dict(frames=8, dim=768, depth=12, heads=12)
     pts = []
     for s in sizes:
@@ -139,10 +110,7 @@ def cpu_suite(device="cpu", tiny=False):
         return tiny_suite(device)
     base = Workload(impl="ours", dim=192, heads=3, depth=2, num_classes=10, device=device, min_run_time=0.15)
     points = sweep(base, (2, 4, 8, 16), (64, 128, 192, 224), 8, 128, benchmarked_backends())
-    # per implementation: one warm-up (the FLOP count) + one memory pass, then 3 single timed calls taken
-    # round-robin with the peers (ours, HF, lucidrains, ours, ...), ~3-6 s each
-    points += target(device, "float32", 1, "fwd", [auto_backend(device)], min_run_time=5.0, interleave=3)
-    return points + hf_by_size(device)  # attention weighs more as the clip grows
+    return points + cpu_target(device) + hf_by_size(device)  # attention weighs more as the clip grows
 
 
 @register_suite("hf", help="ours vs Hugging Face by size (8x224/336/448 forward, 8x224/448 training step), "
@@ -176,21 +144,19 @@ def models_suite(device=None, tiny=False):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if tiny:
         return [p for p in tiny_suite(device, peers=True) if p.group == "target"]
-    if device.startswith("cuda"):
-        return gpu_targets(device, fwd_peers=("hf", "lucidrains"))
-    return target(device, "float32", 1, "fwd", [auto_backend(device)], min_run_time=5.0, interleave=3)
+    return gpu_targets(device, fwd_peers=("hf", "lucidrains")) if device.startswith("cuda") else cpu_target(device)
 
 
 @register_suite("tiny", help="seconds: what the tests run")
-def tiny_suite(device="cpu", tiny=True, impl="attention", peers=False):
+def tiny_suite(device="cpu", tiny=True, peers=False):
     """The exact backend ``auto`` picks on the device, and every backend that is not exact (its error measured,
     also at each option set of its ``error_sweep``)."""
-    base = Workload(impl=impl, dim=32, heads=2, depth=1, num_classes=5, device=device, min_run_time=0.01)
+    base = Workload(impl="attention", dim=32, heads=2, depth=1, num_classes=5, device=device, min_run_time=0.01)
     points = sweep(base, (2, 4), (32, 64), 2, 32, [auto_backend(device)] + inexact_backends(device))
     if peers:
-        t = Workload(impl="ours", backend=auto_backend(device), dim=32, heads=2, depth=1, frames=2, image_size=32,
-                     num_classes=5, device=device, group="target", min_run_time=0.01, interleave=3)
-        points += [t, t.replace(impl="hf"), t.replace(impl="lucidrains")] + hf_by_size(device, (48, 64), tiny=True)
+        t = base.replace(impl="ours", backend=auto_backend(device), frames=2, image_size=32, group="target",
+                         interleave=3)
+        points += [t, t.replace(impl="hf"), t.replace(impl="lucidrains")]
     return points
 
 
@@ -206,4 +172,3 @@ def filter_points(points, *, schemes=None, backends=None, impls=None, modes=None
 
     out = [p for p in points if keep(p)]
     return out[:limit] if limit else out
-

@@ -1,9 +1,6 @@
-"""What gets measured: one :class:`Workload` per model point (plain data with a stable :attr:`Workload.key`, what
-``--resume`` matches) and :func:`build`, which turns it into a one-step callable. ``impl``: ``attention`` (the
-attention steps of one block of ``scheme``, ``depth`` times), ``ours`` (TimeSformer), ``hf`` (Hugging Face
-Timesformer with our weights copied in where the layouts match) or ``lucidrains`` (its own weights); ``mode``:
-``fwd`` (inference mode, eval) or ``fwd+bwd`` (train mode, forward, mean of the output, backward). Schemes and
-backends are read from their registries (docs/bench.md, "Suites"); there is no list of names here."""
+"""What gets measured: one :class:`Workload` per model point (plain data; its :attr:`~Workload.key` is what
+``--resume`` matches) and :func:`build`, which turns it into a one-step callable (impls and modes: docs/bench.md).
+Schemes and backends are read from their registries; there is no list of names here."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +11,12 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..attention import DividedAttention
+from ..backends import get_backend, list_backends, resolve_backend
 from ..errors import MissingDependencyError, import_failure
+from ..models import TimeSformer
+from ..models.timesformer_layouts import HF_SCHEMES, official_to_hf_key
+from ..schemes import SCHEMES, get_scheme
 
 IMPLS = ("attention", "ours", "hf", "lucidrains")
 MODES = ("fwd", "fwd+bwd")
@@ -27,35 +29,29 @@ class Skip(Exception):
 
 # ---- what the registries say --------------------------------------------------------------------
 def scheme_label(name: str) -> str:
-    """The scheme's ``short`` label; the name itself for a scheme not registered in this process (results
-    measured elsewhere)."""
-    from ..schemes import SCHEMES as REGISTERED
+    """The scheme's ``short`` label; the name itself for a scheme not registered here (results from elsewhere)."""
+    return SCHEMES[name].short if name in SCHEMES else name
 
-    return REGISTERED[name].short if name in REGISTERED else name
+
+def registered_backend(name: str):
+    """The registered :class:`~fast_timesformer.backends.Backend` of that name, None if there is none here."""
+    return get_backend(name) if name in list_backends() else None
 
 
 def benchmarked_backends() -> list:
-    """Registered backends that are measured (not ``Backend.diagnostic``), in
-    registration order; those that cannot run here are recorded as skipped, with their reasons."""
-    from ..backends import get_backend, list_backends
-
+    """Registered backends that are measured (not ``Backend.diagnostic``), in registration order."""
     return [n for n in list_backends() if not get_backend(n).diagnostic]
 
 
 def auto_backend(device: str = "cpu", dtype: str = "float32") -> str:
-    """The exact backend ``auto`` picks on ``device`` for a small ``dtype`` query (the registry's
-    :func:`~fast_timesformer.backends.resolve_backend`): the baseline that speed-ups and errors are
-    measured against. Where the device is absent, the first exact ``auto`` backend by declared priority
+    """The exact backend ``auto`` picks on ``device`` for a small ``dtype`` query: the baseline that speed-ups
+    and errors are measured against. Where the device is absent, the first exact backend by declared priority
     that lists it."""
-    from ..backends import get_backend, list_backends, resolve_backend
-
     try:
-        q = torch.zeros(1, 1, 16, 64, device=device, dtype=DTYPES[dtype])
-        return resolve_backend("auto", q).name
-    except Exception:  # noqa: BLE001 - no such device here, or nothing takes it: fall back to the declarations
+        return resolve_backend("auto", torch.zeros(1, 1, 16, 64, device=device, dtype=DTYPES[dtype])).name
+    except Exception:  # noqa: BLE001 - no such device here (a CPU build asserts), or nothing takes it
         dev = torch.device(device).type
-        cands = [get_backend(n) for n in list_backends()]
-        cands = [b for b in cands
+        cands = [b for b in map(get_backend, list_backends())
                  if b.exact and not b.diagnostic and dev in b.devices and DTYPES[dtype] in b.dtypes]
         if not cands:
             raise ValueError(f"no exact backend declares {device} / {dtype}") from None
@@ -64,17 +60,14 @@ def auto_backend(device: str = "cpu", dtype: str = "float32") -> str:
 
 def backend_kind(name: str) -> Optional[str]:
     """The registered backend's ``kind`` (exact, approximate, different_model); None if not registered."""
-    from ..backends import get_backend, list_backends
-
-    return get_backend(name).kind if name in list_backends() else None
+    be = registered_backend(name)
+    return be.kind if be else None
 
 
 def refusals(w: "Workload", *, here: bool = True) -> list:
     """Why ``w`` cannot run, from what the scheme and the backend declare: the scheme's ``why_not`` at this
     size; the backend's devices, dtypes, backward and masks; with ``here``, whether it is available on this
     machine. [] = nothing declared against it (it may still refuse its inputs at run time)."""
-    from ..schemes import get_scheme
-
     scheme = get_scheme(w.scheme)
     reasons = scheme.reasons(w.frames, w.grid)
     if reasons:
@@ -82,11 +75,7 @@ def refusals(w: "Workload", *, here: bool = True) -> list:
                 + "; ".join(reasons)]
     if w.impl not in ("attention", "ours"):
         return []
-    from ..backends import get_backend, list_backends
-
-    if w.backend not in list_backends():
-        get_backend(w.backend)  # raises ValueError naming the known ones
-    be = get_backend(w.backend)
+    be = get_backend(w.backend)  # an unregistered name raises ValueError naming the known ones
     out = be.unavailable_reasons() if here else []
     if w.device.split(":")[0] not in be.devices:
         out.append(f"device {w.device!r} not supported (supports {', '.join(be.devices)})")
@@ -125,8 +114,6 @@ class Workload:
     reference: bool = False  # also measure the output's relative error against the exact backend auto picks
 
     def __post_init__(self):
-        from ..schemes import get_scheme
-
         if self.impl not in IMPLS:
             raise ValueError(f"unknown impl {self.impl!r}; choose from {', '.join(IMPLS)}")
         get_scheme(self.scheme)  # an unregistered name raises ValueError listing the registered ones
@@ -147,13 +134,9 @@ class Workload:
         return self.image_size // self.patch_size
 
     @property
-    def patches(self) -> int:
-        return self.grid ** 2
-
-    @property
     def tokens(self) -> int:
         """Patch tokens per clip (f * n), the x axis of the memory plots."""
-        return self.frames * self.patches
+        return self.frames * self.grid ** 2
 
     @property
     def key(self) -> str:
@@ -174,16 +157,13 @@ class Workload:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Workload":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown workload field(s) {sorted(unknown)}")
         return cls(**d)
 
     def replace(self, **changes) -> "Workload":
-        d = self.to_dict()
-        d.update(changes)
-        return Workload.from_dict(d)
+        return dataclasses.replace(self, **changes)
 
 
 class AttentionStack(nn.Module):
@@ -192,9 +172,6 @@ class AttentionStack(nn.Module):
 
     def __init__(self, w: Workload):
         super().__init__()
-        from ..attention import DividedAttention
-        from ..schemes import get_scheme
-
         self.steps = get_scheme(w.scheme).step_groups(w.frames, w.grid)
         opts = dict(w.backend_options)
         self.norms = nn.ModuleList()
@@ -206,54 +183,29 @@ class AttentionStack(nn.Module):
                                                    backend=w.backend, cls="official", step=step, **opts))
 
     def forward(self, x):
-        i = 0
-        while i < len(self.attns):
-            for _step, groups in self.steps:
-                x = x + self.attns[i](self.norms[i](x), groups=groups)
-                i += 1
+        for i, (norm, attn) in enumerate(zip(self.norms, self.attns)):
+            x = x + attn(norm(x), groups=self.steps[i % len(self.steps)][1])
         return x
 
 
 # ---- building a point -----------------------------------------------------------------------
 @dataclass
 class Built:
-    """A workload ready to run: ``step()`` runs it once; ``output()`` gives a tensor for error checks."""
+    """A workload ready to run: ``step()`` runs it once; ``output()`` gives the features error checks compare;
+    ``reference_backend``: the exact backend ``auto`` picks, to compare with (None: no error measured)."""
 
     model: nn.Module
     inputs: torch.Tensor
     step: Callable[[], object]
     output: Callable[[], torch.Tensor]
     notes: list = field(default_factory=list)
-    reference_output: Optional[Callable[[], torch.Tensor]] = None
-    reference_backend: Optional[str] = None  # the exact backend reference_output runs (auto's choice here)
-
-
-def _check(w: Workload):
-    """Raise :class:`Skip` with the declared reasons why ``w`` cannot run here."""
-    try:
-        reasons = refusals(w)
-    except ValueError as e:  # an unknown backend name
-        raise Skip(str(e)) from None
-    if reasons:
-        raise Skip("; ".join(reasons))
+    reference_backend: Optional[str] = None
 
 
 def _ours(w: Workload) -> nn.Module:
-    try:
-        from ..models import TimeSformer
-    except ImportError as e:
-        raise Skip(f"fast_timesformer.models.TimeSformer is not available: {e}") from None
-    backend = w.backend
     return TimeSformer(num_classes=w.num_classes, num_frames=w.frames, image_size=w.image_size,
                        patch_size=w.patch_size, dim=w.dim, depth=w.depth, heads=w.heads, drop_path=0.0,
-                       scheme=w.scheme, backend=backend, **dict(w.backend_options))
-
-
-def hf_attention_type(scheme: str) -> Optional[str]:
-    """Hugging Face Timesformer's ``attention_type`` for our scheme (the checkpoint layout's table), or None."""
-    from ..models.timesformer_layouts import HF_SCHEMES
-
-    return next((hf for hf, ours in HF_SCHEMES.items() if ours == scheme), None)
+                       scheme=w.scheme, backend=w.backend, **dict(w.backend_options))
 
 
 def _peer_failure(distribution: str, error: ImportError) -> Exception:
@@ -263,46 +215,30 @@ def _peer_failure(distribution: str, error: ImportError) -> Exception:
     return Skip(str(err)) if isinstance(err, MissingDependencyError) else err
 
 
-def _hf(w: Workload, ours: Optional[nn.Module]):
+def _hf(w: Workload, seed: int):
+    """Hugging Face's Timesformer with the weights of our model at ``w`` (``auto``'s backend; the same seed)."""
     try:
         from transformers import TimesformerConfig, TimesformerForVideoClassification
     except ImportError as e:
         raise _peer_failure("transformers", e) from e
-    attention_type = hf_attention_type(w.scheme)
+    attention_type = next((hf for hf, ours in HF_SCHEMES.items() if ours == w.scheme), None)
     if attention_type is None:
         raise Skip(f"Hugging Face Timesformer has no {w.scheme} scheme")
+    torch.manual_seed(seed)
+    ours = _ours(w.replace(impl="ours", backend=auto_backend(w.device, w.dtype), backend_options={}))
     cfg = TimesformerConfig(image_size=w.image_size, patch_size=w.patch_size, num_channels=3,
                             num_frames=w.frames, hidden_size=w.dim, num_hidden_layers=w.depth,
                             num_attention_heads=w.heads, intermediate_size=4 * w.dim,
                             attention_type=attention_type, num_labels=w.num_classes)  # dropouts default 0
+    torch.manual_seed(seed)
     model = TimesformerForVideoClassification(cfg)
-    notes = []
-    if ours is not None:
-        notes.append(copy_ours_into_hf(ours, model))
-    else:
-        notes.append("weights: Hugging Face's own random init")
-    return model, notes
+    return model, [copy_ours_into_hf(ours, model)]
 
 
 def copy_ours_into_hf(ours: nn.Module, hf: nn.Module) -> str:
-    """Copy our weights into the HF model when every tensor maps 1:1; else say why not."""
-    from ..models.timesformer_layouts import official_to_hf_key
-
-    theirs = hf.state_dict()
-    mapped = {}
-    for k, v in ours.state_dict().items():
-        hk = official_to_hf_key(k)
-        if hk is None:
-            if ".cores." in k:  # backend-owned state (none for a stateless exact backend)
-                continue
-            return f"weights: HF random init (our tensor {k} has no HF counterpart)"
-        if hk not in theirs or theirs[hk].shape != v.shape:
-            return f"weights: HF random init ({k} -> {hk} does not match)"
-        mapped[hk] = v
-    missing = set(theirs) - set(mapped)
-    if missing:
-        return f"weights: HF random init (HF tensors without ours: {sorted(missing)[:3]})"
-    hf.load_state_dict(mapped)
+    """Copy our weights into the HF model: every tensor maps 1:1 (backend-owned state aside), else
+    ``load_state_dict`` raises naming the tensors that do not (never a peer silently left at random weights)."""
+    hf.load_state_dict({official_to_hf_key(k) or k: v for k, v in ours.state_dict().items() if ".cores." not in k})
     return "weights: ours copied into HF (same logits expected)"
 
 
@@ -320,44 +256,30 @@ def _lucidrains(w: Workload):
                    "not weight-compatible)"]
 
 
-def _construct(w: Workload, seed: int):
-    notes: list = []
-    if w.impl == "attention":
-        model = AttentionStack(w)
-        x = torch.randn(w.batch, 1 + w.tokens, w.dim)
-    else:
-        x = torch.randn(w.batch, w.frames, 3, w.image_size, w.image_size)
-        if w.impl == "ours":
-            torch.manual_seed(seed)  # the same weights as the copy handed to the HF peer
-            model = _ours(w)
-        elif w.impl == "hf":
-            ours = None
-            if hf_attention_type(w.scheme) is not None:
-                try:
-                    torch.manual_seed(seed)
-                    ours = _ours(w.replace(impl="ours", backend=auto_backend(w.device, w.dtype),
-                                           backend_options={}))
-                except Skip:
-                    ours = None
-            torch.manual_seed(seed)
-            model, notes = _hf(w, ours)
-            del ours
-        else:
-            model, notes = _lucidrains(w)
-    return model, x, notes
-
-
 def build(w: Workload, *, seed: int = 0) -> Built:
     """Build the model and inputs of ``w`` and the closures that run it. Raises :class:`Skip`."""
-    _check(w)
+    try:
+        reasons = refusals(w)
+    except ValueError as e:  # an unknown backend name
+        raise Skip(str(e)) from None
+    if reasons:
+        raise Skip("; ".join(reasons))
     device, dtype = torch.device(w.device), DTYPES[w.dtype]
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Skip("CUDA is not available on this machine")
     torch.manual_seed(seed)
+    notes: list = []
     with device:  # initialise the weights where they will run (seconds saved per ViT-Base on a GPU)
-        model, x, notes = _construct(w, seed)
-    model = model.to(device=device, dtype=dtype)
-    x = x.to(device=device, dtype=dtype)
+        if w.impl == "attention":
+            model, x = AttentionStack(w), torch.randn(w.batch, 1 + w.tokens, w.dim)
+        else:
+            x = torch.randn(w.batch, w.frames, 3, w.image_size, w.image_size)
+            if w.impl == "ours":
+                torch.manual_seed(seed)  # the same weights as the copy handed to the HF peer
+                model = _ours(w)
+            else:
+                model, notes = _hf(w, seed) if w.impl == "hf" else _lucidrains(w)
+    model, x = model.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype)
     train = w.mode == "fwd+bwd"
     model.train(train)
 
@@ -389,15 +311,6 @@ def build(w: Workload, *, seed: int = 0) -> Built:
         finally:
             model.train(was)
 
-    ref, baseline = None, None
-    if w.reference and w.impl in ("attention", "ours"):
-        baseline = auto_backend(w.device, w.dtype)
-    if baseline is not None and baseline != w.backend:
-        from ..attention import use_backend
-
-        def ref():
-            with use_backend(model, baseline):
-                return output()
-
-    return Built(model=model, inputs=x, step=step, output=output, notes=notes, reference_output=ref,
-                 reference_backend=baseline if ref is not None else None)
+    baseline = auto_backend(w.device, w.dtype) if w.reference and w.impl in ("attention", "ours") else None
+    return Built(model=model, inputs=x, step=step, output=output, notes=notes,
+                 reference_backend=baseline if baseline != w.backend else None)
