@@ -242,22 +242,24 @@ def _compiled_flops(w: Workload, be, built) -> dict:
 
 
 def _prepare(w: Workload, builder) -> tuple:
-    """(record, built or None): build; an exact backend's float64 check at this shape (over its tolerance: the
-    point is ``failed``, never timed); FLOPs (a compiled backend: :func:`_first_call`, then :func:`_compiled_flops`;
-    otherwise the counted call is also the warm-up); peak memory."""
+    """(record, built or None): build; a compiled backend's first call (:func:`_first_call`: the compile, so its
+    float64 check compiles nothing new); an exact backend's float64 check at this shape (over its tolerance: the
+    point is ``failed``, never timed); FLOPs (:func:`_compiled_flops` for a compiled backend; otherwise the
+    counted call is also the warm-up); peak memory."""
     rec = _new_record(w)
     be = registered_backend(w.backend) if w.impl in ("attention", "ours") else None
     compiled = be is not None and be.compiled is not None
     try:
         built = builder(w)
         rec.update(notes=list(built.notes), params=sum(p.numel() for p in built.model.parameters()))
+        if compiled:
+            rec.update(_first_call(w, built))
         if be is not None and be.exact:  # no speed without correctness: the error at this shape first
             rec["error"] = check_workload(w)
             if not rec["error"]["within"]:
                 rec.update(status="failed", reason=over_tolerance_text(rec["error"]))
                 return rec, None
         if compiled:
-            rec.update(_first_call(w, built))
             rec.update(_compiled_flops(w, be, built))
         else:
             rec.update(flops=measure.count_flops(built.step), flops_method=measure.FLOPS_METHOD)
