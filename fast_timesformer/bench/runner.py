@@ -3,6 +3,7 @@
 a suite's points already recorded as ok, failed, oom or skipped. The record schema: docs/bench.md."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -487,34 +488,41 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
         except ImportError:
             pass
     fresh = {}
-    for i, w in enumerate(todo):
-        if w.key in fresh:
-            continue
-        if deadline is not None and time.monotonic() > deadline:
-            log(f"time budget spent: {len(todo) - i} point(s) not measured")
-            break
-        if bar is not None:
-            bar.set_description(w.label[:60])
-        elif progress:
-            log(f"[{i + 1}/{len(todo)}] {w.label}")
-        if isinstance(w, Case) and w.together is not None:
-            recs = measure_cases([v for v in todo if isinstance(v, Case) and v.together == w.together
-                                  and v.key not in fresh])
-        elif w.interleave and w.device.startswith("cpu"):
-            batch = [v for v in todo if v.interleave and v.key not in fresh and
-                     (v.group, v.frames, v.image_size) == (w.group, w.frames, w.image_size)]
-            recs = measure_interleaved(batch, builder=builder, rounds=w.interleave)
-        else:
-            recs = [measure_case(w) if isinstance(w, Case) else measure_point(w, builder=builder)]
-        for rec in recs:
-            rec.update(suite=settings.get("suite"), group=rec["workload"].get("group"), run_id=run["run_id"],
-                       measured_at=_now())
-            append_record(results_path, rec)
-            fresh[rec["key"]] = rec
+    # what lives now (imports, registries, the warm-up) is never garbage: frozen, it is left out of the full
+    # collection after each point, which then scans only what the point made (0.1-0.35 s a point otherwise)
+    gc.collect()
+    gc.freeze()
+    try:
+        for i, w in enumerate(todo):
+            if w.key in fresh:
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                log(f"time budget spent: {len(todo) - i} point(s) not measured")
+                break
             if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+                bar.set_description(w.label[:60])
+            elif progress:
+                log(f"[{i + 1}/{len(todo)}] {w.label}")
+            if isinstance(w, Case) and w.together is not None:
+                recs = measure_cases([v for v in todo if isinstance(v, Case) and v.together == w.together
+                                      and v.key not in fresh])
+            elif w.interleave and w.device.startswith("cpu"):
+                batch = [v for v in todo if v.interleave and v.key not in fresh and
+                         (v.group, v.frames, v.image_size) == (w.group, w.frames, w.image_size)]
+                recs = measure_interleaved(batch, builder=builder, rounds=w.interleave)
+            else:
+                recs = [measure_case(w) if isinstance(w, Case) else measure_point(w, builder=builder)]
+            for rec in recs:
+                rec.update(suite=settings.get("suite"), group=rec["workload"].get("group"), run_id=run["run_id"],
+                           measured_at=_now())
+                append_record(results_path, rec)
+                fresh[rec["key"]] = rec
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        gc.unfreeze()
+        if bar is not None:
+            bar.close()
     run.update(finished=_now(), load_avg_end=_loadavg(),
                counts={s: sum(r["status"] == s for r in fresh.values()) for s in STATUSES})
     _write_meta(out_dir, meta)
