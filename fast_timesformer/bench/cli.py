@@ -11,6 +11,7 @@ import torch
 
 from .._names import unknown_name_error
 from ..devices import check_device
+from ..environment import busy_cores
 from ..errors import FastTimesformerError
 from ..outputs import check_output_dir
 from .gpu_check import add_subcommand as add_gpu_check
@@ -94,26 +95,6 @@ def choose_threads(requested, points) -> str:
               f"{default} (pass --threads {default} to override)", file=sys.stderr)
         return f"1 (auto: other processes used {busy:.1f} of {cores} cores before the run)"
     return f"{default} (auto: idle machine, {busy:.2f} of {cores} cores busy before the run)"
-
-
-def busy_cores(seconds: float = 1.0):
-    """How many cores other processes keep busy, sampled from /proc/stat while this one sleeps (Linux);
-    the 1-minute load average otherwise (it lags: a run that just ended still counts)."""
-    def sample():
-        with open("/proc/stat") as fh:
-            vals = [int(v) for v in fh.readline().split()[1:]]
-        return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)
-
-    try:
-        t0, i0 = sample()
-        time.sleep(seconds)
-        t1, i1 = sample()
-        return (os.cpu_count() or 1) * (1 - (i1 - i0) / (t1 - t0)) if t1 > t0 else None
-    except (OSError, ValueError, IndexError):
-        try:
-            return os.getloadavg()[0]
-        except OSError:
-            return None
 
 
 def cmd_bench(args) -> int:

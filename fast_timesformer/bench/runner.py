@@ -4,23 +4,19 @@ a suite's points already recorded as ok, failed, oom or skipped. The record sche
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-import torch
-
 from ..attention import use_backend
 from ..backends import AttentionCore, BackendUnavailable, list_backends
+from ..environment import load_average, run_metadata, source_fingerprint  # noqa: F401 (gpu_check reads it here)
 from ..errors import FastTimesformerError, first_line
+from ..outputs import write_json
 from ..tables import format_table
 from . import measure
 from .correctness import check_workload
@@ -35,8 +31,8 @@ ERROR_KINDS = {"approximate": "approximation error", "different_model": "deviati
 
 
 class ResultsWriteError(FastTimesformerError):
-    """Writing ``results.jsonl`` or ``meta.json`` failed (disk full, read-only folder): the sweep stops, and what
-    was saved before stays intact."""
+    """Appending to ``results.jsonl`` failed (disk full, read-only folder): the sweep stops, and the records
+    saved before stay intact (``meta.json`` is written by :func:`~fast_timesformer.outputs.write_json`)."""
 
 
 def _now() -> str:
@@ -44,98 +40,13 @@ def _now() -> str:
 
 
 # ---- metadata --------------------------------------------------------------------------------
-def _version(dist: str) -> Optional[str]:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _loadavg():
-    """1/5/15-minute load average: other processes on the machine skew CPU timings."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _output(cmd: list, timeout: float, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def _git_commit() -> dict:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = _output(["git", "rev-parse", "HEAD"], 10, root).stdout.strip()
-        dirty = _output(["git", "status", "--porcelain", "--untracked-files=no"], 10, root).stdout.strip()
-        return {"commit": sha or None, "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def source_fingerprint(pkg_dir: Optional[Path] = None) -> str:
-    """sha256 over the package's Python sources (path inside the package + content), the same for a source tree
-    and an install: which code ran where a copy of the tree has no .git."""
-    pkg_dir = Path(pkg_dir or Path(__file__).resolve().parents[1])
-    h = hashlib.sha256()
-    for p in sorted(pkg_dir.rglob("*.py")):
-        h.update(("fast_timesformer/" + p.relative_to(pkg_dir).as_posix()).encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
-
-
-def _nvidia_smi() -> dict:
-    """Clocks, power, temperature and memory of the GPUs, as nvidia-smi reports them (driver included)."""
-    query = ("name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,power.limit,"
-             "temperature.gpu,memory.total,memory.used")
-    try:
-        res = _output(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], 20)
-    except (OSError, subprocess.SubprocessError) as e:
-        return {"error": str(e)}
-    lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
-    if res.returncode or len(lines) < 2:
-        return {"error": " ".join((res.stderr or res.stdout).split())[:300]}
-    keys = [k.strip() for k in lines[0].split(",")]
-    return {"gpus": [dict(zip(keys, (v.strip() for v in ln.split(",")))) for ln in lines[1:]]}
-
-
-def run_metadata(settings: Optional[dict] = None) -> dict:
-    """The one metadata block of a run (every suite, every gpu-check stage): device, versions, commit, load."""
-    cuda = torch.cuda.is_available()
-    meta = {
-        "started": _now(), "device": torch.cuda.get_device_name(0) if cuda else f"cpu: {_cpu_name()}",
-        "cpu": _cpu_name(), "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "load_avg_start": _loadavg(), "cuda": torch.version.cuda if cuda else None,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "versions": {m: _version(m) for m in ("torch", "triton", "xformers", "transformers", "timesformer-pytorch",
-                                              "performer-pytorch", "fast_timesformer")},
-        "git": _git_commit(), "source_fingerprint": source_fingerprint(), "argv": sys.argv,
-        "env": {k: os.environ[k] for k in ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES") if k in os.environ},
-        "settings": settings or {},
-    }
-    if cuda:
-        p = torch.cuda.get_device_properties(0)
-        meta["gpu"] = {"capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count,
-                       "memory_GiB": round(p.total_memory / 2 ** 30, 1), "nvidia_smi": _nvidia_smi()}
-    return meta
-
-
 def _start_run(out_dir: Path, settings: Optional[dict], **extra) -> tuple:
     """(meta, run): this run's metadata block appended to ``out_dir/meta.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = load_meta(out_dir)
     run = dict(run_metadata(settings), run_id=len(meta["runs"]), **extra)
     meta["runs"].append(run)
-    _write_meta(out_dir, meta)
+    write_json(out_dir / META, meta, indent=2, default=str)  # atomic: a failure keeps the old one
     return meta, run
 
 
@@ -301,28 +212,15 @@ def measure_point(w: Workload, *, builder: Callable[[Workload], object] = None) 
     return rec
 
 
-def measure_case(case: Case) -> dict:
-    """Run one :class:`Case`; never raises for refusals, OOM or errors (they become the status)."""
-    t0 = time.perf_counter()
-    rec = _new_record(case)
-    try:
-        rec.update(case.fn(case))
-    except Exception as e:  # noqa: BLE001 - a suite records failures and goes on
-        _fail(rec, e)
-    if not case.device.startswith("cpu"):
-        measure.free_memory(case.device)
-    rec["wall_s"] = time.perf_counter() - t0
-    return rec
-
-
 def measure_cases(cases: list) -> list:
-    """The :class:`Case` s of one ``together`` key (those still to measure, after filters and ``--resume``) in one
-    call, ``cases[0].fn(cases)``: one figures dict per case (it may set its case's ``status`` and ``reason``); a
-    failure of the call is every case's status. ``wall_s``: the call's wall time shared out."""
+    """Run :class:`Case` s; never raises for refusals, OOM or errors (they become the status). One case: its
+    ``fn(case)``. The cases of one ``together`` key (those still to measure, after filters and ``--resume``): one
+    call ``fn(cases)`` returning one figures dict per case (it may set its case's ``status`` and ``reason``), a
+    failure of the call every case's status, its wall time shared out."""
     t0 = time.perf_counter()
     recs = [_new_record(c) for c in cases]
     try:
-        figures = list(cases[0].fn(cases))
+        figures = list(cases[0].fn(cases)) if cases[0].together is not None else [cases[0].fn(cases[0])]
         if len(figures) != len(cases):
             raise RuntimeError(f"the suite returned {len(figures)} results for {len(cases)} cases")
         for rec, fig in zip(recs, figures):
@@ -330,6 +228,8 @@ def measure_cases(cases: list) -> list:
     except Exception as e:  # noqa: BLE001 - a suite records failures and goes on
         for rec in recs:
             _fail(rec, e)
+    if not cases[0].device.startswith("cpu"):
+        measure.free_memory(cases[0].device)
     for rec in recs:
         rec["wall_s"] = (time.perf_counter() - t0) / len(cases)
     return recs
@@ -417,24 +317,6 @@ def load_meta(out_dir) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"runs": []}
 
 
-def _write_meta(out_dir: Path, meta: dict) -> None:
-    """Replace ``meta.json`` atomically: a failed write (disk full) leaves the previous file as it was."""
-    tmp = out_dir / (META + ".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(meta, indent=2, default=str))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_dir / META)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise ResultsWriteError(f"could not write {out_dir / META}: {e.strerror or e}; the previous one is "
-                                f"unchanged") from e
-
-
 def _warm_up(todo, builder, seconds: float) -> None:
     """Run the first runnable point for a while before anything is timed: the first calls of a process pay for
     thread-pool start-up, allocator growth and lazy initialisation (seen as a 2-5x slower first point)."""
@@ -503,15 +385,15 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
                 bar.set_description(w.label[:60])
             elif progress:
                 log(f"[{i + 1}/{len(todo)}] {w.label}")
-            if isinstance(w, Case) and w.together is not None:
-                recs = measure_cases([v for v in todo if isinstance(v, Case) and v.together == w.together
-                                      and v.key not in fresh])
+            if isinstance(w, Case):
+                recs = measure_cases([w] if w.together is None else [
+                    v for v in todo if isinstance(v, Case) and v.together == w.together and v.key not in fresh])
             elif w.interleave and w.device.startswith("cpu"):
                 batch = [v for v in todo if v.interleave and v.key not in fresh and
                          (v.group, v.frames, v.image_size) == (w.group, w.frames, w.image_size)]
                 recs = measure_interleaved(batch, builder=builder, rounds=w.interleave)
             else:
-                recs = [measure_case(w) if isinstance(w, Case) else measure_point(w, builder=builder)]
+                recs = [measure_point(w, builder=builder)]
             for rec in recs:
                 rec.update(suite=settings.get("suite"), group=rec["workload"].get("group"), run_id=run["run_id"],
                            measured_at=_now())
@@ -523,9 +405,9 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
         gc.unfreeze()
         if bar is not None:
             bar.close()
-    run.update(finished=_now(), load_avg_end=_loadavg(),
+    run.update(finished=_now(), load_avg_end=load_average(),
                counts={s: sum(r["status"] == s for r in fresh.values()) for s in STATUSES})
-    _write_meta(out_dir, meta)
+    write_json(out_dir / META, meta, indent=2, default=str)  # atomic: a failure keeps the old one
     return [fresh.get(k) or done[k] for k in keys if k in fresh or k in done]
 
 

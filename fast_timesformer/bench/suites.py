@@ -13,7 +13,7 @@ import torch
 from .._names import unknown_name_error
 from ..backends import get_backend
 from ..schemes import list_schemes
-from .workloads import DTYPES, Workload, auto_backend, backend_kind, benchmarked_backends
+from .workloads import Workload, auto_backend, backend_kind, benchmarked_backends
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,6 @@ def get_suite(name: str) -> Suite:
 def suite_points(name: str, device: str = None, tiny: bool = False) -> list:
     s = get_suite(name)
     return s.points(device=device or s.device, tiny=tiny)
-
-
-def exact_backends(device: str, dtype: str, backward: bool = False) -> list:
-    """Benchmarked exact backends that declare ``device`` and ``dtype`` (and backward, if asked)."""
-    dev = device.split(":")[0]
-    return [n for n in benchmarked_backends() if (be := get_backend(n)).exact and dev in be.devices
-            and DTYPES[dtype] in be.dtypes and (be.supports_backward or not backward)]
 
 
 def inexact_backends(device: str) -> list:
@@ -133,10 +126,13 @@ def gpu_suite(device="cuda", tiny=False):
 
 
 def gpu_targets(device: str, fwd_peers=("hf",)) -> list:
-    """The GPU target (B=8, 8x224, bfloat16): every exact backend declaring the device and backward, training
-    step and forward, against Hugging Face."""
-    return (target(device, "bfloat16", 8, "fwd+bwd", exact_backends(device, "bfloat16", True), 0.5, peers=("hf",))
-            + target(device, "bfloat16", 8, "fwd", exact_backends(device, "bfloat16"), 0.5, peers=fwd_peers))
+    """The GPU target (B=8, 8x224, bfloat16): every benchmarked exact backend declaring the device and the dtype
+    (training step: and backward), training step and forward, against Hugging Face."""
+    exact = [be for be in map(get_backend, benchmarked_backends())
+             if be.exact and device.split(":")[0] in be.devices and torch.bfloat16 in be.dtypes]
+    return (target(device, "bfloat16", 8, "fwd+bwd", [be.name for be in exact if be.supports_backward], 0.5,
+                   peers=("hf",))
+            + target(device, "bfloat16", 8, "fwd", [be.name for be in exact], 0.5, peers=fwd_peers))
 
 
 @register_suite("models", help="only the target comparison against the peers (CPU or GPU form by device)")

@@ -38,9 +38,10 @@ from typing import Callable
 import torch
 
 from ..bench import measure
-from ..bench.runner import Case, _loadavg
+from ..bench.runner import Case
 from ..bench.suites import register_suite
 from ..bench.workloads import Workload, build, copy_ours_into_hf
+from ..environment import load_average
 
 BASE = dict(patch_size=16, dim=768, depth=12, heads=12, num_classes=400)
 TINY = dict(patch_size=16, dim=32, depth=1, heads=2, num_classes=5)
@@ -187,7 +188,7 @@ def rotated_rounds(rows: dict, x, rounds: int, first_call: bool, log: Callable =
         with torch.no_grad():
             logits.update({n: rows[n]["run"](x).float() for n in names})
     for r in range(rounds):
-        loads.append((_loadavg() or [None])[0])
+        loads.append((load_average() or [None])[0])
         for n in names[r % len(names):] + names[: r % len(names)]:
             with torch.no_grad():
                 t = time.perf_counter()
