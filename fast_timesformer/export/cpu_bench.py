@@ -253,17 +253,13 @@ def top1_agreement(fns: dict, m: _Models, clips: int) -> dict:
     return {n: k / clips for n, k in same.items()}
 
 
-def _first_line(e: BaseException) -> str:
-    from ..errors import first_line
-
-    return f"{type(e).__name__}: {first_line(e)[:300]}"
-
-
 def measure_size(cases: list, log: Callable = None) -> list:
     """The figures of ``cases`` (rows of one clip size): build the rows, time them in rotated rounds with
     :data:`BASE_ROW`, profile the fastest float32 row, the bf16 rows' agreement. A row that cannot be built
     (an export that fails) is its record's ``error``, the others are measured."""
     import sys
+
+    from ..errors import first_line
 
     c0 = cases[0]
     log = log or (lambda msg: print(f"[cpu-inference {c0.frames}x{c0.image_size} {time.strftime('%H:%M:%S')}] "
@@ -278,7 +274,7 @@ def measure_size(cases: list, log: Callable = None) -> list:
             try:
                 rows[n] = build_row(by_name[n], m)
             except Exception as e:  # noqa: BLE001 - recorded as the row's error; the other rows go on
-                failed[n] = _first_line(e)
+                failed[n] = first_line(e)[:300]
         if BASE_ROW in failed:
             raise RuntimeError(f"{BASE_ROW} (every ratio's base) failed: {failed[BASE_ROW]}")
         figures = rotated_rounds(rows, m.x, c0.rounds, c0.first_call, log)
