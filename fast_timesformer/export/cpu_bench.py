@@ -22,8 +22,9 @@ float32, so the float32 rows compute the same function). The rows of one size ar
 compared), then ``rounds`` rounds, each calling every row once in an order rotated per round, so that a load
 change on a shared machine touches every row. ``ratio_to_hf``: the median over rounds of HF's time / the row's
 time in the same round (``round_ratios``, ``round_times_s``, ``round_load_1min``); ``hf eager`` is built and
-timed even when a filter leaves its record out. The fastest float32 row is then profiled once, on its record
-(``profile``): ONNX Runtime's node profile by op type, or torch.profiler's op table.
+timed even when a filter leaves its record out. The fastest float32 row (highest ``ratio_to_hf``: a load
+drift between rounds moves the medians, not the per-round ratios) is then profiled once, on its record
+(``profile``, ``leader``): ONNX Runtime's node profile by op type, or torch.profiler's op table.
 """
 from __future__ import annotations
 
@@ -279,7 +280,7 @@ def measure_size(cases: list, log: Callable = None) -> list:
             raise RuntimeError(f"{BASE_ROW} (every ratio's base) failed: {failed[BASE_ROW]}")
         figures = rotated_rounds(rows, m.x, c0.rounds, c0.first_call, log)
         fp32 = [n for n in rows if by_name[n].dtype == "float32"]
-        leader = min(fp32, key=lambda n: figures[n]["median_s"])
+        leader = max(fp32, key=lambda n: figures[n]["ratio_to_hf"])  # the per-round figure, robust to load drift
         figures[leader]["profile"] = profile_row(leader, rows[leader], m.x, m)
         low = {n: rows[n]["run"] for n in rows if by_name[n].dtype != "float32"}
         if low:
