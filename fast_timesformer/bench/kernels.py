@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import time
 
 import torch
 
@@ -19,7 +18,7 @@ from ..attention import step_cls_mode
 from ..backends import get_backend
 from ..errors import first_line
 from .correctness import StepData, check, grads_of
-from .measure import gpu_times_ms, summarize
+from .measure import summarize, time_step
 from .runner import Case, over_tolerance_text
 from .suites import register_suite
 from .workloads import Skip, benchmarked_backends
@@ -33,10 +32,10 @@ HBM_SPEC = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100 NVL", 3.9e12), ("H10
 def config(device: str, tiny: bool = False) -> dict:
     """The workload: B=8 T=8 N=196 H=12 d=64 bf16 on a GPU; a small float32 one on CPU; ``tiny``: the dry run's."""
     if tiny:
-        return dict(batch=1, frames=2, patches=4, heads=1, dim_head=16, dtype="float32", reps=2)
+        return dict(batch=1, frames=2, patches=4, heads=1, dim_head=16, dtype="float32", min_run_time=0.01)
     if device.startswith("cuda"):
-        return dict(batch=8, frames=8, patches=196, heads=12, dim_head=64, dtype="bfloat16", reps=100)
-    return dict(batch=1, frames=4, patches=16, heads=2, dim_head=16, dtype="float32", reps=5)
+        return dict(batch=8, frames=8, patches=196, heads=12, dim_head=64, dtype="bfloat16", min_run_time=0.06)
+    return dict(batch=1, frames=4, patches=16, heads=2, dim_head=16, dtype="float32", min_run_time=0.05)
 
 
 def step_groups(frames: int, patches: int, name: str):
@@ -69,22 +68,8 @@ def copy_bandwidth(device: str) -> float:
     n = (256 << 20) // 2 if device.startswith("cuda") else (16 << 20) // 4
     src = torch.empty(n, device=device).normal_()
     dst = torch.empty_like(src)
-    s = timed(lambda: dst.copy_(src), device, 20)["median_s"]
+    s = time_step(lambda: dst.copy_(src), device, min_run_time=0.05)["median_s"]
     return 2 * src.numel() * src.element_size() / s
-
-
-def timed(fn, device: str, reps: int) -> dict:
-    """Latency statistics (seconds) of repeated calls: ``do_bench`` on a GPU, ``perf_counter`` per call on CPU."""
-    if device.startswith("cuda"):
-        times, method = gpu_times_ms(fn, warmup_ms=25, rep_ms=60)
-        return summarize([t / 1e3 for t in times], method)
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return summarize(times, "time.perf_counter per call")
 
 
 def bytes_moved(c: Case) -> int:
@@ -126,7 +111,7 @@ def _prepared(key: str):
 
 def _checked(c: Case):
     """(StepData, core, check) of the case's contender on its step; Skip where it refuses the inputs."""
-    step, core, res = _prepared(json.dumps({k: v for k, v in c.fields.items() if k not in ("mode", "group", "reps")},
+    step, core, res = _prepared(json.dumps({k: v for k, v in c.fields.items() if k not in ("mode", "group", "min_run_time")},
                                            sort_keys=True))
     if core is None:
         raise Skip(res)
@@ -151,7 +136,7 @@ def _time_step(c: Case) -> dict:
         def fn():
             leaves = step.inputs(True)
             grads_of(step.run(core, *leaves), leaves, step.grad_out)
-    rec = {"error": res, **timed(fn, c.device, c.reps)}
+    rec = {"error": res, **time_step(fn, c.device, min_run_time=c.min_run_time)}
     rec.update(_rates(c, rec["median_s"]))
     if c.device.startswith("cuda") and c.mode != "bwd":
         try:
@@ -182,11 +167,11 @@ def _time_layer(c: Case) -> dict:
     def fn():
         y = layer(x, groups=groups)
         torch.autograd.grad(y, params, torch.ones_like(y))
-    return {"error": res, **timed(fn, c.device, c.reps)}
+    return {"error": res, **time_step(fn, c.device, min_run_time=c.min_run_time)}
 
 
-def timed_sdpa(q, k, v, impl: str, mode: str, device: str, reps: int) -> dict:
-    """:func:`timed` SDPA alone, pinned to ``impl``, on (B, heads, S, d) tensors: fwd, bwd or fwd+bwd; Skip where
+def timed_sdpa(q, k, v, impl: str, mode: str, device: str, min_run_time: float) -> dict:
+    """:func:`~.measure.time_step` of SDPA alone, pinned to ``impl``, on (B, heads, S, d) tensors: fwd, bwd or fwd+bwd; Skip where
     that implementation cannot take them."""
     import torch.nn.functional as F
 
@@ -204,7 +189,7 @@ def timed_sdpa(q, k, v, impl: str, mode: str, device: str, reps: int) -> dict:
             y = o if mode == "bwd" else F.scaled_dot_product_attention(q, k, v)
             if mode != "fwd":
                 torch.autograd.grad(y, (q, k, v), torch.ones_like(y), retain_graph=mode == "bwd")
-    return timed(fn, device, reps)
+    return time_step(fn, device, min_run_time=min_run_time)
 
 
 def _time_sdpa_only(c: Case) -> dict:
@@ -215,7 +200,7 @@ def _time_sdpa_only(c: Case) -> dict:
     if c.cls != "exclude":
         ck, cv = (t.transpose(1, 2).repeat_interleave(groups.num_groups, 0) for t in step.cls_qkv.unbind(2)[1:])
         k, v = torch.cat([ck, k], 2), torch.cat([cv, v], 2)
-    rec = timed_sdpa(q, k, v, c.impl, c.mode, c.device, c.reps)
+    rec = timed_sdpa(q, k, v, c.impl, c.mode, c.device, c.min_run_time)
     return {**rec, **_rates(c, rec["median_s"])}
 
 

@@ -1,6 +1,6 @@
 """Plots drawn from saved records (``results.jsonl`` + ``meta.json``), never from a live run: :func:`plot_all`
 draws every figure of :data:`PLOTS` the records support (one without points is skipped, not faked). Colours come
-from the registries (:mod:`.palette`); the baseline is the exact backend ``auto`` picked
+from the registries (:func:`scheme_colour`, :func:`backend_colour`); the baseline is the exact backend ``auto`` picked
 (:func:`~fast_timesformer.bench.runner.baseline_backend`). What each figure shows: docs/bench.md, "Plots"."""
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 from ..outputs import save_figure
 from .measure import spread_text
-from .palette import BOUND, OURS, PEER, backend_colour, scheme_colour
 from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results
 from .workloads import scheme_label
 
@@ -20,6 +19,29 @@ MODES = ("fwd", "fwd+bwd")
 KIND_MARKERS = {"approximate": "o", "different_model": "s", "exact": "^"}
 MIB = 2 ** 20
 MEMORY_LABEL = "peak memory above start (MiB)"
+#: backend colours, by registration index (cycling); a name not registered here: after them, by its characters
+BACKENDS = ("#333333", "#e377c2", "#bcbd22", "#8c564b", "#9467bd", "#17becf", "#ff7f0e", "#1f77b4")
+OURS, PEER, BOUND = "#2ca02c", "#7f7f7f", "#bbbbbb"  # ours vs a peer implementation; a bound (the roofline)
+
+
+def scheme_colour(name: str) -> str:
+    """The registry's colour (:func:`~fast_timesformer.scheme_color`); an unregistered name: stable by its characters."""
+    from ..schemes import PALETTE, SCHEMES, scheme_color
+
+    return scheme_color(name) if name in SCHEMES else PALETTE[sum(map(ord, name)) % len(PALETTE)]
+
+
+def backend_colour(name: str) -> str:
+    """A backend's colour; a contender label such as ``regular[flash]`` takes its backend's, shaded per variant."""
+    import matplotlib.colors as mc
+
+    from ..backends import list_backends
+
+    base, _, variant = name.partition("[")
+    names = list_backends()
+    colour = BACKENDS[(names.index(base) if base in names else len(names) + sum(map(ord, base))) % len(BACKENDS)]
+    k = 0.25 + 0.5 * (sum(map(ord, variant)) % 7) / 6 if variant else 0  # toward white by a stable fraction
+    return mc.to_hex([c + (1 - c) * k for c in mc.to_rgb(colour)])
 
 
 def _registry_order(names, registered: list) -> list:

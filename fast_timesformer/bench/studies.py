@@ -76,7 +76,7 @@ def memory_suite(device="cpu", tiny=False):
 def _sdpa_case(c: Case) -> dict:
     from .kernels import timed_sdpa
 
-    return timed_sdpa(*(torch.randn(*c.shape) for _ in range(3)), c.impl, c.mode, "cpu", c.reps)
+    return timed_sdpa(*(torch.randn(*c.shape) for _ in range(3)), c.impl, c.mode, "cpu", c.min_run_time)
 
 
 @register_suite("sdpa-cpu", help="SDPA's CPU flash kernel vs its math path per sequence length, fwd and fwd+bwd")
@@ -86,7 +86,7 @@ def sdpa_cpu_suite(device="cpu", tiny=False):
     shapes = [(2, 2, 8, 16)] if tiny else [(1568, 12, 8, 64), (784, 12, 8, 64), (8, 12, 197, 64), (8, 12, 785, 64),
                                            (196, 12, 16, 64), (196, 12, 32, 64)]
     return [Case("sdpa-cpu", f"{shape} {m} {impl}", _sdpa_case, shape=list(shape), mode=m, impl=impl,
-                 reps=2 if tiny else 7, tokens=shape[2])
+                 min_run_time=0.01 if tiny else 0.25, tokens=shape[2])
             for shape in shapes for m in ("fwd", "fwd+bwd") for impl in ("flash", "math")]
 
 
