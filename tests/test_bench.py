@@ -510,7 +510,7 @@ def test_every_figure_is_readable_and_honest(tmp_path, monkeypatch):
     import matplotlib.figure
 
     from fast_timesformer.bench.plots import plot_all
-    from fast_timesformer.bench.summary import write_summary
+    from fast_timesformer.bench.summary import format_summary, write_summary
 
     _synthetic_gpu_results(tmp_path)
     checked = []
@@ -549,7 +549,7 @@ def test_every_figure_is_readable_and_honest(tmp_path, monkeypatch):
     assert "| 1 run |" in summary and "(n=5)" in summary
     assert "| 0 |" not in summary.replace("| 0 | ", "")
     recs = load_results(tmp_path)
-    text = runner.format_summary(recs)
+    text = format_summary(recs)
     assert "1 run" in text and "reasons:" in text
     # reasons are printed whole, once, after the table
     assert "[1] OutOfMemoryError: CUDA out of memory" in text

@@ -17,8 +17,8 @@ from fast_timesformer import BackendUnavailable, DividedAttention
 from fast_timesformer.backends import Compiled, flex, get_backend, register_backend, unregister_backend
 from fast_timesformer.bench import runner
 from fast_timesformer.bench.counts import count_training_step
-from fast_timesformer.bench.runner import format_summary, measure_point, run_sweep
-from fast_timesformer.bench.summary import write_summary
+from fast_timesformer.bench.runner import measure_point, run_sweep
+from fast_timesformer.bench.summary import format_summary, write_summary
 from fast_timesformer.bench.workloads import Skip, Workload, build
 from fast_timesformer.schemes import list_schemes
 

@@ -14,10 +14,11 @@ from ..devices import check_device
 from ..environment import busy_cores
 from ..errors import FastTimesformerError
 from ..outputs import check_output_dir
+from ..tables import format_table
 from .gpu_check import add_subcommand as add_gpu_check
-from .runner import RESULTS, format_summary, peer_ratios, run_sweep
+from .runner import RESULTS, run_sweep
 from .suites import SUITES, filter_points, get_suite
-from .summary import draw
+from .summary import draw, format_summary, peer_rows
 
 #: the list filters: option name -> the point attribute it matches
 FILTERS = {"schemes": "scheme", "backends": "backend", "impls": "impl", "modes": "mode", "groups": "group"}
@@ -126,10 +127,9 @@ def cmd_bench(args) -> int:
     records = run_sweep(points, out, resume=args.resume, progress=not args.no_progress, settings=settings,
                         deadline=time.monotonic() + args.budget_s if args.budget_s else None)
     print(format_summary(records))
-    for r in peer_ratios(records):
-        mem = "" if r["mem_ratio"] is None else f", peak memory ours/{r['peer']} = {r['mem_ratio']:.2f}"
-        print(f"{r['config']} {r['mode']}: ours/{r['ours']} {r['ours_s']:.3f} s vs {r['peer']} {r['peer_s']:.3f} s "
-              f"-> {r['speedup']:.2f}x{mem}")
+    peers = peer_rows(records)
+    if peers:
+        print(format_table(peers, list(peers[0])))
     if not args.no_plots:
         draw(out, out)
     if records and all(r["status"] == "skipped" for r in records):

@@ -17,7 +17,6 @@ from ..backends import AttentionCore, BackendUnavailable, list_backends
 from ..environment import load_average, run_metadata, source_fingerprint  # noqa: F401 (gpu_check reads it here)
 from ..errors import FastTimesformerError, first_line
 from ..outputs import write_json
-from ..tables import format_table
 from . import measure
 from .correctness import check_workload
 from .workloads import Skip, Workload, backend_kind, build, registered_backend
@@ -411,47 +410,7 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
     return [fresh.get(k) or done[k] for k in keys if k in fresh or k in done]
 
 
-# ---- the table at the end --------------------------------------------------------------------
-def _fmt(v, scale=1.0, digits=3):
-    return "-" if v is None else f"{v * scale:.{digits}g}"
-
-
-TABLE_COLUMNS = ["group", "point", "status", "median ms", "IQR ms (n)", "peak MB", "GFLOP", "clips/s", "rel err",
-                 "reason"]
-
-
-def format_summary(records: Iterable[dict]) -> str:
-    """The console table; a point's reason (or, for an ok point, why a figure is missing) is a note number
-    (``[1]``), its full text printed once after the table (never a sentence cut mid-word)."""
-    records, notes, rows = list(records), [], []
-    for r in records:
-        ok = r["status"] == "ok"
-        not_measured = "; ".join(f"{k} not measured: {v}" for k, v in (r.get("not_measured") or {}).items())
-        reason = " ".join((r.get("reason") or (not_measured if ok else "")).split())
-        if reason and r["status"] == "error":
-            reason = reason.split(" Traceback")[0]
-        if reason and reason not in notes:
-            notes.append(reason)
-        row = dict.fromkeys(TABLE_COLUMNS + ["compile s"], "-")
-        row.update({"group": r["workload"]["group"], "point": r["label"], "status": r["status"],
-                    "reason": f"[{notes.index(reason) + 1}]" if reason else ""})
-        if ok:
-            row.update({"median ms": _fmt(r.get("median_s"), 1e3), "IQR ms (n)": measure.spread_text(r),
-                        "peak MB": _fmt(r.get("peak_mem_bytes"), 1e-6), "GFLOP": _fmt(r.get("flops"), 1e-9),
-                        "clips/s": _fmt(r.get("throughput_clips_s")), "rel err": _fmt(r.get("rel_error"), 1, 2),
-                        "compile s": _fmt(r.get("compile_s"))})
-        rows.append(row)
-    if not rows:
-        return "(no points)"
-    columns = list(TABLE_COLUMNS)
-    if any(r.get("compile_s") is not None for r in records):  # a compiled backend: its compile time, apart
-        columns.insert(columns.index("reason"), "compile s")
-    text = format_table(rows, columns)
-    if notes:
-        text += "\n\nreasons:\n" + "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1))
-    return text
-
-
+# ---- comparisons -------------------------------------------------------------------------------
 SAME_CONFIG = ("scheme", "mode", "batch", "frames", "image_size", "patch_size", "dim", "depth", "heads", "dtype",
                "device", "group")
 

@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..outputs import write_text
+from ..tables import format_table
 from .measure import FLOPS_METHOD, spread_text
 from .plots import PLOTS, _size_pairs, _sweep_base, plot_all, schemes_in
 from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results, peer_ratios
@@ -13,14 +14,64 @@ from .workloads import scheme_label
 
 #: the sweep's groups, drawn and tabled together; every other group gets a table of its own
 SWEEP_GROUPS = ("sweep", "approx", "target", "sizes")
-#: figures a record of another group may carry, with their column names
-FIGURES = (("median_s", "median ms", lambda v: _ms(v)), ("ratio_to_hf", "x HF eager", lambda v: f"{v:.2f}x"),
-           ("top1_agreement_fp32", "top-1 = float32", lambda v: f"{v:.0%}"),
-           ("export_s", "export s", lambda v: f"{v:.1f}"), ("peak_mem_bytes", "peak MiB", lambda v: _mb(v)),
-           ("pct_roofline", "% roofline", lambda v: f"{v:.1f}"), ("graph_s", "graph ms", lambda v: _ms(v)),
-           ("compile_s", "compile s", lambda v: f"{v:.2f}"), ("first_call_s", "first call s", lambda v: f"{v:.2f}"),
-           ("mask_s", "mask s", lambda v: f"{v:.3f}"), ("gemm_calls", "GEMM calls", str),
-           ("copy_bytes", "copied MB", lambda v: f"{v / 1e6:.1f}"), ("wall_s", "seconds", lambda v: f"{v:.1f}"))
+#: a point's figures, as (record field, column, cell of the record): a table has a column where one of its points
+#: has the field
+FIGURES = (("median_s", "median ms", lambda r: _ms(r["median_s"])), ("median_s", "IQR ms (n)", spread_text),
+           ("peak_mem_bytes", "peak MiB", lambda r: _mb(r["peak_mem_bytes"])),
+           ("flops", "GFLOP", lambda r: f"{r['flops'] / 1e9:.2f}"),
+           ("throughput_clips_s", "clips/s", lambda r: f"{r['throughput_clips_s']:.3g}"),
+           ("rel_error", "rel. error", lambda r: f"{r['rel_error']:.3g}"),
+           ("ratio_to_hf", "x HF eager", lambda r: f"{r['ratio_to_hf']:.2f}x"),
+           ("top1_agreement_fp32", "top-1 = float32", lambda r: f"{r['top1_agreement_fp32']:.0%}"),
+           ("export_s", "export s", lambda r: f"{r['export_s']:.1f}"),
+           ("pct_roofline", "% roofline", lambda r: f"{r['pct_roofline']:.1f}"),
+           ("graph_s", "graph ms", lambda r: _ms(r["graph_s"])),
+           ("compile_s", "compile s", lambda r: f"{r['compile_s']:.2f}"),
+           ("first_call_s", "first call s", lambda r: f"{r['first_call_s']:.2f}"),
+           ("mask_s", "mask s", lambda r: f"{r['mask_s']:.3f}"), ("gemm_calls", "GEMM calls", lambda r: str(r["gemm_calls"])),
+           ("copy_bytes", "copied MB", lambda r: f"{r['copy_bytes'] / 1e6:.1f}"),
+           ("wall_s", "seconds", lambda r: f"{r['wall_s']:.1f}"))
+
+
+def point_rows(recs: list, reason=lambda r: _one_line(r.get("reason"))) -> list:
+    """One row per record, for summary.md and the console: label, status, the figures any of them has, the error
+    vs float64 (where checked), ``reason(record)``."""
+    cols = [(k, name, cell) for k, name, cell in FIGURES if any(r.get(k) is not None for r in recs)]
+    checked = any(r.get("error") for r in recs)
+    return [{"point": r["label"], "status": r["status"],
+             **{name: cell(r) if r.get(k) is not None else "-" for k, name, cell in cols},
+             **({"error vs float64": "-" if not r.get("error") else f"{max(r['error']['max_rel'].values()):.1e} "
+                 f"({'within' if r['error']['within'] else 'OVER'} tolerance)"} if checked else {}),
+             "reason": reason(r)} for r in recs]
+
+
+def format_summary(records) -> str:
+    """The console table; a point's reason (or, for an ok point, why a figure is missing) is a note number
+    (``[1]``), its full text printed once after the table (never a sentence cut mid-word)."""
+    notes = []
+
+    def note(r):
+        not_measured = "; ".join(f"{k} not measured: {v}" for k, v in (r.get("not_measured") or {}).items())
+        reason = " ".join((r.get("reason") or (not_measured if r["status"] == "ok" else "")).split())
+        reason = reason.split(" Traceback")[0] if r["status"] == "error" else reason
+        if reason and reason not in notes:
+            notes.append(reason)
+        return f"[{notes.index(reason) + 1}]" if reason else ""
+
+    records = list(records)
+    rows = [{"group": r["workload"].get("group"), **row} for r, row in zip(records, point_rows(records, note))]
+    if not rows:
+        return "(no points)"
+    text = format_table(rows, list(rows[0]))
+    return text + ("\n\nreasons:\n" + "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1)) if notes else "")
+
+
+def peer_rows(recs) -> list:
+    """Ours vs the peers at equal configs (:func:`~.runner.peer_ratios`), one row each."""
+    return [{"config": r["config"], "mode": r["mode"], "ours": f"ours/{r['ours']}", "ours ms": _ms(r["ours_s"]),
+             "peer": r["peer"], "peer ms": _ms(r["peer_s"]), "speed-up (peer/ours)": f"{r['speedup']:.2f}x",
+             "peak MiB ours/peer": f"{_mb(r['ours_mem'])} / {_mb(r['peer_mem'])}",
+             "memory ratio": "-" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}"} for r in peer_ratios(recs)]
 
 
 def _section(title: str, rows: list, intro=()) -> list:
@@ -86,13 +137,9 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
         lines += _section("Targets", [{"target": t["id"], "what": t["what"], "met": MET[t["met"]], "figure": t["figure"],
                                        "needed": t["needed"], "source": t["source"], "note": t["why"]}
                                       for t in targets])
-    ratios = peer_ratios(recs)
-    if ratios:
-        lines += _section("Ours vs the peers (same run)", [
-            {"config": r["config"], "mode": r["mode"], "ours": f"ours/{r['ours']}", "ours ms": _ms(r["ours_s"]),
-             "peer": r["peer"], "peer ms": _ms(r["peer_s"]), "speed-up (peer/ours)": f"{r['speedup']:.2f}x",
-             "peak MiB ours/peer": f"{_mb(r['ours_mem'])} / {_mb(r['peer_mem'])}",
-             "memory ratio": "-" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}"} for r in ratios])
+    peers = peer_rows(recs)
+    if peers:
+        lines += _section("Ours vs the peers (same run)", peers)
         pairs = _size_pairs(recs)
         if len(pairs) >= 2:
             lines += [f"Ours (`{next(iter(pairs.values()))['ours']['workload']['backend']}`) vs Hugging Face by size "
@@ -126,32 +173,19 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
     base = [r for r in recs if r["workload"].get("group") == "sweep" and r["workload"]["frames"] == f
             and r["workload"]["image_size"] == s and r["status"] != "skipped"]  # skips: listed below
     if base:
-        rows = []
-        for scheme in schemes_in(base):
-            for r in sorted((r for r in base if r["workload"].get("scheme") == scheme),
-                            key=lambda r: (r["workload"].get("backend"), r["workload"]["mode"])):
-                ok = r["status"] == "ok"
-                rows.append({"scheme": scheme_label(scheme), "backend": r["workload"].get("backend"),
-                             "mode": r["workload"]["mode"], "status": r["status"],
-                             "median ms": _ms(r.get("median_s")) if ok else "-",
-                             "IQR ms (n)": spread_text(r) if ok else "-",
-                             "peak MiB": _mb(r.get("peak_mem_bytes")) if ok else "-",
-                             "GFLOP": f"{r['flops'] / 1e9:.2f}" if ok and r.get("flops") is not None else "-",
-                             "clips/s": f"{r['throughput_clips_s']:.3g}" if ok else "-",
-                             "rel. error": f"{r['rel_error']:.3f}" if ok and r.get("rel_error") is not None else "-"})
         w = base[0]["workload"]
+        order = schemes_in(base)
+        base.sort(key=lambda r: (order.index(r["workload"].get("scheme")), r["workload"].get("backend"),
+                                 r["workload"]["mode"]))
         lines += _section(f"All schemes x backends at the base workload ({w['impl']}, dim {w['dim']}, depth "
-                          f"{w['depth']}, {f} frames x {s} px, batch {w['batch']}, {w['dtype']})", rows)
+                          f"{w['depth']}, {f} frames x {s} px, batch {w['batch']}, {w['dtype']})",
+                          [{"scheme": scheme_label(r["workload"]["scheme"]), "backend": r["workload"].get("backend"),
+                            "mode": r["workload"]["mode"], **{k: v for k, v in row.items() if k != "point"}}
+                           for r, row in zip(base, point_rows(base))])
 
     for group in dict.fromkeys(g for r in recs if (g := r["workload"].get("group")) not in SWEEP_GROUPS):
         sel = [r for r in recs if r["workload"].get("group") == group]
-        cols = [(k, name, fmt) for k, name, fmt in FIGURES if any(r.get(k) is not None for r in sel)]
-        lines += _section(f"{sel[0].get('suite') or ''}: {group}", [
-            {"point": r["label"], "status": r["status"],
-             **{name: fmt(r[k]) if r.get(k) is not None else "-" for k, name, fmt in cols},
-             "error vs float64": "-" if not r.get("error") else f"{max(r['error']['max_rel'].values()):.1e} "
-             f"({'within' if r['error']['within'] else 'OVER'} tolerance)", "reason": _one_line(r.get("reason"))}
-            for r in sel])
+        lines += _section(f"{sel[0].get('suite') or ''}: {group}", point_rows(sel))
         for r in sel:
             if r.get("profile"):
                 p = r["profile"]
