@@ -129,7 +129,7 @@ def run_correctness(out: Path, dry: bool) -> int:
     tests = ROOT / "tests" / "test_gpu_correctness.py"
     if not tests.exists():
         raise FileNotFoundError(f"{tests}: the correctness stage runs the repository's GPU-marked tests")
-    run_id = record_run(out, {"suite": "correctness", "dry_run": dry})
+    run_id = record_run(out, {"suite": "correctness", "dry_run": dry})[1]["run_id"]
 
     class Collect:
         params = {}

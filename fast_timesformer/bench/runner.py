@@ -19,7 +19,7 @@ from ..errors import FastTimesformerError, first_line
 from ..outputs import write_json
 from . import measure
 from .correctness import check_workload
-from .workloads import Skip, Workload, backend_kind, build, registered_backend
+from .workloads import Skip, Workload, build, registered_backend
 
 RESULTS, META = "results.jsonl", "meta.json"
 STATUSES = ("ok", "oom", "skipped", "failed", "error")
@@ -39,19 +39,15 @@ def _now() -> str:
 
 
 # ---- metadata --------------------------------------------------------------------------------
-def _start_run(out_dir: Path, settings: Optional[dict], **extra) -> tuple:
-    """(meta, run): this run's metadata block appended to ``out_dir/meta.json``."""
+def record_run(out_dir, settings: Optional[dict] = None, **extra) -> tuple:
+    """(meta, run): this run's metadata block (its ``run_id``) appended to ``out_dir/meta.json``."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = load_meta(out_dir)
     run = dict(run_metadata(settings), run_id=len(meta["runs"]), **extra)
     meta["runs"].append(run)
     write_json(out_dir / META, meta, indent=2, default=str)  # atomic: a failure keeps the old one
     return meta, run
-
-
-def record_run(out_dir, settings: Optional[dict] = None, **extra) -> int:
-    """Append this run's metadata block to ``out_dir/meta.json``; returns its ``run_id``."""
-    return _start_run(Path(out_dir), settings, **extra)[1]["run_id"]
 
 
 # ---- one point -------------------------------------------------------------------------------
@@ -90,7 +86,7 @@ def _new_record(p) -> dict:
     the results are read in a process that does not register it)."""
     ours = getattr(p, "impl", "attention") in ("attention", "ours")
     return {"key": p.key, "workload": p.to_dict(), "label": p.label, "tokens": p.tokens, "status": "ok",
-            "reason": "", "notes": [], "backend_kind": backend_kind(getattr(p, "backend", "")) if ours else None}
+            "reason": "", "notes": [], "backend_kind": getattr(registered_backend(getattr(p, "backend", "")), "kind", None) if ours else None}
 
 
 def _fail(rec: dict, e: BaseException) -> None:
@@ -354,7 +350,7 @@ def run_sweep(points: Iterable[Workload], out_dir, *, resume: bool = False, prog
     else:
         results_path.open("w").close()  # start over (truncation needs no free space)
         (out_dir / META).unlink(missing_ok=True)
-    meta, run = _start_run(out_dir, settings, points=len(points), resumed=sum(k in done for k in keys))
+    meta, run = record_run(out_dir, settings, points=len(points), resumed=sum(k in done for k in keys))
     todo = [p for p in points if p.key not in done]
     if warm_up_s > 0 and any(isinstance(p, Workload) for p in todo):
         _warm_up([p for p in todo if isinstance(p, Workload)], builder or build, warm_up_s)
@@ -417,7 +413,7 @@ SAME_CONFIG = ("scheme", "mode", "batch", "frames", "image_size", "patch_size", 
 
 def kind_of(rec: dict) -> str:
     """A record's backend kind: stored with it, else the registry's (older results), else ``exact``."""
-    return rec.get("backend_kind") or backend_kind(rec["workload"].get("backend")) or "exact"
+    return rec.get("backend_kind") or getattr(registered_backend(rec["workload"].get("backend")), "kind", "exact")
 
 
 def baseline_backend(records: Iterable[dict]) -> Optional[str]:

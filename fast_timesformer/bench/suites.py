@@ -13,7 +13,7 @@ import torch
 from .._names import unknown_name_error
 from ..backends import get_backend
 from ..schemes import list_schemes
-from .workloads import Workload, auto_backend, backend_kind, benchmarked_backends
+from .workloads import Workload, auto_backend, benchmarked_backends
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def sweep(base: Workload, frames_list, res_list, base_frames, base_res, backends
     configs = [(f, base_res) for f in frames_list]
     configs += [(base_frames, r) for r in res_list if (base_frames, r) not in configs]
     points = [base.replace(scheme=s, backend=be, mode=m, frames=f, image_size=r, group="sweep",
-                           reference=(m == "fwd" and backend_kind(be) != "exact"))
+                           reference=(m == "fwd" and not get_backend(be).exact))
               for f, r in configs for s in list_schemes() for be in backends for m in modes]
     at = base.replace(frames=base_frames, image_size=base_res, mode="fwd", group="approx", reference=True)
     return points + [at.replace(scheme=s, backend=n, backend_options=opts) for n in inexact_backends(base.device)

@@ -33,7 +33,7 @@ FIGURES = (("median_s", "median ms", lambda r: _ms(r["median_s"])), ("median_s",
            ("wall_s", "seconds", lambda r: f"{r['wall_s']:.1f}"))
 
 
-def point_rows(recs: list, reason=lambda r: _one_line(r.get("reason"))) -> list:
+def point_rows(recs: list, reason=lambda r: " ".join((r.get("reason") or "").split())[:160]) -> list:
     """One row per record, for summary.md and the console: label, status, the figures any of them has, the error
     vs float64 (where checked), ``reason(record)``."""
     cols = [(k, name, cell) for k, name, cell in FIGURES if any(r.get(k) is not None for r in recs)]
@@ -89,10 +89,6 @@ def _mb(v):
     return "-" if v is None else f"{v / 2 ** 20:.1f}"
 
 
-def _one_line(text, n=160) -> str:
-    return " ".join((text or "").split())[:n]
-
-
 def write_summary(results_dir, plots=None, out_dir=None) -> Path:
     """Write ``summary.md`` into ``out_dir`` (default: ``results_dir``, beside the PNGs)."""
     results_dir = Path(results_dir)
@@ -115,20 +111,16 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
              "- versions: " + ", ".join(f"{k} {v}" for k, v in (last.get("versions") or {}).items() if v),
              f"- git commit: {git.get('commit')}" + (" (with local changes)" if git.get("dirty") else ""),
              f"- settings: {last.get('settings', {})}", "",
-             "Methods: latency = median of the timed runs (" + "; ".join(tm) + "); spread = IQR (first to third "
-             "quartile) of n repeated measurements, written `IQR (n=...)`, and `1 run` where a point was timed once (no "
-             "spread is claimed for it); peak memory = " + "; ".join(mem) + " (bytes the step allocates above what was "
-             "live before it: activations, gradients, workspace; not the weights); FLOPs = torch.utils.flop_counter."
-             "FlopCounterMode (matmul/conv/SDPA, counted as 2 per multiply-add); throughput = batch / median. `fwd` "
-             "runs in `torch.inference_mode()` in eval mode; `fwd+bwd` is forward, mean of the output, backward (no "
-             "optimizer step). Raw points: `results.jsonl`, run metadata: `meta.json`.", ""]
+             'Methods (docs/bench.md, "What is measured, and how"): latency = median (' + "; ".join(tm) + "); `IQR "
+             "(n=...)`: first to third quartile of n measurements, `1 run`: timed once; peak memory = " + "; ".join(mem)
+             + " (above the level at the step's start); FLOPs: FlopCounterMode, 2 per multiply-add. Raw points: "
+             "`results.jsonl`, run metadata: `meta.json`.", ""]
     other = Counter((r["workload"].get("backend"), r["flops_method"]) for r in recs
                     if r["status"] == "ok" and r.get("flops_method") not in (None, FLOPS_METHOD))
     compiled = [r for r in recs if r["status"] == "ok" and r.get("compile_s") is not None]
     if other or compiled:
-        lines += ["Compiled backends (`Backend.compiled`: torch.compile cannot run under FlopCounterMode) are timed "
-                  "outside any dispatch mode after an untimed first call, which compiles; that compile time is in "
-                  "no latency and is listed below. Their FLOPs:",
+        lines += ["Compiled backends (`Backend.compiled`) are timed after an untimed first call, which compiles (in no "
+                  "latency; listed below). Their FLOPs:",
                   *(f"- `{b}` ({n} points): {m}" for (b, m), n in sorted(other.items())), ""]
 
     targets = evaluate(recs, every=any(r.get("suite") == "gpu-check" for r in recs),
@@ -157,17 +149,12 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
         if name in plots:
             lines += [f"## {title}", "", f"![{title}]({name})", ""]
         if name in plots and name == "error_vs_speed.png":
-            kinds = {}
-            for r in recs:
-                if r.get("rel_error") is not None:
-                    kinds.setdefault(kind_of(r), set()).add(r["workload"].get("backend"))
-            lines += [f"Approximate backends ({', '.join(sorted(kinds.get('approximate', ()))) or 'none'}) estimate "
-                      f"softmax attention: their error is measured against backend `{baseline_backend(recs)}` (the "
-                      "exact backend `auto` picks) with the same projection weights. Backends that are a different "
-                      f"model ({', '.join(sorted(kinds.get('different_model', ()))) or 'none'}: their own parameters) "
-                      "show the output *deviation* from softmax attention at equal projection weights, not an "
-                      "approximation error. The error is taken on the model's output features, after residual "
-                      "connections and the MLPs, so it is smaller than the error of the attention output alone.", ""]
+            named = {k: ", ".join(sorted({r["workload"].get("backend") for r in recs if r.get("rel_error") is not None
+                                          and kind_of(r) == k})) or "none" for k in ("approximate", "different_model")}
+            lines += [f"Error vs backend `{baseline_backend(recs)}` (the exact backend `auto` picks), same weights, on "
+                      f"the model's output features: approximate backends ({named['approximate']}) estimate softmax "
+                      f"attention; those of a different model ({named['different_model']}) show a deviation, not an "
+                      "approximation error.", ""]
 
     f, s = _sweep_base(recs, meta)
     base = [r for r in recs if r["workload"].get("group") == "sweep" and r["workload"]["frames"] == f
@@ -206,9 +193,8 @@ def write_summary(results_dir, plots=None, out_dir=None) -> Path:
         lines += _section("Compile time (compiled backends; in no latency)", [
             {"point": r["label"], "compile s": f"{r['compile_s']:.2f}",
              "first call s": f"{r['first_call_s']:.2f}" if r.get("first_call_s") is not None else "-"}
-            for r in compiled], intro=["`compile s`: seconds the point's untimed first call spent compiling shapes "
-                                       "new to the process (0: compiled earlier in the run, by the warm-up or a point "
-                                       "of the same shapes); `first call s`: that call's wall time.", ""])
+            for r in compiled], intro=["`compile s`: the untimed first call's compiling (0: shapes compiled earlier in "
+                                       "the run); `first call s`: its wall time.", ""])
     path = out_dir / "summary.md"
     write_text(path, "\n".join(lines))
     return path

@@ -58,12 +58,6 @@ def auto_backend(device: str = "cpu", dtype: str = "float32") -> str:
         return min(cands, key=lambda b: b.priority).name
 
 
-def backend_kind(name: str) -> Optional[str]:
-    """The registered backend's ``kind`` (exact, approximate, different_model); None if not registered."""
-    be = registered_backend(name)
-    return be.kind if be else None
-
-
 def refusals(w: "Workload", *, here: bool = True) -> list:
     """Why ``w`` cannot run, from what the scheme and the backend declare: the scheme's ``why_not`` at this
     size; the backend's devices, dtypes, backward and masks; with ``here``, whether it is available on this
