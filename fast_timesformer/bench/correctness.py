@@ -12,10 +12,11 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..attention import step_cls_mode
+from ..attention import DividedAttention, step_cls_mode
 from ..backends import get_backend
 from ..groups import SequenceMask, TokenGroups
 from ..kernels.naive import per_group
+from ..schemes import get_scheme
 
 GRAD_FACTOR = 10  # gradients pass three more matmuls than the output: 10x the output's tolerance
 
@@ -150,9 +151,6 @@ def _check_cached(backend: str, options: tuple, scheme: str, frames: int, grid: 
     """The worst step: each a ``DividedAttention`` layer (official CLS rule, batch 1) against its own weights in
     float64 (:func:`reference` between its projections); output and, where the backend takes gradients here,
     input gradient."""
-    from ..attention import DividedAttention
-    from ..schemes import get_scheme
-
     be, dt, worst = get_backend(backend), getattr(torch, dtype), None
 
     def f64(lin, t):  # the layer's projection in float64

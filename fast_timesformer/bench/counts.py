@@ -9,6 +9,8 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .workloads import build, registered_backend
+
 __all__ = ["OpCounter", "count_step", "count_training_step"]
 
 ATTENTION_KERNELS = (
@@ -81,15 +83,11 @@ def count_training_step(workload) -> dict:
     :class:`~fast_timesformer.bench.workloads.Workload` (impl "ours" or "hf"), after one uncounted step (lazy
     initialisation). A compiled backend (``Backend.compiled``) is refused: it cannot run under a TorchDispatchMode,
     and its uncompiled path would issue other ops."""
-    from .workloads import build
-
-    if workload.impl == "ours":
-        from ..backends import get_backend, list_backends
-
-        if workload.backend in list_backends() and get_backend(workload.backend).compiled is not None:
-            raise ValueError(f"backend {workload.backend!r} runs through torch.compile, which cannot run under "
-                             "OpCounter (a TorchDispatchMode): its ops are not counted (count a backend that runs "
-                             "eagerly, e.g. regular)")
+    be = registered_backend(workload.backend) if workload.impl == "ours" else None
+    if be is not None and be.compiled is not None:
+        raise ValueError(f"backend {workload.backend!r} runs through torch.compile, which cannot run under "
+                         "OpCounter (a TorchDispatchMode): its ops are not counted (count a backend that runs "
+                         "eagerly, e.g. regular)")
     built = build(workload.replace(mode="fwd+bwd"))
     built.step()
     out = count_step(built.step)

@@ -14,9 +14,11 @@ import json
 
 import torch
 
-from ..attention import step_cls_mode
+from ..attention import DividedAttention, step_cls_mode
 from ..backends import get_backend
+from ..backends.regular import SDPA_BACKENDS, sdpa_context
 from ..errors import first_line
+from ..schemes import SCHEMES
 from .correctness import StepData, check, grads_of
 from .measure import summarize, time_step
 from .runner import Case, over_tolerance_text
@@ -41,8 +43,6 @@ def config(device: str, tiny: bool = False) -> dict:
 def step_groups(frames: int, patches: int, name: str):
     """The TokenGroups of step ``name`` at this size, from the first registered scheme that has the step and can
     split the size; None if none."""
-    from ..schemes import SCHEMES
-
     grid = int(round(patches ** 0.5))
     return next((g for s in SCHEMES.values() if not s.reasons(frames, grid) for n, g in s.step_groups(frames, grid)
                  if n == name), None)
@@ -51,8 +51,6 @@ def step_groups(frames: int, patches: int, name: str):
 def contenders() -> list:
     """(label, backend, options): every exact benchmarked backend; one taking ``sdpa_backend`` once per SDPA
     implementation and once with torch's choice."""
-    from ..backends.regular import SDPA_BACKENDS
-
     out = []
     for name in benchmarked_backends():
         be = get_backend(name)
@@ -151,8 +149,6 @@ def _time_step(c: Case) -> dict:
 
 def _time_layer(c: Case) -> dict:
     """A whole ``DividedAttention`` layer (qkv + attention + proj, official CLS rule), forward + backward."""
-    from ..attention import DividedAttention
-
     _, _, res = _checked(c)  # the contender's check on this step: no speed without it
     if not res["within"]:
         return {"error": res, "status": "failed", "reason": over_tolerance_text(res)}
@@ -174,8 +170,6 @@ def timed_sdpa(q, k, v, impl: str, mode: str, device: str, min_run_time: float) 
     """:func:`~.measure.time_step` of SDPA alone, pinned to ``impl``, on (B, heads, S, d) tensors: fwd, bwd or fwd+bwd; Skip where
     that implementation cannot take them."""
     import torch.nn.functional as F
-
-    from ..backends.regular import sdpa_context
 
     q, k, v = (t.detach().requires_grad_(mode != "fwd") for t in (q, k, v))
     try:
@@ -224,8 +218,6 @@ def kernel_cases(device: str, tiny: bool = False, labels=None) -> list:
             if name in ("time", "space"):
                 out.append(Case("layer", f"layer-{name}/{lab}/fwd+bwd", _time_layer, step=name, cls=cls, backend=be,
                                 contender=lab, options=opts, mode="fwd+bwd", **base))
-        from ..backends.regular import SDPA_BACKENDS
-
         out += [Case("sdpa-only", f"{name}/sdpa-only[{impl}]/{m}", _time_sdpa_only, step=name, cls=cls,
                      backend="regular", contender=f"sdpa-only[{impl}]", impl=impl, mode=m, **base)
                 for impl in SDPA_BACKENDS if not (impl == "math" and device.startswith("cuda"))

@@ -9,7 +9,9 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+from ..backends import list_backends
 from ..outputs import save_figure
+from ..schemes import PALETTE, SCHEMES, list_schemes, scheme_color
 from .measure import spread_text
 from .runner import baseline_backend, kind_of, latest_by_key, load_meta, load_results
 from .workloads import scheme_label
@@ -26,16 +28,12 @@ OURS, PEER, BOUND = "#2ca02c", "#7f7f7f", "#bbbbbb"  # ours vs a peer implementa
 
 def scheme_colour(name: str) -> str:
     """The registry's colour (:func:`~fast_timesformer.scheme_color`); an unregistered name: stable by its characters."""
-    from ..schemes import PALETTE, SCHEMES, scheme_color
-
     return scheme_color(name) if name in SCHEMES else PALETTE[sum(map(ord, name)) % len(PALETTE)]
 
 
 def backend_colour(name: str) -> str:
     """A backend's colour; a contender label such as ``regular[flash]`` takes its backend's, shaded per variant."""
     import matplotlib.colors as mc
-
-    from ..backends import list_backends
 
     base, _, variant = name.partition("[")
     names = list_backends()
@@ -50,14 +48,10 @@ def _registry_order(names, registered: list) -> list:
 
 
 def schemes_in(recs) -> list:
-    from ..schemes import list_schemes
-
     return _registry_order({r["workload"].get("scheme") for r in recs}, list_schemes())
 
 
 def _backends_in(recs, status=("ok",)) -> list:
-    from ..backends import list_backends
-
     return _registry_order({r["workload"].get("backend") for r in recs if r["status"] in status}, list_backends())
 
 
@@ -242,8 +236,6 @@ def plot_memory_vs_tokens(plt, recs, meta):
 def _memory_schemes(pts, frames, image_size) -> list:
     """The per-backend memory panels: the first registered scheme with points, and the one with the most
     attention pairs at the base size (the registry's ``Scheme.attention_pairs``), if another."""
-    from ..schemes import SCHEMES
-
     names = [s for s in schemes_in([r for r in pts if r["status"] == "ok"]) if s in SCHEMES]
     if not names:
         return []

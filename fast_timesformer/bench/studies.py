@@ -8,7 +8,11 @@ import sys
 
 import torch
 
+from ..schemes import get_scheme, list_schemes
 from . import measure
+from .correctness import check_workload
+from .counts import count_training_step
+from .kernels import kernel_cases, timed_sdpa
 from .runner import Case
 from .suites import register_suite
 from .workloads import Skip, Workload, build, refusals
@@ -19,8 +23,6 @@ KERNEL, SDPA = "triton", "regular"
 
 @register_suite("flex", help="flex (compiled; batch and block-mask layouts) vs regular, every scheme, inference")
 def flex_suite(device="cpu", tiny=False):
-    from ..schemes import get_scheme, list_schemes
-
     base = Workload(impl="ours", dim=32 if tiny else 192, heads=2 if tiny else 3, depth=1 if tiny else 2,
                     num_classes=10, device=device, mode="fwd", group="flex", min_run_time=0.01 if tiny else 0.5)
     sizes = [(2, 32)] if tiny else [(f, 128) for f in (2, 4, 8, 16)] + [(8, s) for s in (64, 192, 224)]
@@ -74,8 +76,6 @@ def memory_suite(device="cpu", tiny=False):
 
 
 def _sdpa_case(c: Case) -> dict:
-    from .kernels import timed_sdpa
-
     return timed_sdpa(*(torch.randn(*c.shape) for _ in range(3)), c.impl, c.mode, "cpu", c.min_run_time)
 
 
@@ -91,8 +91,6 @@ def sdpa_cpu_suite(device="cpu", tiny=False):
 
 
 def _count_case(c: Case) -> dict:
-    from .counts import count_training_step
-
     return count_training_step(Workload.from_dict(c.workload))
 
 
@@ -107,8 +105,6 @@ def counts_suite(device="cpu", tiny=False):
 def _train_case(c: Case) -> dict:
     """One optimizer step (forward under autocast over float32 weights, cross-entropy, backward, AdamW); timing and
     peak memory above the level before the step (weights, gradients and optimizer state already allocated)."""
-    from .correctness import check_workload
-
     w = Workload.from_dict(c.workload)
     why = refusals(w)
     if why:
@@ -143,8 +139,6 @@ def _train_case(c: Case) -> dict:
                               "training step (B=8, 8x224, bf16 autocast, AdamW): ours regular / triton vs HF",
                 device="cuda")
 def train_suite(device="cuda", tiny=False):
-    from .kernels import kernel_cases
-
     size = dict(dim=32, depth=1, heads=2, frames=2, image_size=32, batch=2, num_classes=5) if tiny else \
         dict(dim=768, depth=12, heads=12, frames=8, image_size=224, batch=8, num_classes=400)
     amp = "float32" if tiny else "bfloat16"
@@ -160,8 +154,6 @@ def train_suite(device="cuda", tiny=False):
 @register_suite("gpu-sweep", help="gpu-check's reduced Figure 3: every scheme x regular / triton, forward, ViT-B bf16",
                 device="cuda")
 def gpu_sweep_suite(device="cuda", tiny=False):
-    from ..schemes import list_schemes
-
     if tiny:  # the interpreter is slow: triton at the base size only
         base = Workload(impl="ours", dim=32, depth=1, heads=2, num_classes=5, device=device, min_run_time=0.0005)
         configs, at_base = [(2, 32), (4, 32), (2, 64)], (2, 32)

@@ -14,23 +14,17 @@ from .workloads import scheme_label
 
 #: the sweep's groups, drawn and tabled together; every other group gets a table of its own
 SWEEP_GROUPS = ("sweep", "approx", "target", "sizes")
-#: a point's figures, as (record field, column, cell of the record): a table has a column where one of its points
-#: has the field
+#: a point's figures: (record field, column, cell: a format of the field's value, or a function of the record); a
+#: table has a column where one of its points has the field
 FIGURES = (("median_s", "median ms", lambda r: _ms(r["median_s"])), ("median_s", "IQR ms (n)", spread_text),
            ("peak_mem_bytes", "peak MiB", lambda r: _mb(r["peak_mem_bytes"])),
-           ("flops", "GFLOP", lambda r: f"{r['flops'] / 1e9:.2f}"),
-           ("throughput_clips_s", "clips/s", lambda r: f"{r['throughput_clips_s']:.3g}"),
-           ("rel_error", "rel. error", lambda r: f"{r['rel_error']:.3g}"),
-           ("ratio_to_hf", "x HF eager", lambda r: f"{r['ratio_to_hf']:.2f}x"),
-           ("top1_agreement_fp32", "top-1 = float32", lambda r: f"{r['top1_agreement_fp32']:.0%}"),
-           ("export_s", "export s", lambda r: f"{r['export_s']:.1f}"),
-           ("pct_roofline", "% roofline", lambda r: f"{r['pct_roofline']:.1f}"),
-           ("graph_s", "graph ms", lambda r: _ms(r["graph_s"])),
-           ("compile_s", "compile s", lambda r: f"{r['compile_s']:.2f}"),
-           ("first_call_s", "first call s", lambda r: f"{r['first_call_s']:.2f}"),
-           ("mask_s", "mask s", lambda r: f"{r['mask_s']:.3f}"), ("gemm_calls", "GEMM calls", lambda r: str(r["gemm_calls"])),
-           ("copy_bytes", "copied MB", lambda r: f"{r['copy_bytes'] / 1e6:.1f}"),
-           ("wall_s", "seconds", lambda r: f"{r['wall_s']:.1f}"))
+           ("flops", "GFLOP", lambda r: f"{r['flops'] / 1e9:.2f}"), ("throughput_clips_s", "clips/s", "{:.3g}"),
+           ("rel_error", "rel. error", "{:.3g}"), ("ratio_to_hf", "x HF eager", "{:.2f}x"),
+           ("top1_agreement_fp32", "top-1 = float32", "{:.0%}"), ("export_s", "export s", "{:.1f}"),
+           ("pct_roofline", "% roofline", "{:.1f}"), ("graph_s", "graph ms", lambda r: _ms(r["graph_s"])),
+           ("compile_s", "compile s", "{:.2f}"), ("first_call_s", "first call s", "{:.2f}"),
+           ("mask_s", "mask s", "{:.3f}"), ("gemm_calls", "GEMM calls", "{}"),
+           ("copy_bytes", "copied MB", lambda r: f"{r['copy_bytes'] / 1e6:.1f}"), ("wall_s", "seconds", "{:.1f}"))
 
 
 def point_rows(recs: list, reason=lambda r: " ".join((r.get("reason") or "").split())[:160]) -> list:
@@ -39,7 +33,8 @@ def point_rows(recs: list, reason=lambda r: " ".join((r.get("reason") or "").spl
     cols = [(k, name, cell) for k, name, cell in FIGURES if any(r.get(k) is not None for r in recs)]
     checked = any(r.get("error") for r in recs)
     return [{"point": r["label"], "status": r["status"],
-             **{name: cell(r) if r.get(k) is not None else "-" for k, name, cell in cols},
+             **{name: "-" if r.get(k) is None else cell(r) if callable(cell) else cell.format(r[k])
+                for k, name, cell in cols},
              **({"error vs float64": "-" if not r.get("error") else f"{max(r['error']['max_rel'].values()):.1e} "
                  f"({'within' if r['error']['within'] else 'OVER'} tolerance)"} if checked else {}),
              "reason": reason(r)} for r in recs]
