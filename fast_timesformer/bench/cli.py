@@ -29,15 +29,9 @@ def _csv(text):
 
 
 def _threads_arg(text):
-    if text == "auto":
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--threads takes a positive integer or 'auto', got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be >= 1, got {n}")
-    return n
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"--threads takes a positive integer or 'auto', got {text!r}")
+    return text if text == "auto" else int(text)
 
 
 def add_subcommands(sub) -> None:

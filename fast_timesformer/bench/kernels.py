@@ -21,7 +21,7 @@ from ..errors import first_line
 from ..schemes import SCHEMES
 from .correctness import StepData, check, grads_of
 from .measure import summarize, time_step
-from .runner import Case, over_tolerance_text
+from .runner import Case, failed
 from .suites import register_suite
 from .workloads import Skip, benchmarked_backends
 
@@ -109,8 +109,8 @@ def _prepared(key: str):
 
 def _checked(c: Case):
     """(StepData, core, check) of the case's contender on its step; Skip where it refuses the inputs."""
-    step, core, res = _prepared(json.dumps({k: v for k, v in c.fields.items() if k not in ("mode", "group", "min_run_time")},
-                                           sort_keys=True))
+    fields = {k: v for k, v in c.fields.items() if k not in ("mode", "group", "min_run_time")}
+    step, core, res = _prepared(json.dumps(fields, sort_keys=True))
     if core is None:
         raise Skip(res)
     return step, core, res
@@ -119,7 +119,7 @@ def _checked(c: Case):
 def _time_step(c: Case) -> dict:
     step, core, res = _checked(c)
     if not res["within"]:
-        return {"error": res, "status": "failed", "reason": over_tolerance_text(res)}
+        return failed(res)
     if c.mode == "fwd":
         def fn():
             with torch.no_grad():
@@ -151,7 +151,7 @@ def _time_layer(c: Case) -> dict:
     """A whole ``DividedAttention`` layer (qkv + attention + proj, official CLS rule), forward + backward."""
     _, _, res = _checked(c)  # the contender's check on this step: no speed without it
     if not res["within"]:
-        return {"error": res, "status": "failed", "reason": over_tolerance_text(res)}
+        return failed(res)
     groups = step_groups(c.frames, c.patches, c.step)
     dim, dt = c.heads * c.dim_head, getattr(torch, c.dtype)
     layer = DividedAttention(dim, heads=c.heads, dim_head=c.dim_head, cls="official", backend=c.backend,
@@ -167,8 +167,8 @@ def _time_layer(c: Case) -> dict:
 
 
 def timed_sdpa(q, k, v, impl: str, mode: str, device: str, min_run_time: float) -> dict:
-    """:func:`~.measure.time_step` of SDPA alone, pinned to ``impl``, on (B, heads, S, d) tensors: fwd, bwd or fwd+bwd; Skip where
-    that implementation cannot take them."""
+    """:func:`~.measure.time_step` of SDPA alone, pinned to ``impl``, on (B, heads, S, d) tensors: fwd, bwd or
+    fwd+bwd; Skip where that implementation cannot take them."""
     import torch.nn.functional as F
 
     q, k, v = (t.detach().requires_grad_(mode != "fwd") for t in (q, k, v))

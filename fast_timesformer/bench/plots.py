@@ -27,7 +27,7 @@ OURS, PEER, BOUND = "#2ca02c", "#7f7f7f", "#bbbbbb"  # ours vs a peer implementa
 
 
 def scheme_colour(name: str) -> str:
-    """The registry's colour (:func:`~fast_timesformer.scheme_color`); an unregistered name: stable by its characters."""
+    """The registry's colour (:func:`~fast_timesformer.scheme_color`); an unregistered name: by its characters."""
     return scheme_color(name) if name in SCHEMES else PALETTE[sum(map(ord, name)) % len(PALETTE)]
 
 

@@ -85,8 +85,9 @@ def _new_record(p) -> dict:
     """A point's record; ``backend_kind``: its backend's declared kind (what the plots style it by, also where
     the results are read in a process that does not register it)."""
     ours = getattr(p, "impl", "attention") in ("attention", "ours")
+    be = registered_backend(getattr(p, "backend", "")) if ours else None
     return {"key": p.key, "workload": p.to_dict(), "label": p.label, "tokens": p.tokens, "status": "ok",
-            "reason": "", "notes": [], "backend_kind": getattr(registered_backend(getattr(p, "backend", "")), "kind", None) if ours else None}
+            "reason": "", "notes": [], "backend_kind": be.kind if be else None}
 
 
 def _fail(rec: dict, e: BaseException) -> None:
@@ -100,11 +101,13 @@ def _fail(rec: dict, e: BaseException) -> None:
                    traceback=traceback.format_exc(limit=6)[-4000:])
 
 
-def over_tolerance_text(err: dict) -> str:
-    """Why a point failed its correctness check, in one line."""
+def failed(err: dict) -> dict:
+    """The figures of a point over its declared tolerance (never timed): its error, ``failed`` and why in one line."""
     worst = ", ".join(f"{k} {v:.2g}" for k, v in err["max_rel"].items())
-    return (f"error vs {err['vs']} over the backend's declared tolerance (atol, rtol) = {tuple(err['tolerance'])}"
-            f"{' in step ' + repr(err['step']) if err.get('step') else ''}: max |err|/max |ref| {worst}; not timed")
+    return {"error": err, "status": "failed",
+            "reason": f"error vs {err['vs']} over the backend's declared tolerance (atol, rtol) = "
+                      f"{tuple(err['tolerance'])}{' in step ' + repr(err['step']) if err.get('step') else ''}: "
+                      f"max |err|/max |ref| {worst}; not timed"}
 
 
 def _timed_call(step: Callable, device: str) -> float:
@@ -164,7 +167,7 @@ def _prepare(w: Workload, builder) -> tuple:
         if be is not None and be.exact:  # no speed without correctness: the error at this shape first
             rec["error"] = check_workload(w)
             if not rec["error"]["within"]:
-                rec.update(status="failed", reason=over_tolerance_text(rec["error"]))
+                rec.update(failed(rec["error"]))
                 return rec, None
         if compiled:
             rec.update(_compiled_flops(w, be, built))

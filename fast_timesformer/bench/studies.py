@@ -13,7 +13,7 @@ from . import measure
 from .correctness import check_workload
 from .counts import count_training_step
 from .kernels import kernel_cases, timed_sdpa
-from .runner import Case
+from .runner import Case, failed
 from .suites import register_suite
 from .workloads import Skip, Workload, build, refusals
 
@@ -113,9 +113,7 @@ def _train_case(c: Case) -> dict:
     if w.impl == "ours":  # no speed without correctness: the attention error at this shape, in the step's dtype
         out["error"] = check_workload(w.replace(dtype=c.amp))
         if not out["error"]["within"]:
-            from .runner import over_tolerance_text
-
-            return {**out, "status": "failed", "reason": over_tolerance_text(out["error"])}
+            return failed(out["error"])
     built = build(w)  # ours and HF get the same weights (seed 0)
     model, x, device = built.model, built.inputs, w.device
     labels = torch.randint(0, w.num_classes, (w.batch,), device=device)

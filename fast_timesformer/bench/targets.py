@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Callable
 
+from ..tables import format_table
 from .studies import KERNEL, SDPA
 
 # threshold None: every case must pass; value(records, target) -> (value, met, figure, why)
@@ -144,8 +145,6 @@ MET = {True: "MET", False: "NOT MET", None: "not measured"}
 
 def format_targets(rows: list) -> str:
     """The short table printed last: every target, met or not, with its figure; then the reasons."""
-    from ..tables import format_table
-
     table = format_table([{"target": t["id"], "met": "FAILED" if t["figure"] == "FAILED" else MET[t["met"]],
                            "figure": t["figure"], "needed": t["needed"]}
                           for t in rows], ["target", "met", "figure", "needed"])
