@@ -100,8 +100,8 @@ def cmd_bench(args) -> int:
         for value in getattr(args, name) or ():
             if value not in known:
                 raise unknown_name_error(f"--{name} value", value, known)
-    points = filter_points(all_points, schemes=args.schemes, backends=args.backends, impls=args.impls,
-                           modes=args.modes, groups=args.groups, max_tokens=args.max_tokens, limit=args.limit)
+    filters = {k: getattr(args, k) for k in (*FILTERS, "max_tokens", "limit")}
+    points = filter_points(all_points, **filters)
     if not points:
         print("error: no points left after the filters", file=sys.stderr)
         return 2
@@ -116,7 +116,7 @@ def cmd_bench(args) -> int:
                                    "--overwrite to replace them")
     threads = choose_threads(args.threads, points)
     settings = dict(suite.settings, suite=args.suite, tiny=args.tiny, threads=threads,
-                    filters={k: getattr(args, k) for k in (*FILTERS, "max_tokens", "limit", "device")})
+                    filters=dict(filters, device=args.device))
     print(f"suite {args.suite}: {len(points)} points -> {out}/{RESULTS}", flush=True)
     records = run_sweep(points, out, resume=args.resume, progress=not args.no_progress, settings=settings,
                         deadline=time.monotonic() + args.budget_s if args.budget_s else None)

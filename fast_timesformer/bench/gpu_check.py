@@ -1,10 +1,7 @@
-"""``fast-timesformer gpu-check --out DIR``: prove the kernel and measure every target in one command, made for a
-short GPU loan (minutes, no network, at most 8 files back). An orchestrator over suites: each stage (:data:`STAGES`)
-is one suite run in its own process with its own time budget (at 85 % it starts no new point; at 100 % its process
-group is killed); each appends its records and run metadata to DIR as it goes, so a stage that fails or runs out of
-time keeps what it measured and the next one runs. Then ``summary.md``, :data:`FIGURES` and the target table, printed
-last. ``--dry-run``: every stage on CPU at tiny sizes, Triton interpreted (``make test`` runs it). See docs/gpu.md.
-"""
+"""``fast-timesformer gpu-check --out DIR`` (docs/gpu.md): an orchestrator over suites for a short GPU loan (at most 8
+files back): each stage (:data:`STAGES`) one suite in its own process and time budget (no new point at 85 %, killed at
+100 %), appending to DIR as it goes; then ``summary.md``, :data:`FIGURES` and the target table, printed last.
+``--dry-run``: every stage on CPU at tiny sizes, Triton interpreted (``make test`` runs it)."""
 from __future__ import annotations
 
 import os

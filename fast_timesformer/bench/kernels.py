@@ -1,11 +1,8 @@
-"""The kernel suite (``bench --suite kernels``): one attention step of the scheme registry (``time``, ``space``,
-``joint``, official CLS rule) on every exact benchmarked backend that takes it, same data; a backend taking an
-``sdpa_backend`` option runs once per SDPA implementation and once with torch's choice. q, k, v are strided views of a
-fused qkv projection and the output a (b, 1 + f*n, heads, d) buffer, as ``DividedAttention`` hands a core. Each
-contender is checked against float64 first (:mod:`.correctness`); one over its tolerance is ``failed``, never timed.
-Groups: ``kernel``; ``layer`` (a whole ``DividedAttention`` layer fwd+bwd); ``sdpa-only`` (SDPA alone on contiguous
-pre-split tensors). Records carry the minimum bytes moved, the roofline at the measured copy bandwidth (and the HBM
-specification on a known GPU) and, on a GPU, the CUDA-graph replay time ``graph_s``. See docs/bench.md."""
+"""The kernel suite (``bench --suite kernels``; docs/bench.md): one scheme-registry step on every exact backend that
+takes it; q, k, v are strided views of a fused qkv projection and the output a (b, 1 + f*n, heads, d) buffer, as
+``DividedAttention`` hands a core; each contender checked against float64 first (over its tolerance: ``failed``, never
+timed). Groups ``kernel``, ``layer`` (a whole layer fwd+bwd), ``sdpa-only`` (SDPA alone, pre-split). Records: minimum
+bytes moved, roofline at the measured copy bandwidth (HBM spec on a known GPU), on a GPU the CUDA-graph ``graph_s``."""
 from __future__ import annotations
 
 import functools

@@ -61,7 +61,7 @@ class Case:
 
     def __init__(self, group: str, label: str, fn: Callable, *, device: str = "cpu", together=None, **fields):
         self.group, self.label, self.fn, self.device, self.together = group, label, fn, device, together
-        self.fields = dict(fields, group=group, device=device)
+        self.fields, self.tokens = dict(fields, group=group, device=device), fields.get("tokens", 0)
 
     def __getattr__(self, name):
         try:
@@ -75,10 +75,6 @@ class Case:
     @property
     def key(self) -> str:
         return json.dumps(self.fields, sort_keys=True, separators=(",", ":"), default=str)
-
-    @property
-    def tokens(self):
-        return self.fields.get("tokens", 0)
 
 
 def _new_record(p) -> dict:

@@ -5,7 +5,7 @@ seconds-long sizes. Schemes and backends come from their registries, chosen by w
 "Suites"): a newly registered one joins the sweeps, shown as skipped with its reasons where it cannot run."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import namedtuple
 from typing import Callable
 
 import torch
@@ -15,14 +15,8 @@ from ..backends import get_backend
 from ..schemes import list_schemes
 from .workloads import Workload, auto_backend, benchmarked_backends
 
-
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    points: Callable[..., list]  # points(device=..., tiny=...) -> [Workload | Case]
-    help: str
-    device: str = "cpu"  # its default device
-    settings: dict = field(default_factory=dict)  # stored in the run's metadata
+# points(device=..., tiny=...) -> [Workload | Case]; device: its default; settings: stored in the run's metadata
+Suite = namedtuple("Suite", "name points help device settings")
 
 
 SUITES: dict = {}

@@ -108,13 +108,10 @@ class Workload:
     reference: bool = False  # also measure the output's relative error against the exact backend auto picks
 
     def __post_init__(self):
-        if self.impl not in IMPLS:
-            raise ValueError(f"unknown impl {self.impl!r}; choose from {', '.join(IMPLS)}")
+        for name, allowed in (("impl", IMPLS), ("mode", MODES), ("dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(allowed)}")
         get_scheme(self.scheme)  # an unregistered name raises ValueError listing the registered ones
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.dim % self.heads:
