@@ -129,7 +129,7 @@ def test_targets_from_synthetic_gpu_results():
 
 
 def test_source_fingerprint_changes_with_the_code(tmp_path):
-    from fast_timesformer.bench.runner import source_fingerprint
+    from fast_timesformer.environment import source_fingerprint
 
     pkg = tmp_path / "fast_timesformer"
     (pkg / "kernels").mkdir(parents=True)

@@ -3,8 +3,7 @@
 :func:`check` compares a backend core on :class:`StepData` (the kernel suite, tests/test_gpu_correctness.py);
 :func:`check_workload` runs each step of a model point's scheme as a ``DividedAttention`` layer at the point's shape
 against the same weights in float64: the calls the model makes, so a compiled backend compiles nothing new for it.
-Tolerance: the backend's declared one for the dtype, gradients 10x; a point over it is ``failed``, never timed.
-"""
+Tolerance: the backend's declared one for the dtype, gradients 10x; a point over it is ``failed``, never timed."""
 from __future__ import annotations
 
 import functools

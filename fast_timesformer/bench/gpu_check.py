@@ -13,6 +13,14 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
+from .._names import unknown_name_error
+from ..devices import check_device
+from ..environment import source_fingerprint
+from ..outputs import check_output_dir
+from .runner import RESULTS, append_record, latest_by_key, load_results, record_run
+from .summary import draw
+from .targets import evaluate, format_targets
+
 ROOT = Path(__file__).resolve().parents[2]
 LOG = "gpu_check.log"
 TOTAL_LIMIT_S = 480  # the whole command on one H100/H200
@@ -67,10 +75,6 @@ def run_stage(stage: Stage, out: Path, dry: bool, budget: float, log) -> tuple:
 
 
 def orchestrate(out: Path, dry: bool, only=None, budgets=None, total_s=None, install_log=None) -> int:
-    from .runner import RESULTS, append_record, latest_by_key, load_results
-    from .summary import draw
-    from .targets import evaluate, format_targets
-
     out.mkdir(parents=True, exist_ok=True)
     for p in list(out.iterdir()):  # a fresh run: no stale file from an earlier one
         if p.is_file():
@@ -121,8 +125,6 @@ def run_correctness(out: Path, dry: bool) -> int:
     """The correctness stage: pytest on the GPU-marked tests, one record per test (the same schema)."""
     import pytest
 
-    from .runner import RESULTS, append_record, record_run
-
     tests = ROOT / "tests" / "test_gpu_correctness.py"
     if not tests.exists():
         raise FileNotFoundError(f"{tests}: the correctness stage runs the repository's GPU-marked tests")
@@ -167,11 +169,6 @@ def add_subcommand(sub) -> None:
 
 
 def cmd_gpu_check(args) -> int:
-    from .._names import unknown_name_error
-    from ..devices import check_device
-    from ..outputs import check_output_dir
-    from .runner import source_fingerprint
-
     if args.fingerprint:
         print(source_fingerprint())
         return 0

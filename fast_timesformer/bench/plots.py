@@ -87,10 +87,9 @@ def readable_log_axis(ax, which: str = "y", min_ticks: int = 3) -> None:
 
 
 def _log_axes(ax) -> None:
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    readable_log_axis(ax, "x")
-    readable_log_axis(ax, "y")
+    ax.set(xscale="log", yscale="log")
+    for which in "xy":
+        readable_log_axis(ax, which)
 
 
 def _yerr(recs, scale=1e3):

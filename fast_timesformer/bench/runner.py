@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Optional
 
 from ..attention import use_backend
 from ..backends import AttentionCore, BackendUnavailable, list_backends
-from ..environment import load_average, run_metadata, source_fingerprint  # noqa: F401 (gpu_check reads it here)
+from ..environment import load_average, run_metadata
 from ..errors import FastTimesformerError, first_line
 from ..outputs import write_json
 from . import measure
@@ -115,10 +115,8 @@ def _timed_call(step: Callable, device: str) -> float:
 
 
 def _first_call(w: Workload, built) -> dict:
-    """A compiled backend's first call, untimed and outside any dispatch mode: it compiles the shapes new to the
-    process (and raises the backend's run-time refusals). ``compile_s`` and ``mask_s``: what the model's attention
-    cores recorded compiling and building masks in it (0 where an earlier point compiled the same shapes);
-    ``first_call_s``: its wall time, compile included."""
+    """A compiled backend's untimed first call (the compile; docs/bench.md): ``compile_s`` and ``mask_s`` as its
+    attention cores recorded them (0 where an earlier point compiled the shapes), ``first_call_s`` its wall time."""
     cores = [m for m in built.model.modules() if isinstance(m, AttentionCore)]
 
     def spent():
@@ -148,10 +146,8 @@ def _compiled_flops(w: Workload, be, built) -> dict:
 
 
 def _prepare(w: Workload, builder) -> tuple:
-    """(record, built or None): build; a compiled backend's first call (:func:`_first_call`: the compile, so its
-    float64 check compiles nothing new); an exact backend's float64 check at this shape (over its tolerance: the
-    point is ``failed``, never timed); FLOPs (:func:`_compiled_flops` for a compiled backend; otherwise the
-    counted call is also the warm-up); peak memory."""
+    """(record, built or None): everything before the timing, in the order docs/bench.md gives (first call, float64
+    check, FLOPs, peak memory); a point over its tolerance is ``failed`` (built None)."""
     rec = _new_record(w)
     be = registered_backend(w.backend) if w.impl in ("attention", "ours") else None
     compiled = be is not None and be.compiled is not None

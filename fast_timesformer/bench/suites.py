@@ -1,8 +1,7 @@
-"""The suites of ``fast-timesformer bench --suite NAME``: a function ``points(device, tiny) -> list`` registered
-with :func:`register_suite`, each point a :class:`~fast_timesformer.bench.workloads.Workload` (built and timed by
-the runner) or a :class:`~fast_timesformer.bench.runner.Case` (a function of the suite's own). ``tiny``:
-seconds-long sizes. Schemes and backends come from their registries, chosen by what they declare (docs/bench.md,
-"Suites"): a newly registered one joins the sweeps, shown as skipped with its reasons where it cannot run."""
+"""The suites of ``fast-timesformer bench --suite NAME`` (docs/bench.md, "Suites"), each registered with
+:func:`register_suite`; a point is a :class:`~fast_timesformer.bench.workloads.Workload` (built and timed by the runner)
+or a :class:`~fast_timesformer.bench.runner.Case` (a function of the suite's own). Schemes and backends come from their
+registries, by what they declare: a newly registered one joins the sweeps, skipped with its reasons where it cannot."""
 from __future__ import annotations
 
 from collections import namedtuple
@@ -80,13 +79,9 @@ def hf_by_size(device="cpu", sizes=(336, 448), modes=("fwd",), rounds=3, tiny=Fa
     """Group ``sizes``: ours (``auto``'s backend) and Hugging Face, B=1, float32, same weights, at each resolution
     and mode; the two are timed alternately (``rounds`` single calls each)."""
     kw = dict(frames=2, dim=32, depth=1, heads=2) if tiny else dict(frames=8, dim=768, depth=12, heads=12)
-    pts = []
-    for s in sizes:
-        for m in modes:
-            w = Workload(impl="ours", backend=auto_backend(device), image_size=s, num_classes=400, device=device,
-                         mode=m, group="sizes", min_run_time=1.0, interleave=rounds, **kw)
-            pts += [w, w.replace(impl="hf")]
-    return pts
+    ours = [Workload(impl="ours", backend=auto_backend(device), image_size=s, num_classes=400, device=device, mode=m,
+                     group="sizes", min_run_time=1.0, interleave=rounds, **kw) for s in sizes for m in modes]
+    return [p for w in ours for p in (w, w.replace(impl="hf"))]
 
 
 @register_suite("cpu", help="make bench: ViT-Tiny width sweep of every scheme x backend, the CPU target, ours vs "
@@ -160,5 +155,4 @@ def filter_points(points, *, schemes=None, backends=None, impls=None, modes=None
                 and (not impls or impl in impls) and (not modes or getattr(p, "mode", None) in modes)
                 and (not groups or p.group in groups) and (not max_tokens or p.tokens <= max_tokens))
 
-    out = [p for p in points if keep(p)]
-    return out[:limit] if limit else out
+    return [p for p in points if keep(p)][:limit or None]
