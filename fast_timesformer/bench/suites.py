@@ -85,7 +85,7 @@ def hf_by_size(device="cpu", sizes=(336, 448), modes=("fwd",), rounds=3, tiny=Fa
 
 
 @register_suite("cpu", help="make bench: ViT-Tiny width sweep of every scheme x backend, the CPU target, ours vs "
-                            "Hugging Face at 8x336 and 8x448 (~7 min on 2 cores)",
+                            "Hugging Face at 8x336 and 8x448 (~10 min on 2 idle cores)",
                 width="dim 192, 3 heads, depth 2, patch 16, batch 1, float32")
 def cpu_suite(device="cpu", tiny=False):
     if tiny:
