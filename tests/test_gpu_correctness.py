@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from fast_timesformer.backends import get_backend
+from fast_timesformer.backends.regular import sdpa_refused
 from fast_timesformer.bench.correctness import StepData, check
 from fast_timesformer.bench.kernels import contenders
 from fast_timesformer.groups import TokenGroups
@@ -32,9 +33,6 @@ else:
 CASES = [(s, dt) for s, dts in SHAPES for dt in dts]
 # the official CLS rule (time without CLS, space with a CLS copy per frame) and the global CLS
 CLS = [("time", "exclude"), ("space", "per_group"), ("time", "global"), ("space", "global")]
-# SDPA's two refusals of a pinned implementation (torch 2.13): the inputs fit no kernel of it (CUDA), or it has
-# none on this device (CPU: efficient, cudnn). Any other RuntimeError fails the test.
-SDPA_NO_KERNEL = ("No available kernel.", "No viable backend for scaled_dot_product_attention was found.")
 
 
 @contextlib.contextmanager
@@ -68,7 +66,7 @@ def test_exact_backend_matches_float64(contender, backend, options, shape, dtype
         with poisoned_memory():
             res = check(data, core, be, grads=be.supports_backward, poison=True)
     except RuntimeError as e:  # a pinned SDPA implementation that cannot take these inputs refuses at the call
-        if options.get("sdpa_backend") and any(m in str(e) for m in SDPA_NO_KERNEL):
+        if options.get("sdpa_backend") and sdpa_refused(e):
             pytest.skip(f"{contender} refuses at the call: {str(e).splitlines()[0]}")
         raise
     assert res["within"], f"{contender}: max |err|/max |ref| {res['max_rel']} over tolerance {res['tolerance']}"

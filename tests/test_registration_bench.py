@@ -171,13 +171,14 @@ def test_a_user_backend_is_in_the_kernel_comparison_checked_timed_and_drawn(tmp_
 
     register_backend(Backend("user_einsum", EinsumCore, kind="exact", devices=("cpu",)))
     register_backend(Backend("user_wrong", WrongCore, kind="exact", devices=("cpu",)))
+    register_backend(Backend("user_crash", CrashCore, kind="exact", devices=("cpu",)))
     try:
         assert main(["bench", "--suite", "kernels", "--tiny", "--out", str(tmp_path), "--no-progress",
-                     "--backends", "user_einsum,user_wrong", "--groups", "kernel",
+                     "--backends", "user_einsum,user_wrong,user_crash", "--groups", "kernel",
                      "--threads", str(torch.get_num_threads())]) == 1
     finally:
-        unregister_backend("user_einsum")
-        unregister_backend("user_wrong")
+        for name in ("user_einsum", "user_wrong", "user_crash"):
+            unregister_backend(name)
     recs = load_results(tmp_path)
     mine = [r for r in recs if r["workload"]["backend"] == "user_einsum"]
     assert {(r["workload"]["step"], r["workload"]["mode"]) for r in mine} == {
@@ -187,6 +188,8 @@ def test_a_user_backend_is_in_the_kernel_comparison_checked_timed_and_drawn(tmp_
     wrong = [r for r in recs if r["workload"]["backend"] == "user_wrong"]
     assert wrong and all(r["status"] == "failed" and "median_s" not in r for r in wrong)
     assert all("declared tolerance" in r["reason"] for r in wrong)
+    crash = [r for r in recs if r["workload"]["backend"] == "user_crash"]  # a failure, never a refusal
+    assert crash and all(r["status"] == "error" and "launch failed" in r["reason"] for r in crash)
     assert (tmp_path / "kernels.png").exists()
     assert "user_wrong: failed" in " ".join(
         t.get_text() for t in _texts_of_kernels_figure(tmp_path))
@@ -197,6 +200,13 @@ class WrongCore(EinsumCore):
 
     def attend(self, q, k, v, prefix_k, prefix_v, *, scale, dropout_p):
         return super().attend(q, k, v, prefix_k, prefix_v, scale=scale, dropout_p=dropout_p) * 1.01
+
+
+class CrashCore(EinsumCore):
+    """Raises a RuntimeError that is not SDPA refusing a pinned implementation: an error record, not a skip."""
+
+    def attend(self, q, k, v, prefix_k, prefix_v, *, scale, dropout_p):
+        raise RuntimeError("user kernel launch failed")
 
 
 def _texts_of_kernels_figure(results):

@@ -17,6 +17,16 @@ SDPA_BACKENDS = {
 }
 
 
+#: SDPA's two refusals of a pinned implementation (torch 2.13): the inputs fit no kernel of it (CUDA), or it has none
+#: on this device (CPU: efficient, cudnn). Any other RuntimeError is a failure, not a refusal.
+SDPA_NO_KERNEL = ("No available kernel.", "No viable backend for scaled_dot_product_attention was found.")
+
+
+def sdpa_refused(err: BaseException) -> bool:
+    """Whether ``err`` is SDPA refusing the inputs for a pinned implementation (:data:`SDPA_NO_KERNEL`)."""
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in SDPA_NO_KERNEL)
+
+
 def sdpa_context(name):
     """``sdpa_kernel`` pinned to one SDPA implementation by short name, or a null context for ``None``."""
     if name is None:

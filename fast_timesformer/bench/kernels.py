@@ -13,7 +13,7 @@ import torch
 
 from ..attention import DividedAttention, step_cls_mode
 from ..backends import get_backend
-from ..backends.regular import SDPA_BACKENDS, sdpa_context
+from ..backends.regular import SDPA_BACKENDS, sdpa_context, sdpa_refused
 from ..errors import first_line
 from ..schemes import SCHEMES
 from .correctness import StepData, check, grads_of
@@ -101,7 +101,9 @@ def _prepared(key: str):
     try:
         return step, core, check(step, core, be, grads=be.supports_backward, poison=True)
     except RuntimeError as e:  # a pinned SDPA implementation that cannot take these inputs refuses at the call
-        return step, None, first_line(e)
+        if d["options"].get("sdpa_backend") and sdpa_refused(e):
+            return step, None, first_line(e)
+        raise  # anything else is the contender's failure (an error record), never a refusal
 
 
 def _checked(c: Case):
@@ -173,6 +175,8 @@ def timed_sdpa(q, k, v, impl: str, mode: str, device: str, min_run_time: float) 
         with sdpa_context(impl):
             o = F.scaled_dot_product_attention(q, k, v)
     except RuntimeError as e:
+        if not sdpa_refused(e):
+            raise
         raise Skip(first_line(e)) from None
 
     def fn():
