@@ -277,6 +277,8 @@ def test_experiment_writes_table_and_plot(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "`divided_space_time`" in table and "performer-64" in table
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
+    env = json.loads((tmp_path / "results.json").read_text())["environment"]  # the benchmarks' metadata block
+    assert env["versions"]["torch"] == torch.__version__ and env["training_device"] == "cpu" and "git" in env
     with pytest.raises(ValueError, match="unknown scheme"):
         run_experiment("cpu", out_dir=str(tmp_path), schemes=["diagonal"], steps=1)
 

@@ -19,12 +19,12 @@ Presets: ``cpu`` finishes in minutes on 2 cores; ``gpu`` trains a larger model o
 from __future__ import annotations
 
 import os
-import platform
 import time
 from typing import Optional, Sequence
 
 import torch
 
+from ..environment import run_metadata
 from ..outputs import check_output_dir, save_figure, write_json, write_text
 from .config import TrainConfig
 from .run_folder import EarlierRunError, describe_files, earlier_run_files
@@ -144,9 +144,7 @@ def run_experiment(preset: str = "cpu", out_dir: str = "runs/experiment", scheme
     results = {
         "preset": preset, "settings": settings, "draws": draws, "swaps": [{"label": label, "backend": b, "options": o}
                                                           for label, b, o in todo],
-        "rows": rows, "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                                      "machine": platform.machine(), "threads": torch.get_num_threads(),
-                                      "device": str(trainer.device)},
+        "rows": rows, "environment": dict(run_metadata(), training_device=str(trainer.device)),
     }
     write_json(os.path.join(out_dir, "results.json"), results, indent=2)
     write_text(os.path.join(out_dir, "results.md"), write_table(results) + "\n")
