@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from ..bench.runner import Case
 from ..bench.suites import register_suite
 from ..bench.workloads import Workload, build, copy_ours_into_hf
 from ..environment import load_average
+from ..errors import first_line
 
 BASE = dict(patch_size=16, dim=768, depth=12, heads=12, num_classes=400)
 TINY = dict(patch_size=16, dim=32, depth=1, heads=2, num_classes=5)
@@ -114,9 +116,7 @@ def _models(c: Case, work: str) -> _Models:
         for m in (ours.head,) + tuple(b.temporal_fc for b in ours.blocks):
             m.weight.normal_(0, 0.02)
     hf = build(w.replace(impl="hf")).model.eval()
-    note = copy_ours_into_hf(ours, hf)
-    if "copied" not in note:
-        raise RuntimeError(f"Hugging Face's model cannot take our weights: {note}")
+    copy_ours_into_hf(ours, hf)  # strict: raises naming any tensor without its counterpart
     x = torch.randn(1, c.frames, 3, c.image_size, c.image_size, generator=torch.Generator().manual_seed(1))
     return _Models(ours, hf, x, work, torch.get_num_threads())
 
@@ -258,10 +258,6 @@ def measure_size(cases: list, log: Callable = None) -> list:
     """The figures of ``cases`` (rows of one clip size): build the rows, time them in rotated rounds with
     :data:`BASE_ROW`, profile the fastest float32 row, the bf16 rows' agreement. A row that cannot be built
     (an export that fails) is its record's ``error``, the others are measured."""
-    import sys
-
-    from ..errors import first_line
-
     c0 = cases[0]
     log = log or (lambda msg: print(f"[cpu-inference {c0.frames}x{c0.image_size} {time.strftime('%H:%M:%S')}] "
                                     f"{msg}", file=sys.stderr, flush=True))
