@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from fast_timesformer.environment import load_average
 from fast_timesformer.errors import first_line
 from fast_timesformer.train.data import VideoFolder
 from fast_timesformer.video import ClipTransform, preprocess_clip, read_video, sample_frame_indices
@@ -91,7 +92,7 @@ def timed(benchmark, fn, rounds, **info):
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
     med = statistics.median(cpu[1:] or cpu)  # one call only under --benchmark-disable
     benchmark.extra_info.update(info, cpu_s_per_call=round(med, 4), calls_per_cpu_s=round(1 / med, 2),
-                                loadavg=[round(x, 1) for x in os.getloadavg()], torch_threads=torch.get_num_threads())
+                                loadavg=load_average(), torch_threads=torch.get_num_threads())
 
 
 @pytest.fixture(scope="module", params=list(DECODE))
@@ -119,6 +120,8 @@ def test_decode(benchmark, one_thread, clips, decoder):
         info["exact_vs_pyav"] = all(torch.equal(pyav_clip(p), torchcodec_clip(p)) for p in paths)
     nxt = iter(paths * (PASSES + 1))
     timed(benchmark, lambda: fn(next(nxt)), rounds=len(paths) * PASSES, **info)
+    clip = fn(paths[0])  # what was timed is the clip a worker hands the trainer
+    assert clip.shape == (CLIP.num_frames, 3, 224, 224) and clip.dtype == torch.float32 and clip.isfinite().all()
 
 
 @pytest.fixture(scope="module", params=list(SCAN))
